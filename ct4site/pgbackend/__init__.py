@@ -1,0 +1,1 @@
+"""PostgreSQL backend that also sees the `canon` and `ops` schemas (see docs/architecture.md)."""

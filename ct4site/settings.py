@@ -1,0 +1,127 @@
+"""Settings for ct4 identity recovery, read from the environment.
+
+DATABASE_URL (unset: embedded PostgreSQL under .data/), SECRET_KEY, DEBUG, TIME_ZONE,
+ALLOWED_HOSTS (comma-separated). `ct4site.settings_production` hardens these for deployment.
+"""
+
+import os
+from pathlib import Path
+
+from ct4site.database import database_config
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "dev-only-insecure-key-set-SECRET_KEY-in-production")
+DEBUG = env_bool("DEBUG", True)
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_pgviews",
+    "django_q",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "identity",
+    "recovery",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "ct4site.urls"
+WSGI_APPLICATION = "ct4site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": database_config(BASE_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+# The park's time zone: lead dates, the 14-day window and the schedules' cron are in it.
+TIME_ZONE = os.environ.get("TIME_ZONE", "America/Lima")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "admin:login"
+
+# PostgreSQL views as unmanaged models: created after every migrate.
+MATERIALIZED_VIEWS_CHECK_SQL_CHANGED = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "ct4": {"handlers": ["console"], "level": os.environ.get("CT4_LOG_LEVEL", "INFO"), "propagate": False},
+    },
+}
+
+# --- Domain settings -------------------------------------------------------------------
+CT4 = {
+    # Days after the lead date in which trips count toward milestones.
+    "CLAIM_WINDOW_DAYS": 14,
+    # Trips needed for each milestone and the amount (PEN) the platform pays for it.
+    "MILESTONES": {1: "25.00", 5: "35.00", 25: "100.00"},
+    # Default region for phone numbers without a country code.
+    "PHONE_REGION": "PE",
+}
+
+# --- Scheduling (django-q2, ORM broker: the database is the only moving part) ---------
+Q_CLUSTER = {
+    "name": "ct4",
+    "orm": "default",
+    "workers": int(os.environ.get("CT4_Q_WORKERS", "2")),
+    # A job may take up to an hour; retry must be longer than timeout or a long job runs twice.
+    "timeout": 3600,
+    "retry": 4000,
+    "max_attempts": 1,
+    "catch_up": False,
+    "save_limit": 1000,
+    "label": "Scheduled tasks",
+}

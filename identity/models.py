@@ -1,0 +1,350 @@
+"""The data the product stands on: source records, canonical identity, judgements, job runs.
+
+Table names are contracts with the operators' runbooks (SPEC §2): they query these tables
+verbatim, so `db_table` spells them exactly, schema-qualified (`canon"."identity_links`).
+The canonical rules the database can hold are constraints here, not only code.
+"""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.db.models.functions import Cast, Coalesce, Now
+
+# The park's time zone: a lead's date is the calendar day of its creation in Lima.
+PARK_TIME_ZONE = "America/Lima"
+
+LEADS_TABLE = "module_ct_cabinet_leads"
+DRIVERS_TABLE = "drivers"
+
+
+class ReasonCode(models.TextChoices):
+    """Why a lead is not linked: one set for the queue, the jobs table and identity_unmatched."""
+
+    MISSING_IDENTIFIERS = "MISSING_IDENTIFIERS", "No usable phone, document, e-mail, plate or full name"
+    NO_CANDIDATES = "NO_CANDIDATES", "No driver shares a key or a name block"
+    WEAK_MATCH_ONLY = "WEAK_MATCH_ONLY", "Best candidate is plausible but below the link threshold"
+    CONFLICT_MULTIPLE_CANDIDATES = "CONFLICT_MULTIPLE_CANDIDATES", "Two or more strong candidates are close"
+    ERROR = "ERROR", "The matcher failed on this lead"
+
+
+class SourceTable(models.TextChoices):
+    CABINET_LEADS = LEADS_TABLE, "Cabinet lead"
+    DRIVERS = DRIVERS_TABLE, "Driver"
+
+
+def choices_check(field: str, choices: type[models.TextChoices], name: str, nullable: bool = False) -> models.CheckConstraint:
+    condition = Q(**{f"{field}__in": choices.values})
+    if nullable:
+        condition |= Q(**{f"{field}__isnull": True})
+    return models.CheckConstraint(condition=condition, name=name)
+
+
+class LocalDate(models.Func):
+    """The calendar date of a timestamptz in the park's time zone (immutable, so indexable)."""
+
+    template = f"((%(expressions)s AT TIME ZONE '{PARK_TIME_ZONE}')::date)"
+    output_field = models.DateField()
+
+
+# --- Sources ---------------------------------------------------------------------------
+
+
+class CabinetLead(models.Model):
+    """A recruit the park's cabinet registered: `public.module_ct_cabinet_leads`."""
+
+    id = models.BigIntegerField(primary_key=True)
+    external_id = models.TextField(null=True, blank=True)
+    created_at = models.DateTimeField()
+    lead_date = models.GeneratedField(
+        expression=LocalDate("created_at"), output_field=models.DateField(), db_persist=True
+    )
+    # source_pk = COALESCE(external_id::text, id::text), everywhere (SPEC §2).
+    source_pk = models.GeneratedField(
+        expression=Coalesce("external_id", Cast("id", models.TextField())),
+        output_field=models.TextField(),
+        db_persist=True,
+    )
+    first_name = models.TextField(null=True, blank=True)
+    middle_name = models.TextField(null=True, blank=True)
+    last_name = models.TextField(null=True, blank=True)
+    phone = models.TextField(null=True, blank=True)
+    document = models.TextField(null=True, blank=True)
+    email = models.TextField(null=True, blank=True)
+    plate = models.TextField(null=True, blank=True)
+    park_id = models.TextField(null=True, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    imported_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = LEADS_TABLE
+        constraints = [models.UniqueConstraint(fields=["source_pk"], name="cabinet_lead_source_pk_uniq")]
+        indexes = [
+            models.Index(fields=["lead_date"], name="cabinet_lead_date_idx"),
+            models.Index(fields=["park_id"], name="cabinet_lead_park_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"lead {self.source_pk}"
+
+
+class Driver(models.Model):
+    """The fleet's driver list. One human may be a driver in two parks (two records)."""
+
+    driver_id = models.TextField(primary_key=True)
+    park_id = models.TextField(null=True, blank=True)
+    first_name = models.TextField(null=True, blank=True)
+    middle_name = models.TextField(null=True, blank=True)
+    last_name = models.TextField(null=True, blank=True)
+    phone = models.TextField(null=True, blank=True)
+    license_number = models.TextField(null=True, blank=True)
+    document = models.TextField(null=True, blank=True)
+    email = models.TextField(null=True, blank=True)
+    plate = models.TextField(null=True, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    hire_date = models.DateField(null=True, blank=True)
+    status = models.TextField(null=True, blank=True)
+    imported_at = models.DateTimeField(db_default=Now())
+    # Moves only when a value really changes: the drivers index refreshes from it.
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = DRIVERS_TABLE
+        indexes = [models.Index(fields=["updated_at"], name="driver_updated_at_idx")]
+
+    def __str__(self) -> str:
+        return f"driver {self.driver_id}"
+
+
+class DriverTrips(models.Model):
+    """Completed trips of a driver on one day."""
+
+    driver_id = models.TextField()
+    date = models.DateField()
+    trips = models.IntegerField()
+    imported_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "driver_trips"
+        verbose_name_plural = "driver trips"
+        constraints = [
+            models.UniqueConstraint(fields=["driver_id", "date"], name="driver_trips_driver_date_uniq"),
+            models.CheckConstraint(condition=Q(trips__gte=0), name="driver_trips_nonnegative"),
+        ]
+        indexes = [models.Index(fields=["date"], name="driver_trips_date_idx")]
+
+
+class ClaimStatus(models.TextChoices):
+    EXPECTED = "expected"
+    CLAIMED = "claimed"
+    PAID = "paid"
+    REJECTED = "rejected"
+
+
+class Claim(models.Model):
+    """Money claimed from the platform for a lead's milestone (1, 5 or 25 trips in 14 days)."""
+
+    MILESTONES = (1, 5, 25)
+
+    lead_source_pk = models.TextField()
+    driver_id = models.TextField(null=True, blank=True)
+    milestone = models.SmallIntegerField()
+    amount = models.DecimalField(max_digits=12, decimal_places=2)
+    status = models.TextField(choices=ClaimStatus.choices, default=ClaimStatus.EXPECTED)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    # Who created the row: an import, or the reconcile job filling a missing expected claim.
+    created_by = models.TextField(default="import")
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = "cabinet_milestone_claims"
+        constraints = [
+            models.UniqueConstraint(fields=["lead_source_pk", "milestone"], name="claim_lead_milestone_uniq"),
+            models.CheckConstraint(condition=Q(milestone__in=(1, 5, 25)), name="claim_milestone_valid"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="claim_amount_nonnegative"),
+            choices_check("status", ClaimStatus, "claim_status_valid"),
+        ]
+        indexes = [models.Index(fields=["driver_id"], name="claim_driver_idx")]
+
+
+# --- Canonical identity (schema canon) ------------------------------------------------
+
+
+class Person(models.Model):
+    """One human: `canon.identity_registry`. A person_key is never changed or re-issued."""
+
+    person_key = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = 'canon"."identity_registry'
+        verbose_name = "person"
+
+    def __str__(self) -> str:
+        return str(self.person_key)
+
+
+class ConfidenceLevel(models.TextChoices):
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    MANUAL = "manual"
+
+
+class IdentityLink(models.Model):
+    """A source record tied to a person. One source record links to at most one person."""
+
+    source_table = models.TextField(choices=SourceTable.choices)
+    source_pk = models.TextField()
+    person = models.ForeignKey(Person, on_delete=models.PROTECT, db_column="person_key", related_name="links")
+    match_rule = models.TextField()
+    match_score = models.FloatField(null=True, blank=True)
+    confidence_level = models.TextField(choices=ConfidenceLevel.choices)
+    evidence = models.JSONField(default=dict, blank=True)
+    rule_version = models.TextField(default="")
+    linked_at = models.DateTimeField(db_default=Now())
+    # 'system' for automatic jobs, the reviewer's username for a human decision.
+    decided_by = models.TextField(default="system")
+
+    class Meta:
+        db_table = 'canon"."identity_links'
+        constraints = [
+            models.UniqueConstraint(fields=["source_table", "source_pk"], name="identity_link_one_per_source"),
+            choices_check("source_table", SourceTable, "identity_link_source_table_valid"),
+            choices_check("confidence_level", ConfidenceLevel, "identity_link_confidence_valid"),
+        ]
+        indexes = [models.Index(fields=["linked_at"], name="identity_link_linked_at_idx")]
+
+    @property
+    def is_manual(self) -> bool:
+        return self.decided_by != "system"
+
+    def __str__(self) -> str:
+        return f"{self.source_table}:{self.source_pk} -> {self.person_id}"
+
+
+class OriginTag(models.TextChoices):
+    CABINET_LEAD = "cabinet_lead"
+
+
+class IdentityOrigin(models.Model):
+    """How a person was acquired: the earliest lead linked to them."""
+
+    person = models.OneToOneField(
+        Person, on_delete=models.PROTECT, primary_key=True, db_column="person_key", related_name="origin"
+    )
+    origin_tag = models.TextField(choices=OriginTag.choices, default=OriginTag.CABINET_LEAD)
+    origin_source_id = models.TextField()
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = 'canon"."identity_origin'
+        constraints = [choices_check("origin_tag", OriginTag, "identity_origin_tag_valid")]
+        indexes = [models.Index(fields=["origin_source_id"], name="identity_origin_source_idx")]
+
+
+class UnmatchedStatus(models.TextChoices):
+    OPEN = "open"
+    RESOLVED = "resolved"
+    IGNORED = "ignored"
+
+
+class IdentityUnmatched(models.Model):
+    """A source record the matcher could not link, with its candidates and their evidence."""
+
+    source_table = models.TextField(choices=SourceTable.choices)
+    source_pk = models.TextField()
+    reason_code = models.TextField(choices=ReasonCode.choices)
+    details = models.JSONField(default=dict, blank=True)
+    snapshot_date = models.DateField()
+    status = models.TextField(choices=UnmatchedStatus.choices, default=UnmatchedStatus.OPEN)
+    created_at = models.DateTimeField(db_default=Now())
+    updated_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = 'canon"."identity_unmatched'
+        verbose_name_plural = "identity unmatched"
+        constraints = [
+            models.UniqueConstraint(fields=["source_table", "source_pk"], name="identity_unmatched_one_per_source"),
+            choices_check("reason_code", ReasonCode, "identity_unmatched_reason_valid"),
+            choices_check("status", UnmatchedStatus, "identity_unmatched_status_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["reason_code", "status"], name="identity_unmatched_reason_idx"),
+            models.Index(fields=["snapshot_date"], name="identity_unmatched_snap_idx"),
+        ]
+
+
+class Verdict(models.TextChoices):
+    LINK = "link", "This is the person"
+    NOT_THIS_PERSON = "not_this_person", "Not this person"
+    DEFER = "defer", "Deferred"
+
+
+class IdentityJudgement(models.Model):
+    """A human decision on a lead and a candidate person; later automatic runs respect it."""
+
+    source_table = models.TextField(choices=SourceTable.choices, default=SourceTable.CABINET_LEADS)
+    source_pk = models.TextField()
+    # Null only for a deferral that names no candidate.
+    person = models.ForeignKey(
+        Person, on_delete=models.PROTECT, db_column="person_key", null=True, blank=True, related_name="judgements"
+    )
+    verdict = models.TextField(choices=Verdict.choices)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Kept apart from the user row so the record survives the user's deletion.
+    decided_by_name = models.TextField()
+    decided_at = models.DateTimeField(db_default=Now())
+    note = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = 'canon"."identity_judgements'
+        constraints = [
+            choices_check("verdict", Verdict, "identity_judgement_verdict_valid"),
+            models.CheckConstraint(
+                condition=Q(verdict="defer") | Q(person__isnull=False), name="identity_judgement_names_person"
+            ),
+        ]
+        indexes = [models.Index(fields=["source_table", "source_pk"], name="identity_judgement_source_idx")]
+
+
+# --- Job runs (schema ops) -----------------------------------------------------------
+
+
+class JobRunStatus(models.TextChoices):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class JobRun(models.Model):
+    """One run of any job. Freshness and status badges are computed from these rows."""
+
+    name = models.TextField()
+    status = models.TextField(choices=JobRunStatus.choices, default=JobRunStatus.RUNNING)
+    # Where the run came from: command, schedule, api.
+    trigger = models.TextField(default="command")
+    started_at = models.DateTimeField(db_default=Now())
+    finished_at = models.DateTimeField(null=True, blank=True)
+    counts = models.JSONField(default=dict, blank=True)
+    # Parameters the run was started with (limit, filters); never personal data.
+    params = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+    host = models.TextField(blank=True, default="")
+    pid = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = 'ops"."job_runs'
+        constraints = [choices_check("status", JobRunStatus, "job_run_status_valid")]
+        indexes = [models.Index(fields=["name", "-started_at"], name="job_run_name_started_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk} {self.status}"
