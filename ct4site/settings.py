@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",
     "django_pgviews",
     "django_q",
     "rest_framework",
@@ -124,4 +125,11 @@ Q_CLUSTER = {
     "catch_up": False,
     "save_limit": 1000,
     "label": "Scheduled tasks",
+}
+
+# Matching thresholds, in bits of posterior log-odds (docs/matching.md explains each).
+CT4_MATCHING = {
+    "link_bits": float(os.environ.get("CT4_LINK_BITS", "8.0")),
+    "margin_bits": float(os.environ.get("CT4_MARGIN_BITS", "6.0")),
+    "weak_bits": float(os.environ.get("CT4_WEAK_BITS", "-6.0")),
 }

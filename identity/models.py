@@ -8,6 +8,8 @@ The canonical rules the database can hold are constraints here, not only code.
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Cast, Coalesce, Now
@@ -348,3 +350,60 @@ class JobRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} #{self.pk} {self.status}"
+
+
+# --- Drivers index (schema canon) -----------------------------------------------------
+
+
+class DriverIndexEntry(models.Model):
+    """One driver record's normalized keys, and the person it belongs to.
+
+    Built set-based in SQL by `refresh_drivers_index` from the drivers table, with the
+    canon.norm_* functions that mirror identity.normalize.
+    """
+
+    driver_id = models.TextField(primary_key=True)
+    person = models.ForeignKey(
+        Person, on_delete=models.PROTECT, db_column="person_key", null=True, blank=True, related_name="index_entries"
+    )
+    park_id = models.TextField(null=True, blank=True)
+    phone = models.TextField(null=True, blank=True)
+    document = models.TextField(null=True, blank=True)
+    license_document = models.TextField(null=True, blank=True)
+    # Two driver records with the same doc_key are the same person.
+    doc_key = models.TextField(null=True, blank=True)
+    email = models.TextField(null=True, blank=True)
+    plate = models.TextField(null=True, blank=True)
+    given_tokens = ArrayField(models.TextField(), default=list)
+    surname_tokens = ArrayField(models.TextField(), default=list)
+    name_tokens = ArrayField(models.TextField(), default=list)
+    name_key = models.TextField(null=True, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
+    # drivers.updated_at when this entry was computed: a differing value means "refresh me".
+    source_updated_at = models.DateTimeField(null=True)
+    indexed_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = 'canon"."drivers_index'
+        verbose_name = "drivers index entry"
+        verbose_name_plural = "drivers index"
+        indexes = [
+            models.Index(fields=["phone"], name="drivers_index_phone_idx"),
+            models.Index(fields=["document"], name="drivers_index_document_idx"),
+            models.Index(fields=["license_document"], name="drivers_index_license_idx"),
+            models.Index(fields=["doc_key"], name="drivers_index_doc_key_idx"),
+            models.Index(fields=["email"], name="drivers_index_email_idx"),
+            models.Index(fields=["plate"], name="drivers_index_plate_idx"),
+            models.Index(fields=["indexed_at"], name="drivers_index_indexed_at_idx"),
+            GinIndex(fields=["name_tokens"], name="drivers_index_name_gin"),
+        ]
+
+
+class NameTokenStat(models.Model):
+    """How many driver records carry a name token: the term frequency behind name weights."""
+
+    token = models.TextField(primary_key=True)
+    drivers = models.IntegerField()
+
+    class Meta:
+        db_table = 'canon"."name_token_stats'

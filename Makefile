@@ -1,0 +1,39 @@
+# ct4 identity recovery: `make demo` runs the product end to end on demo data, `make test` runs
+# every test. Both set themselves up (venv, packages, embedded PostgreSQL) on a fresh machine.
+
+PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test check-migrations bench clean-data help
+
+help:
+	@echo "make demo   - set up, then run the whole pipeline on a generated demo park"
+	@echo "make test   - set up, then run the whole test suite"
+	@echo "make bench  - run the benchmarks in bench/ (minutes; prints figures)"
+
+$(STAMP): requirements.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=...)")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) manage.py migrate --noinput -v 0
+	$(PY) manage.py run_demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+check-migrations: $(STAMP)
+	$(PY) manage.py makemigrations --check --dry-run
+
+bench: $(STAMP)
+	$(PY) bench/import_speed.py
+
+clean-data:
+	rm -rf .data

@@ -1,0 +1,146 @@
+"""Candidate persons for a batch of leads, fetched set-based: one query per batch, not per lead.
+
+Blocking: exact normalized keys (phone, document or licence DNI, e-mail, plate) and, for leads
+the keys did not settle, name blocks (drivers carrying the lead's rarest name tokens).
+A key value carried by more than KEY_CAP persons blocks nothing: it identifies no one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.db import connection
+
+from identity.matching import Candidate, DriverRecord, Frequencies, LeadKeys
+
+KEY_CAP = 20  # a key shared by more persons than this is noise (placeholders, call centres)
+NAME_BLOCK_CAP = 60  # drivers taken per name block
+
+# Drivers sharing a key with a lead, capped per key value; then every record of their persons.
+_CANDIDATES_SQL = """
+WITH k AS (
+    SELECT * FROM unnest(%(i)s::int[], %(kind)s::text[], %(value)s::text[]) AS k(i, kind, value)
+), b AS (
+    SELECT * FROM unnest(%(bi)s::int[], %(btokens)s::text[]) AS b(i, tokens)
+), hits AS (
+    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
+    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
+                        WHERE di.phone = k.value LIMIT %(cap)s) h WHERE k.kind = 'phone'
+    UNION ALL
+    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
+    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
+                        WHERE di.document = k.value LIMIT %(cap)s) h WHERE k.kind = 'document'
+    UNION ALL
+    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
+    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
+                        WHERE di.license_document = k.value LIMIT %(cap)s) h WHERE k.kind = 'document'
+    UNION ALL
+    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
+    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
+                        WHERE di.email = k.value LIMIT %(cap)s) h WHERE k.kind = 'email'
+    UNION ALL
+    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
+    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
+                        WHERE di.plate = k.value LIMIT %(cap)s) h WHERE k.kind = 'plate'
+    UNION ALL
+    SELECT b.i, 'name', NULL, h.driver_id, h.person_key FROM b
+    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
+                        WHERE di.name_tokens @> string_to_array(b.tokens, ' ') LIMIT %(name_cap)s) h
+)
+SELECT h.i, h.kind, h.value, h.person_key::text, NULL::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+FROM hits h
+UNION ALL
+SELECT NULL, 'record', NULL, di.person_key::text, di.driver_id, di.park_id, di.phone, di.document,
+       di.license_document, di.email, di.plate, di.birth_date, di.given_tokens, di.surname_tokens
+FROM canon.drivers_index di
+WHERE di.person_key IN (SELECT person_key FROM hits WHERE person_key IS NOT NULL)
+"""
+
+
+@dataclass
+class BatchCandidates:
+    by_lead: dict[str, list[Candidate]]
+    key_counts: dict[tuple[str, str], int]
+
+
+def candidates_fetch(leads: list[LeadKeys], *, name_blocks: dict[str, list[tuple[str, ...]]] | None = None) -> BatchCandidates:
+    """Candidate persons of each lead. `name_blocks` maps a lead to token tuples to block on."""
+    i, kind, value = [], [], []
+    for n, lead in enumerate(leads):
+        for field_name in ("phone", "document", "email", "plate"):
+            if v := getattr(lead, field_name):
+                i.append(n)
+                kind.append(field_name)
+                value.append(v)
+    bi, btokens = [], []
+    for n, lead in enumerate(leads):
+        for tokens in (name_blocks or {}).get(lead.source_pk, ()):
+            bi.append(n)
+            btokens.append(" ".join(tokens))
+    if not i and not bi:
+        return BatchCandidates({lead.source_pk: [] for lead in leads}, {})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _CANDIDATES_SQL,
+            {"i": i, "kind": kind, "value": value, "bi": bi, "btokens": btokens, "cap": KEY_CAP + 1,
+             "name_cap": NAME_BLOCK_CAP},
+        )
+        rows = cursor.fetchall()
+    persons_of_lead: dict[int, set[str]] = defaultdict(set)
+    persons_of_value: dict[tuple[str, str], set[str]] = defaultdict(set)
+    records: dict[str, list[DriverRecord]] = defaultdict(list)
+    for n, row_kind, row_value, person_key, driver_id, *rest in rows:
+        if row_kind == "record":
+            park_id, phone, document, license_document, email, plate, birth_date, given, surnames = rest
+            records[person_key].append(
+                DriverRecord(driver_id, park_id, phone, document, license_document, email, plate, birth_date,
+                             tuple(given or ()), tuple(surnames or ()))
+            )
+            continue
+        if row_kind != "name":
+            persons_of_value[(row_kind, row_value)].add(person_key)
+        persons_of_lead[n].add(person_key)
+    key_counts = {key: len(persons) for key, persons in persons_of_value.items()}
+    too_common = {key for key, count in key_counts.items() if count > KEY_CAP}
+    by_lead: dict[str, list[Candidate]] = {}
+    for n, lead in enumerate(leads):
+        keep = persons_of_lead.get(n, set())
+        if too_common:
+            keep = {p for p in keep if not _only_via(p, lead, too_common, persons_of_value)}
+        by_lead[lead.source_pk] = [Candidate(p, tuple(sorted(records[p], key=lambda r: r.driver_id))) for p in sorted(keep)]
+    return BatchCandidates(by_lead, key_counts)
+
+
+def _only_via(person_key: str, lead: LeadKeys, too_common: set, persons_of_value: dict) -> bool:
+    """True when the person reached this lead only through over-shared key values."""
+    for field_name in ("phone", "document", "email", "plate"):
+        value = getattr(lead, field_name)
+        key = (field_name, value)
+        if value and key not in too_common and person_key in persons_of_value.get(key, ()):
+            return False
+    return True
+
+
+def frequencies_load() -> Frequencies:
+    """N persons, N driver records and every name token's count (one read per matching run)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), count(DISTINCT person_key) FROM canon.drivers_index")
+        drivers, persons = cursor.fetchone()
+        cursor.execute("SELECT token, drivers FROM canon.name_token_stats")
+        tokens = dict(cursor.fetchall())
+    return Frequencies(persons=persons, drivers=drivers, tokens=tokens)
+
+
+def name_blocks_for(lead: LeadKeys, freq: Frequencies) -> list[tuple[str, ...]]:
+    """The rarest known tokens of the lead's name, in pairs and one triple.
+
+    Unknown tokens (typos, usually) are skipped: they would block on nothing.
+    """
+    known = sorted({t for t in lead.name_tokens if t in freq.tokens and len(t) >= 2}, key=lambda t: (freq.tokens[t], t))
+    if len(known) < 2:
+        return []
+    blocks = [tuple(known[:2])]
+    if len(known) >= 3:
+        blocks += [tuple(known[:3]), (known[0], known[2]), (known[1], known[2])]
+    return blocks

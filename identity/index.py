@@ -1,0 +1,200 @@
+"""The normalized drivers index: built set-based in SQL from the drivers table, incrementally.
+
+A driver whose `updated_at` differs from the one its index entry was computed from is
+re-normalized; `full=True` re-normalizes every driver. New drivers become persons through
+identity.linking (the one writer of persons and links).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from django.db import connection, transaction
+
+from identity import linking
+from identity.normalize import normalize_phone
+from identity.runs import job_run
+
+JOB_NAME = "refresh_drivers_index"
+
+# One row per driver to (re)index, normalized by the canon.norm_* twins of identity.normalize.
+_UPSERT_SQL = """
+INSERT INTO canon.drivers_index AS di (
+    driver_id, park_id, phone, document, license_document, doc_key, email, plate,
+    given_tokens, surname_tokens, name_tokens, name_key, birth_date, source_updated_at, indexed_at
+)
+SELECT n.driver_id, n.park_id, n.phone, n.document, n.license_document,
+       COALESCE(n.document, n.license_document), n.email, n.plate,
+       n.given_tokens, n.surname_tokens, n.given_tokens || n.surname_tokens,
+       canon.norm_name_key(n.full_name), n.birth_date, n.updated_at, now()
+FROM (
+    SELECT d.driver_id, d.park_id, d.birth_date, d.updated_at,
+           canon.norm_phone_fast(d.phone) AS phone,
+           canon.norm_document(d.document) AS document,
+           canon.norm_license_document(d.license_number) AS license_document,
+           canon.norm_email(d.email) AS email,
+           canon.norm_plate(d.plate) AS plate,
+           COALESCE(canon.norm_name_tokens(concat_ws(' ', d.first_name, d.middle_name)), '{}') AS given_tokens,
+           COALESCE(canon.norm_name_tokens(d.last_name), '{}') AS surname_tokens,
+           concat_ws(' ', d.first_name, d.middle_name, d.last_name) AS full_name
+    FROM public.drivers d
+    JOIN _index_changed c ON c.driver_id = d.driver_id
+) n
+ON CONFLICT (driver_id) DO UPDATE SET
+    park_id = EXCLUDED.park_id, phone = EXCLUDED.phone, document = EXCLUDED.document,
+    license_document = EXCLUDED.license_document, doc_key = EXCLUDED.doc_key,
+    email = EXCLUDED.email, plate = EXCLUDED.plate, given_tokens = EXCLUDED.given_tokens,
+    surname_tokens = EXCLUDED.surname_tokens, name_tokens = EXCLUDED.name_tokens,
+    name_key = EXCLUDED.name_key, birth_date = EXCLUDED.birth_date,
+    source_updated_at = EXCLUDED.source_updated_at, indexed_at = EXCLUDED.indexed_at
+WHERE (di.park_id, di.phone, di.document, di.license_document, di.email, di.plate, di.name_tokens,
+       di.given_tokens, di.birth_date, di.source_updated_at)
+      IS DISTINCT FROM
+      (EXCLUDED.park_id, EXCLUDED.phone, EXCLUDED.document, EXCLUDED.license_document, EXCLUDED.email,
+       EXCLUDED.plate, EXCLUDED.name_tokens, EXCLUDED.given_tokens, EXCLUDED.birth_date,
+       EXCLUDED.source_updated_at)
+"""
+
+
+@dataclass
+class RefreshResult:
+    changed: int = 0
+    phones_fixed: int = 0
+    new_persons: int = 0
+    joined_existing: int = 0
+    driver_links: int = 0
+    removed: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def drivers_index_refresh(*, full: bool = False, trigger: str = "command", run_id: int | None = None) -> RefreshResult:
+    """Bring the index up to date with the drivers table and register new drivers as persons."""
+    started = time.monotonic()
+    with job_run(JOB_NAME, params={"full": full}, trigger=trigger, run_id=run_id) as run:
+        with transaction.atomic(), connection.cursor() as cursor:
+            result = _refresh(cursor, full=full)
+        result.seconds = round(time.monotonic() - started, 2)
+        run.add(**{k: v for k, v in result.as_dict().items() if k != "seconds"})
+    return result
+
+
+def _refresh(cursor, *, full: bool) -> RefreshResult:
+    result = RefreshResult()
+    # Drivers whose index entry is missing or was computed from an older version of the row.
+    # An anti-join rather than a timestamp watermark: an import that commits late with an
+    # earlier updated_at would slip under a watermark.
+    changed_filter = "" if full else "WHERE di.driver_id IS NULL OR di.source_updated_at IS DISTINCT FROM d.updated_at"
+    cursor.execute("DROP TABLE IF EXISTS _index_changed")
+    cursor.execute(
+        f"""
+        CREATE TEMP TABLE _index_changed ON COMMIT DROP AS
+        SELECT d.driver_id FROM public.drivers d
+        LEFT JOIN canon.drivers_index di ON di.driver_id = d.driver_id
+        {changed_filter}
+        """
+    )
+    result.changed = cursor.rowcount
+    if result.changed:
+        cursor.execute("ALTER TABLE _index_changed ADD PRIMARY KEY (driver_id)")
+        cursor.execute("ANALYZE _index_changed")
+        if not full:
+            token_delta_before(cursor)
+        cursor.execute(_UPSERT_SQL)
+        result.phones_fixed = _fix_phones_off_the_fast_path(cursor)
+        token_delta_after(cursor, full=full)
+    registration = linking.drivers_register_persons(cursor=cursor)
+    result.new_persons = registration.new_persons
+    result.joined_existing = registration.joined_existing
+    result.driver_links = registration.driver_links
+    if full:
+        result.removed = _drop_entries_of_deleted_drivers(cursor)
+    return result
+
+
+def _fix_phones_off_the_fast_path(cursor) -> int:
+    """The few phones SQL's fast path leaves out (landlines, foreign numbers) go through phonenumbers."""
+    cursor.execute(
+        """
+        SELECT d.driver_id, d.phone FROM public.drivers d
+        JOIN _index_changed c ON c.driver_id = d.driver_id
+        JOIN canon.drivers_index di ON di.driver_id = d.driver_id
+        WHERE di.phone IS NULL AND d.phone ~ '[0-9]'
+        """
+    )
+    fixed = [(driver_id, phone) for driver_id, raw in cursor.fetchall() if (phone := normalize_phone(raw))]
+    if fixed:
+        ids, phones = zip(*fixed)
+        cursor.execute(
+            """
+            UPDATE canon.drivers_index di SET phone = f.phone
+            FROM unnest(%s::text[], %s::text[]) AS f(driver_id, phone)
+            WHERE di.driver_id = f.driver_id
+            """,
+            [list(ids), list(phones)],
+        )
+    return len(fixed)
+
+
+def token_delta_before(cursor) -> None:
+    """Remember the name tokens the changed entries had, to subtract them from the stats."""
+    cursor.execute("DROP TABLE IF EXISTS _index_old_tokens")
+    cursor.execute(
+        """
+        CREATE TEMP TABLE _index_old_tokens ON COMMIT DROP AS
+        SELECT t.token, count(*) AS n
+        FROM canon.drivers_index di JOIN _index_changed c ON c.driver_id = di.driver_id,
+             LATERAL unnest(di.name_tokens) AS t(token)
+        GROUP BY t.token
+        """
+    )
+
+
+def token_delta_after(cursor, *, full: bool) -> None:
+    """Keep canon.name_token_stats = token counts over the index, by delta (or anew on --full)."""
+    if full:
+        cursor.execute("TRUNCATE canon.name_token_stats")
+        cursor.execute(
+            """
+            INSERT INTO canon.name_token_stats (token, drivers)
+            SELECT t.token, count(*) FROM canon.drivers_index di, LATERAL unnest(di.name_tokens) AS t(token)
+            GROUP BY t.token
+            """
+        )
+        return
+    cursor.execute(
+        """
+        INSERT INTO canon.name_token_stats AS s (token, drivers)
+        SELECT token, sum(n)::int FROM (
+            SELECT t.token, count(*) AS n
+            FROM canon.drivers_index di JOIN _index_changed c ON c.driver_id = di.driver_id,
+                 LATERAL unnest(di.name_tokens) AS t(token)
+            GROUP BY t.token
+            UNION ALL
+            SELECT token, -n FROM _index_old_tokens
+        ) delta GROUP BY token
+        ON CONFLICT (token) DO UPDATE SET drivers = s.drivers + EXCLUDED.drivers
+        """
+    )
+    cursor.execute("DELETE FROM canon.name_token_stats WHERE drivers <= 0")
+
+
+def _drop_entries_of_deleted_drivers(cursor) -> int:
+    """Index entries whose driver row is gone. Their person and links stay (persons are stable)."""
+    cursor.execute(
+        """
+        DELETE FROM canon.drivers_index di
+        WHERE NOT EXISTS (SELECT 1 FROM public.drivers d WHERE d.driver_id = di.driver_id)
+        """
+    )
+    return cursor.rowcount
+
+
+def index_changed_at():
+    """When the index last changed (the seed job retries failed leads after that)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT max(indexed_at) FROM canon.drivers_index")
+        return cursor.fetchone()[0]

@@ -1,0 +1,293 @@
+"""The one writer of persons, links, origins, unmatched rows and judgements (SPEC §3 canonical rules).
+
+Automatic matching and a reviewer's decision both come through here, so the rules live in one
+place: one link per source record (the database refuses a second), an automatic run never
+touches a link a person decided, origin = the earliest lead linked to the person, and every
+write happens for a whole batch in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from identity.models import LEADS_TABLE, PARK_TIME_ZONE, ReasonCode, UnmatchedStatus, Verdict
+
+
+@dataclass
+class Registration:
+    new_persons: int = 0
+    joined_existing: int = 0
+    driver_links: int = 0
+
+
+def drivers_register_persons(*, cursor) -> Registration:
+    """Give every index entry without a person one: an existing person with the same document,
+    else a new person (one per document among the newcomers). person_keys are never re-issued."""
+    result = Registration()
+    # Newcomers whose document an existing person already has join that person.
+    cursor.execute(
+        """
+        UPDATE canon.drivers_index di SET person_key = known.person_key
+        FROM (
+            SELECT DISTINCT ON (e.doc_key) e.doc_key, e.person_key
+            FROM canon.drivers_index e
+            WHERE e.person_key IS NOT NULL
+              AND e.doc_key IN (SELECT doc_key FROM canon.drivers_index WHERE person_key IS NULL AND doc_key IS NOT NULL)
+            ORDER BY e.doc_key, e.indexed_at, e.driver_id
+        ) known
+        WHERE di.person_key IS NULL AND di.doc_key = known.doc_key
+        """
+    )
+    result.joined_existing = cursor.rowcount
+    # The rest: one new person per document, or per driver when it has no document.
+    cursor.execute("DROP TABLE IF EXISTS _new_persons")
+    cursor.execute(
+        """
+        CREATE TEMP TABLE _new_persons ON COMMIT DROP AS
+        SELECT grp, gen_random_uuid() AS person_key
+        FROM (SELECT DISTINCT COALESCE(doc_key, 'driver:' || driver_id) AS grp
+              FROM canon.drivers_index WHERE person_key IS NULL) g
+        """
+    )
+    result.new_persons = cursor.rowcount
+    if result.new_persons:
+        cursor.execute(
+            "INSERT INTO canon.identity_registry (person_key, created_at) SELECT person_key, now() FROM _new_persons"
+        )
+        cursor.execute(
+            """
+            UPDATE canon.drivers_index di SET person_key = n.person_key
+            FROM _new_persons n
+            WHERE di.person_key IS NULL AND COALESCE(di.doc_key, 'driver:' || di.driver_id) = n.grp
+            """
+        )
+    # Every indexed driver has its link (source_table 'drivers'); existing ones are kept as they are.
+    cursor.execute(
+        """
+        INSERT INTO canon.identity_links
+            (source_table, source_pk, person_key, match_rule, match_score, confidence_level,
+             evidence, rule_version, linked_at, decided_by)
+        SELECT 'drivers', di.driver_id, di.person_key,
+               CASE WHEN di.doc_key IS NULL THEN 'driver_registration' ELSE 'driver_same_document' END,
+               NULL, 'high', '{}'::jsonb, 'index-1', now(), 'system'
+        FROM canon.drivers_index di
+        WHERE di.person_key IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM canon.identity_links l
+                          WHERE l.source_table = 'drivers' AND l.source_pk = di.driver_id)
+        ON CONFLICT (source_table, source_pk) DO NOTHING
+        """
+    )
+    result.driver_links = cursor.rowcount
+    return result
+
+
+@dataclass(frozen=True)
+class LeadLink:
+    """A decision to tie a lead to a person, with everything an auditor needs to see why."""
+
+    source_pk: str
+    person_key: str
+    match_rule: str
+    match_score: float | None
+    confidence_level: str
+    evidence: dict
+    rule_version: str
+
+
+@dataclass(frozen=True)
+class LeadUnmatched:
+    source_pk: str
+    reason_code: str
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class LinkOutcome:
+    linked: list[str] = field(default_factory=list)
+    already_linked: list[str] = field(default_factory=list)
+    origins_written: int = 0
+
+
+def leads_link(*, links: list[LeadLink], decided_by: str = "system") -> LinkOutcome:
+    """Create the links of a batch, their origins, and close their unmatched rows, atomically.
+
+    A lead that already has a link keeps it (whoever decided it): the second writer loses and
+    is told so in `already_linked`.
+    """
+    outcome = LinkOutcome()
+    if not links:
+        return outcome
+    with transaction.atomic(), connection.cursor() as cursor:
+        person_keys = sorted({link.person_key for link in links})
+        _lock_persons(cursor, person_keys)
+        cursor.execute(
+            """
+            INSERT INTO canon.identity_links
+                (source_table, source_pk, person_key, match_rule, match_score, confidence_level,
+                 evidence, rule_version, linked_at, decided_by)
+            SELECT %s, l.source_pk, l.person_key::uuid, l.match_rule, l.match_score, l.confidence_level,
+                   l.evidence::jsonb, l.rule_version, now(), %s
+            FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[], %s::text[])
+                 AS l(source_pk, person_key, match_rule, match_score, confidence_level, evidence, rule_version)
+            ON CONFLICT (source_table, source_pk) DO NOTHING
+            RETURNING source_pk
+            """,
+            [
+                LEADS_TABLE,
+                decided_by,
+                [x.source_pk for x in links],
+                [x.person_key for x in links],
+                [x.match_rule for x in links],
+                [x.match_score for x in links],
+                [x.confidence_level for x in links],
+                [_json(x.evidence) for x in links],
+                [x.rule_version for x in links],
+            ],
+        )
+        outcome.linked = [row[0] for row in cursor.fetchall()]
+        linked = set(outcome.linked)
+        outcome.already_linked = [x.source_pk for x in links if x.source_pk not in linked]
+        if outcome.linked:
+            outcome.origins_written = origins_refresh(cursor=cursor, person_keys=person_keys)
+            cursor.execute(
+                """
+                UPDATE canon.identity_unmatched SET status = %s, updated_at = now()
+                WHERE source_table = %s AND source_pk = ANY(%s) AND status = %s
+                """,
+                [UnmatchedStatus.RESOLVED, LEADS_TABLE, outcome.linked, UnmatchedStatus.OPEN],
+            )
+    return outcome
+
+
+def _lock_persons(cursor, person_keys: list[str]) -> None:
+    """Serialize origin updates per person (in key order, so two batches cannot deadlock)."""
+    cursor.execute(
+        "SELECT 1 FROM canon.identity_registry WHERE person_key = ANY(%s::uuid[]) ORDER BY person_key FOR UPDATE",
+        [person_keys],
+    )
+
+
+def origins_refresh(*, cursor, person_keys: list[str] | None = None) -> int:
+    """Make each person's origin the earliest lead linked to them (all persons when None).
+
+    Earliest = the lead's created_at, ties broken by source_pk. Returns rows written.
+    """
+    scope = "AND l.person_key = ANY(%s::uuid[])" if person_keys is not None else ""
+    cursor.execute(
+        f"""
+        INSERT INTO canon.identity_origin AS o (person_key, origin_tag, origin_source_id, created_at, updated_at)
+        SELECT DISTINCT ON (l.person_key) l.person_key, 'cabinet_lead', l.source_pk, now(), now()
+        FROM canon.identity_links l
+        JOIN public.module_ct_cabinet_leads c ON c.source_pk = l.source_pk
+        WHERE l.source_table = %s {scope}
+        ORDER BY l.person_key, c.created_at, l.source_pk
+        ON CONFLICT (person_key) DO UPDATE
+            SET origin_source_id = EXCLUDED.origin_source_id, updated_at = now()
+            WHERE o.origin_source_id IS DISTINCT FROM EXCLUDED.origin_source_id
+        """,
+        [LEADS_TABLE, person_keys] if person_keys is not None else [LEADS_TABLE],
+    )
+    return cursor.rowcount
+
+
+def leads_record_unmatched(*, outcomes: list[LeadUnmatched], snapshot_date=None) -> int:
+    """Upsert each unlinked lead's reason and candidates into canon.identity_unmatched."""
+    if not outcomes:
+        return 0
+    snapshot_date = snapshot_date or lima_today()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO canon.identity_unmatched AS u
+                (source_table, source_pk, reason_code, details, snapshot_date, status, created_at, updated_at)
+            SELECT %s, o.source_pk, o.reason_code, o.details::jsonb, %s, 'open', now(), now()
+            FROM unnest(%s::text[], %s::text[], %s::text[]) AS o(source_pk, reason_code, details)
+            ON CONFLICT (source_table, source_pk) DO UPDATE SET
+                reason_code = EXCLUDED.reason_code, details = EXCLUDED.details,
+                snapshot_date = EXCLUDED.snapshot_date, updated_at = now(),
+                status = CASE WHEN u.status = 'ignored' THEN u.status ELSE 'open' END
+            """,
+            [
+                LEADS_TABLE,
+                snapshot_date,
+                [o.source_pk for o in outcomes],
+                [o.reason_code for o in outcomes],
+                [_json(o.details) for o in outcomes],
+            ],
+        )
+        return cursor.rowcount
+
+
+def judgement_record(
+    *, source_pk: str, person_key: str | None, verdict: str, user=None, decided_by_name: str | None = None,
+    note: str = "",
+) -> None:
+    """Store a human's verdict on a lead and a candidate (who and when). Later runs respect it."""
+    from identity.models import IdentityJudgement  # noqa: PLC0415
+
+    if verdict not in Verdict.values:
+        raise ValueError(f"unknown verdict {verdict!r}")
+    IdentityJudgement.objects.create(
+        source_table=LEADS_TABLE,
+        source_pk=source_pk,
+        person_id=person_key,
+        verdict=verdict,
+        decided_by=user,
+        decided_by_name=decided_by_name or (user.get_username() if user else "system"),
+        note=note,
+    )
+
+
+def rejected_persons(*, source_pks: list[str]) -> dict[str, set[str]]:
+    """For each lead, the persons a reviewer said it is not (negative judgements)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT source_pk, person_key::text FROM canon.identity_judgements
+            WHERE source_table = %s AND source_pk = ANY(%s) AND verdict = %s
+            """,
+            [LEADS_TABLE, source_pks, Verdict.NOT_THIS_PERSON],
+        )
+        rejected: dict[str, set[str]] = {}
+        for source_pk, person_key in cursor.fetchall():
+            rejected.setdefault(source_pk, set()).add(person_key)
+        return rejected
+
+
+def lima_today():
+    return timezone.now().astimezone(_lima()).date()
+
+
+def _lima():
+    from zoneinfo import ZoneInfo  # noqa: PLC0415
+
+    return ZoneInfo(PARK_TIME_ZONE)
+
+
+def _json(value) -> str:
+    import json  # noqa: PLC0415
+
+    return json.dumps(value, default=_json_default, separators=(",", ":"))
+
+
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+__all__ = [
+    "LeadLink",
+    "LeadUnmatched",
+    "ReasonCode",
+    "drivers_register_persons",
+    "judgement_record",
+    "leads_link",
+    "leads_record_unmatched",
+    "origins_refresh",
+    "rejected_persons",
+]

@@ -1,0 +1,25 @@
+"""Rebuild the normalized drivers index and register new drivers as persons."""
+
+from identity.index import drivers_index_refresh
+from identity.management.commands._common import JobCommand
+
+
+class Command(JobCommand):
+    help = "Normalize changed drivers into canon.drivers_index and register new drivers as persons."
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--full", action="store_true", help="re-normalize every driver, not only changed ones")
+
+    def run(self, **options):
+        return drivers_index_refresh(full=options["full"])
+
+    def as_json(self, result):
+        return result.as_dict()
+
+    def summary(self, result) -> str:
+        return (
+            f"drivers index: {result.changed} drivers (re)indexed, {result.new_persons} new persons, "
+            f"{result.joined_existing} joined an existing person, {result.driver_links} driver links, "
+            f"{result.phones_fixed} phones via phonenumbers, {result.removed} removed [{result.seconds}s]"
+        )

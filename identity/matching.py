@@ -1,0 +1,417 @@
+"""Scoring and deciding: a lead against its candidate persons, field by field, as pure functions.
+
+The model is Fellegi–Sunter with fixed, declared probabilities (no training step that can
+silently collapse): each comparison level has m = P(level | same person) and
+u = P(level | different persons); its weight is log2(m / u) bits. Exact agreement on a value
+uses the value's own frequency as u (term-frequency adjustment: a phone three people share or
+the surname "Quispe" says less than a unique one). The posterior log-odds is the prior
+(one person in N) plus the weights.
+
+Independence fails exactly where families share phones and friends share cars, so a link also
+needs corroboration: given name and surname must agree, and some key (document, phone,
+e-mail, plate or birth date) must agree too. See docs/matching.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import date
+
+from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
+
+from identity.models import ReasonCode
+
+RULE_VERSION = "fs-2026.11-r1"
+
+
+# --- Comparisons as data ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    m: float
+    u: float | None  # None: term frequency of the agreeing value(s)
+    description: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    field: str
+    levels: tuple[Level, ...]
+    # Keys a family or friends can share: agreement on them alone never links.
+    shareable: bool = False
+
+    def level(self, name: str) -> Level:
+        for level in self.levels:
+            if level.name == name:
+                return level
+        raise KeyError(f"{self.field} has no level {name!r}")
+
+
+def _key_levels(exact_m: float, typo_m: float, typo_u: float, different_m: float) -> tuple[Level, ...]:
+    return (
+        Level("exact", exact_m, None, "same normalized value"),
+        Level("one_typo", typo_m, typo_u, "one character changed, added, dropped or two swapped"),
+        Level("different", different_m, 1.0, "both present and different"),
+    )
+
+
+COMPARISONS: dict[str, Comparison] = {
+    c.field: c
+    for c in (
+        # A DNI is personal; typed wrong now and then; rarely different for the same person.
+        Comparison("document", _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02)),
+        # People change phones; families and recycled numbers make phones shareable.
+        Comparison("phone", _key_levels(exact_m=0.85, typo_m=0.03, typo_u=1e-6, different_m=0.12), shareable=True),
+        Comparison("email", _key_levels(exact_m=0.80, typo_m=0.04, typo_u=1e-6, different_m=0.16)),
+        # Cars are lent and sold: a plate is weak and shareable.
+        Comparison("plate", _key_levels(exact_m=0.60, typo_m=0.03, typo_u=1e-5, different_m=0.37), shareable=True),
+        Comparison(
+            "birth_date",
+            (
+                Level("exact", 0.95, 1 / 14600, "same day (40 years of birth dates)"),
+                Level("near", 0.03, 1 / 500, "day and month swapped, or one part differs"),
+                Level("different", 0.02, 1.0, "both present and different"),
+            ),
+        ),
+        # Names: u is the frequency of the agreeing tokens (Quispe is common, Ccahuana is not).
+        Comparison(
+            "name",
+            (
+                Level("exact", 0.80, None, "same tokens, in any box order"),
+                Level("typo", 0.06, None, "all tokens agree, some with a typo"),
+                Level("subset", 0.09, None, "given name and surname agree; one side has extra tokens"),
+                Level("partial", 0.03, None, "given name and surname agree; both sides have other tokens"),
+                Level("surnames_only", 0.01, None, "surnames agree, given names do not"),
+                Level("given_only", 0.004, None, "given names agree, surnames do not"),
+                Level("different", 0.002, 1.0, "no token in common"),
+            ),
+        ),
+    )
+}
+
+KEY_FIELDS = ("document", "phone", "email", "plate")
+# Name levels in which both a given name and a surname agree.
+NAME_CORROBORATES = frozenset({"exact", "typo", "subset", "partial"})
+FUZZY_TOKEN_MIN = 0.90  # Jaro-Winkler similarity for two name tokens to count as a typo
+FUZZY_TOKEN_WEIGHT = 0.8  # a typo'd token carries this share of an exact token's information
+
+
+# --- Inputs -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeadKeys:
+    """A lead's normalized keys (identity.normalize); None where the lead has nothing usable."""
+
+    source_pk: str
+    phone: str | None = None
+    document: str | None = None
+    email: str | None = None
+    plate: str | None = None
+    birth_date: date | None = None
+    name_tokens: tuple[str, ...] = ()
+
+    @property
+    def has_full_name(self) -> bool:
+        return len(set(self.name_tokens)) >= 2
+
+    @property
+    def has_identifier(self) -> bool:
+        return any((self.phone, self.document, self.email, self.plate)) or self.has_full_name
+
+
+@dataclass(frozen=True)
+class DriverRecord:
+    """One driver record of a candidate person, as the drivers index holds it."""
+
+    driver_id: str
+    park_id: str | None = None
+    phone: str | None = None
+    document: str | None = None
+    license_document: str | None = None
+    email: str | None = None
+    plate: str | None = None
+    birth_date: date | None = None
+    given_tokens: tuple[str, ...] = ()
+    surname_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    person_key: str
+    records: tuple[DriverRecord, ...]
+
+
+@dataclass(frozen=True)
+class Frequencies:
+    """What the data says about how common things are."""
+
+    persons: int  # N: persons in the registry
+    drivers: int  # driver records in the index (denominator of token frequencies)
+    tokens: dict[str, int] = field(default_factory=dict)  # name token -> driver records carrying it
+    # (field, value) -> persons carrying it, for exact key agreement
+    keys: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def key_u(self, field_name: str, value: str) -> float:
+        return max(self.keys.get((field_name, value), 1), 1) / max(self.persons, 1)
+
+    def token_f(self, token: str) -> float:
+        return max(self.tokens.get(token, 1), 1) / max(self.drivers, 1)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    link_bits: float = 8.0  # posterior log-odds a link needs
+    margin_bits: float = 6.0  # how far the best must be ahead of the second
+    weak_bits: float = -6.0  # below this, with no key agreeing, a candidate is noise
+
+    @classmethod
+    def from_settings(cls) -> Thresholds:
+        from django.conf import settings  # noqa: PLC0415
+
+        return cls(**getattr(settings, "CT4_MATCHING", {}))
+
+
+# --- Scoring ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FieldEvidence:
+    field: str
+    level: str
+    bits: float
+    driver_id: str | None = None
+    shared_by: int | None = None  # persons carrying the agreeing value (term frequency)
+
+    def as_dict(self) -> dict:
+        data = {"field": self.field, "level": self.level, "bits": round(self.bits, 2)}
+        if self.driver_id:
+            data["driver_id"] = self.driver_id
+        if self.shared_by and self.shared_by > 1:
+            data["shared_by"] = self.shared_by
+        return data
+
+
+@dataclass(frozen=True)
+class Scored:
+    person_key: str
+    bits: float  # posterior log-odds, prior included
+    fields: tuple[FieldEvidence, ...]
+    corroborated: bool
+    excluded: bool = False  # a reviewer said this lead is not this person
+
+    def level_of(self, field_name: str) -> str | None:
+        return next((f.level for f in self.fields if f.field == field_name), None)
+
+    @property
+    def key_agrees(self) -> bool:
+        return any(f.field in (*KEY_FIELDS, "birth_date") and f.level in ("exact", "one_typo") for f in self.fields)
+
+    def as_dict(self) -> dict:
+        data = {
+            "person_key": self.person_key,
+            "score": round(self.bits, 2),
+            "corroborated": self.corroborated,
+            "fields": [f.as_dict() for f in self.fields],
+        }
+        if self.excluded:
+            data["excluded_by_judgement"] = True
+        return data
+
+
+def _bits(level: Level, u: float) -> float:
+    return math.log2(level.m / max(u, 1e-12))
+
+
+def _compare_key(field_name: str, lead_value: str | None, candidate: Candidate, freq: Frequencies) -> FieldEvidence | None:
+    if not lead_value:
+        return None
+    comparison = COMPARISONS[field_name]
+    values: list[tuple[str, str]] = []
+    for record in candidate.records:
+        if field_name == "document":
+            values += [(v, record.driver_id) for v in (record.document, record.license_document) if v]
+        elif (value := getattr(record, field_name)) is not None:
+            values.append((value, record.driver_id))
+    if not values:
+        return None
+    for value, driver_id in values:
+        if value == lead_value:
+            shared = freq.keys.get((field_name, value), 1)
+            level = comparison.level("exact")
+            return FieldEvidence(field_name, "exact", _bits(level, freq.key_u(field_name, value)), driver_id, shared)
+    for value, driver_id in values:
+        if len(value) == len(lead_value) and DamerauLevenshtein.distance(value, lead_value, score_cutoff=1) <= 1:
+            level = comparison.level("one_typo")
+            return FieldEvidence(field_name, "one_typo", _bits(level, level.u), driver_id)
+    level = comparison.level("different")
+    return FieldEvidence(field_name, "different", _bits(level, level.u), values[0][1])
+
+
+def _compare_birth_date(lead_value: date | None, candidate: Candidate) -> FieldEvidence | None:
+    if lead_value is None:
+        return None
+    comparison = COMPARISONS["birth_date"]
+    dated = [(r.birth_date, r.driver_id) for r in candidate.records if r.birth_date]
+    if not dated:
+        return None
+    best = "different"
+    best_driver = dated[0][1]
+    for value, driver_id in dated:
+        if value == lead_value:
+            best, best_driver = "exact", driver_id
+            break
+        same_parts = (value.year == lead_value.year) + (value.month == lead_value.month) + (value.day == lead_value.day)
+        swapped = value.year == lead_value.year and value.month == lead_value.day and value.day == lead_value.month
+        if same_parts == 2 or swapped:
+            best, best_driver = "near", driver_id
+    level = comparison.level(best)
+    return FieldEvidence("birth_date", best, _bits(level, level.u), best_driver)
+
+
+def _token_match(token: str, pool: tuple[str, ...]) -> tuple[str | None, bool]:
+    """(matched token, exact?) for one lead token against a candidate's tokens."""
+    if token in pool:
+        return token, True
+    if len(token) >= 4:
+        best, best_sim = None, FUZZY_TOKEN_MIN
+        for other in pool:
+            if len(other) >= 4 and (sim := JaroWinkler.similarity(token, other)) >= best_sim:
+                best, best_sim = other, sim
+        if best is not None:
+            return best, False
+    return None, False
+
+
+def _compare_name(lead_tokens: tuple[str, ...], record: DriverRecord, freq: Frequencies) -> FieldEvidence | None:
+    given, surnames = record.given_tokens, record.surname_tokens
+    pool = given + surnames
+    lead = tuple(dict.fromkeys(lead_tokens))
+    if not lead or not pool:
+        return None
+    comparison = COMPARISONS["name"]
+    matched: dict[str, bool] = {}  # candidate token -> exact?
+    for token in lead:
+        hit, exact = _token_match(token, pool)
+        if hit is not None and (hit not in matched or exact):
+            matched[hit] = exact
+    if not matched:
+        level = comparison.level("different")
+        return FieldEvidence("name", "different", _bits(level, level.u), record.driver_id)
+    given_hit = any(t in matched for t in given)
+    surname_hit = any(t in matched for t in surnames)
+    lead_all = len(matched) >= len(lead)
+    pool_all = all(t in matched for t in pool)
+    if given_hit and surname_hit:
+        if lead_all and pool_all:
+            name = "exact" if all(matched.values()) else "typo"
+        elif lead_all or pool_all:
+            name = "subset"
+        else:
+            name = "partial"
+    elif surname_hit:
+        name = "surnames_only"
+    elif given_hit:
+        name = "given_only"
+    else:  # pragma: no cover - matched implies a given or surname hit
+        name = "different"
+    # u: how likely a random person carries all the agreeing tokens (independence, so capped below).
+    log_u = sum(math.log2(freq.token_f(t)) * (1.0 if exact else FUZZY_TOKEN_WEIGHT) for t, exact in matched.items())
+    u = max(2.0 ** log_u, 1 / max(freq.drivers, 1))
+    level = comparison.level(name)
+    return FieldEvidence("name", name, _bits(level, u), record.driver_id)
+
+
+def candidate_score(lead: LeadKeys, candidate: Candidate, freq: Frequencies, *, excluded: bool = False) -> Scored:
+    """Every comparison of a lead against one candidate person, with the evidence for each."""
+    fields: list[FieldEvidence] = []
+    for field_name in KEY_FIELDS:
+        evidence = _compare_key(field_name, getattr(lead, field_name), candidate, freq)
+        if evidence:
+            fields.append(evidence)
+    if evidence := _compare_birth_date(lead.birth_date, candidate):
+        fields.append(evidence)
+    names = [e for r in candidate.records if (e := _compare_name(lead.name_tokens, r, freq))]
+    if names:
+        fields.append(max(names, key=lambda e: e.bits))
+    prior = -math.log2(max(freq.persons, 2))
+    bits = prior + sum(f.bits for f in fields)
+    return Scored(candidate.person_key, bits, tuple(fields), _corroborated(lead, fields), excluded)
+
+
+def _corroborated(lead: LeadKeys, fields: list[FieldEvidence]) -> bool:
+    """The canonical guard: names agree (given and surname) and some key or the birth date agrees.
+
+    Without a name on the lead, only a document plus another exact key will do.
+    """
+    levels = {f.field: f.level for f in fields}
+    key_agrees = any(levels.get(k) in ("exact", "one_typo") for k in KEY_FIELDS) or levels.get("birth_date") == "exact"
+    if lead.name_tokens:
+        return levels.get("name") in NAME_CORROBORATES and key_agrees
+    others = ("phone", "email", "birth_date")
+    return levels.get("document") == "exact" and any(levels.get(k) == "exact" for k in others)
+
+
+# --- Deciding -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    source_pk: str
+    outcome: str  # "link" or a ReasonCode
+    person_key: str | None
+    score: float | None
+    margin: float | None
+    candidates: tuple[Scored, ...]
+
+    @property
+    def is_link(self) -> bool:
+        return self.outcome == "link"
+
+    @property
+    def confidence_level(self) -> str:
+        if not self.is_link:
+            return "low"
+        return "high" if (self.score or 0) >= 16 and (self.margin or 0) >= 12 else "medium"
+
+    def evidence(self, thresholds: Thresholds, top: int = 5) -> dict:
+        return {
+            "rule_version": RULE_VERSION,
+            "outcome": self.outcome,
+            "score": None if self.score is None else round(self.score, 2),
+            "margin": None if self.margin is None or math.isinf(self.margin) else round(self.margin, 2),
+            "thresholds": {"link": thresholds.link_bits, "margin": thresholds.margin_bits, "weak": thresholds.weak_bits},
+            "candidates": [c.as_dict() for c in self.candidates[:top]],
+        }
+
+
+def lead_decide(
+    lead: LeadKeys,
+    candidates: list[Candidate],
+    freq: Frequencies,
+    thresholds: Thresholds,
+    rejected: set[str] | frozenset[str] = frozenset(),
+) -> Decision:
+    """The decision for one lead: a pure function of the lead, its candidates, the judgements
+    on record (persons a reviewer said it is not) and the thresholds."""
+    if not lead.has_identifier:
+        return Decision(lead.source_pk, ReasonCode.MISSING_IDENTIFIERS, None, None, None, ())
+    scored = sorted(
+        (candidate_score(lead, c, freq, excluded=c.person_key in rejected) for c in candidates),
+        key=lambda s: (-s.bits, s.person_key),
+    )
+    eligible = [s for s in scored if not s.excluded]
+    plausible = [s for s in eligible if s.key_agrees or s.bits >= thresholds.weak_bits]
+    if not plausible:
+        return Decision(lead.source_pk, ReasonCode.NO_CANDIDATES, None, None, None, tuple(scored))
+    best = plausible[0]
+    second = plausible[1].bits if len(plausible) > 1 else -math.inf
+    margin = best.bits - second
+    if best.bits >= thresholds.link_bits and best.corroborated:
+        if margin >= thresholds.margin_bits:
+            return Decision(lead.source_pk, "link", best.person_key, best.bits, margin, tuple(scored))
+        return Decision(lead.source_pk, ReasonCode.CONFLICT_MULTIPLE_CANDIDATES, None, best.bits, margin, tuple(scored))
+    return Decision(lead.source_pk, ReasonCode.WEAK_MATCH_ONLY, None, best.bits, margin, tuple(scored))

@@ -1,0 +1,136 @@
+"""How every job runs: a row in ops.job_runs, an optional singleton advisory lock, batch logs.
+
+Services wrap their work in `job_run(...)`; the commands, the schedules and the API all end up
+here, so freshness badges and "a second copy exits at once" hold whatever started the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from django.db import connection
+from django.utils import timezone
+
+from identity.models import JobRun, JobRunStatus
+
+logger = logging.getLogger("ct4.jobs")
+
+
+class JobLocked(Exception):
+    """Another run of a singleton job holds its advisory lock."""
+
+    def __init__(self, name: str, holder: JobRun | None):
+        self.name = name
+        self.holder = holder
+        since = f" (run #{holder.pk}, started {holder.started_at:%Y-%m-%d %H:%M:%S %Z})" if holder else ""
+        super().__init__(f"{name} is already running{since}; this copy did nothing.")
+
+
+def lock_key(name: str) -> int:
+    """A stable 31-bit advisory-lock key per job name (same in every process and machine)."""
+    return zlib.crc32(f"ct4:{name}".encode()) & 0x7FFFFFFF
+
+
+def safe_error(exc: BaseException) -> str:
+    """An error text fit for job_runs: PostgreSQL's DETAIL lines echo row values, so they go."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}"[:500]
+
+
+@dataclass
+class RunHandle:
+    """What a running job sees: its JobRun row and counters it can bump."""
+
+    run: JobRun
+    counts: dict = field(default_factory=dict)
+
+    def add(self, **increments: int) -> None:
+        for key, value in increments.items():
+            self.counts[key] = self.counts.get(key, 0) + value
+
+    def save_progress(self) -> None:
+        JobRun.objects.filter(pk=self.run.pk).update(counts=self.counts)
+
+    def log_batch(self, batch_no: int, **figures: int) -> None:
+        """One line per batch, counts only (never personal data)."""
+        text = " ".join(f"{key}={value}" for key, value in figures.items())
+        logger.info("%s run=%s batch=%s %s", self.run.name, self.run.pk, batch_no, text)
+        self.save_progress()
+
+
+def _try_lock(key: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        return bool(cursor.fetchone()[0])
+
+
+def _unlock(key: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
+@contextmanager
+def job_run(
+    name: str, *, params: dict | None = None, trigger: str = "command", singleton: bool = True,
+    run_id: int | None = None,
+) -> Iterator[RunHandle]:
+    """Record a run of `name`; with `singleton`, hold its advisory lock for the whole run.
+
+    `run_id` continues a row created earlier in state queued (the API creates it before the
+    task starts, so callers can follow it). Raises JobLocked without doing anything when
+    another process holds the lock.
+    """
+    if connection.in_atomic_block:
+        # The run row must commit on its own, before and apart from the batches.
+        raise RuntimeError("job_run() must not be called inside a transaction")
+    key = lock_key(name)
+    if singleton and not _try_lock(key):
+        holder = JobRun.objects.filter(name=name, status=JobRunStatus.RUNNING).order_by("-started_at").first()
+        skipped = dict(name=name, status=JobRunStatus.SKIPPED, trigger=trigger, params=params or {},
+                       finished_at=timezone.now(), error="another run holds the lock")
+        if run_id:
+            JobRun.objects.filter(pk=run_id).update(**skipped)
+        else:
+            JobRun.objects.create(**skipped, host=socket.gethostname(), pid=os.getpid())
+        raise JobLocked(name, holder)
+    fields = dict(name=name, status=JobRunStatus.RUNNING, trigger=trigger, params=params or {},
+                  started_at=timezone.now(), host=socket.gethostname(), pid=os.getpid())
+    if run_id:
+        JobRun.objects.filter(pk=run_id).update(**fields)
+        run = JobRun.objects.get(pk=run_id)
+    else:
+        run = JobRun.objects.create(**fields)
+    handle = RunHandle(run=run)
+    logger.info("%s run=%s started", name, run.pk)
+    try:
+        yield handle
+    except BaseException as exc:
+        JobRun.objects.filter(pk=run.pk).update(
+            status=JobRunStatus.FAILED, finished_at=timezone.now(), counts=handle.counts, error=safe_error(exc)
+        )
+        logger.error("%s run=%s failed: %s", name, run.pk, safe_error(exc))
+        raise
+    else:
+        JobRun.objects.filter(pk=run.pk).update(
+            status=JobRunStatus.SUCCEEDED, finished_at=timezone.now(), counts=handle.counts
+        )
+        figures = " ".join(f"{k}={v}" for k, v in handle.counts.items())
+        logger.info("%s run=%s finished %s", name, run.pk, figures)
+    finally:
+        if singleton:
+            _unlock(key)
+
+
+def progress_bar(total: int | None, desc: str, enabled: bool | None = None):
+    """A tqdm bar on a terminal, a silent stand-in otherwise (cron, CI, the API)."""
+    from tqdm import tqdm  # noqa: PLC0415
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, desc=desc, unit="lead", disable=not show, leave=False)

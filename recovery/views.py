@@ -1,0 +1,559 @@
+"""The SQL views of SPEC §5 (backlog, gaps, unlinked drivers, 14-day money, limbo, funnel, metrics).
+
+Each view is an unmanaged read-only model whose SQL sits beside it; migrate creates them (pgviews sync).
+"""
+
+from decimal import Decimal
+
+from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+from django_pgviews import view as pg
+
+from identity.models import DRIVERS_TABLE, LEADS_TABLE, PARK_TIME_ZONE, Claim
+
+# "Today" is the park's calendar day. Django runs sessions in UTC, so current_date would be
+# wrong for five hours every evening.
+TODAY = f"((now() AT TIME ZONE '{PARK_TIME_ZONE}')::date)"
+CLAIM_WINDOW_DAYS = int(settings.CT4["CLAIM_WINDOW_DAYS"])
+# A lead stays "medium" risk up to this many days after its date, then becomes "low".
+MEDIUM_RISK_MAX_DAYS = 45
+
+
+def _milestone_amounts() -> dict[int, Decimal]:
+    """Milestone -> amount from settings; the claims table only accepts the milestones it knows."""
+    amounts = {int(m): Decimal(str(a)) for m, a in settings.CT4["MILESTONES"].items()}
+    if set(amounts) != set(Claim.MILESTONES):
+        raise ImproperlyConfigured(f"CT4['MILESTONES'] must define exactly the milestones {Claim.MILESTONES}")
+    return dict(sorted(amounts.items()))
+
+
+MILESTONE_AMOUNTS = _milestone_amounts()
+
+
+class RiskLevel(models.TextChoices):
+    HIGH = "high", "14-day claim window open"
+    MEDIUM = "medium", f"Up to {MEDIUM_RISK_MAX_DAYS} days old"
+    LOW = "low", f"Older than {MEDIUM_RISK_MAX_DAYS} days"
+
+
+class GapReason(models.TextChoices):
+    NO_IDENTITY = "no_identity", "No identity link"
+    NO_ORIGIN = "no_origin", "Linked, but the person has no origin"
+    INCONSISTENT_ORIGIN = "inconsistent_origin", "The person's origin is not its earliest linked lead"
+    RESOLVED = "resolved", "Resolved"
+
+
+class LimboStage(models.TextChoices):
+    NO_IDENTITY = "NO_IDENTITY", "No identity link"
+    NO_DRIVER = "NO_DRIVER", "The person has no driver"
+    NO_TRIPS_14D = "NO_TRIPS_14D", "No trips in the 14 days from the lead date"
+    TRIPS_NO_CLAIM = "TRIPS_NO_CLAIM", "A reached milestone has no claim"
+    OK = "OK", "All reached milestones claimed"
+
+
+def _risk_level(lead_date: str) -> str:
+    return (
+        f"CASE WHEN {TODAY} - {lead_date} < {CLAIM_WINDOW_DAYS} THEN '{RiskLevel.HIGH}'"
+        f" WHEN {TODAY} - {lead_date} <= {MEDIUM_RISK_MAX_DAYS} THEN '{RiskLevel.MEDIUM}'"
+        f" ELSE '{RiskLevel.LOW}' END"
+    )
+
+
+# The lead's own link (SPEC §2: source_pk = COALESCE(external_id::text, id::text) on both sides).
+LEAD_LINK_JOIN = f"""canon.identity_links il
+           ON il.source_table = '{LEADS_TABLE}' AND il.source_pk = l.source_pk"""
+
+
+# --- 1. The red KPI backlog ------------------------------------------------------------
+
+KPI_RED_BACKLOG_SQL = f"""
+SELECT
+    l.source_pk AS lead_source_pk,
+    l.id AS lead_id,
+    l.lead_date,
+    l.park_id,
+    l.created_at,
+    {_risk_level("l.lead_date")} AS risk_level,
+    {TODAY} - l.lead_date AS days_since_lead
+FROM public.module_ct_cabinet_leads l
+WHERE NOT EXISTS (
+        SELECT 1 FROM canon.identity_links il
+        WHERE il.source_table = '{LEADS_TABLE}' AND il.source_pk = l.source_pk)
+  -- Any claim row, whatever its status, takes the lead out of the red KPI.
+  AND NOT EXISTS (
+        SELECT 1 FROM public.cabinet_milestone_claims c
+        WHERE c.lead_source_pk = l.source_pk)
+"""
+
+
+class KpiRedBacklog(pg.ReadOnlyView):
+    """The red KPI ("Leads sin identidad ni claims"): leads with no identity link and no claim.
+
+    Anti-joins on identity_links (source_table, source_pk) unique and claims (lead_source_pk, milestone).
+    """
+
+    sql = KPI_RED_BACKLOG_SQL
+
+    lead_source_pk = models.TextField(primary_key=True)
+    lead_id = models.BigIntegerField()
+    lead_date = models.DateField()
+    park_id = models.TextField(null=True)
+    created_at = models.DateTimeField()
+    risk_level = models.TextField(choices=RiskLevel.choices)
+    days_since_lead = models.IntegerField()
+
+    class Meta(pg.ReadOnlyView.Meta):
+        managed = False
+        db_table = '"ops"."v_cabinet_kpi_red_backlog"'
+        verbose_name = "red-KPI backlog lead"
+
+
+# --- 2. Identity gap analysis ----------------------------------------------------------
+
+IDENTITY_GAP_ANALYSIS_SQL = f"""
+WITH lead_person AS (
+    -- each lead with the person its link names (NULL when unlinked)
+    SELECT l.source_pk, l.id, l.lead_date, l.park_id, l.created_at, il.person_key
+    FROM public.module_ct_cabinet_leads l
+    LEFT JOIN {LEAD_LINK_JOIN}
+),
+person_first_lead AS (
+    -- each person's earliest linked lead (min created_at, ties by source_pk): what its origin must name
+    SELECT DISTINCT ON (lp.person_key) lp.person_key, lp.source_pk AS first_lead_source_pk
+    FROM lead_person lp
+    WHERE lp.person_key IS NOT NULL
+    ORDER BY lp.person_key, lp.created_at, lp.source_pk
+)
+SELECT
+    lp.source_pk AS lead_source_pk,
+    lp.id AS lead_id,
+    lp.lead_date,
+    lp.park_id,
+    lp.person_key,
+    -- An origin naming a lead not linked to the person can never equal its earliest linked
+    -- lead, so one comparison covers both inconsistent cases.
+    CASE
+        WHEN lp.person_key IS NULL THEN '{GapReason.NO_IDENTITY}'
+        WHEN o.person_key IS NULL THEN '{GapReason.NO_ORIGIN}'
+        WHEN o.origin_source_id IS DISTINCT FROM pf.first_lead_source_pk THEN '{GapReason.INCONSISTENT_ORIGIN}'
+        ELSE '{GapReason.RESOLVED}'
+    END AS gap_reason,
+    {_risk_level("lp.lead_date")} AS risk_level,
+    {TODAY} - lp.lead_date AS days_since_lead,
+    o.origin_source_id,
+    pf.first_lead_source_pk AS expected_origin_source_id
+FROM lead_person lp
+LEFT JOIN canon.identity_origin o ON o.person_key = lp.person_key
+LEFT JOIN person_first_lead pf ON pf.person_key = lp.person_key
+"""
+
+
+class IdentityGapAnalysis(pg.ReadOnlyView):
+    """One row per lead: why it is not (fully) resolved, and how urgent it is.
+
+    `expected_origin_source_id` is the person's earliest linked lead: the origin a fix should write.
+    """
+
+    sql = IDENTITY_GAP_ANALYSIS_SQL
+
+    lead_source_pk = models.TextField(primary_key=True)
+    lead_id = models.BigIntegerField()
+    lead_date = models.DateField()
+    park_id = models.TextField(null=True)
+    person_key = models.UUIDField(null=True)
+    gap_reason = models.TextField(choices=GapReason.choices)
+    risk_level = models.TextField(choices=RiskLevel.choices)
+    days_since_lead = models.IntegerField()
+    origin_source_id = models.TextField(null=True)
+    expected_origin_source_id = models.TextField(null=True)
+
+    class Meta(pg.ReadOnlyView.Meta):
+        managed = False
+        db_table = '"ops"."v_identity_gap_analysis"'
+        verbose_name = "identity gap"
+
+
+# --- 3. Drivers with trips and no identity ----------------------------------------------
+
+DRIVER_UNLINKED_ACTIVITY_SQL = f"""
+WITH unlinked_driver AS (
+    -- driver records that no identity link names
+    SELECT d.driver_id, d.park_id
+    FROM public.drivers d
+    WHERE NOT EXISTS (
+        SELECT 1 FROM canon.identity_links il
+        WHERE il.source_table = '{DRIVERS_TABLE}' AND il.source_pk = d.driver_id)
+)
+SELECT
+    u.driver_id,
+    u.park_id,
+    t.first_trip_date,
+    t.last_trip_date,
+    t.trips_total,
+    t.trips_today,
+    t.trips_last_7d,
+    t.trips_today > 0 AS active_today,
+    t.trips_last_7d > 0 AS active_last_7d
+FROM unlinked_driver u
+-- Per driver through driver_trips (driver_id, date): cost follows the unlinked drivers, not
+-- the size of the trips table.
+CROSS JOIN LATERAL (
+    SELECT
+        min(dt.date) AS first_trip_date,
+        max(dt.date) AS last_trip_date,
+        sum(dt.trips) AS trips_total,
+        coalesce(sum(dt.trips) FILTER (WHERE dt.date = {TODAY}), 0) AS trips_today,
+        coalesce(sum(dt.trips) FILTER (WHERE dt.date > {TODAY} - 7 AND dt.date <= {TODAY}), 0) AS trips_last_7d
+    FROM public.driver_trips dt
+    WHERE dt.driver_id = u.driver_id AND dt.trips > 0
+) t
+WHERE t.trips_total > 0
+"""
+
+
+class DriverUnlinkedActivity(pg.ReadOnlyView):
+    """Drivers (records of the drivers table) with trips and no identity link: a KPI apart from leads.
+
+    trips_last_7d covers today and the six days before it (Lima dates).
+    """
+
+    sql = DRIVER_UNLINKED_ACTIVITY_SQL
+
+    driver_id = models.TextField(primary_key=True)
+    park_id = models.TextField(null=True)
+    first_trip_date = models.DateField()
+    last_trip_date = models.DateField()
+    trips_total = models.BigIntegerField()
+    trips_today = models.BigIntegerField()
+    trips_last_7d = models.BigIntegerField()
+    active_today = models.BooleanField()
+    active_last_7d = models.BooleanField()
+
+    class Meta(pg.ReadOnlyView.Meta):
+        managed = False
+        db_table = '"ops"."v_identity_driver_unlinked_activity"'
+        verbose_name = "unlinked active driver"
+        verbose_name_plural = "unlinked active drivers"
+
+
+# --- 4. Money per lead in its 14-day window ---------------------------------------------
+
+
+def _milestone_columns() -> str:
+    """reached_mN, expected_amount and missing_claim_milestones, generated from settings."""
+    reached = [f"lt.trips_14d >= {m} AS reached_m{m}" for m in MILESTONE_AMOUNTS]
+    expected = " + ".join(
+        f"CASE WHEN lt.trips_14d >= {m} THEN {amount} ELSE 0 END" for m, amount in MILESTONE_AMOUNTS.items()
+    )
+    missing = ", ".join(
+        f"CASE WHEN lt.trips_14d >= {m} AND NOT {m} = ANY(lt.claimed_milestones) THEN {m} END"
+        for m in MILESTONE_AMOUNTS
+    )
+    return ",\n    ".join(
+        [
+            *reached,
+            f"({expected})::numeric(12, 2) AS expected_amount",
+            f"array_remove(ARRAY[{missing}]::smallint[], NULL) AS missing_claim_milestones",
+        ]
+    )
+
+
+CABINET_FINANCIAL_14D_SQL = f"""
+WITH lead_person AS (
+    -- each lead with the person its link names (NULL when unlinked)
+    SELECT l.source_pk, l.id, l.lead_date, l.park_id, il.person_key
+    FROM public.module_ct_cabinet_leads l
+    LEFT JOIN {LEAD_LINK_JOIN}
+),
+lead_driver_trips AS (
+    -- per linked lead: its person's driver records and their trips from lead_date to lead_date + {CLAIM_WINDOW_DAYS - 1}
+    SELECT
+        lp.source_pk,
+        array_agg(dl.source_pk ORDER BY dl.source_pk) AS driver_ids,
+        coalesce(sum(w.trips), 0) AS trips_14d
+    FROM lead_person lp
+    JOIN canon.identity_links dl ON dl.person_key = lp.person_key AND dl.source_table = '{DRIVERS_TABLE}'
+    CROSS JOIN LATERAL (
+        SELECT sum(dt.trips) AS trips
+        FROM public.driver_trips dt
+        WHERE dt.driver_id = dl.source_pk
+          AND dt.date >= lp.lead_date AND dt.date < lp.lead_date + {CLAIM_WINDOW_DAYS}
+    ) w
+    GROUP BY lp.source_pk
+),
+lead_claims AS (
+    -- per lead: its claim rows, the milestones they cover and their money by status
+    SELECT
+        c.lead_source_pk,
+        count(*) AS claims_count,
+        array_agg(c.milestone ORDER BY c.milestone) AS claimed_milestones,
+        sum(c.amount) FILTER (WHERE c.status IN ('claimed', 'paid')) AS claimed_amount,
+        sum(c.amount) FILTER (WHERE c.status = 'paid') AS paid_amount
+    FROM public.cabinet_milestone_claims c
+    GROUP BY c.lead_source_pk
+),
+lead_totals AS (
+    -- each lead with its drivers, trips and claims (zeros and empty arrays when absent)
+    SELECT
+        lp.source_pk, lp.id, lp.lead_date, lp.park_id, lp.person_key,
+        coalesce(ldt.driver_ids, '{{}}'::text[]) AS driver_ids,
+        coalesce(ldt.trips_14d, 0) AS trips_14d,
+        coalesce(lc.claims_count, 0) AS claims_count,
+        coalesce(lc.claimed_milestones, '{{}}'::smallint[]) AS claimed_milestones,
+        coalesce(lc.claimed_amount, 0) AS claimed_amount,
+        coalesce(lc.paid_amount, 0) AS paid_amount
+    FROM lead_person lp
+    LEFT JOIN lead_driver_trips ldt ON ldt.source_pk = lp.source_pk
+    LEFT JOIN lead_claims lc ON lc.lead_source_pk = lp.source_pk
+)
+SELECT
+    lt.source_pk AS lead_source_pk,
+    lt.id AS lead_id,
+    lt.lead_date,
+    lt.park_id,
+    lt.person_key,
+    lt.driver_ids,
+    cardinality(lt.driver_ids) AS driver_count,
+    lt.lead_date + {CLAIM_WINDOW_DAYS - 1} AS window_last_date,
+    {TODAY} < lt.lead_date + {CLAIM_WINDOW_DAYS} AS window_open,
+    lt.trips_14d,
+    {_milestone_columns()},
+    lt.claimed_amount::numeric(12, 2) AS claimed_amount,
+    lt.paid_amount::numeric(12, 2) AS paid_amount,
+    lt.claims_count
+FROM lead_totals lt
+"""
+
+
+class CabinetFinancial14d(pg.ReadOnlyView):
+    """Per lead: trips of its person's drivers in the 14 days from lead_date, milestones, money.
+
+    Amounts come from settings.CT4["MILESTONES"] (the SQL is generated at import). Claims count
+    whatever their status; claimed_amount is claimed + paid, paid_amount is paid only.
+    Relies on identity_links (person_key) and driver_trips (driver_id, date).
+    """
+
+    sql = CABINET_FINANCIAL_14D_SQL
+
+    lead_source_pk = models.TextField(primary_key=True)
+    lead_id = models.BigIntegerField()
+    lead_date = models.DateField()
+    park_id = models.TextField(null=True)
+    person_key = models.UUIDField(null=True)
+    driver_ids = ArrayField(models.TextField())
+    driver_count = models.IntegerField()
+    window_last_date = models.DateField()
+    window_open = models.BooleanField()
+    trips_14d = models.BigIntegerField()
+    reached_m1 = models.BooleanField()
+    reached_m5 = models.BooleanField()
+    reached_m25 = models.BooleanField()
+    expected_amount = models.DecimalField(max_digits=12, decimal_places=2)
+    missing_claim_milestones = ArrayField(models.SmallIntegerField())
+    claimed_amount = models.DecimalField(max_digits=12, decimal_places=2)
+    paid_amount = models.DecimalField(max_digits=12, decimal_places=2)
+    claims_count = models.BigIntegerField()
+
+    class Meta(pg.ReadOnlyView.Meta):
+        managed = False
+        db_table = '"ops"."v_cabinet_financial_14d"'
+        verbose_name = "lead 14-day financials"
+        verbose_name_plural = "leads 14-day financials"
+
+
+# --- 5. Where each lead is stuck --------------------------------------------------------
+
+CABINET_LEADS_LIMBO_SQL = f"""
+SELECT
+    f.lead_source_pk,
+    f.lead_id,
+    f.lead_date,
+    f.park_id,
+    f.person_key,
+    -- The first stage that applies, in funnel order.
+    CASE
+        WHEN f.person_key IS NULL THEN '{LimboStage.NO_IDENTITY}'
+        WHEN f.driver_count = 0 THEN '{LimboStage.NO_DRIVER}'
+        WHEN f.trips_14d = 0 THEN '{LimboStage.NO_TRIPS_14D}'
+        WHEN cardinality(f.missing_claim_milestones) > 0 THEN '{LimboStage.TRIPS_NO_CLAIM}'
+        ELSE '{LimboStage.OK}'
+    END AS limbo_stage,
+    f.trips_14d,
+    f.missing_claim_milestones
+FROM ops.v_cabinet_financial_14d f
+"""
+
+
+class CabinetLeadsLimbo(pg.ReadOnlyView):
+    """Per lead, the first funnel stage where it is stuck (OK when every reached milestone is claimed)."""
+
+    dependencies = ["recovery.CabinetFinancial14d"]
+    sql = CABINET_LEADS_LIMBO_SQL
+
+    lead_source_pk = models.TextField(primary_key=True)
+    lead_id = models.BigIntegerField()
+    lead_date = models.DateField()
+    park_id = models.TextField(null=True)
+    person_key = models.UUIDField(null=True)
+    limbo_stage = models.TextField(choices=LimboStage.choices)
+    trips_14d = models.BigIntegerField()
+    missing_claim_milestones = ArrayField(models.SmallIntegerField())
+
+    class Meta(pg.ReadOnlyView.Meta):
+        managed = False
+        db_table = '"ops"."v_cabinet_leads_limbo"'
+        verbose_name = "lead in limbo"
+        verbose_name_plural = "leads in limbo"
+
+
+# --- 6. Weekly funnel audit -------------------------------------------------------------
+
+FUNNEL_AUDIT_WEEKLY_SQL = f"""
+SELECT
+    -- ::timestamp (not timestamptz) so the Monday does not depend on the session time zone.
+    date_trunc('week', lb.lead_date::timestamp)::date AS week_start,
+    count(*) AS leads_total,
+    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.NO_IDENTITY}') AS limbo_no_identity,
+    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.NO_DRIVER}') AS limbo_no_driver,
+    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.NO_TRIPS_14D}') AS limbo_no_trips_14d,
+    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.TRIPS_NO_CLAIM}') AS limbo_trips_no_claim,
+    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.OK}') AS limbo_ok
+FROM ops.v_cabinet_leads_limbo lb
+GROUP BY 1
+"""
+
+
+class FunnelAuditWeekly(pg.ReadOnlyView):
+    """Leads per week (Monday of lead_date) by limbo stage; the stage columns sum to leads_total."""
+
+    dependencies = ["recovery.CabinetLeadsLimbo"]
+    sql = FUNNEL_AUDIT_WEEKLY_SQL
+
+    week_start = models.DateField(primary_key=True)
+    leads_total = models.BigIntegerField()
+    limbo_no_identity = models.BigIntegerField()
+    limbo_no_driver = models.BigIntegerField()
+    limbo_no_trips_14d = models.BigIntegerField()
+    limbo_trips_no_claim = models.BigIntegerField()
+    limbo_ok = models.BigIntegerField()
+
+    class Meta(pg.ReadOnlyView.Meta):
+        managed = False
+        db_table = '"ops"."v_cabinet_14d_funnel_audit_weekly"'
+        verbose_name = "weekly funnel audit"
+        verbose_name_plural = "weekly funnel audit"
+
+
+# --- 7. Red-KPI recovery metrics per day -------------------------------------------------
+
+KPI_RED_RECOVERY_METRICS_DAILY_SQL = f"""
+WITH lead_out AS (
+    -- each lead with the moment it left the red backlog: its link or its first claim, whichever came first
+    SELECT
+        l.lead_date,
+        l.created_at,
+        LEAST(il.linked_at, fc.first_claim_at) AS out_at
+    FROM public.module_ct_cabinet_leads l
+    LEFT JOIN {LEAD_LINK_JOIN}
+    LEFT JOIN (
+        SELECT c.lead_source_pk, min(c.created_at) AS first_claim_at
+        FROM public.cabinet_milestone_claims c
+        GROUP BY c.lead_source_pk
+    ) fc ON fc.lead_source_pk = l.source_pk
+),
+backlog_stay AS (
+    -- leads that were ever in the backlog: the day they entered and the day they left (NULL: still in)
+    SELECT
+        LEAST(lo.lead_date, {TODAY}) AS in_day,
+        CASE WHEN lo.out_at IS NOT NULL THEN
+            LEAST(GREATEST((lo.out_at AT TIME ZONE '{PARK_TIME_ZONE}')::date, lo.lead_date), {TODAY})
+        END AS out_day
+    FROM lead_out lo
+    WHERE lo.out_at IS NULL OR lo.out_at > lo.created_at
+),
+day_flow AS (
+    -- per day: leads entering and leaving the backlog
+    SELECT d AS metric_date, sum(n_in) AS n_in, sum(n_out) AS n_out
+    FROM (
+        SELECT in_day AS d, 1 AS n_in, 0 AS n_out FROM backlog_stay
+        UNION ALL
+        SELECT out_day, 0, 1 FROM backlog_stay WHERE out_day IS NOT NULL
+    ) flow
+    GROUP BY d
+),
+calendar AS (
+    -- every day from the first lead's day to today, so quiet days still get a row
+    SELECT gs::date AS metric_date
+    FROM generate_series(
+        (SELECT LEAST(min(lead_date), {TODAY}) FROM lead_out)::timestamp, {TODAY}::timestamp, interval '1 day'
+    ) gs
+),
+daily AS (
+    -- flows per calendar day and the backlog at its end (running sum of in - out)
+    SELECT
+        c.metric_date,
+        coalesce(f.n_in, 0)::bigint AS new_backlog_in,
+        coalesce(f.n_out, 0)::bigint AS matched_out,
+        (sum(coalesce(f.n_in, 0) - coalesce(f.n_out, 0)) OVER (ORDER BY c.metric_date))::bigint AS backlog_end
+    FROM calendar c
+    LEFT JOIN day_flow f ON f.metric_date = c.metric_date
+),
+fail_reason_rank AS (
+    -- per Lima day: failed queue rows by reason, most frequent first (ties by name)
+    SELECT
+        (q.last_attempt_at AT TIME ZONE '{PARK_TIME_ZONE}')::date AS metric_date,
+        q.fail_reason,
+        row_number() OVER (
+            PARTITION BY (q.last_attempt_at AT TIME ZONE '{PARK_TIME_ZONE}')::date
+            ORDER BY count(*) DESC, q.fail_reason
+        ) AS rank
+    FROM ops.cabinet_kpi_red_recovery_queue q
+    WHERE q.status = 'failed' AND q.fail_reason IS NOT NULL AND q.last_attempt_at IS NOT NULL
+    GROUP BY 1, 2
+)
+SELECT
+    d.metric_date,
+    d.backlog_end - d.new_backlog_in + d.matched_out AS backlog_start,
+    d.new_backlog_in,
+    d.matched_out,
+    d.backlog_end,
+    d.new_backlog_in - d.matched_out AS net_change,
+    fr.fail_reason AS top_fail_reason
+FROM daily d
+LEFT JOIN fail_reason_rank fr ON fr.metric_date = d.metric_date AND fr.rank = 1
+"""
+
+
+class KpiRedRecoveryMetricsDaily(pg.ReadOnlyView):
+    """Per Lima day from the first lead to today: the red backlog's start, inflow, drain and end.
+
+    There is no event table: the history is derived from timestamps that already exist. A lead's
+    out_at is the earliest of its link's linked_at and its first claim's created_at (NULL if
+    neither). It took part in the backlog iff out_at is NULL or later than its created_at (a lead
+    that arrived already linked or claimed never entered). It entered on in_day = LEAST(lead_date,
+    today) and left on out_day = the Lima date of out_at, clamped to [lead_date, today]; so
+    new_backlog_in(d) counts entries, matched_out(d) counts exits of participating leads only,
+    backlog_end(d) is the running sum of in - out, and backlog_start(d) = backlog_end(d - 1)
+    (0 on the first day). Hence backlog_end = backlog_start + new_backlog_in - matched_out on every
+    row, and today's backlog_end counts exactly the leads with no link and no claim, i.e. the
+    backlog view. Being derived, the history follows the current state: a removed link removes
+    the exit too, and the lead counts as in the backlog since it entered, on every day.
+    top_fail_reason(d) is the most common fail_reason of failed queue rows last attempted on d.
+    """
+
+    sql = KPI_RED_RECOVERY_METRICS_DAILY_SQL
+
+    metric_date = models.DateField(primary_key=True)
+    backlog_start = models.BigIntegerField()
+    new_backlog_in = models.BigIntegerField()
+    matched_out = models.BigIntegerField()
+    backlog_end = models.BigIntegerField()
+    net_change = models.BigIntegerField()
+    top_fail_reason = models.TextField(null=True)
+
+    class Meta(pg.ReadOnlyView.Meta):
+        managed = False
+        db_table = '"ops"."v_cabinet_kpi_red_recovery_metrics_daily"'
+        verbose_name = "red-KPI recovery day"
