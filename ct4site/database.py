@@ -34,12 +34,15 @@ def database_config(base_dir: Path) -> dict:
     if url:
         config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
     else:
-        config = embedded_database_config(base_dir / ".data")
+        config = embedded_database_config(base_dir / ".data", os.environ.get("CT4_DB_NAME") or EMBEDDED_DB_NAME)
+    if os.environ.get("CT4_DB_NAME"):
+        # Benchmarks and experiments use a database of their own on the same server.
+        config["NAME"] = os.environ["CT4_DB_NAME"]
     config["ENGINE"] = ENGINE
     return config
 
 
-def embedded_database_config(data_dir: Path) -> dict:
+def embedded_database_config(data_dir: Path, dbname: str = EMBEDDED_DB_NAME) -> dict:
     """Start (or reuse) the embedded server and make sure the project database exists."""
     run_dir = data_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -59,13 +62,13 @@ def embedded_database_config(data_dir: Path) -> dict:
         # shared_buffers and max_connections need a restart; the next process starts it again.
         _restart(server, pgdata)
         server = pgserver.get_server(pgdata, cleanup_mode=None)
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{EMBEDDED_DB_NAME}';")
+    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{dbname}';")
     if "(1 row)" not in exists:
-        server.psql(f'CREATE DATABASE "{EMBEDDED_DB_NAME}";')
-    uri = urlparse(server.get_uri(EMBEDDED_DB_NAME))
+        server.psql(f'CREATE DATABASE "{dbname}";')
+    uri = urlparse(server.get_uri(dbname))
     host = parse_qs(uri.query).get("host", [""])[0]
     return {
-        "NAME": EMBEDDED_DB_NAME,
+        "NAME": dbname,
         "USER": uri.username or "postgres",
         "PASSWORD": "",
         "HOST": host,

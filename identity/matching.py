@@ -145,6 +145,14 @@ class Candidate:
     records: tuple[DriverRecord, ...]
 
 
+# Pseudo-counts: the population a lead could come from is larger than a small index, and a
+# token seen once among ten drivers is not one in ten of all Peruvians. Frequencies are smoothed
+# toward these priors; at a million drivers the smoothing is negligible.
+PSEUDO_PERSONS = 10_000
+PSEUDO_DRIVERS = 10_000
+BASE_TOKEN_F = 0.002  # a name token's frequency before the data says otherwise
+
+
 @dataclass(frozen=True)
 class Frequencies:
     """What the data says about how common things are."""
@@ -155,11 +163,16 @@ class Frequencies:
     # (field, value) -> persons carrying it, for exact key agreement
     keys: dict[tuple[str, str], int] = field(default_factory=dict)
 
+    @property
+    def population(self) -> int:
+        return self.persons + PSEUDO_PERSONS
+
     def key_u(self, field_name: str, value: str) -> float:
-        return max(self.keys.get((field_name, value), 1), 1) / max(self.persons, 1)
+        return max(self.keys.get((field_name, value), 1), 1) / self.population
 
     def token_f(self, token: str) -> float:
-        return max(self.tokens.get(token, 1), 1) / max(self.drivers, 1)
+        count = self.tokens.get(token, 0)
+        return (count + PSEUDO_DRIVERS * BASE_TOKEN_F) / (self.drivers + PSEUDO_DRIVERS)
 
 
 @dataclass(frozen=True)
@@ -320,7 +333,7 @@ def _compare_name(lead_tokens: tuple[str, ...], record: DriverRecord, freq: Freq
         name = "different"
     # u: how likely a random person carries all the agreeing tokens (independence, so capped below).
     log_u = sum(math.log2(freq.token_f(t)) * (1.0 if exact else FUZZY_TOKEN_WEIGHT) for t, exact in matched.items())
-    u = max(2.0 ** log_u, 1 / max(freq.drivers, 1))
+    u = max(2.0 ** log_u, 1 / (freq.drivers + PSEUDO_DRIVERS))
     level = comparison.level(name)
     return FieldEvidence("name", name, _bits(level, u), record.driver_id)
 
@@ -337,7 +350,7 @@ def candidate_score(lead: LeadKeys, candidate: Candidate, freq: Frequencies, *, 
     names = [e for r in candidate.records if (e := _compare_name(lead.name_tokens, r, freq))]
     if names:
         fields.append(max(names, key=lambda e: e.bits))
-    prior = -math.log2(max(freq.persons, 2))
+    prior = -math.log2(freq.population)
     bits = prior + sum(f.bits for f in fields)
     return Scored(candidate.person_key, bits, tuple(fields), _corroborated(lead, fields), excluded)
 

@@ -85,11 +85,9 @@ def job_run(
 
     `run_id` continues a row created earlier in state queued (the API creates it before the
     task starts, so callers can follow it). Raises JobLocked without doing anything when
-    another process holds the lock.
+    another process holds the lock. Call it outside a transaction, so the run row commits on
+    its own and each batch inside commits apart from the others.
     """
-    if connection.in_atomic_block:
-        # The run row must commit on its own, before and apart from the batches.
-        raise RuntimeError("job_run() must not be called inside a transaction")
     key = lock_key(name)
     if singleton and not _try_lock(key):
         holder = JobRun.objects.filter(name=name, status=JobRunStatus.RUNNING).order_by("-started_at").first()

@@ -1,0 +1,185 @@
+"""Matching quality against the demo generator's ground truth (issue: precision, recall, hard cases).
+
+    .venv/bin/python bench/matching_quality.py                       # 20k drivers / 5k leads, seeds 1 2 3
+    .venv/bin/python bench/matching_quality.py --drivers 1000000 --leads 100000 --seeds 7
+
+For each seed: generate a park, import it, refresh the index, match every lead, then compare
+the links with ground_truth.csv. A link is correct when the linked person holds a driver record
+of the lead's true human. Prints precision, recall, F1 and a confusion table by hard-case type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import BENCH_DB, bench_env, manage, reset_database  # noqa: E402
+
+TARGET_PRECISION = 0.9995
+TARGET_RECALL = 0.99
+
+
+def run_seed(*, seed: int, drivers: int, leads: int, env: dict, keep: Path | None) -> dict:
+    out = Path(keep or tempfile.mkdtemp(prefix=f"ct4-quality-{seed}-"))
+    reset_database(env)
+    phases = {}
+    phases["generate"], _, _ = manage("generate_demo_data", "--out", str(out), "--drivers", str(drivers),
+                                      "--leads", str(leads), "--seed", str(seed), env=env)
+    import_secs = 0.0
+    for kind, name in (("drivers", "drivers.csv"), ("cabinet_leads", "cabinet_leads.csv")):
+        secs, _, _ = manage("import_source", kind, str(out / name), env=env, check=False)
+        import_secs += secs
+    phases["import"] = import_secs
+    phases["refresh_index"], rss_refresh, _ = manage("refresh_drivers_index", env=env)
+    phases["match"], rss_match, _ = manage("match_leads", env=env)
+    return {"out": out, "phases": phases, "rss": max(rss_refresh, rss_match)}
+
+
+def evaluate(out: Path) -> dict:
+    """Compare the database's links and outcomes with the generator's ground truth."""
+    from django.db import connection  # noqa: PLC0415
+
+    human_of_driver = {r["driver_id"]: r["human_id"] for r in csv.DictReader(open(out / "drivers_truth.csv"))}
+    truth = list(csv.DictReader(open(out / "ground_truth.csv")))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT driver_id, person_key::text FROM canon.drivers_index")
+        humans_of_person: dict[str, set] = defaultdict(set)
+        for driver_id, person_key in cursor.fetchall():
+            humans_of_person[person_key].add(human_of_driver.get(driver_id))
+        cursor.execute("SELECT source_pk, person_key::text FROM canon.identity_links WHERE source_table = 'module_ct_cabinet_leads'")
+        link = dict(cursor.fetchall())
+        cursor.execute("SELECT source_pk, reason_code FROM canon.identity_unmatched WHERE status = 'open'")
+        reason = dict(cursor.fetchall())
+        key_agreed = _true_key_agreement(cursor, truth)
+        phone_owner = _phone_owner_persons(cursor)
+    totals = Counter()
+    by_case: dict[str, Counter] = defaultdict(Counter)
+    recycled_wrong = 0
+    for row in truth:
+        pk, human = row["lead_source_pk"], row["human_id"] or None
+        cases = [c for c in row["case_types"].split(";") if c] or ["clean"]
+        linked = link.get(pk)
+        if linked:
+            outcome = "link_ok" if human and human in humans_of_person.get(linked, ()) else "link_wrong"
+        else:
+            outcome = reason.get(pk, "unprocessed")
+        for case in cases:
+            by_case[case][outcome] += 1
+        totals["links"] += bool(linked)
+        totals["links_ok"] += outcome == "link_ok"
+        if human:
+            bucket = "ident" if row["has_identifier"] == "1" else "names_only"
+            totals[f"true_{bucket}"] += 1
+            totals[f"found_{bucket}"] += outcome == "link_ok"
+            if not linked and key_agreed.get(pk) and outcome == "NO_CANDIDATES":
+                totals["no_candidates_despite_key"] += 1
+        if "recycled_phone" in cases and linked and linked in phone_owner.get(pk, ()):
+            recycled_wrong += 1
+    precision = totals["links_ok"] / totals["links"] if totals["links"] else 1.0
+    recall = totals["found_ident"] / totals["true_ident"] if totals["true_ident"] else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    names_only = totals["found_names_only"] / totals["true_names_only"] if totals["true_names_only"] else None
+    return {"precision": precision, "recall": recall, "f1": f1, "names_only_recall": names_only,
+            "links": totals["links"], "wrong_links": totals["links"] - totals["links_ok"],
+            "true_with_identifier": totals["true_ident"], "recycled_phone_links_to_owner": recycled_wrong,
+            "no_candidates_despite_key": totals["no_candidates_despite_key"], "by_case": by_case}
+
+
+def _true_key_agreement(cursor, truth) -> dict[str, bool]:
+    """Leads sharing at least one exact normalized key with one of their true driver records."""
+    pairs = [(r["lead_source_pk"], d) for r in truth for d in r["true_driver_ids"].split(";") if d]
+    if not pairs:
+        return {}
+    cursor.execute(
+        """
+        SELECT p.source_pk, bool_or(
+                 canon.norm_phone_fast(c.phone) = di.phone
+              OR canon.norm_document(c.document) IN (di.document, di.license_document)
+              OR canon.norm_email(c.email) = di.email
+              OR canon.norm_plate(c.plate) = di.plate)
+        FROM unnest(%s::text[], %s::text[]) AS p(source_pk, driver_id)
+        JOIN public.module_ct_cabinet_leads c ON c.source_pk = p.source_pk
+        JOIN canon.drivers_index di ON di.driver_id = p.driver_id
+        GROUP BY p.source_pk
+        """,
+        [[p for p, _ in pairs], [d for _, d in pairs]],
+    )
+    return {pk: bool(agreed) for pk, agreed in cursor.fetchall()}
+
+
+def _phone_owner_persons(cursor) -> dict[str, set]:
+    """For each lead, the persons whose driver records carry the lead's phone today."""
+    cursor.execute(
+        """
+        SELECT c.source_pk, di.person_key::text
+        FROM public.module_ct_cabinet_leads c
+        JOIN canon.drivers_index di ON di.phone = canon.norm_phone_fast(c.phone)
+        """
+    )
+    owners: dict[str, set] = defaultdict(set)
+    for pk, person in cursor.fetchall():
+        owners[pk].add(person)
+    return owners
+
+
+def print_report(seed: int, result: dict, run: dict) -> None:
+    ok = lambda good: "PASS" if good else "FAIL"  # noqa: E731
+    print(f"\n=== seed {seed} ===")
+    print("phases: " + "  ".join(f"{k}={v:.1f}s" for k, v in run["phases"].items()) + f"  peak_rss={run['rss']}MB")
+    print(f"links={result['links']} wrong={result['wrong_links']}")
+    print(f"precision={result['precision']:.5f} [{ok(result['precision'] >= TARGET_PRECISION)} >= {TARGET_PRECISION}]")
+    print(f"recall(with identifier)={result['recall']:.5f} of {result['true_with_identifier']} "
+          f"[{ok(result['recall'] >= TARGET_RECALL)} >= {TARGET_RECALL}]")
+    print(f"f1={result['f1']:.5f}")
+    if result["names_only_recall"] is not None:
+        print(f"recall(names only)={result['names_only_recall']:.4f}")
+    print(f"recycled-phone leads linked to the phone's owner: {result['recycled_phone_links_to_owner']} "
+          f"[{ok(result['recycled_phone_links_to_owner'] == 0)}]")
+    print(f"true matches left NO_CANDIDATES although a key agreed: {result['no_candidates_despite_key']} "
+          f"[{ok(result['no_candidates_despite_key'] == 0)}]")
+    columns = ["link_ok", "link_wrong", "WEAK_MATCH_ONLY", "CONFLICT_MULTIPLE_CANDIDATES", "NO_CANDIDATES",
+               "MISSING_IDENTIFIERS", "ERROR", "unprocessed"]
+    short = ["ok", "wrong", "weak", "conflict", "no_cand", "missing", "error", "unproc"]
+    print(f"{'case':<16}" + "".join(f"{c:>9}" for c in short))
+    for case in sorted(result["by_case"]):
+        counts = result["by_case"][case]
+        print(f"{case:<16}" + "".join(f"{counts.get(c, 0):>9}" for c in columns))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--drivers", type=int, default=20000)
+    parser.add_argument("--leads", type=int, default=5000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--keep", type=Path, help="keep the generated files in this folder")
+    args = parser.parse_args()
+    env = bench_env()
+    os.environ.update(CT4_DB_NAME=BENCH_DB)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ct4site.settings")
+    import django  # noqa: PLC0415
+
+    django.setup()
+    from django.db import connection  # noqa: PLC0415
+
+    print(f"matching quality: {args.drivers} drivers, {args.leads} leads, seeds {args.seeds} (database {BENCH_DB})")
+    worst = {"precision": 1.0, "recall": 1.0}
+    for seed in args.seeds:
+        started = time.monotonic()
+        run = run_seed(seed=seed, drivers=args.drivers, leads=args.leads, env=env, keep=args.keep)
+        connection.close()
+        result = evaluate(run["out"])
+        print_report(seed, result, run)
+        print(f"(seed took {time.monotonic() - started:.0f}s)")
+        worst = {k: min(worst[k], result[k]) for k in worst}
+    print(f"\nworst over seeds: precision={worst['precision']:.5f} recall={worst['recall']:.5f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,444 @@
+"""Normalization of raw identifiers (phones, documents, e-mails, plates, names) into match keys.
+
+Every normalizer has an SQL twin in schema `canon` (migration 0002), generated from the constants
+below, so the drivers index is computed set-based in PostgreSQL with exactly the same keys.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+import phonenumbers
+
+# --- Accent folding ------------------------------------------------------------------------
+# The one accent table. Python uses it through str.translate, SQL through translate()/replace();
+# both are generated from here, so they cannot disagree. Each accented letter is one code point
+# (NFC); combining marks of decomposed (NFD) text are deleted.
+_FOLD_GROUPS = (
+    ("A", "ÀÁÂÃÄÅĀĂĄ"),
+    ("a", "àáâãäåāăą"),
+    ("C", "ÇĆĈĊČ"),
+    ("c", "çćĉċč"),
+    ("D", "ĎĐ"),
+    ("d", "ďđ"),
+    ("E", "ÈÉÊËĒĔĖĘĚ"),
+    ("e", "èéêëēĕėęě"),
+    ("G", "ĜĞĠĢ"),
+    ("g", "ĝğġģ"),
+    ("H", "ĤĦ"),
+    ("h", "ĥħ"),
+    ("I", "ÌÍÎÏĨĪĬĮİ"),
+    ("i", "ìíîïĩīĭįı"),
+    ("J", "Ĵ"),
+    ("j", "ĵ"),
+    ("K", "Ķ"),
+    ("k", "ķ"),
+    ("L", "ĹĻĽĿŁ"),
+    ("l", "ĺļľŀł"),
+    ("N", "ÑŃŅŇ"),
+    ("n", "ñńņň"),
+    ("O", "ÒÓÔÕÖØŌŎŐ"),
+    ("o", "òóôõöøōŏő"),
+    ("R", "ŔŖŘ"),
+    ("r", "ŕŗř"),
+    ("S", "ŚŜŞŠȘ"),
+    ("s", "śŝşšș"),
+    ("T", "ŢŤŦȚ"),
+    ("t", "ţťŧț"),
+    ("U", "ÙÚÛÜŨŪŬŮŰŲ"),
+    ("u", "ùúûüũūŭůűų"),
+    ("W", "Ŵ"),
+    ("w", "ŵ"),
+    ("Y", "ÝŸŶ"),
+    ("y", "ýÿŷ"),
+    ("Z", "ŹŻŽ"),
+    ("z", "źżž"),
+)
+FOLD_FROM = "".join(accented for _, accented in _FOLD_GROUPS)
+FOLD_TO = "".join(base * len(accented) for base, accented in _FOLD_GROUPS)
+FOLD_DELETE = "".join(chr(code) for code in range(0x0300, 0x0370))  # combining diacritical marks
+FOLD_TABLE = str.maketrans(FOLD_FROM, FOLD_TO, FOLD_DELETE)
+# Spanish's accented letters: SQL folds a value holding only these with replace(), far cheaper
+# than translate() over the whole table (which costs per character times table size).
+FOLD_COMMON = "áéíóúñüÁÉÍÓÚÑÜ"
+
+# Shared regular expressions are written in the subset PostgreSQL AREs and Python's `re` read the
+# same way: explicit ASCII classes, \A and \Z anchors, (?:), (?=), (?!); no \d, \w, \s, '.', '$'.
+_NOT_ALNUM = "[^0-9A-Za-z]+"
+
+# --- Phones --------------------------------------------------------------------------------
+PHONE_SEPARATORS = " \t\n\r\u00a0-.()/"
+# A Peruvian mobile: 9 digits starting with 9, optionally after 51, +51 or 0051.
+PHONE_FAST_PATTERN = r"\A(?:(?:\+|00)?51)?9[0-9]{8}\Z"
+# National numbers people type when they have none to give.
+PHONE_PLACEHOLDERS = frozenset(
+    {"999999999", "900000000", "987654321", "912345678", "123456789", "000000000"}
+)
+E164_PATTERN = r"\A\+[0-9]{8,15}\Z"
+
+# --- Documents -----------------------------------------------------------------------------
+DOCUMENT_TYPE_PREFIXES = ("PASAPORTE", "PAS", "CEX", "CE", "DNI")
+DOCUMENT_NUMBER_WORDS = ("NRO", "NO", "N")  # "DNI N° 44556677", "CE Nro 001234567"
+DOCUMENT_PLACEHOLDERS = (
+    "12345678",
+    "123456789",
+    "1234567890",
+    "01234567",  # 1234567 after the leading zero is restored
+    "87654321",
+    "123456",
+    "SINDOC",
+    "SINDOCUMENTO",
+    "NODOC",
+    "NOTIENE",
+    "NINGUNO",
+    "NA",
+)
+# A type prefix glued to the number ("DNI44556677" after cleaning).
+DOCUMENT_PREFIX_PATTERN = (
+    r"\A(?:" + "|".join(DOCUMENT_TYPE_PREFIXES) + ")(?:" + "|".join(DOCUMENT_NUMBER_WORDS) + r")?(?=[0-9])"
+)
+# A 7-digit DNI lost its leading zero in a spreadsheet: insert it.
+DOCUMENT_PAD_PATTERN = r"\A(?=[0-9]{7}\Z)"
+# Usable: 6+ characters, at least one digit, not one repeated digit, not a placeholder.
+DOCUMENT_VALID_PATTERN = (
+    r"\A(?=[0-9A-Z]{6})(?=[A-Z]*[0-9])(?!(?:"
+    + "|".join([f"{digit}+" for digit in "0123456789"] + list(DOCUMENT_PLACEHOLDERS))
+    + r")\Z)[0-9A-Z]+\Z"
+)
+# A Peruvian driving licence is a letter followed by the holder's DNI.
+LICENSE_PATTERN = r"\A[A-Z][0-9]{8}\Z"
+
+# --- E-mails -------------------------------------------------------------------------------
+EMAIL_TRIM = " \t\n\r\f\v\u00a0"
+# Local parts whose letters spell one of these ("sin.correo", "notiene2", "N/A") are placeholders.
+EMAIL_PLACEHOLDER_LOCALS = (
+    "sincorreo",
+    "nocorreo",
+    "noemail",
+    "sinemail",
+    "nomail",
+    "sinmail",
+    "notiene",
+    "ninguno",
+    "noaplica",
+    "na",
+    "correo",
+    "email",
+    "test",
+    "prueba",
+    "x",
+    "xx",
+    "xxx",
+)
+EMAIL_PLACEHOLDER_DOMAINS = (
+    "correo.com",
+    "email.com",
+    "example.com",
+    "example.org",
+    "example.net",
+    "test.com",
+    "sincorreo.com",
+    "nocorreo.com",
+    "notiene.com",
+    "dominio.com",
+)
+_NOT_LETTER_OR_AT = "[^a-z@]*"
+EMAIL_PATTERN = (
+    r"\A(?!(?:"
+    + "|".join(
+        _NOT_LETTER_OR_AT + _NOT_LETTER_OR_AT.join(word) + _NOT_LETTER_OR_AT for word in EMAIL_PLACEHOLDER_LOCALS
+    )
+    + r")@)(?![^@]*@(?:"
+    + "|".join(domain.replace(".", r"\.") for domain in EMAIL_PLACEHOLDER_DOMAINS)
+    + r")\Z)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)+\Z"
+)
+
+# --- Plates --------------------------------------------------------------------------------
+PLATE_PATTERN = r"\A(?=[0-9A-Z]*[A-Z])(?=[A-Z]*[0-9])[0-9A-Z]{5,7}\Z"
+
+# --- Names ---------------------------------------------------------------------------------
+NAME_PARTICLES = ("de", "del", "la", "las", "los", "y", "da", "di", "van", "von", "mc")
+# Longer name text is junk; the cut also keeps SQL's tsvector lexemes far below their limit.
+NAME_MAX_CHARS = 200
+
+_FLAGS = re.DOTALL
+_NOT_ALNUM_RE = re.compile(_NOT_ALNUM, _FLAGS)
+_PHONE_STRIP_TABLE = str.maketrans("", "", PHONE_SEPARATORS)
+_PHONE_FAST_RE = re.compile(PHONE_FAST_PATTERN, _FLAGS)
+_E164_RE = re.compile(E164_PATTERN, _FLAGS)
+_ASCII_DIGIT_RE = re.compile("[0-9]")
+_DOCUMENT_PREFIX_RE = re.compile(DOCUMENT_PREFIX_PATTERN, _FLAGS)
+_DOCUMENT_PAD_RE = re.compile(DOCUMENT_PAD_PATTERN, _FLAGS)
+_DOCUMENT_VALID_RE = re.compile(DOCUMENT_VALID_PATTERN, _FLAGS)
+_LICENSE_RE = re.compile(LICENSE_PATTERN, _FLAGS)
+_EMAIL_RE = re.compile(EMAIL_PATTERN, _FLAGS)
+_PLATE_RE = re.compile(PLATE_PATTERN, _FLAGS)
+_LETTERS_RE = re.compile("[A-Za-z]+")
+_PARTICLE_SET = frozenset(NAME_PARTICLES)
+
+
+def fold(text: str | None) -> str | None:
+    """Accented letters to their ASCII base letter (á->a, Ñ->N); nothing else changes."""
+    if text is None:
+        return None
+    return text.translate(FOLD_TABLE)
+
+
+def _alnum_upper(text: str) -> str:
+    # Filter to ASCII before upper-casing: str.upper() and PostgreSQL's upper() disagree on
+    # characters like 'ß', but never on ASCII.
+    return _NOT_ALNUM_RE.sub("", text.translate(FOLD_TABLE)).upper()
+
+
+def phone_fast(raw: str | None) -> str | None:
+    """A Peruvian mobile in any usual spelling to E.164, without phonenumbers; else None.
+
+    None also for placeholder numbers (999999999, 987654321, ...). SQL twin: canon.norm_phone_fast.
+    """
+    if not raw:
+        return None
+    digits = raw.translate(_PHONE_STRIP_TABLE)
+    if _PHONE_FAST_RE.match(digits) is None:
+        return None
+    national = digits[-9:]
+    if national in PHONE_PLACEHOLDERS:
+        return None
+    return "+51" + national
+
+
+def _is_placeholder_number(national: str) -> bool:
+    return national in PHONE_PLACEHOLDERS or len(set(national)) == 1
+
+
+def normalize_phone(raw: str | None, region: str = "PE") -> str | None:
+    """Any phone spelling to E.164 ("+51987654321"), or None when invalid or a placeholder.
+
+    The fast path covers Peruvian mobiles; the rest (landlines, foreign numbers) goes through
+    phonenumbers, which is about a hundred times slower.
+    """
+    if not raw:
+        return None
+    if region == "PE":
+        fast = phone_fast(raw)
+        if fast is not None:
+            return fast
+    # Only ASCII digits count, so SQL can select the rows needing this fallback with `~ '[0-9]'`.
+    if _ASCII_DIGIT_RE.search(raw) is None:
+        return None
+    try:
+        number = phonenumbers.parse(raw, region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    if _E164_RE.match(e164) is None or _is_placeholder_number(str(number.national_number)):
+        return None
+    return e164
+
+
+def normalize_document(raw: str | None) -> str | None:
+    """An identity document (DNI, CE, passport) as upper-case alphanumerics, or None when junk.
+
+    "DNI 44.556.677" -> "44556677", "1234567" -> "01234567". SQL twin: canon.norm_document.
+    """
+    if not raw:
+        return None
+    value = _alnum_upper(raw)
+    value = _DOCUMENT_PREFIX_RE.sub("", value, count=1)
+    value = _DOCUMENT_PAD_RE.sub("0", value, count=1)
+    return value if _DOCUMENT_VALID_RE.match(value) else None
+
+
+def document_from_license(raw: str | None) -> str | None:
+    """The DNI inside a driving licence "Q12345678" -> "12345678"; None for other licences."""
+    if not raw:
+        return None
+    value = _alnum_upper(raw)
+    if _LICENSE_RE.match(value) is None:
+        return None
+    dni = value[1:]
+    return dni if _DOCUMENT_VALID_RE.match(dni) else None
+
+
+def normalize_email(raw: str | None) -> str | None:
+    """A plausible, non-placeholder e-mail address, trimmed and lower-cased; else None.
+
+    Accents are folded first (autocorrect writes "josé@gmail.com"); anything else outside ASCII
+    makes the address unusable. SQL twin: canon.norm_email.
+    """
+    if not raw:
+        return None
+    value = raw.translate(FOLD_TABLE).strip(EMAIL_TRIM)
+    if not value.isascii():
+        return None
+    value = value.lower()
+    return value if _EMAIL_RE.match(value) else None
+
+
+def normalize_plate(raw: str | None) -> str | None:
+    """A vehicle plate as 5-7 upper-case alphanumerics with a letter and a digit ("ABC123")."""
+    if not raw:
+        return None
+    value = _alnum_upper(raw)
+    return value if _PLATE_RE.match(value) else None
+
+
+def name_tokens(*parts: str | None) -> tuple[str, ...]:
+    """The words of a name, folded and lower-cased, in order, without particles (de, la, ...).
+
+    The parts are joined like SQL's concat_ws(' ', ...) and cut at NAME_MAX_CHARS, so
+    canon.norm_name_tokens(concat_ws(' ', first, middle, last)) gives the same tokens.
+    """
+    text = " ".join(part for part in parts if part is not None)[:NAME_MAX_CHARS]
+    words = _LETTERS_RE.findall(text.translate(FOLD_TABLE))
+    return tuple(token for token in (word.lower() for word in words) if token not in _PARTICLE_SET)
+
+
+def name_key(*parts: str | None) -> str | None:
+    """The distinct name tokens sorted and space-joined: the same whichever box held which word."""
+    return " ".join(sorted(set(name_tokens(*parts)))) or None
+
+
+# --- SQL twins -----------------------------------------------------------------------------
+# Each twin is a single-expression LANGUAGE sql function, so the planner inlines it into the
+# calling query (no per-row function call). The WHEN branches before a general expression are
+# cheap shortcuts for the common clean spellings, equal to the general expression on those.
+
+SQL_FUNCTION_SIGNATURES = (
+    "canon.norm_fold(text)",
+    "canon.norm_alnum_upper(text)",
+    "canon.norm_phone_fast(text)",
+    "canon.norm_document(text)",
+    "canon.norm_license_document(text)",
+    "canon.norm_email(text)",
+    "canon.norm_plate(text)",
+    "canon.norm_name_words(text)",
+    "canon.norm_name_tokens(text)",
+    "canon.norm_name_key(text)",
+)
+
+
+def _sql_literal(text: str) -> str:
+    """An E'' string literal: same meaning whatever standard_conforming_strings says, with
+    invisible characters (tab, no-break space, combining marks) spelled as \\uXXXX."""
+    if "\x00" in text:
+        raise ValueError("PostgreSQL text cannot hold NUL")
+    escaped = []
+    for char in text:
+        if char == "\\":
+            escaped.append("\\\\")
+        elif char == "'":
+            escaped.append("''")
+        elif char.isprintable() and char != "\u00a0" and not unicodedata.category(char).startswith("M"):
+            escaped.append(char)
+        else:
+            escaped.append(f"\\u{ord(char):04x}")
+    return "E'" + "".join(escaped) + "'"
+
+
+def _sql_text_array(items) -> str:
+    return "ARRAY[" + ", ".join(_sql_literal(item) for item in items) + "]::text[]"
+
+
+def _sql_replace_common_accents(expression: str) -> str:
+    for accented in FOLD_COMMON:
+        expression = f"replace({expression}, {_sql_literal(accented)}, {_sql_literal(accented.translate(FOLD_TABLE))})"
+    return expression
+
+
+def _sql_nullif_each(expression: str, values) -> str:
+    for value in sorted(values):
+        expression = f"nullif({expression}, {_sql_literal(value)})"
+    return expression
+
+
+def _sql_function(signature: str, returns: str, body: str) -> str:
+    name, _, _ = signature.partition("(")
+    return (
+        f"CREATE OR REPLACE FUNCTION {name}(value text) RETURNS {returns}\n"
+        f"LANGUAGE sql IMMUTABLE PARALLEL SAFE\n"
+        f"AS $norm$\nSELECT {body}\n$norm$"
+    )
+
+
+def sql_create_functions() -> list[str]:
+    """CREATE statements of the SQL twins, in dependency order."""
+    digits = _sql_literal("0123456789")
+    rare_character = _sql_literal("[^\\u0001-\\u007f" + FOLD_COMMON + "]")
+    fold = (
+        "CASE WHEN octet_length(value) = length(value) THEN value\n"
+        f"  WHEN value ~ {rare_character}\n"
+        f"    THEN translate(value, {_sql_literal(FOLD_FROM + FOLD_DELETE)}, "
+        f"{_sql_literal(FOLD_TO)})\n"
+        f"  ELSE {_sql_replace_common_accents('value')} END"
+    )
+    alnum_upper = f"upper(regexp_replace(canon.norm_fold(value), {_sql_literal(_NOT_ALNUM)}, '', 'g') COLLATE \"C\")"
+    national = (
+        "CASE WHEN octet_length(value) = 9 AND starts_with(value, '9') "
+        f"AND ltrim(value, {digits}) = '' THEN value\n"
+        f"  ELSE right(substring(translate(value, {_sql_literal(PHONE_SEPARATORS)}, '') "
+        f"FROM {_sql_literal(PHONE_FAST_PATTERN)}), 9) END"
+    )
+    phone_fast_sql = "'+51' || " + _sql_nullif_each(f"({national})", PHONE_PLACEHOLDERS)
+    document = (
+        f"CASE WHEN octet_length(value) = 8 AND ltrim(value, {digits}) = '' THEN\n"
+        f"    CASE WHEN value IN ({', '.join(_sql_literal(p) for p in DOCUMENT_PLACEHOLDERS)})"
+        " OR ltrim(value, left(value, 1)) = '' THEN NULL ELSE value END\n"
+        "  ELSE substring(regexp_replace(regexp_replace(canon.norm_alnum_upper(value), "
+        f"{_sql_literal(DOCUMENT_PREFIX_PATTERN)}, ''), {_sql_literal(DOCUMENT_PAD_PATTERN)}, '0') "
+        f"FROM {_sql_literal(DOCUMENT_VALID_PATTERN)}) END"
+    )
+    license_document = (
+        f"substring(right(substring(canon.norm_alnum_upper(value) FROM {_sql_literal(LICENSE_PATTERN)}), 8) "
+        f"FROM {_sql_literal(DOCUMENT_VALID_PATTERN)})"
+    )
+    email = (
+        f"substring(lower(btrim(canon.norm_fold(value), {_sql_literal(EMAIL_TRIM)}) COLLATE \"C\") "
+        f"FROM {_sql_literal(EMAIL_PATTERN)})"
+    )
+    plate = f"substring(canon.norm_alnum_upper(value) FROM {_sql_literal(PLATE_PATTERN)})"
+    # The words of a name, possibly with empty strings; a value of letters, spaces and Spanish
+    # accents (most names) is split on spaces instead of by a regular expression.
+    cut = f"left(value, {NAME_MAX_CHARS})"
+    simple_name = _sql_literal("\\A[A-Za-z " + FOLD_COMMON + "]*\\Z")
+    name_words = (
+        f"CASE WHEN {cut} ~ {simple_name}\n"
+        f"    THEN string_to_array(lower({_sql_replace_common_accents(cut)} COLLATE \"C\"), ' ')\n"
+        f"  ELSE regexp_split_to_array(lower(canon.norm_fold({cut}) COLLATE \"C\"), '[^a-z]+') END"
+    )
+    name_tokens_sql = "canon.norm_name_words(value)"
+    for particle in ("", *NAME_PARTICLES):
+        name_tokens_sql = f"array_remove({name_tokens_sql}, {_sql_literal(particle)})"
+    name_tokens_sql = f"coalesce({name_tokens_sql}, '{{}}'::text[])"
+    # A tsvector keeps its lexemes distinct and sorted byte-wise, as Python's sorted() does for
+    # ASCII; its text form quotes each lexeme ('a' 'b'), hence the final translate().
+    name_key_sql = (
+        "nullif(translate(ts_delete(array_to_tsvector(array_remove(canon.norm_name_words(value), '')), "
+        f"{_sql_text_array(NAME_PARTICLES)})::text, '''', ''), '')"
+    )
+    bodies = dict(
+        zip(
+            SQL_FUNCTION_SIGNATURES,
+            (
+                ("text", fold),
+                ("text", alnum_upper),
+                ("text", phone_fast_sql),
+                ("text", document),
+                ("text", license_document),
+                ("text", email),
+                ("text", plate),
+                ("text[]", name_words),
+                ("text[]", name_tokens_sql),
+                ("text", name_key_sql),
+            ),
+            strict=True,
+        )
+    )
+    return [_sql_function(signature, returns, body) for signature, (returns, body) in bodies.items()]
+
+
+def sql_drop_functions() -> list[str]:
+    """DROP statements of the SQL twins, dependents first."""
+    return [f"DROP FUNCTION IF EXISTS {signature}" for signature in reversed(SQL_FUNCTION_SIGNATURES)]

@@ -1,0 +1,165 @@
+"""The drivers index, person registration and linking on a real PostgreSQL."""
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.core.management import call_command
+from django.db import connection, connections
+from django.utils import timezone
+
+from identity import linking
+from identity.index import drivers_index_refresh
+from identity.models import DriverIndexEntry, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun, NameTokenStat
+from identity.resolution import leads_match, leads_resolve
+from identity.tests.factories import make_driver, make_lead
+
+pytestmark = pytest.mark.django_db
+
+
+def _person_of(driver_id: str) -> str:
+    return str(DriverIndexEntry.objects.get(driver_id=driver_id).person_id)
+
+
+def test_refresh_normalizes_drivers_and_registers_persons():
+    make_driver(driver_id="D1", first_name="José Luis", last_name="Ñahui Quispe", phone="987 123 456",
+                document="DNI 44.556.677", email=" JL.Nahui@Gmail.com ", plate="abc-123")
+    result = drivers_index_refresh()
+    assert (result.changed, result.new_persons, result.driver_links) == (1, 1, 1)
+    entry = DriverIndexEntry.objects.get(driver_id="D1")
+    assert entry.phone == "+51987123456"
+    assert entry.document == "44556677"
+    assert entry.email == "jl.nahui@gmail.com"
+    assert entry.plate == "ABC123"
+    assert entry.given_tokens == ["jose", "luis"] and entry.surname_tokens == ["nahui", "quispe"]
+    assert IdentityLink.objects.get(source_table="drivers", source_pk="D1").person_id == entry.person_id
+    assert NameTokenStat.objects.get(token="quispe").drivers == 1
+    assert JobRun.objects.filter(name="refresh_drivers_index", status="succeeded").count() == 1
+
+
+def test_same_document_is_one_person_and_person_keys_are_stable():
+    make_driver(driver_id="D1", document="44556677", park_id="park-a")
+    drivers_index_refresh()
+    first = _person_of("D1")
+    # The same human drives for a second park: joins the existing person incrementally.
+    make_driver(driver_id="D2", document="44556677", park_id="park-b")
+    make_driver(driver_id="D3", document=None, license_number="Q44556677", park_id="park-c")
+    result = drivers_index_refresh()
+    assert result.changed == 2 and result.joined_existing == 2 and result.new_persons == 0
+    assert _person_of("D2") == first == _person_of("D3")
+    # A changed driver is re-normalized but keeps its person; an unchanged index does nothing.
+    from identity.models import Driver
+
+    Driver.objects.filter(driver_id="D1").update(phone="912345678", updated_at=timezone.now())
+    assert drivers_index_refresh().changed == 1
+    assert _person_of("D1") == first
+    assert drivers_index_refresh().changed == 0
+    assert drivers_index_refresh(full=True).new_persons == 0 and _person_of("D1") == first
+
+
+def test_name_token_stats_follow_changes():
+    from identity.models import Driver
+
+    make_driver(driver_id="D1", first_name="Rosa", last_name="Quispe Flores")
+    make_driver(driver_id="D2", first_name="Ana", last_name="Quispe Rojas")
+    drivers_index_refresh()
+    assert NameTokenStat.objects.get(token="quispe").drivers == 2
+    Driver.objects.filter(driver_id="D2").update(last_name="Huamán Rojas", updated_at=timezone.now())
+    drivers_index_refresh()
+    assert NameTokenStat.objects.get(token="quispe").drivers == 1
+    assert NameTokenStat.objects.get(token="huaman").drivers == 1
+    incremental = dict(NameTokenStat.objects.values_list("token", "drivers"))
+    drivers_index_refresh(full=True)
+    assert dict(NameTokenStat.objects.values_list("token", "drivers")) == incremental
+
+
+def _park():
+    make_driver(driver_id="D1", first_name="Juan Carlos", last_name="Quispe Mamani", phone="987123456", email=None,
+                document="44556677", birth_date="1990-05-17")
+    make_driver(driver_id="D2", first_name="Rosa", last_name="Flores Huamán", phone="912300400")
+    drivers_index_refresh()
+
+
+def test_match_links_origin_is_earliest_and_unmatched_recorded():
+    _park()
+    now = timezone.now()
+    make_lead(id=1, first_name="QUISPE MAMANI JUAN CARLOS", last_name=None, phone="+51 987 123 456", email=None, birth_date=None, created_at=now - timedelta(days=3))
+    make_lead(id=2, external_id="CAB-2", first_name="Juan Carlos", last_name="Quispe", document="44556677",
+              phone="987-123-456", email=None, birth_date=None, created_at=now - timedelta(days=9))
+    make_lead(id=3, first_name="Pedro", last_name="Ramos Soto", phone="912300400", created_at=now)
+    make_lead(id=4, first_name="Pedro", last_name=None, phone=None, document=None, email=None, created_at=now)
+    totals = leads_match()
+    assert totals["linked"] == 2
+    person = _person_of("D1")
+    assert set(IdentityLink.objects.filter(source_table="module_ct_cabinet_leads").values_list("source_pk", flat=True)) == {"1", "CAB-2"}
+    assert IdentityOrigin.objects.get(person_id=person).origin_source_id == "CAB-2"  # the earlier lead
+    reasons = dict(IdentityUnmatched.objects.values_list("source_pk", "reason_code"))
+    assert reasons == {"3": "WEAK_MATCH_ONLY", "4": "MISSING_IDENTIFIERS"}
+    evidence = IdentityLink.objects.get(source_pk="1").evidence
+    assert evidence["rule_version"] and evidence["candidates"][0]["fields"]
+    # Idempotent: a second run finds nothing to do.
+    assert leads_match()["linked"] == 0
+    assert IdentityLink.objects.filter(source_table="module_ct_cabinet_leads").count() == 2
+
+
+def test_negative_judgement_keeps_the_lead_from_that_person():
+    _park()
+    make_lead(id=1, first_name="Juan Carlos", last_name="Quispe Mamani", phone="987123456", email=None, birth_date=None)
+    linking.judgement_record(source_pk="1", person_key=_person_of("D1"), verdict="not_this_person",
+                             decided_by_name="reviewer")
+    leads_match()
+    assert not IdentityLink.objects.filter(source_pk="1").exists()
+
+
+def test_automatic_run_never_overwrites_a_manual_link():
+    _park()
+    make_lead(id=1, first_name="Juan Carlos", last_name="Quispe Mamani", phone="987123456", email=None, birth_date=None)
+    linking.leads_link(links=[linking.LeadLink("1", _person_of("D2"), "manual", None, "manual", {}, "manual")],
+                       decided_by="ana.reviewer")
+    outcome = leads_resolve(source_pks=["1"])
+    assert outcome.already_linked == ["1"]
+    assert IdentityLink.objects.get(source_pk="1").decided_by == "ana.reviewer"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_batches_racing_on_one_lead_make_one_link():
+    _park()
+    make_lead(id=1, first_name="Juan Carlos", last_name="Quispe Mamani", phone="987123456", email=None, birth_date=None)
+    barrier = threading.Barrier(2)
+    results = []
+
+    def worker():
+        try:
+            barrier.wait()
+            results.append(leads_resolve(source_pks=["1"]))
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert IdentityLink.objects.filter(source_pk="1").count() == 1
+    assert sorted(len(r.linked) for r in results) == [0, 1]
+
+
+def test_explain_lead_masks_personal_data(capsys):
+    _park()
+    make_lead(id=1, first_name="Juan Carlos", last_name="Quispe Mamani", phone="987123456", document="44556677", email=None, birth_date=None)
+    call_command("explain_lead", "1")
+    out = capsys.readouterr().out
+    assert "Decision: link" in out and "name" in out and "phone" in out
+    assert "987123456" not in out and "44556677" not in out
+    call_command("explain_lead", "1", "--show-pii")
+    assert "+51987123456" in capsys.readouterr().out
+
+
+def test_single_lead_path_uses_indexes():
+    _park()
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")
+        cursor.execute("EXPLAIN SELECT driver_id FROM canon.drivers_index WHERE name_tokens @> ARRAY['quispe','juan']")
+        plan = " ".join(r[0] for r in cursor.fetchall())
+        cursor.execute("RESET enable_seqscan")
+    assert "drivers_index_name_gin" in plan
