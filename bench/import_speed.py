@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Targets of the issue, for a million drivers on a 2-core machine.
 TARGET_SECONDS_PER_MILLION = 60.0
 TARGET_PEAK_RSS_MB = 500.0
+COUNTS = (("inserted", "new"), ("updated", "updated"), ("unchanged", "unchanged"), ("rejected", "rejected"))
 
 
 @dataclass
@@ -46,14 +47,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", type=Path, metavar="DIR", help="write the generated CSVs here and keep them")
     parser.add_argument(
-        "--from", dest="source", type=Path, metavar="DIR", help="import DIR/drivers.csv and DIR/cabinet_leads.csv instead of generating"
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="DIR",
+        help="import DIR/drivers.csv and DIR/cabinet_leads.csv instead of generating",
     )
     args = parser.parse_args()
 
-    env = {**os.environ, "DATABASE_URL": bench_database(), "CT4_LOG_LEVEL": "WARNING"}
-    print(f"import_speed: database {env['DATABASE_URL'].rsplit('/', 1)[-1]} (created for this run)")
     workdir = args.source or args.keep or Path(tempfile.mkdtemp(prefix="ct4-import-bench-"))
     try:
+        env = {**os.environ, "DATABASE_URL": bench_database(), "CT4_LOG_LEVEL": "WARNING"}
+        print(f"import_speed: database {_bench['name']} (created for this run)")
         manage(["migrate", "-v", "0"], env)
         if args.source is None:
             workdir.mkdir(parents=True, exist_ok=True)
@@ -94,7 +99,11 @@ def measure(kind: str, path: Path, env: dict, label: str | None = None) -> Run:
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.monotonic()
         process = subprocess.Popen(
-            [sys.executable, "manage.py", "import_source", kind, str(path), "--json"], cwd=ROOT, env=env, stdout=out, stderr=err
+            [sys.executable, "manage.py", "import_source", kind, str(path), "--json"],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=err,
         )
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = exit_status = os.waitstatus_to_exitcode(status)
@@ -112,7 +121,7 @@ def measure(kind: str, path: Path, env: dict, label: str | None = None) -> Run:
         import_seconds=result["seconds"],
         peak_rss_mb=usage.ru_maxrss / 1024,  # kilobytes on Linux
         exit_status=exit_status,
-        summary=f"{result['inserted']} new, {result['updated']} updated, {result['unchanged']} unchanged, {result['rejected']} rejected",
+        summary=", ".join(f"{result[key]} {label}" for key, label in COUNTS),
     )
 
 
@@ -120,13 +129,16 @@ def report(runs: list[Run]) -> int:
     print(f"{'import':<22}{'rows':>10}{'wall s':>9}{'import s':>10}{'rows/s':>10}{'peak RSS':>11}  result")
     failed = False
     for run in runs:
-        limit = TARGET_SECONDS_PER_MILLION * max(run.rows, 1) / 1_000_000
-        verdict = "PASS" if run.seconds < limit and run.peak_rss_mb < TARGET_PEAK_RSS_MB else "FAIL"
-        failed |= verdict == "FAIL"
+        # The time target is the issue's: a million drivers in a minute (smaller smoke runs get the
+        # same minute, start-up included). Memory holds for every run.
+        limit = TARGET_SECONDS_PER_MILLION * max(run.rows, 1_000_000) / 1_000_000 if run.label == "drivers" else None
+        ok = run.peak_rss_mb < TARGET_PEAK_RSS_MB and (limit is None or run.seconds < limit)
+        failed |= not ok
+        targets = f"< {limit:.0f} s, " if limit is not None else ""
         print(
             f"{run.label:<22}{run.rows:>10,}{run.seconds:>9.1f}{run.import_seconds:>10.1f}"
             f"{run.rows / max(run.import_seconds, 1e-9):>10,.0f}{run.peak_rss_mb:>8.0f} MB  "
-            f"{verdict} (< {limit:.0f} s, < {TARGET_PEAK_RSS_MB:.0f} MB; {run.summary})"
+            f"{'PASS' if ok else 'FAIL'} ({targets}< {TARGET_PEAK_RSS_MB:.0f} MB; {run.summary})"
         )
     print("RESULT:", "FAIL" if failed else "PASS")
     return 1 if failed else 0
@@ -143,10 +155,18 @@ def bench_database() -> str:
 
     settings = project_database()
     name = f"{settings['NAME']}_bench"
-    params = {"host": settings["HOST"], "port": settings["PORT"] or None, "user": settings["USER"], "password": settings["PASSWORD"]}
-    with psycopg.connect(dbname=settings["NAME"], autocommit=True, **params) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    params = {
+        "host": settings["HOST"],
+        "port": settings["PORT"] or None,
+        "user": settings["USER"],
+        "password": settings["PASSWORD"],
+    }
+    try:
+        with psycopg.connect(dbname=settings["NAME"], autocommit=True, **params) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.Error as error:
+        raise BenchError(f"cannot create the database {name}: {str(error).strip().splitlines()[0]}") from None
     _bench.update(name=name, dbname=settings["NAME"], params=params)
     password = f":{quote(settings['PASSWORD'], safe='')}" if settings["PASSWORD"] else ""
     port = f":{settings['PORT']}" if settings["PORT"] else ""
@@ -156,6 +176,8 @@ def bench_database() -> str:
 def drop_bench_database() -> None:
     import psycopg  # noqa: PLC0415
 
+    if not _bench:
+        return
     with psycopg.connect(dbname=_bench["dbname"], autocommit=True, **_bench["params"]) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{_bench["name"]}" WITH (FORCE)')
 

@@ -10,6 +10,7 @@ import os
 from bisect import bisect
 from collections import Counter
 from datetime import date
+from heapq import heappop, heappush
 from pathlib import Path
 from random import Random
 
@@ -32,6 +33,7 @@ RATES: dict[str, tuple[float | dict[str, float], str]] = {
     "lead_plate": (0.25, "leads that show a plate"),
     "lead_birth_date": (0.30, "leads that show a birth date"),
     "lead_other_park": (0.10, "second applications made in another park"),
+    "lead_working_hours": (0.90, "leads registered between 08:00 and 21:00 Lima time"),
     "hired_after_lead": (0.85, "converted humans hired on or after their first lead (the rest were drivers already)"),
     # hard cases, exact shares of leads
     "case_typo_phone": (0.040, "one digit changed or two adjacent digits swapped (own phone only)"),
@@ -47,6 +49,7 @@ RATES: dict[str, tuple[float | dict[str, float], str]] = {
     "case_applied_twice": (0.060, "leads that are one of two applications of the same human"),
     "case_no_identifier": (0.035, "leads with no usable phone, document, e-mail, plate or birth date"),
     "no_identifier_kind": ({"names_only": 0.50, "nothing": 0.15, "garbage": 0.35}, "what a no_identifier lead holds"),
+    "garbage_field": (0.50, "fields a 'garbage' lead fills with a placeholder ('000000000', 'sin correo', ...)"),
     "family_sibling": (0.50, "relatives who are siblings (both surnames shared), else one surname"),
     "family_phone_on_both_records": (0.50, "driver lead humans whose own record also carries the family phone"),
     "shared_car_relative": (0.40, "car partners who are relatives (same paternal surname)"),
@@ -83,7 +86,8 @@ RATES: dict[str, tuple[float | dict[str, float], str]] = {
     "driver_plate": (0.80, "driver records with a plate"),
     "driver_birth_date": (0.70, "driver records with a birth date"),
     "driver_license": ({"Q": 0.80, "other_letter": 0.08, "empty": 0.12}, "licence = letter + document number"),
-    "driver_phone_format": ({"plain": 0.75, "intl": 0.20, "intl_digits": 0.05}, "987654321 / +51987654321 / 51987654321"),
+    "driver_phone_format": (
+        {"plain": 0.75, "intl": 0.20, "intl_digits": 0.05}, "987654321 / +51987654321 / 51987654321"),
     "driver_plate_format": ({"dash": 0.85, "compact": 0.15}, "ABC-123 / ABC123"),
     "driver_document_excel": (0.03, "driver documents starting with 0 stored without leading zeros"),
     "driver_name_upper": (0.15, "driver records with names in capitals"),
@@ -105,12 +109,14 @@ RATES: dict[str, tuple[float | dict[str, float], str]] = {
 
 # Activity profile: (span days min, max, probability of driving on a day, trips min, max on a driving day).
 TRIP_PROFILES = {
+    "recent": (14, 14, 0.60, 1, 15),  # a driver without a lead, active in the last 14 days
     "casual": (3, 20, 0.25, 1, 2),
     "regular": (10, 60, 0.50, 1, 4),
     "fulltime": (20, 120, 0.80, 4, 15),
 }
 MILESTONE_AMOUNTS = {1: "25.00", 5: "35.00", 25: "100.00"}
 CLAIM_WINDOW_DAYS = 14
+DEFER_SPAN = 5000  # how many humans later a second park record may be written
 BACKGROUND_HIRE_YEARS = 6
 BIRTH_YEARS = (1965, 2004, 1992)  # first, last, most frequent
 
@@ -121,6 +127,16 @@ DRIVER_COLUMNS = ("driver_id", "park_id", "first_name", "middle_name", "last_nam
                   "document", "email", "plate", "birth_date", "hire_date", "status")
 TRIP_COLUMNS = ("driver_id", "date", "trips")
 CLAIM_COLUMNS = ("lead_source_pk", "driver_id", "milestone", "amount", "status", "claimed_at")
+# Ground truth, one row per lead in lead order:
+# - human_id: the lead's human when that human has driver records, else empty (never became a driver);
+# - true_driver_ids: every driver record of that human (two for two_parks), ';'-separated;
+# - case_types: CASE_TYPES tags that hold for this lead's own content (a typo tag only when the typo
+#   is in this lead; common_name when another driver human has the same given names and both
+#   surnames as the lead's human; shared_car when the lead shows the shared plate);
+# - has_identifier: 1 when the lead shows a phone, document, e-mail, plate or birth date that is its
+#   human's own (as on their records, possibly reformatted or typo'd). A relative's phone, a recycled
+#   number that is someone else's now, and placeholders like "000000000" do not count.
+# Typos never land on another human's key: that would be a different, unlabelled case.
 TRUTH_COLUMNS = ("lead_source_pk", "human_id", "true_driver_ids", "case_types", "has_identifier")
 DRIVER_TRUTH_COLUMNS = ("driver_id", "human_id")
 FILES = {
@@ -795,7 +811,7 @@ class _Generator:
 
     def lead_second(self, r: Random) -> int:
         # Cabinets register recruits mostly during the working day.
-        hour = 8 + int(r.random() * 13) if r.random() < 0.9 else int(r.random() * 24)
+        hour = 8 + int(r.random() * 13) if r.random() < rate("lead_working_hours") else int(r.random() * 24)
         return hour * 3600 + int(r.random() * 3600)
 
     def partner_make(self, r: Random, idx: int, h: _Human, **overrides) -> _Human:
@@ -849,7 +865,7 @@ class _Generator:
         kind = lead.no_id_kind
         if kind is not None:
             if kind == "garbage":
-                for field in [f for f in GARBAGE if rnd() < 0.5] or ["phone"]:
+                for field in [f for f in GARBAGE if rnd() < rate("garbage_field")] or ["phone"]:
                     options = self.garbage[field]
                     lead.garbage[field] = options[int(rnd() * len(options))]
             return
@@ -875,20 +891,22 @@ class _Generator:
             writers = {name: csv.writer(f, lineterminator="\n") for name, f in handles.items()}
             for name, columns in FILES.items():
                 writers[name].writerow(columns)
-            self.stream(writers)
+            self.stream(writers, handles)
             self.leads_write(writers)
         finally:
             for f in handles.values():
                 f.close()
         return self.summary(out_dir)
 
-    def stream(self, writers) -> None:
+    def stream(self, writers, handles) -> None:
         """Write every driver record in human order, with its truth row, trips and claims."""
         r = Random(f"ct4-demo:{self.seed}:stream")
         rnd = r.random
-        drivers_w, truth_w, trips_w, claims_w = (writers["drivers.csv"].writerow,
-                                                 writers["drivers_truth.csv"].writerow,
-                                                 writers["trips.csv"].writerow, writers["claims.csv"].writerow)
+        drivers_w, claims_w = writers["drivers.csv"].writerow, writers["claims.csv"].writerow
+        # Hex ids, dates and counts never need CSV quoting: plain writes are much faster.
+        truth_write, trips_w = handles["drivers_truth.csv"].write, handles["trips.csv"].write
+        # A human's second park record is written later, so row order never pairs records.
+        deferred: list[tuple[int, int, tuple, str]] = []
         planned, name_keys, bg_two_parks = self.planned, self.name_keys, self.bg_two_parks
         hire_span, end = 365 * BACKGROUND_HIRE_YEARS, self.end
         p_family, p_car, p_recent = (rate("background_family_phone"), rate("background_shared_car"),
@@ -921,23 +939,38 @@ class _Generator:
             else:
                 self.planned_trips(r, h, trips_w, claims_w)
             human_id = h.human_id
-            for rec in h.records:
-                drivers_w(rec.row)
-                truth_w((rec.driver_id, human_id))
-                n_records += 1
+            rec = h.records[0]
+            drivers_w(rec.row)
+            truth_write(f"{rec.driver_id},{human_id}\n")
+            for rec in h.records[1:]:
+                heappush(deferred, (idx + 1 + int(rnd() * DEFER_SPAN), n_records, rec.row, human_id))
+            n_records += len(h.records)
+            while deferred and deferred[0][0] <= idx:
+                self.deferred_write(heappop(deferred), drivers_w, truth_write)
             key = (h.g1, h.g2, h.pat, h.mat)
             if key in name_keys:
                 name_keys[key] += 1
+        while deferred:
+            self.deferred_write(heappop(deferred), drivers_w, truth_write)
         self.counts["drivers.csv"] = self.counts["drivers_truth.csv"] = n_records
 
+    @staticmethod
+    def deferred_write(item, drivers_w, truth_write) -> None:
+        _, _, row, human_id = item
+        drivers_w(row)
+        truth_write(f"{row[0]},{human_id}\n")
+
     def trips_write(self, rec: _Record, trips: list[tuple[int, int]], writer) -> None:
+        driver_id, iso = rec.driver_id, self.iso
         for day, n in trips:
-            writer((rec.driver_id, self.iso(day), n))
+            writer(f"{driver_id},{iso(day)},{n}\n")
         self.counts["trips.csv"] += len(trips)
 
     def trips_recent(self, r: Random, rec: _Record, writer) -> None:
-        first = max(self.end - CLAIM_WINDOW_DAYS + 1, rec.hire)
-        trips = [(day, 1 + int(r.random() * 15)) for day in range(first, self.end + 1) if r.random() < 0.6]
+        span, _, p_day, t_lo, t_hi = TRIP_PROFILES["recent"]
+        first = max(self.end - span + 1, rec.hire)
+        trips = [(day, t_lo + int(r.random() * (t_hi - t_lo + 1)))
+                 for day in range(first, self.end + 1) if r.random() < p_day]
         self.trips_write(rec, trips, writer)
 
     def planned_trips(self, r: Random, h: _Human, trips_w, claims_w) -> None:
@@ -978,8 +1011,9 @@ class _Generator:
 
     def claims_write(self, r: Random, lead: _Lead, rec: _Record, reached: dict[int, int], writer) -> None:
         mode = self.pools.claim_mode.draw(r.random)
+        lag = 1 + int(r.random() * 10)  # the park claims in batches, so later milestones are claimed later
         for m, day in reached.items():
-            claimed_day = day + 1 + int(r.random() * 10)
+            claimed_day = day + lag
             present = mode == "all" or (mode == "partial" and r.random() < rate("claim_partial_each"))
             if not present or claimed_day > self.end:
                 continue
@@ -998,7 +1032,9 @@ class _Generator:
         for lead in self.leads:
             h = lead.human
             row, own = self.lead_render(r, lead)
-            lead.has_identifier = int(own > 0)
+            lead.has_identifier = int(bool(own))
+            if own == ["birth_date"]:
+                self.counts["leads_identifier_birth_date_only"] += 1
             cases = lead.cases
             if lead.phone_kind == "family":
                 cases.append("family_phone")
@@ -1028,49 +1064,51 @@ class _Generator:
                 self.counts["leads_with_hard_case"] += 1
         self.counts["cabinet_leads.csv"] = self.counts["ground_truth.csv"] = len(self.leads)
 
-    def lead_render(self, r: Random, lead: _Lead) -> tuple[tuple, int]:
-        """The lead's CSV row and how many of its identifiers are the human's own."""
+    def lead_render(self, r: Random, lead: _Lead) -> tuple[tuple, list[str]]:
+        """The lead's CSV row and which of its identifiers are the human's own."""
         h, rnd, pools, keys = lead.human, r.random, self.pools, self.keys
-        own = 0
+        own: list[str] = []
         phone = document = email = plate = birth = ""
         first = middle = last = ""
         if lead.no_id_kind != "nothing":
             first, middle, last = self.lead_names(r, lead)
         if lead.phone is not None:
             digits = lead.phone
-            own += digits in h.own_phones
+            if digits in h.own_phones:
+                own.append("phone")
             if "phone" in lead.typos:
                 digits = _typo_key(r, digits, keys.phone_taken, _typo_digits, keep=1)
                 lead.cases.append("typo_phone")
             phone = _phone_format(digits, pools.lead_phone_format.draw(rnd))
         if lead.document is not None:
-            own += 1
+            own.append("document")
             digits = lead.document
             if "document" in lead.typos:
                 digits = _typo_key(r, digits, keys.document_taken, _typo_digits, keep=2 if h.foreign else 0)
                 lead.cases.append("typo_document")
             document = _document_format(r, digits, pools.lead_document_format.draw(rnd), h.foreign)
         if lead.email is not None:
-            own += 1
+            own.append("email")
             value = lead.email
             if "email" in lead.typos:
                 value = _typo_key(r, value, self.emails.__contains__, _typo_email)
                 lead.cases.append("typo_email")
             email = _email_format(value, pools.lead_email_format.draw(rnd))
         if lead.plate is not None:
-            own += 1
+            own.append("plate")
             value = lead.plate
             if "plate" in lead.typos:
                 value = _typo_key(r, value, keys.plate_taken, _typo_plate)
                 lead.cases.append("typo_plate")
             plate = _plate_format(value, pools.lead_plate_format.draw(rnd))
         if lead.birth is not None:
-            own += 1
+            own.append("birth_date")
             birth = self.iso(lead.birth)
         garbage = lead.garbage
         if garbage:
             phone, document = garbage.get("phone", phone), garbage.get("document", document)
-            email, plate, birth = garbage.get("email", email), garbage.get("plate", plate), garbage.get("birth_date", birth)
+            email, plate = garbage.get("email", email), garbage.get("plate", plate)
+            birth = garbage.get("birth_date", birth)
         row = (lead.id, lead.external_id or "", self.timestamp(lead.day, lead.second), first, middle, last,
                phone, document, email, plate, lead.park, birth)
         return row, own
@@ -1127,6 +1165,7 @@ class _Generator:
             "driver_humans": self.n_driver_humans,
             "leads_converted": sum(1 for lead in self.leads if lead.human.is_driver),
             "leads_with_identifier": c["leads_with_identifier"],
+            "leads_identifier_birth_date_only": c["leads_identifier_birth_date_only"],
             "leads_with_hard_case": c["leads_with_hard_case"],
             "hard_case_share": round(c["leads_with_hard_case"] / n, 4),
             "cases": cases,
@@ -1237,7 +1276,7 @@ def _document_format(r: Random, digits: str, fmt: str, foreign: bool) -> str:
 def _email_format(email: str, fmt: str) -> str:
     if fmt == "mixed":
         local, _, domain = email.partition("@")
-        return local[:1].upper() + local[1:3].upper() + local[3:] + "@" + domain.capitalize()
+        return local.title() + "@" + domain.capitalize()  # Maria.Flores@Hotmail.com
     if fmt == "upper":
         return email.upper()
     if fmt == "padded":

@@ -41,12 +41,12 @@ logger = logging.getLogger("ct4.import")
 LIMA = ZoneInfo(PARK_TIME_ZONE)
 DELIMITERS = (",", ";", "\t", "|")
 REJECTS_SUFFIX = ".rejects.csv"
-STAGE = "import_stage"
-REJECTS = "import_rejects"
+STAGE_TABLE = "import_stage"
+REJECTS_TABLE = "import_rejects"
 BIGINT_MAX = 2**63 - 1
 INT_MAX = 2**31 - 1
-# Dates outside this range are typing errors in this business (no driver born in 1850).
-YEARS = range(1900, 2101)
+# Dates outside these years are typing errors in this business (no driver born in 1850).
+YEAR_MIN, YEAR_MAX = 1900, 2100
 
 
 class ImportFileError(Exception):
@@ -60,6 +60,7 @@ class Invalid(ValueError):
 # --- Cell parsers: a stripped, non-empty string in, the value's canonical text out ------------
 
 NO_SUCH_DAY = "not a valid date (no such calendar day)"
+DATE_FORMATS = "not a valid date (use YYYY-MM-DD or DD/MM/YYYY)"
 _DMY_DATE = re.compile(r"(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})")
 _DMY_TIMESTAMP = re.compile(r"(\d{1,2})[/.-](\d{1,2})[/.-](\d{4})(?:[ T]+(\d{1,2}):(\d{2})(?::(\d{2}))?)?")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -72,16 +73,16 @@ def parse_date(raw: str) -> str:
         try:
             value = date.fromisoformat(raw)
         except ValueError:
-            raise Invalid(NO_SUCH_DAY if _ISO_DATE.fullmatch(raw) else "not a valid date (use YYYY-MM-DD or DD/MM/YYYY)") from None
+            raise Invalid(NO_SUCH_DAY if _ISO_DATE.fullmatch(raw) else DATE_FORMATS) from None
     else:
         match = _DMY_DATE.fullmatch(raw)
         if match is None:
-            raise Invalid("not a valid date (use YYYY-MM-DD or DD/MM/YYYY)")
+            raise Invalid(DATE_FORMATS)
         try:
             value = date(int(match[3]), int(match[2]), int(match[1]))
         except ValueError:
             raise Invalid(NO_SUCH_DAY) from None
-    if value.year not in YEARS:
+    if not YEAR_MIN <= value.year <= YEAR_MAX:
         raise Invalid("not a valid date (year outside 1900-2100)")
     return value.isoformat()
 
@@ -99,7 +100,7 @@ def parse_timestamp(raw: str) -> str:
             value = datetime(int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0))
         except ValueError:
             raise Invalid("not a valid timestamp (no such day or time of day)") from None
-    if value.year not in YEARS:
+    if not YEAR_MIN <= value.year <= YEAR_MAX:
         raise Invalid("not a valid timestamp (year outside 1900-2100)")
     if value.tzinfo is None:
         value = value.replace(tzinfo=LIMA)
@@ -132,7 +133,10 @@ def parse_amount(raw: str) -> str:
     if "," in text:
         if "." in text:
             # Both separators: the last one is the decimal separator.
-            text = text.replace(".", "").replace(",", ".") if text.rfind(",") > text.rfind(".") else text.replace(",", "")
+            if text.rfind(",") > text.rfind("."):
+                text = text.replace(".", "").replace(",", ".")
+            else:
+                text = text.replace(",", "")
         elif re.fullmatch(r"\d{1,3}(,\d{3})+", text):
             raise Invalid("ambiguous amount (a comma before 3 digits); write it with a decimal point")
         else:
@@ -180,20 +184,9 @@ class SourceKind:
     # Extra set-based checks that reject staged rows before the upsert.
     check: Callable[..., None] | None = None
 
-    def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
-
 
 def _text(*names: str) -> tuple[Column, ...]:
     return tuple(Column(name) for name in names)
-
-
-KINDS: dict[str, SourceKind] = {}
-
-
-def _register(kind: SourceKind) -> SourceKind:
-    KINDS[kind.name] = kind
-    return kind
 
 
 # --- Reading ----------------------------------------------------------------------------------
@@ -297,6 +290,10 @@ class Layout:
     width: int
 
 
+def known_in(kind: SourceKind, names: list[str]) -> set[str]:
+    return {c.name for c in kind.columns} & set(names)
+
+
 def read_layout(kind: SourceKind, header: list[str], path: Path) -> Layout:
     names = [_column_name(h) for h in header]
     known = {c.name for c in kind.columns}
@@ -309,6 +306,11 @@ def read_layout(kind: SourceKind, header: list[str], path: Path) -> Layout:
     expected = ", ".join(c.name for c in kind.columns)
     if not positions:
         raise ImportFileError(f"{path}: line 1 is not a {kind.name} header: no known column (expected {expected})")
+    # A trips file given as drivers shares driver_id and would load id-only drivers: refuse a
+    # header that another kind explains better.
+    for other in KINDS.values():
+        if other is not kind and len(known_in(other, names)) > len(positions):
+            raise ImportFileError(f"{path}: the header looks like a {other.name} file, not {kind.name}; check KIND")
     missing = [c.name for c in kind.columns if c.required and c.name not in positions]
     if missing:
         raise ImportFileError(
@@ -359,7 +361,8 @@ class ImportResult:
         )
         if self.rejects_path:
             text += f" -> {self.rejects_path}"
-        delimiter = "" if self.delimiter == "," else f", {'TAB' if self.delimiter == chr(9) else self.delimiter}-separated"
+        name = "TAB" if self.delimiter == "\t" else self.delimiter
+        delimiter = "" if self.delimiter == "," else f", {name}-separated"
         text += f" [{self.encoding}{delimiter}, {self.seconds:.1f}s]"
         if self.absent_columns:
             text += f"; absent columns (empty on new rows, kept on existing): {', '.join(self.absent_columns)}"
@@ -418,13 +421,11 @@ def source_import(*, kind: str, path: Path, dry_run: bool = False, progress: boo
             with connection.connection.cursor() as cursor:
                 _prepare(cursor, spec, layout)
                 flagged = _stream(cursor, spec, layout, source, rejects, result, progress)
-                sql_rejects = _load(cursor, spec, layout, result, flagged)
-                if sql_rejects:
-                    rejects = _merge_rejects(cursor, path, encoding, rejects, rejects_header)
-                cursor.execute(f"DROP TABLE {STAGE}, {REJECTS}")
+                if _load(cursor, spec, layout, result, flagged):
+                    rejects = _merge_rejects(path, encoding, rejects, rejects_header)
+                cursor.execute(f"DROP TABLE {STAGE_TABLE}, {REJECTS_TABLE}")
             if dry_run:
                 transaction.set_rollback(True)
-        result.rejected += sql_rejects
         _publish_rejects(rejects, final_rejects, bool(result.rejected))
         rejects.close()
     result.rejects_path = final_rejects if result.rejected else None
@@ -433,15 +434,26 @@ def source_import(*, kind: str, path: Path, dry_run: bool = False, progress: boo
     return result
 
 
+def _staged(spec: SourceKind, layout: Layout) -> tuple[list[Column], list[Column]]:
+    """The file's columns in staging order: plain text first (read in one sweep), then parsed."""
+    present = [c for c in spec.columns if c.name in layout.positions]
+    plain = [c for c in present if c.parse is None and c.empty is None]
+    return plain, [c for c in present if c not in plain]
+
+
 def _prepare(cursor, spec: SourceKind, layout: Layout) -> None:
-    columns = [c for c in spec.columns if c.name in layout.positions]
+    plain, parsed = _staged(spec, layout)
     cursor.execute(
         sql.SQL("CREATE TEMP TABLE {} (line integer NOT NULL, rejected boolean NOT NULL, {}) ON COMMIT DROP").format(
-            sql.Identifier(STAGE),
-            sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in columns),
+            sql.Identifier(STAGE_TABLE),
+            sql.SQL(", ").join(
+                sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type)) for c in [*plain, *parsed]
+            ),
         )
     )
-    cursor.execute(f"CREATE TEMP TABLE {REJECTS} (line integer PRIMARY KEY, col text, reason text) ON COMMIT DROP")
+    cursor.execute(
+        f"CREATE TEMP TABLE {REJECTS_TABLE} (line integer PRIMARY KEY, col text, reason text) ON COMMIT DROP"
+    )
     # Room for the dedupe's hash aggregate over a million keys, and no JIT: compiling these
     # one-off statements costs more than it saves (1.5 s of 1.8 s on 100,000 leads). Both
     # settings revert at the end of the transaction.
@@ -449,21 +461,28 @@ def _prepare(cursor, spec: SourceKind, layout: Layout) -> None:
     cursor.execute("SET LOCAL jit = off")
 
 
-def _stream(cursor, spec: SourceKind, layout: Layout, source: CsvFile, rejects, result: ImportResult, progress: bool) -> int:
+MISSING = "required value is missing"
+
+
+def _stream(
+    cursor, spec: SourceKind, layout: Layout, source: CsvFile, rejects, result: ImportResult, progress: bool
+) -> int:
     """Validate each record in Python; COPY good ones into the staging table, bad ones to `rejects`.
 
     A bad record whose key is readable is staged too, flagged, so that it still supersedes
     earlier records with the same key: the last occurrence in the file wins, even when bad.
     Returns how many such flagged records were staged.
     """
-    plan = [
-        (layout.positions[c.name], c.name, c.parse, c.required, c.empty) for c in spec.columns if c.name in layout.positions
-    ]
+    plain, parsed = _staged(spec, layout)
+    plain_positions = [layout.positions[c.name] for c in plain]
+    plain_required = [(2 + k, c.name) for k, c in enumerate(plain) if c.required]
+    plan = [(layout.positions[c.name], c.name, c.parse, c.required, c.empty) for c in parsed]
+    order = {c.name: k for k, c in enumerate(spec.columns)}
     key_names = set(spec.key)
     width = layout.width
     write_reject = csv.writer(rejects).writerow
-    names = sql.SQL(", ").join(sql.Identifier(column[1]) for column in plan)
-    copy_sql = sql.SQL("COPY {} (line, rejected, {}) FROM STDIN").format(sql.Identifier(STAGE), names)
+    names = sql.SQL(", ").join(sql.Identifier(c.name) for c in [*plain, *parsed])
+    copy_sql = sql.SQL("COPY {} (line, rejected, {}) FROM STDIN").format(sql.Identifier(STAGE_TABLE), names)
     total = os.fstat(source.binary.fileno()).st_size
     read = rejected = flagged = 0
     with (
@@ -471,23 +490,19 @@ def _stream(cursor, spec: SourceKind, layout: Layout, source: CsvFile, rejects, 
         cursor.copy(copy_sql) as copy,
     ):
         write_row = copy.write_row
-        seen = 0
         for line, row in source.records():
             if len(row) != width:
-                if not any(f.strip() for f in row):
-                    continue
-                read += 1
-                rejected += 1
-                write_reject([line, "", f"the row has {len(row)} fields, the header has {width}", *row])
+                if any(f.strip() for f in row):
+                    read += 1
+                    rejected += 1
+                    write_reject([line, "", f"the row has {len(row)} fields, the header has {width}", *row])
                 continue
             values: list = [line, False]
-            errors = None
+            values += [row[i].strip() or None for i in plain_positions]
+            errors = [(name, MISSING) for k, name in plain_required if values[k] is None] or None
             for index, name, parse, required, empty in plan:
                 raw = row[index].strip()
                 if raw:
-                    if parse is None:
-                        values.append(raw)
-                        continue
                     try:
                         values.append(parse(raw))
                         continue
@@ -497,16 +512,19 @@ def _stream(cursor, spec: SourceKind, layout: Layout, source: CsvFile, rejects, 
                     values.append(empty)
                     continue
                 else:
-                    reason = "required value is missing"
+                    reason = MISSING
                 values.append(None)
                 if errors is None:
                     errors = []
                 errors.append((name, reason))
-            if errors is not None:
-                if not any(f.strip() for f in row):
-                    continue  # a row of empty cells (spreadsheet padding) carries nothing
-                read += 1
+            read += 1
+            if errors is None:
+                write_row(values)
+            elif not any(f.strip() for f in row):
+                read -= 1  # a row of empty cells (spreadsheet padding) carries nothing
+            else:
                 rejected += 1
+                errors.sort(key=lambda error: order[error[0]])
                 (name, reason), others = errors[0], errors[1:]
                 if others:
                     reason += "; also " + "; ".join(f"{n}: {r}" for n, r in others)
@@ -515,11 +533,7 @@ def _stream(cursor, spec: SourceKind, layout: Layout, source: CsvFile, rejects, 
                     values[1] = True
                     write_row(values)
                     flagged += 1
-            else:
-                read += 1
-                write_row(values)
-            seen += 1
-            if progress and seen % 16384 == 0:
+            if progress and read % 16384 == 0:
                 bar.update(source.binary.tell() - bar.n)
         bar.update(total - bar.n)
         bar.set_postfix_str("read; loading into the database")
@@ -528,10 +542,10 @@ def _stream(cursor, spec: SourceKind, layout: Layout, source: CsvFile, rejects, 
 
 
 def _load(cursor, spec: SourceKind, layout: Layout, result: ImportResult, flagged: int) -> int:
-    """Dedupe, check and upsert the staged rows in set-based SQL. Returns the rows it rejected."""
+    """Dedupe, check and upsert the staged rows in set-based SQL. Returns how many rows it rejected."""
     # One import of a kind at a time: concurrent upserts of the same keys would deadlock.
     cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"ct4.import_source.{spec.name}"])
-    cursor.execute(f"ANALYZE {STAGE}")
+    cursor.execute(f"ANALYZE {STAGE_TABLE}")
     key = sql.SQL(", ").join(map(sql.Identifier, spec.key))
     cursor.execute(
         sql.SQL(
@@ -547,32 +561,34 @@ def _load(cursor, spec: SourceKind, layout: Layout, result: ImportResult, flagge
             ) d USING ({key})
             WHERE NOT s.rejected AND s.line < d.last_line
             """
-        ).format(rejects=sql.Identifier(REJECTS), stage=sql.Identifier(STAGE), key=key),
+        ).format(rejects=sql.Identifier(REJECTS_TABLE), stage=sql.Identifier(STAGE_TABLE), key=key),
         {"key_label": "+".join(spec.key)},
     )
     rejected = cursor.rowcount
     if flagged:
-        cursor.execute(f"DELETE FROM {STAGE} WHERE rejected")
+        cursor.execute(f"DELETE FROM {STAGE_TABLE} WHERE rejected")
     _drop_rejected(cursor, rejected)
     if spec.check is not None:
         checked = spec.check(cursor, layout)
         _drop_rejected(cursor, checked)
         rejected += checked
+    result.rejected += rejected
     result.inserted, result.updated = _upsert(cursor, spec, layout)
-    result.unchanged = result.rows_read - result.rejected - rejected - result.inserted - result.updated
+    result.unchanged = result.rows_read - result.rejected - result.inserted - result.updated
     return rejected
 
 
 def _drop_rejected(cursor, rejected: int) -> None:
     if rejected:
-        cursor.execute(f"DELETE FROM {STAGE} s USING {REJECTS} r WHERE s.line = r.line")
+        cursor.execute(f"DELETE FROM {STAGE_TABLE} s USING {REJECTS_TABLE} r WHERE s.line = r.line")
 
 
 def _upsert(cursor, spec: SourceKind, layout: Layout) -> tuple[int, int]:
     """One INSERT ... ON CONFLICT for the whole file; a row is updated only when a value differs."""
     present = [c.name for c in spec.columns if c.name in layout.positions]
     values = [name for name in present if name not in spec.key]
-    defaults = [(c.name, sql.Literal(c.empty)) for c in spec.columns if c.name not in layout.positions and c.empty is not None]
+    absent = [c for c in spec.columns if c.name not in layout.positions]
+    defaults = [(c.name, sql.Literal(c.empty)) for c in absent if c.empty is not None]
     defaults += [(name, sql.SQL(literal)) for name, literal in spec.insert_only]
     target = sql.SQL(", ").join(sql.Identifier(n) for n in [*present, *(n for n, _ in defaults)])
     source = sql.SQL(", ").join(
@@ -582,8 +598,8 @@ def _upsert(cursor, spec: SourceKind, layout: Layout) -> tuple[int, int]:
     # Rows equal to the stored ones are left out before the upsert: ON CONFLICT would lock (and
     # so rewrite) every one of them even when its WHERE skips the update.
     same = sql.SQL(" AND ").join(
-        [sql.SQL("t.{0} = s.{0}").format(sql.Identifier(n)) for n in spec.key]
-        + [sql.SQL("t.{0} IS NOT DISTINCT FROM s.{0}").format(sql.Identifier(n)) for n in values]
+        [sql.SQL("cur.{0} = s.{0}").format(sql.Identifier(n)) for n in spec.key]
+        + [sql.SQL("cur.{0} IS NOT DISTINCT FROM s.{0}").format(sql.Identifier(n)) for n in values]
     )
     if values:
         assignments = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in values]
@@ -602,7 +618,9 @@ def _upsert(cursor, spec: SourceKind, layout: Layout) -> tuple[int, int]:
             WITH upserted AS (
                 INSERT INTO {table} AS t ({target})
                 SELECT {source} FROM {stage} s
-                WHERE NOT EXISTS (SELECT FROM {table} t WHERE {same})
+                WHERE NOT EXISTS (SELECT FROM {table} cur WHERE {same})
+                -- in key order, the key index is filled page by page instead of at random
+                ORDER BY {key}
                 ON CONFLICT ({key}) {conflict}
                 RETURNING xmax = 0 AS inserted
             )
@@ -612,7 +630,7 @@ def _upsert(cursor, spec: SourceKind, layout: Layout) -> tuple[int, int]:
             table=sql.Identifier(spec.table),
             target=target,
             source=source,
-            stage=sql.Identifier(STAGE),
+            stage=sql.Identifier(STAGE_TABLE),
             key=key,
             same=same,
             conflict=conflict,
@@ -634,7 +652,7 @@ def _check_lead_source_pks(cursor, layout: Layout) -> int:
         WITH eff AS (
             -- the source_pk each staged lead will have after the import
             SELECT s.line, s.id, {effective} AS spk, cur.source_pk AS old_spk
-            FROM {STAGE} s LEFT JOIN {LEADS_TABLE} cur ON cur.id = s.id
+            FROM {STAGE_TABLE} s LEFT JOIN {LEADS_TABLE} cur ON cur.id = s.id
         ), taken AS (
             -- held by another lead already in the table
             SELECT e.line, 'source_pk ' || e.spk || ' already belongs to lead id ' || t.id AS reason
@@ -654,7 +672,7 @@ def _check_lead_source_pks(cursor, layout: Layout) -> int:
             -- given to two or more different leads in this file
             SELECT spk FROM rest GROUP BY spk HAVING count(*) > 1
         )
-        INSERT INTO {REJECTS} (line, col, reason)
+        INSERT INTO {REJECTS_TABLE} (line, col, reason)
         SELECT line, 'external_id', reason FROM taken
         UNION ALL SELECT line, 'external_id', reason FROM moved
         UNION ALL
@@ -671,7 +689,7 @@ def _quoted(model) -> str:
     return connection.ops.quote_name(model._meta.db_table)
 
 
-def _merge_rejects(cursor, path: Path, encoding: str, rejects, header: list[str]):
+def _merge_rejects(path: Path, encoding: str, rejects, header: list[str]):
     """Rejects found in SQL carry only their line: read the file again to attach each one's
     original fields, and merge them with the rejects found while streaming, in line order."""
     merged = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
@@ -681,7 +699,7 @@ def _merge_rejects(cursor, path: Path, encoding: str, rejects, header: list[str]
     streamed_rows = ([int(row[0]), *row[1:]] for row in streamed)
     with CsvFile(path, encoding) as source, connection.connection.cursor(name="import_rejects_by_line") as found:
         found.itersize = 10000
-        found.execute(f"SELECT line, col, reason FROM {REJECTS} ORDER BY line")
+        found.execute(f"SELECT line, col, reason FROM {REJECTS_TABLE} ORDER BY line")
 
         def found_rows() -> Iterator[list]:
             pending = iter(found)
@@ -718,61 +736,59 @@ def _publish_rejects(rejects, final: Path, any_rejects: bool) -> None:
 
 # --- The four kinds (SPEC §8) ------------------------------------------------------------------
 
-_register(
-    SourceKind(
-        name="cabinet_leads",
-        table=CabinetLead._meta.db_table,
-        key=("id",),
-        columns=(
-            Column("id", parse_lead_id, required=True, sql_type="bigint"),
-            Column("external_id"),
-            Column("created_at", parse_timestamp, required=True, sql_type="timestamptz"),
-            *_text("first_name", "middle_name", "last_name", "phone", "document", "email", "plate", "park_id"),
-            Column("birth_date", parse_date, sql_type="date"),
+KINDS: dict[str, SourceKind] = {
+    kind.name: kind
+    for kind in (
+        SourceKind(
+            name="cabinet_leads",
+            table=CabinetLead._meta.db_table,
+            key=("id",),
+            columns=(
+                Column("id", parse_lead_id, required=True, sql_type="bigint"),
+                Column("external_id"),
+                Column("created_at", parse_timestamp, required=True, sql_type="timestamptz"),
+                *_text("first_name", "middle_name", "last_name", "phone", "document", "email", "plate", "park_id"),
+                Column("birth_date", parse_date, sql_type="date"),
+            ),
+            check=_check_lead_source_pks,
         ),
-        check=_check_lead_source_pks,
-    )
-)
-_register(
-    SourceKind(
-        name="drivers",
-        table=Driver._meta.db_table,
-        key=("driver_id",),
-        columns=(
-            Column("driver_id", required=True),
-            *_text("park_id", "first_name", "middle_name", "last_name", "phone", "license_number", "document", "email", "plate"),
-            Column("birth_date", parse_date, sql_type="date"),
-            Column("hire_date", parse_date, sql_type="date"),
-            Column("status"),
+        SourceKind(
+            name="drivers",
+            table=Driver._meta.db_table,
+            key=("driver_id",),
+            columns=(
+                Column("driver_id", required=True),
+                *_text("park_id", "first_name", "middle_name", "last_name", "phone", "license_number"),
+                *_text("document", "email", "plate"),
+                Column("birth_date", parse_date, sql_type="date"),
+                Column("hire_date", parse_date, sql_type="date"),
+                Column("status"),
+            ),
+        ),
+        SourceKind(
+            name="trips",
+            table=DriverTrips._meta.db_table,
+            key=("driver_id", "date"),
+            columns=(
+                Column("driver_id", required=True),
+                Column("date", parse_date, required=True, sql_type="date"),
+                Column("trips", parse_trips, required=True, sql_type="integer"),
+            ),
+            touch=None,
+        ),
+        SourceKind(
+            name="claims",
+            table=Claim._meta.db_table,
+            key=("lead_source_pk", "milestone"),
+            columns=(
+                Column("lead_source_pk", required=True),
+                Column("driver_id"),
+                Column("milestone", parse_milestone, required=True, sql_type="smallint"),
+                Column("amount", parse_amount, required=True, sql_type="numeric(12, 2)"),
+                Column("status", parse_claim_status, empty=ClaimStatus.EXPECTED.value),
+                Column("claimed_at", parse_timestamp, sql_type="timestamptz"),
+            ),
+            insert_only=(("created_by", "'import'"),),
         ),
     )
-)
-_register(
-    SourceKind(
-        name="trips",
-        table=DriverTrips._meta.db_table,
-        key=("driver_id", "date"),
-        columns=(
-            Column("driver_id", required=True),
-            Column("date", parse_date, required=True, sql_type="date"),
-            Column("trips", parse_trips, required=True, sql_type="integer"),
-        ),
-        touch=None,
-    )
-)
-_register(
-    SourceKind(
-        name="claims",
-        table=Claim._meta.db_table,
-        key=("lead_source_pk", "milestone"),
-        columns=(
-            Column("lead_source_pk", required=True),
-            Column("driver_id"),
-            Column("milestone", parse_milestone, required=True, sql_type="smallint"),
-            Column("amount", parse_amount, required=True, sql_type="numeric(12, 2)"),
-            Column("status", parse_claim_status, empty=ClaimStatus.EXPECTED.value),
-            Column("claimed_at", parse_timestamp, sql_type="timestamptz"),
-        ),
-        insert_only=(("created_by", "'import'"),),
-    )
-)
+}

@@ -42,6 +42,10 @@ class Comparison:
     levels: tuple[Level, ...]
     # Keys a family or friends can share: agreement on them alone never links.
     shareable: bool = False
+    # Exact agreement's u is the chance that a *different* person carries the value:
+    # (other persons carrying it + share_rate) / N. share_rate is how often a value turns up
+    # on someone else anyway (a DNI typed onto a relative's record, a recycled number).
+    share_rate: float = 1.0
 
     def level(self, name: str) -> Level:
         for level in self.levels:
@@ -62,12 +66,17 @@ COMPARISONS: dict[str, Comparison] = {
     c.field: c
     for c in (
         # A DNI is personal; typed wrong now and then; rarely different for the same person.
-        Comparison("document", _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02)),
+        Comparison("document", _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02),
+                   share_rate=0.02),
         # People change phones; families and recycled numbers make phones shareable.
-        Comparison("phone", _key_levels(exact_m=0.85, typo_m=0.03, typo_u=1e-6, different_m=0.12), shareable=True),
-        Comparison("email", _key_levels(exact_m=0.80, typo_m=0.04, typo_u=1e-6, different_m=0.16)),
+        Comparison("phone", _key_levels(exact_m=0.85, typo_m=0.03, typo_u=1e-6, different_m=0.12),
+                   shareable=True, share_rate=0.5),
+        # E-mails are built from names (percy.ccama@, percyeccama@): namesakes' addresses are
+        # often one typo apart, so an e-mail typo says far less than a DNI or phone typo.
+        Comparison("email", _key_levels(exact_m=0.80, typo_m=0.04, typo_u=1e-3, different_m=0.16), share_rate=0.1),
         # Cars are lent and sold: a plate is weak and shareable.
-        Comparison("plate", _key_levels(exact_m=0.60, typo_m=0.03, typo_u=1e-5, different_m=0.37), shareable=True),
+        Comparison("plate", _key_levels(exact_m=0.60, typo_m=0.03, typo_u=1e-5, different_m=0.37),
+                   shareable=True, share_rate=1.0),
         Comparison(
             "birth_date",
             (
@@ -167,8 +176,10 @@ class Frequencies:
     def population(self) -> int:
         return self.persons + PSEUDO_PERSONS
 
-    def key_u(self, field_name: str, value: str) -> float:
-        return max(self.keys.get((field_name, value), 1), 1) / self.population
+    def key_u(self, field_name: str, value: str, share_rate: float) -> float:
+        """P(a different person carries this value): the others who do, plus the field's share rate."""
+        others = max(self.keys.get((field_name, value), 1), 1) - 1
+        return (others + share_rate) / self.population
 
     def token_f(self, token: str) -> float:
         count = self.tokens.get(token, 0)
@@ -255,7 +266,8 @@ def _compare_key(field_name: str, lead_value: str | None, candidate: Candidate, 
         if value == lead_value:
             shared = freq.keys.get((field_name, value), 1)
             level = comparison.level("exact")
-            return FieldEvidence(field_name, "exact", _bits(level, freq.key_u(field_name, value)), driver_id, shared)
+            u = freq.key_u(field_name, value, comparison.share_rate)
+            return FieldEvidence(field_name, "exact", _bits(level, u), driver_id, shared)
     for value, driver_id in values:
         if len(value) == len(lead_value) and DamerauLevenshtein.distance(value, lead_value, score_cutoff=1) <= 1:
             level = comparison.level("one_typo")

@@ -1,8 +1,5 @@
-"""Normalization of raw identifiers (phones, documents, e-mails, plates, names) into match keys.
-
-Every normalizer has an SQL twin in schema `canon` (migration 0002), generated from the constants
-below, so the drivers index is computed set-based in PostgreSQL with exactly the same keys.
-"""
+"""Raw phones, documents, e-mails, plates and names to match keys (pure functions), and their SQL
+twins in schema `canon`, generated from the same constants so both give exactly the same keys."""
 
 from __future__ import annotations
 
@@ -64,7 +61,9 @@ FOLD_TABLE = str.maketrans(FOLD_FROM, FOLD_TO, FOLD_DELETE)
 FOLD_COMMON = "áéíóúñüÁÉÍÓÚÑÜ"
 
 # Shared regular expressions are written in the subset PostgreSQL AREs and Python's `re` read the
-# same way: explicit ASCII classes, \A and \Z anchors, (?:), (?=), (?!); no \d, \w, \s, '.', '$'.
+# same way: explicit ASCII classes, \A and \Z anchors, (?:), (?=); no \d, \w, \s, '.', '$'.
+# Lookahead is slow in PostgreSQL (a lookahead-laden check cost 6 us a row), so a condition that
+# needs several patterns is a sequence of patterns, all of which must match.
 _NOT_ALNUM = "[^0-9A-Za-z]+"
 
 # --- Phones --------------------------------------------------------------------------------
@@ -100,12 +99,12 @@ DOCUMENT_PREFIX_PATTERN = (
 )
 # A 7-digit DNI lost its leading zero in a spreadsheet: insert it.
 DOCUMENT_PAD_PATTERN = r"\A(?=[0-9]{7}\Z)"
-# Usable: 6+ characters, at least one digit, not one repeated digit, not a placeholder.
-DOCUMENT_VALID_PATTERN = (
-    r"\A(?=[0-9A-Z]{6})(?=[A-Z]*[0-9])(?!(?:"
-    + "|".join([f"{digit}+" for digit in "0123456789"] + list(DOCUMENT_PLACEHOLDERS))
-    + r")\Z)[0-9A-Z]+\Z"
+# Placeholders and one repeated digit are replaced by '', which the shape then rejects.
+DOCUMENT_PLACEHOLDER_PATTERN = (
+    r"\A(?:" + "|".join([f"{digit}+" for digit in "0123456789"] + list(DOCUMENT_PLACEHOLDERS)) + r")\Z"
 )
+# Usable: 6 or more characters, at least one of them a digit.
+DOCUMENT_SHAPE_PATTERNS = (r"\A[0-9A-Z]{6,}\Z", r"\A[0-9A-Z]*[0-9][0-9A-Z]*\Z")
 # A Peruvian driving licence is a letter followed by the holder's DNI.
 LICENSE_PATTERN = r"\A[A-Z][0-9]{8}\Z"
 
@@ -144,18 +143,21 @@ EMAIL_PLACEHOLDER_DOMAINS = (
     "dominio.com",
 )
 _NOT_LETTER_OR_AT = "[^a-z@]*"
-EMAIL_PATTERN = (
-    r"\A(?!(?:"
+# A placeholder address is replaced by '', which EMAIL_PATTERN then rejects.
+EMAIL_PLACEHOLDER_PATTERN = (
+    r"\A(?:"
     + "|".join(
         _NOT_LETTER_OR_AT + _NOT_LETTER_OR_AT.join(word) + _NOT_LETTER_OR_AT for word in EMAIL_PLACEHOLDER_LOCALS
     )
-    + r")@)(?![^@]*@(?:"
+    + r")@[^@]*\Z|\A[^@]*@(?:"
     + "|".join(domain.replace(".", r"\.") for domain in EMAIL_PLACEHOLDER_DOMAINS)
-    + r")\Z)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)+\Z"
+    + r")\Z"
 )
+EMAIL_PATTERN = r"\A[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)+\Z"
 
 # --- Plates --------------------------------------------------------------------------------
-PLATE_PATTERN = r"\A(?=[0-9A-Z]*[A-Z])(?=[A-Z]*[0-9])[0-9A-Z]{5,7}\Z"
+# 5 to 7 characters with a letter and a digit (then some letter stands next to some digit).
+PLATE_PATTERNS = (r"\A[0-9A-Z]{5,7}\Z", r"\A[0-9A-Z]*(?:[A-Z][0-9]|[0-9][A-Z])[0-9A-Z]*\Z")
 
 # --- Names ---------------------------------------------------------------------------------
 NAME_PARTICLES = ("de", "del", "la", "las", "los", "y", "da", "di", "van", "von", "mc")
@@ -170,25 +172,34 @@ _E164_RE = re.compile(E164_PATTERN, _FLAGS)
 _ASCII_DIGIT_RE = re.compile("[0-9]")
 _DOCUMENT_PREFIX_RE = re.compile(DOCUMENT_PREFIX_PATTERN, _FLAGS)
 _DOCUMENT_PAD_RE = re.compile(DOCUMENT_PAD_PATTERN, _FLAGS)
-_DOCUMENT_VALID_RE = re.compile(DOCUMENT_VALID_PATTERN, _FLAGS)
+_DOCUMENT_PLACEHOLDER_RE = re.compile(DOCUMENT_PLACEHOLDER_PATTERN, _FLAGS)
+_DOCUMENT_SHAPE_RES = tuple(re.compile(pattern, _FLAGS) for pattern in DOCUMENT_SHAPE_PATTERNS)
 _LICENSE_RE = re.compile(LICENSE_PATTERN, _FLAGS)
+_EMAIL_PLACEHOLDER_RE = re.compile(EMAIL_PLACEHOLDER_PATTERN, _FLAGS)
 _EMAIL_RE = re.compile(EMAIL_PATTERN, _FLAGS)
-_PLATE_RE = re.compile(PLATE_PATTERN, _FLAGS)
+_PLATE_RES = tuple(re.compile(pattern, _FLAGS) for pattern in PLATE_PATTERNS)
 _LETTERS_RE = re.compile("[A-Za-z]+")
+_LOWER_LETTERS_RE = re.compile("[a-z]+")
 _PARTICLE_SET = frozenset(NAME_PARTICLES)
+_DOCUMENT_PLACEHOLDER_SET = frozenset(DOCUMENT_PLACEHOLDERS)
 
 
 def fold(text: str | None) -> str | None:
     """Accented letters to their ASCII base letter (á->a, Ñ->N); nothing else changes."""
     if text is None:
         return None
-    return text.translate(FOLD_TABLE)
+    return _fold(text)
+
+
+def _fold(text: str) -> str:
+    # isascii() is a flag check, and most values hold nothing to fold.
+    return text if text.isascii() else text.translate(FOLD_TABLE)
 
 
 def _alnum_upper(text: str) -> str:
     # Filter to ASCII before upper-casing: str.upper() and PostgreSQL's upper() disagree on
     # characters like 'ß', but never on ASCII.
-    return _NOT_ALNUM_RE.sub("", text.translate(FOLD_TABLE)).upper()
+    return _NOT_ALNUM_RE.sub("", _fold(text)).upper()
 
 
 def phone_fast(raw: str | None) -> str | None:
@@ -198,10 +209,13 @@ def phone_fast(raw: str | None) -> str | None:
     """
     if not raw:
         return None
-    digits = raw.translate(_PHONE_STRIP_TABLE)
-    if _PHONE_FAST_RE.match(digits) is None:
-        return None
-    national = digits[-9:]
+    if len(raw) == 9 and raw[0] == "9" and raw.isascii() and raw.isdigit():  # most rows
+        national = raw
+    else:
+        digits = raw.translate(_PHONE_STRIP_TABLE)
+        if _PHONE_FAST_RE.match(digits) is None:
+            return None
+        national = digits[-9:]
     if national in PHONE_PLACEHOLDERS:
         return None
     return "+51" + national
@@ -212,7 +226,7 @@ def _is_placeholder_number(national: str) -> bool:
 
 
 def normalize_phone(raw: str | None, region: str = "PE") -> str | None:
-    """Any phone spelling to E.164 ("+51987654321"), or None when invalid or a placeholder.
+    """Any phone spelling to E.164 ("+51951234567"), or None when invalid or a placeholder.
 
     The fast path covers Peruvian mobiles; the rest (landlines, foreign numbers) goes through
     phonenumbers, which is about a hundred times slower.
@@ -241,25 +255,31 @@ def normalize_phone(raw: str | None, region: str = "PE") -> str | None:
 def normalize_document(raw: str | None) -> str | None:
     """An identity document (DNI, CE, passport) as upper-case alphanumerics, or None when junk.
 
-    "DNI 44.556.677" -> "44556677", "1234567" -> "01234567". SQL twin: canon.norm_document.
+    "DNI 44.556.677" -> "44556677", "4455667" -> "04455667". SQL twin: canon.norm_document.
     """
     if not raw:
         return None
+    if len(raw) == 8 and raw.isascii() and raw.isdigit():  # a bare DNI: most rows
+        return None if raw in _DOCUMENT_PLACEHOLDER_SET or raw == raw[0] * 8 else raw
     value = _alnum_upper(raw)
     value = _DOCUMENT_PREFIX_RE.sub("", value, count=1)
     value = _DOCUMENT_PAD_RE.sub("0", value, count=1)
-    return value if _DOCUMENT_VALID_RE.match(value) else None
+    return _usable_document(value)
+
+
+def _usable_document(value: str) -> str | None:
+    value = _DOCUMENT_PLACEHOLDER_RE.sub("", value, count=1)
+    return value if all(shape.match(value) for shape in _DOCUMENT_SHAPE_RES) else None
 
 
 def document_from_license(raw: str | None) -> str | None:
-    """The DNI inside a driving licence "Q12345678" -> "12345678"; None for other licences."""
+    """The DNI inside a driving licence, "Q44556677" -> "44556677"; None for other licences."""
     if not raw:
         return None
     value = _alnum_upper(raw)
     if _LICENSE_RE.match(value) is None:
         return None
-    dni = value[1:]
-    return dni if _DOCUMENT_VALID_RE.match(dni) else None
+    return _usable_document(value[1:])
 
 
 def normalize_email(raw: str | None) -> str | None:
@@ -270,10 +290,10 @@ def normalize_email(raw: str | None) -> str | None:
     """
     if not raw:
         return None
-    value = raw.translate(FOLD_TABLE).strip(EMAIL_TRIM)
+    value = _fold(raw).strip(EMAIL_TRIM)
     if not value.isascii():
         return None
-    value = value.lower()
+    value = _EMAIL_PLACEHOLDER_RE.sub("", value.lower(), count=1)
     return value if _EMAIL_RE.match(value) else None
 
 
@@ -282,7 +302,7 @@ def normalize_plate(raw: str | None) -> str | None:
     if not raw:
         return None
     value = _alnum_upper(raw)
-    return value if _PLATE_RE.match(value) else None
+    return value if all(shape.match(value) for shape in _PLATE_RES) else None
 
 
 def name_tokens(*parts: str | None) -> tuple[str, ...]:
@@ -291,9 +311,12 @@ def name_tokens(*parts: str | None) -> tuple[str, ...]:
     The parts are joined like SQL's concat_ws(' ', ...) and cut at NAME_MAX_CHARS, so
     canon.norm_name_tokens(concat_ws(' ', first, middle, last)) gives the same tokens.
     """
-    text = " ".join(part for part in parts if part is not None)[:NAME_MAX_CHARS]
-    words = _LETTERS_RE.findall(text.translate(FOLD_TABLE))
-    return tuple(token for token in (word.lower() for word in words) if token not in _PARTICLE_SET)
+    text = _fold(" ".join(part for part in parts if part is not None)[:NAME_MAX_CHARS])
+    if text.isascii():
+        words = _LOWER_LETTERS_RE.findall(text.lower())
+    else:  # lower-case only the ASCII words: str.lower() would turn 'K' (Kelvin) into 'k'
+        words = [word.lower() for word in _LETTERS_RE.findall(text)]
+    return tuple(word for word in words if word not in _PARTICLE_SET)
 
 
 def name_key(*parts: str | None) -> str | None:
@@ -305,6 +328,9 @@ def name_key(*parts: str | None) -> str | None:
 # Each twin is a single-expression LANGUAGE sql function, so the planner inlines it into the
 # calling query (no per-row function call). The WHEN branches before a general expression are
 # cheap shortcuts for the common clean spellings, equal to the general expression on those.
+# Call them on columns or cheap expressions: an inlined body reads its argument several times,
+# and each read recomputes the argument expression (fence an expensive one with OFFSET 0).
+# Changing a constant or rule above needs a new migration running sql_create_functions() again.
 
 SQL_FUNCTION_SIGNATURES = (
     "canon.norm_fold(text)",
@@ -321,21 +347,28 @@ SQL_FUNCTION_SIGNATURES = (
 
 
 def _sql_literal(text: str) -> str:
-    """An E'' string literal: same meaning whatever standard_conforming_strings says, with
-    invisible characters (tab, no-break space, combining marks) spelled as \\uXXXX."""
+    """A string literal that means the same whatever standard_conforming_strings says: E'' when
+    it holds a backslash or an invisible character (tab, no-break space, combining mark), which
+    it then spells as \\uXXXX."""
     if "\x00" in text:
         raise ValueError("PostgreSQL text cannot hold NUL")
+    if all(_sql_plain_character(char) for char in text):
+        return "'" + text.replace("'", "''") + "'"
     escaped = []
     for char in text:
         if char == "\\":
             escaped.append("\\\\")
         elif char == "'":
             escaped.append("''")
-        elif char.isprintable() and char != "\u00a0" and not unicodedata.category(char).startswith("M"):
+        elif _sql_plain_character(char):
             escaped.append(char)
         else:
             escaped.append(f"\\u{ord(char):04x}")
     return "E'" + "".join(escaped) + "'"
+
+
+def _sql_plain_character(char: str) -> bool:
+    return char != "\\" and char.isprintable() and char != "\u00a0" and not unicodedata.category(char).startswith("M")
 
 
 def _sql_text_array(items) -> str:
@@ -352,6 +385,19 @@ def _sql_nullif_each(expression: str, values) -> str:
     for value in sorted(values):
         expression = f"nullif({expression}, {_sql_literal(value)})"
     return expression
+
+
+def _sql_matching_all(expression: str, patterns) -> str:
+    # substring(x FROM pattern) is x when the anchored, capture-free pattern matches, else NULL.
+    for pattern in patterns:
+        expression = f"substring({expression} FROM {_sql_literal(pattern)})"
+    return expression
+
+
+def _sql_usable_document(expression: str) -> str:
+    return _sql_matching_all(
+        f"regexp_replace({expression}, {_sql_literal(DOCUMENT_PLACEHOLDER_PATTERN)}, '')", DOCUMENT_SHAPE_PATTERNS
+    )
 
 
 def _sql_function(signature: str, returns: str, body: str) -> str:
@@ -382,31 +428,37 @@ def sql_create_functions() -> list[str]:
         f"FROM {_sql_literal(PHONE_FAST_PATTERN)}), 9) END"
     )
     phone_fast_sql = "'+51' || " + _sql_nullif_each(f"({national})", PHONE_PLACEHOLDERS)
+    # A bare 7- or 8-digit DNI (most rows) skips the regular expressions.
+    dni = "lpad(value, 8, '0')"
     document = (
-        f"CASE WHEN octet_length(value) = 8 AND ltrim(value, {digits}) = '' THEN\n"
-        f"    CASE WHEN value IN ({', '.join(_sql_literal(p) for p in DOCUMENT_PLACEHOLDERS)})"
-        " OR ltrim(value, left(value, 1)) = '' THEN NULL ELSE value END\n"
-        "  ELSE substring(regexp_replace(regexp_replace(canon.norm_alnum_upper(value), "
-        f"{_sql_literal(DOCUMENT_PREFIX_PATTERN)}, ''), {_sql_literal(DOCUMENT_PAD_PATTERN)}, '0') "
-        f"FROM {_sql_literal(DOCUMENT_VALID_PATTERN)}) END"
+        f"CASE WHEN octet_length(value) IN (7, 8) AND ltrim(value, {digits}) = '' THEN\n"
+        f"    CASE WHEN {dni} IN ({', '.join(_sql_literal(p) for p in DOCUMENT_PLACEHOLDERS)})"
+        f" OR ltrim({dni}, left({dni}, 1)) = '' THEN NULL ELSE {dni} END\n"
+        "  ELSE "
+        + _sql_usable_document(
+            "regexp_replace(regexp_replace(canon.norm_alnum_upper(value), "
+            f"{_sql_literal(DOCUMENT_PREFIX_PATTERN)}, ''), {_sql_literal(DOCUMENT_PAD_PATTERN)}, '0')"
+        )
+        + " END"
     )
-    license_document = (
-        f"substring(right(substring(canon.norm_alnum_upper(value) FROM {_sql_literal(LICENSE_PATTERN)}), 8) "
-        f"FROM {_sql_literal(DOCUMENT_VALID_PATTERN)})"
+    license_document = _sql_usable_document(
+        f"right(substring(canon.norm_alnum_upper(value) FROM {_sql_literal(LICENSE_PATTERN)}), 8)"
     )
-    email = (
-        f"substring(lower(btrim(canon.norm_fold(value), {_sql_literal(EMAIL_TRIM)}) COLLATE \"C\") "
-        f"FROM {_sql_literal(EMAIL_PATTERN)})"
+    email = _sql_matching_all(
+        f"regexp_replace(lower(btrim(canon.norm_fold(value), {_sql_literal(EMAIL_TRIM)}) COLLATE \"C\"), "
+        f"{_sql_literal(EMAIL_PLACEHOLDER_PATTERN)}, '')",
+        [EMAIL_PATTERN],
     )
-    plate = f"substring(canon.norm_alnum_upper(value) FROM {_sql_literal(PLATE_PATTERN)})"
-    # The words of a name, possibly with empty strings; a value of letters, spaces and Spanish
-    # accents (most names) is split on spaces instead of by a regular expression.
-    cut = f"left(value, {NAME_MAX_CHARS})"
+    plate = _sql_matching_all("canon.norm_alnum_upper(value)", PLATE_PATTERNS)
+    # The words of a name, possibly with empty strings. A short value of letters, spaces and
+    # Spanish accents (most names) is split on spaces instead of by a regular expression.
     simple_name = _sql_literal("\\A[A-Za-z " + FOLD_COMMON + "]*\\Z")
     name_words = (
-        f"CASE WHEN {cut} ~ {simple_name}\n"
-        f"    THEN string_to_array(lower({_sql_replace_common_accents(cut)} COLLATE \"C\"), ' ')\n"
-        f"  ELSE regexp_split_to_array(lower(canon.norm_fold({cut}) COLLATE \"C\"), '[^a-z]+') END"
+        f"CASE WHEN octet_length(value) <= {NAME_MAX_CHARS} AND value ~ {simple_name}\n"
+        "    THEN string_to_array(lower(CASE WHEN octet_length(value) = length(value) THEN value\n"
+        f"      ELSE {_sql_replace_common_accents('value')} END COLLATE \"C\"), ' ')\n"
+        f"  ELSE regexp_split_to_array(lower(canon.norm_fold(left(value, {NAME_MAX_CHARS})) COLLATE \"C\"), "
+        "'[^a-z]+') END"
     )
     name_tokens_sql = "canon.norm_name_words(value)"
     for particle in ("", *NAME_PARTICLES):

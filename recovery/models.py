@@ -68,3 +68,8 @@ class IdentityMatchingJob(models.Model):
             choices_check("fail_reason", ReasonCode, "identity_matching_job_reason_valid", nullable=True),
         ]
         indexes = [models.Index(fields=["status", "last_attempt_at"], name="identity_matching_job_idx")]
+
+
+# The SQL views are unmanaged models; importing them here is what makes Django (and
+# django-pgviews' post-migrate sync) see them.
+from recovery.views import *  # noqa: E402, F403

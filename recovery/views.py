@@ -154,6 +154,7 @@ class IdentityGapAnalysis(pg.ReadOnlyView):
     """One row per lead: why it is not (fully) resolved, and how urgent it is.
 
     `expected_origin_source_id` is the person's earliest linked lead: the origin a fix should write.
+    Relies on identity_links (source_table, source_pk) unique and identity_origin's primary key.
     """
 
     sql = IDENTITY_GAP_ANALYSIS_SQL
@@ -216,7 +217,8 @@ WHERE t.trips_total > 0
 class DriverUnlinkedActivity(pg.ReadOnlyView):
     """Drivers (records of the drivers table) with trips and no identity link: a KPI apart from leads.
 
-    trips_last_7d covers today and the six days before it (Lima dates).
+    trips_last_7d covers today and the six days before it (Lima dates). Cost is one hash anti-join
+    of drivers against the drivers' links, then driver_trips (driver_id, date) per unlinked driver.
     """
 
     sql = DRIVER_UNLINKED_ACTIVITY_SQL
@@ -261,29 +263,7 @@ def _milestone_columns() -> str:
 
 
 CABINET_FINANCIAL_14D_SQL = f"""
-WITH lead_person AS (
-    -- each lead with the person its link names (NULL when unlinked)
-    SELECT l.source_pk, l.id, l.lead_date, l.park_id, il.person_key
-    FROM public.module_ct_cabinet_leads l
-    LEFT JOIN {LEAD_LINK_JOIN}
-),
-lead_driver_trips AS (
-    -- per linked lead: its person's driver records and their trips from lead_date to lead_date + {CLAIM_WINDOW_DAYS - 1}
-    SELECT
-        lp.source_pk,
-        array_agg(dl.source_pk ORDER BY dl.source_pk) AS driver_ids,
-        coalesce(sum(w.trips), 0) AS trips_14d
-    FROM lead_person lp
-    JOIN canon.identity_links dl ON dl.person_key = lp.person_key AND dl.source_table = '{DRIVERS_TABLE}'
-    CROSS JOIN LATERAL (
-        SELECT sum(dt.trips) AS trips
-        FROM public.driver_trips dt
-        WHERE dt.driver_id = dl.source_pk
-          AND dt.date >= lp.lead_date AND dt.date < lp.lead_date + {CLAIM_WINDOW_DAYS}
-    ) w
-    GROUP BY lp.source_pk
-),
-lead_claims AS (
+WITH lead_claims AS (
     -- per lead: its claim rows, the milestones they cover and their money by status
     SELECT
         c.lead_source_pk,
@@ -295,18 +275,30 @@ lead_claims AS (
     GROUP BY c.lead_source_pk
 ),
 lead_totals AS (
-    -- each lead with its drivers, trips and claims (zeros and empty arrays when absent)
+    -- each lead with its person, the person's drivers, their trips in the window, and its claims
     SELECT
-        lp.source_pk, lp.id, lp.lead_date, lp.park_id, lp.person_key,
-        coalesce(ldt.driver_ids, '{{}}'::text[]) AS driver_ids,
-        coalesce(ldt.trips_14d, 0) AS trips_14d,
+        l.source_pk, l.id, l.lead_date, l.park_id, il.person_key,
+        coalesce(ld.driver_ids, '{{}}'::text[]) AS driver_ids,
+        coalesce(ld.trips_14d, 0) AS trips_14d,
         coalesce(lc.claims_count, 0) AS claims_count,
         coalesce(lc.claimed_milestones, '{{}}'::smallint[]) AS claimed_milestones,
         coalesce(lc.claimed_amount, 0) AS claimed_amount,
         coalesce(lc.paid_amount, 0) AS paid_amount
-    FROM lead_person lp
-    LEFT JOIN lead_driver_trips ldt ON ldt.source_pk = lp.source_pk
-    LEFT JOIN lead_claims lc ON lc.lead_source_pk = lp.source_pk
+    FROM public.module_ct_cabinet_leads l
+    LEFT JOIN {LEAD_LINK_JOIN}
+    -- Per lead (not a grouped CTE) so a filter on the lead, e.g. recent lead_date, stays cheap.
+    LEFT JOIN LATERAL (
+        SELECT array_agg(dl.source_pk ORDER BY dl.source_pk) AS driver_ids, sum(w.trips)::bigint AS trips_14d
+        FROM canon.identity_links dl
+        CROSS JOIN LATERAL (
+            SELECT coalesce(sum(dt.trips), 0) AS trips
+            FROM public.driver_trips dt
+            WHERE dt.driver_id = dl.source_pk
+              AND dt.date >= l.lead_date AND dt.date < l.lead_date + {CLAIM_WINDOW_DAYS}
+        ) w
+        WHERE dl.person_key = il.person_key AND dl.source_table = '{DRIVERS_TABLE}'
+    ) ld ON true
+    LEFT JOIN lead_claims lc ON lc.lead_source_pk = l.source_pk
 )
 SELECT
     lt.source_pk AS lead_source_pk,
@@ -541,6 +533,8 @@ class KpiRedRecoveryMetricsDaily(pg.ReadOnlyView):
     backlog view. Being derived, the history follows the current state: a removed link removes
     the exit too, and the lead counts as in the backlog since it entered, on every day.
     top_fail_reason(d) is the most common fail_reason of failed queue rows last attempted on d.
+    Relies on identity_links (source_table, source_pk), claims (lead_source_pk, milestone) and the
+    queue's (status, next_attempt_at) index.
     """
 
     sql = KPI_RED_RECOVERY_METRICS_DAILY_SQL

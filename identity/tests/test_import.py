@@ -295,6 +295,31 @@ def test_absent_columns_are_kept_on_existing_rows(tmp_csv):
     assert (driver.status, driver.phone) == ("inactive", "955111222")
 
 
+@pytest.mark.django_db
+def test_leads_without_external_id_column_keep_their_source_pk(tmp_csv):
+    CabinetLead.objects.create(id=7, external_id="CAB-7", created_at=datetime(2024, 3, 1, tzinfo=timezone.utc))
+    path = tmp_csv("leads.csv", "id,created_at,first_name,last_name\n7,2024-03-01 00:00,José,Quispe\n8,2024-03-02 00:00,Rosa,Peña\n")
+
+    result = source_import(kind="cabinet_leads", path=path)
+
+    assert (result.inserted, result.updated, result.rejected) == (1, 1, 0)
+    assert sorted(CabinetLead.objects.values_list("id", "source_pk", "first_name")) == [
+        (7, "CAB-7", "José"),
+        (8, "8", "Rosa"),
+    ]
+
+
+@pytest.mark.django_db
+def test_a_file_broken_midway_loads_nothing(tmp_csv):
+    broken = "drv-002,park-7,Luis,,Peña," + "9" * 200_000 + ",,,,,,,active\n"
+    path = tmp_csv("drivers.csv", DRIVERS + broken)
+
+    with pytest.raises(ImportFileError, match="line 4: not valid CSV"):
+        source_import(kind="drivers", path=path)
+    assert Driver.objects.count() == 0
+    assert not rejects_path_for(path).exists()
+
+
 # --- Re-import --------------------------------------------------------------------------------
 
 
@@ -315,6 +340,20 @@ def test_reimport_of_a_changed_file_updates_in_place(tmp_csv):
     assert angel.updated_at == before["drv-002"]
     assert (leads.updated, CabinetLead.objects.count()) == (1, 2)
     assert CabinetLead.objects.get(id=1002).source_pk == "CAB-2003"
+
+
+@pytest.mark.django_db
+def test_reimport_of_trips_and_claims_updates_in_place(tmp_csv):
+    source_import(kind="trips", path=tmp_csv("trips.csv", TRIPS))
+    source_import(kind="claims", path=tmp_csv("claims.csv", CLAIMS))
+
+    trips = source_import(kind="trips", path=tmp_csv("trips.csv", TRIPS.replace("2024-03-02,4", "2024-03-02,6")))
+    claims = source_import(kind="claims", path=tmp_csv("claims.csv", CLAIMS.replace("CAB-2002,,1,25,,", "CAB-2002,,1,25,paid,")))
+
+    assert (trips.updated, trips.unchanged, DriverTrips.objects.count()) == (1, 2, 3)
+    assert DriverTrips.objects.get(driver_id="drv-001", date=date(2024, 3, 2)).trips == 6
+    assert (claims.updated, claims.unchanged, Claim.objects.count()) == (1, 2, 3)
+    assert Claim.objects.get(lead_source_pk="CAB-2002").status == "paid"
 
 
 @pytest.mark.django_db
@@ -371,6 +410,8 @@ def test_command_exit_status_and_summary(tmp_csv, capsys):
         ("trips", "driver_id,date\ndrv-001,2024-03-02\n", "required column trips missing from the header"),
         ("cabinet_leads", "987654321,45871236,José\n", "line 1 is not a cabinet_leads header"),
         ("drivers", b"PK\x03\x04\x00\x00binary", "not a CSV file"),
+        ("drivers", "driver_id,phone,PHONE\ndrv-001,955111222,955111222\n", "column phone appears twice"),
+        ("drivers", TRIPS, "the header looks like a trips file, not drivers"),
     ],
 )
 def test_unusable_files_exit_2_with_one_clear_line(tmp_path, tmp_csv, capsys, kind, content, message):

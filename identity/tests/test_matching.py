@@ -1,5 +1,6 @@
 """The decision function on hand-made leads and candidates: every hard case of SPEC §3."""
 
+import math
 from datetime import date
 
 from hypothesis import given
@@ -145,7 +146,9 @@ def test_common_values_weigh_less_than_rare_ones():
     assert rare.bits > common.bits + 5
     shared = candidate_score(lead(phone="+51987654321"), person("P1", JUAN), freq_with(**{"phone__+51987654321": 4}))
     unique = candidate_score(lead(phone="+51987654321"), person("P1", JUAN), FREQ)
-    assert unique.bits - shared.bits == 2.0  # four persons share it: two bits less
+    # u = (other persons carrying it + the phone's share rate) / N: three others cost log2(3.5 / 0.5) bits.
+    share = COMPARISONS["phone"].share_rate
+    assert math.isclose(unique.bits - shared.bits, math.log2((3 + share) / share))
 
 
 def test_evidence_echoes_the_declared_comparisons():
