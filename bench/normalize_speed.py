@@ -30,6 +30,9 @@ SQL_PHONE = """CASE WHEN mod(g, 20) < 14 THEN '9' || lpad(mod(g * 7919, 10000000
 SQL_DOCUMENT = """CASE WHEN mod(g, 10) < 8 THEN lpad(mod(g * 7919, 100000000)::text, 8, '0')
   WHEN mod(g, 10) = 8 THEN 'DNI ' || lpad(mod(g * 7919, 100000000)::text, 8, '0')
   ELSE mod(g * 7919, 10000000)::text END"""
+SQL_EMAIL = """(ARRAY['juan.quispe', 'ROSA_MAMANI', 'sincorreo', 'maria+uber'])[1 + mod(g, 4)] || mod(g, 1000)
+  || '@' || (ARRAY['gmail.com', 'Hotmail.com', 'correo.com', 'outlook.com.pe'])[1 + mod(g / 4, 4)]"""
+SQL_PLATE = """(ARRAY['ABC-', 'a1b ', 'BHT', 'C5X-'])[1 + mod(g, 4)] || lpad(mod(g, 1000)::text, 3, '0')"""
 SQL_NAME = f"""(ARRAY[{", ".join(repr(name) for name in FIRST_NAMES)}])[1 + mod(g, {len(FIRST_NAMES)})] || ' '
   || (ARRAY[{", ".join(repr(name) for name in SURNAMES)}])[1 + mod(g / 7, {len(SURNAMES)})] || ' '
   || (ARRAY[{", ".join(repr(name) for name in SURNAMES)}])[1 + mod(g / 3, {len(SURNAMES)})]"""
@@ -59,10 +62,11 @@ def python_values(rows: int) -> dict[str, list[str]]:
 
 
 def time_python(rows: int) -> None:
-    from identity.normalize import name_key, normalize_document, normalize_phone  # noqa: PLC0415
+    from identity.normalize import name_key, normalize_document, normalize_phone, phone_fast  # noqa: PLC0415
 
     values = python_values(rows)
     for label, function, inputs in (
+        ("phone_fast", phone_fast, values["phones"]),
         ("normalize_phone", normalize_phone, values["phones"]),
         ("normalize_document", normalize_document, values["documents"]),
         ("name_key", name_key, values["names"]),
@@ -108,6 +112,8 @@ def time_sql(rows: int) -> None:
             ("canon.norm_document", SQL_DOCUMENT),
             ("canon.norm_name_key", SQL_NAME),
             ("canon.norm_name_tokens", SQL_NAME),
+            ("canon.norm_email", SQL_EMAIL),
+            ("canon.norm_plate", SQL_PLATE),
         ):
             baseline = timed("count(x)", value_sql)
             total = timed(f"count({label}(x))", value_sql)

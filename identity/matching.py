@@ -104,6 +104,8 @@ COMPARISONS: dict[str, Comparison] = {
 KEY_FIELDS = ("document", "phone", "email", "plate")
 # Name levels in which both a given name and a surname agree.
 NAME_CORROBORATES = frozenset({"exact", "typo", "subset", "partial"})
+# ...and with no token on either side contradicting the other.
+NAME_AGREES_WITHOUT_CONFLICT = frozenset({"exact", "typo", "subset"})
 FUZZY_TOKEN_MIN = 0.90  # Jaro-Winkler similarity for two name tokens to count as a typo
 FUZZY_TOKEN_WEIGHT = 0.8  # a typo'd token carries this share of an exact token's information
 
@@ -263,7 +265,7 @@ def _compare_key(field_name: str, lead_value: str | None, candidate: Candidate, 
     if not values:
         return None
     for value, driver_id in values:
-        if value == lead_value:
+        if value == lead_value or (field_name == "document" and _same_without_leading_zeros(value, lead_value)):
             shared = freq.keys.get((field_name, value), 1)
             level = comparison.level("exact")
             u = freq.key_u(field_name, value, comparison.share_rate)
@@ -274,6 +276,11 @@ def _compare_key(field_name: str, lead_value: str | None, candidate: Candidate, 
             return FieldEvidence(field_name, "one_typo", _bits(level, level.u), driver_id)
     level = comparison.level("different")
     return FieldEvidence(field_name, "different", _bits(level, level.u), values[0][1])
+
+
+def _same_without_leading_zeros(a: str, b: str) -> bool:
+    """Spreadsheets drop leading zeros: 844210 and 00844210 are one document."""
+    return a.isdigit() and b.isdigit() and a.lstrip("0") == b.lstrip("0") != ""
 
 
 def _compare_birth_date(lead_value: date | None, candidate: Candidate) -> FieldEvidence | None:
@@ -298,17 +305,26 @@ def _compare_birth_date(lead_value: date | None, candidate: Candidate) -> FieldE
 
 
 def _token_match(token: str, pool: tuple[str, ...]) -> tuple[str | None, bool]:
-    """(matched token, exact?) for one lead token against a candidate's tokens."""
+    """(matched token, exact?) for one lead token against a candidate's tokens.
+
+    A typo: one edit (or two letters swapped) in a token of four letters or more, Jaro-Winkler
+    >= 0.90, or two letters swapped in a three-letter token (luz / lzu).
+    """
     if token in pool:
         return token, True
-    if len(token) >= 4:
-        best, best_sim = None, FUZZY_TOKEN_MIN
-        for other in pool:
-            if len(other) >= 4 and (sim := JaroWinkler.similarity(token, other)) >= best_sim:
-                best, best_sim = other, sim
-        if best is not None:
-            return best, False
-    return None, False
+    best, best_sim = None, FUZZY_TOKEN_MIN
+    for other in pool:
+        if len(token) >= 4 and len(other) >= 4:
+            sim = JaroWinkler.similarity(token, other)
+            if DamerauLevenshtein.distance(token, other, score_cutoff=1) <= 1:
+                sim = max(sim, 1.0 - 1e-9)
+        elif len(token) == len(other) == 3 and sorted(token) == sorted(other):
+            sim = 1.0 - 1e-9
+        else:
+            continue
+        if sim >= best_sim:
+            best, best_sim = other, sim
+    return (best, False) if best is not None else (None, False)
 
 
 def _compare_name(lead_tokens: tuple[str, ...], record: DriverRecord, freq: Frequencies) -> FieldEvidence | None:
@@ -368,16 +384,37 @@ def candidate_score(lead: LeadKeys, candidate: Candidate, freq: Frequencies, *, 
 
 
 def _corroborated(lead: LeadKeys, fields: list[FieldEvidence]) -> bool:
-    """The canonical guard: names agree (given and surname) and some key or the birth date agrees.
+    """The canonical guard against what independence gets wrong (families, recycled numbers, cars).
 
-    Without a name on the lead, only a document plus another exact key will do.
+    - A personal key (document exact or one typo, e-mail exact, birth date exact) needs a given
+      name and a surname to agree (name level exact, typo, subset or partial).
+    - A shareable key (phone, plate, or an e-mail one typo away, e-mails being built from names)
+      needs the names to agree without a conflict: exact, typo or subset. Siblings share a phone,
+      the surnames and often a second given name ("Jorge Luis" / "Luis Enrique"): that is
+      "partial", and not enough.
+    - A document plus another exact key (phone, e-mail, birth date) needs some name overlap only.
+    - Without a name on the lead, only a document plus another exact key will do.
     """
     levels = {f.field: f.level for f in fields}
-    key_agrees = any(levels.get(k) in ("exact", "one_typo") for k in KEY_FIELDS) or levels.get("birth_date") == "exact"
-    if lead.name_tokens:
-        return levels.get("name") in NAME_CORROBORATES and key_agrees
-    others = ("phone", "email", "birth_date")
-    return levels.get("document") == "exact" and any(levels.get(k) == "exact" for k in others)
+    if not lead.name_tokens:
+        others = ("phone", "email", "birth_date")
+        return levels.get("document") == "exact" and any(levels.get(k) == "exact" for k in others)
+    name = levels.get("name")
+    personal = (
+        levels.get("document") in ("exact", "one_typo")
+        or levels.get("email") == "exact"
+        or levels.get("birth_date") == "exact"
+    )
+    shareable = levels.get("phone") in ("exact", "one_typo") or levels.get("plate") in ("exact", "one_typo") \
+        or levels.get("email") == "one_typo"
+    if personal and name in NAME_CORROBORATES:
+        return True
+    # A DNI plus a second key of this person: any name overlap will do (a name typed oddly).
+    if levels.get("document") == "exact" and name not in (None, "different") and any(
+        levels.get(k) == "exact" for k in ("phone", "email", "birth_date")
+    ):
+        return True
+    return shareable and name in NAME_AGREES_WITHOUT_CONFLICT
 
 
 # --- Deciding -----------------------------------------------------------------------------
@@ -433,10 +470,13 @@ def lead_decide(
     if not plausible:
         return Decision(lead.source_pk, ReasonCode.NO_CANDIDATES, None, None, None, tuple(scored))
     best = plausible[0]
-    second = plausible[1].bits if len(plausible) > 1 else -math.inf
-    margin = best.bits - second
+    # Only candidates that could themselves be linked compete: a sibling who shares the family
+    # phone but not the given name is evidence of a family, not a rival.
+    rivals = [s.bits for s in plausible[1:] if s.corroborated]
+    margin = best.bits - (rivals[0] if rivals else -math.inf)
     if best.bits >= thresholds.link_bits and best.corroborated:
         if margin >= thresholds.margin_bits:
             return Decision(lead.source_pk, "link", best.person_key, best.bits, margin, tuple(scored))
         return Decision(lead.source_pk, ReasonCode.CONFLICT_MULTIPLE_CANDIDATES, None, best.bits, margin, tuple(scored))
+    # The top scorer is not corroborated (or too weak): a person looks at it.
     return Decision(lead.source_pk, ReasonCode.WEAK_MATCH_ONLY, None, best.bits, margin, tuple(scored))

@@ -179,3 +179,39 @@ def test_no_link_without_a_name_agreeing_on_given_name_and_surname(lead_name, ca
 def test_decision_does_not_depend_on_token_order(tokens):
     decision = lead_decide(lead(" ".join(tokens), phone="+51987654321"), [person("P1", JUAN)], FREQ, T)
     assert decision.is_link
+
+
+def test_siblings_sharing_phone_surnames_and_a_second_given_name_do_not_link():
+    # "Jorge Luis Mamani Medina" applies with the family phone, registered to his brother.
+    brother = driver("D1", "luis enrique", "mamani medina", phone="+51973346204")
+    decision = lead_decide(lead("jorge luis mamani medina", phone="+51973346204"), [person("P1", brother)], FREQ, T)
+    assert not decision.is_link
+
+
+def test_a_personal_key_with_partly_agreeing_names_still_links():
+    # Same DNI; the lead wrote a second given name the driver record lacks, and vice versa.
+    record = driver("D1", "juan carlos", "quispe mamani", document="44556677")
+    decision = lead_decide(lead("juan alberto quispe mamani", document="44556677"), [person("P1", record)], FREQ, T)
+    assert decision.is_link
+
+
+def test_document_that_lost_its_leading_zeros_is_the_same_document():
+    record = driver("D1", "carmen sonia", "castillo sosa", document="00844210", birth_date=date(1985, 6, 8))
+    decision = lead_decide(lead("carmen sonia castillo sosa", document="844210"), [person("P1", record)], FREQ, T)
+    assert decision.candidates[0].level_of("document") == "exact"
+
+
+def test_short_name_token_with_swapped_letters_is_a_typo():
+    record = driver("D1", "luz", "gutierrez salazar", phone="+51960703192", document="24456054")
+    scored = candidate_score(lead("gutierrez salazar lzu", phone="+51960703192", document="24456054"),
+                             person("P1", record), FREQ)
+    assert scored.level_of("name") == "typo" and scored.corroborated
+
+
+def test_a_sibling_sharing_only_the_phone_is_not_a_rival():
+    # The lead's own record agrees on the plate and the whole name; a brother has the phone.
+    own = driver("D1", "ernesto jhon", "cabrera mamani", phone="+51986074904", plate="KOD766")
+    brother = driver("D2", "pedro", "cabrera mamani", phone="+51948444753", plate="XYZ999")
+    decision = lead_decide(lead("ernesto jhon cabrera mamani", phone="+51948444753", plate="KOD766"),
+                           [person("P1", own), person("P2", brother)], FREQ, T)
+    assert decision.is_link and decision.person_key == "P1"
