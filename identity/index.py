@@ -8,7 +8,8 @@ identity.linking (the one writer of persons and links).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 from django.db import connection, transaction
 
@@ -18,16 +19,14 @@ from identity.runs import job_run
 
 JOB_NAME = "refresh_drivers_index"
 
-# One row per driver to (re)index, normalized by the canon.norm_* twins of identity.normalize.
-_UPSERT_SQL = """
-INSERT INTO canon.drivers_index AS di (
-    driver_id, park_id, phone, document, license_document, doc_key, email, plate,
-    given_tokens, surname_tokens, name_tokens, name_key, birth_date, source_updated_at, indexed_at
-)
-SELECT n.driver_id, n.park_id, n.phone, n.document, n.license_document,
-       COALESCE(n.document, n.license_document), n.email, n.plate,
-       n.given_tokens, n.surname_tokens, n.given_tokens || n.surname_tokens,
-       canon.norm_name_key(n.full_name), n.birth_date, n.updated_at, now()
+# Each changed driver normalized once, by the canon.norm_* twins of identity.normalize.
+_NORMALIZE_SQL = """
+CREATE TEMP TABLE _index_norm ON COMMIT DROP AS
+SELECT n.*, COALESCE(n.document, n.license_document) AS doc_key,
+       n.given_tokens || n.surname_tokens AS name_tokens,
+       -- name_key = the sorted distinct tokens (identity.normalize.name_key), from tokens already made
+       NULLIF(array_to_string(ARRAY(SELECT DISTINCT t COLLATE "C" FROM unnest(n.given_tokens || n.surname_tokens) AS t
+                                    ORDER BY 1), ' '), '') AS name_key
 FROM (
     SELECT d.driver_id, d.park_id, d.birth_date, d.updated_at,
            canon.norm_phone_fast(d.phone) AS phone,
@@ -36,11 +35,23 @@ FROM (
            canon.norm_email(d.email) AS email,
            canon.norm_plate(d.plate) AS plate,
            COALESCE(canon.norm_name_tokens(concat_ws(' ', d.first_name, d.middle_name)), '{}') AS given_tokens,
-           COALESCE(canon.norm_name_tokens(d.last_name), '{}') AS surname_tokens,
-           concat_ws(' ', d.first_name, d.middle_name, d.last_name) AS full_name
+           COALESCE(canon.norm_name_tokens(d.last_name), '{}') AS surname_tokens
     FROM public.drivers d
-    JOIN _index_changed c ON c.driver_id = d.driver_id
+    -- changed drivers only (unless --full)
+    CHANGED_JOIN
+    OFFSET 0  -- compute each normalizer once per row, not once per use of its result
 ) n
+"""
+
+_UPSERT_SQL = """
+INSERT INTO canon.drivers_index AS di (
+    driver_id, person_key, park_id, phone, document, license_document, doc_key, email, plate,
+    given_tokens, surname_tokens, name_tokens, name_key, birth_date, source_updated_at, indexed_at
+)
+SELECT n.driver_id, dp.person_key, park_id, phone, document, license_document, doc_key, email, plate,
+       given_tokens, surname_tokens, name_tokens, name_key, birth_date, updated_at, now()
+FROM _index_norm n JOIN _driver_person dp ON dp.driver_id = n.driver_id
+ORDER BY n.driver_id
 ON CONFLICT (driver_id) DO UPDATE SET
     park_id = EXCLUDED.park_id, phone = EXCLUDED.phone, document = EXCLUDED.document,
     license_document = EXCLUDED.license_document, doc_key = EXCLUDED.doc_key,
@@ -56,6 +67,10 @@ WHERE (di.park_id, di.phone, di.document, di.license_document, di.email, di.plat
        EXCLUDED.source_updated_at)
 """
 
+# Above this many changed drivers, the index's secondary indexes are dropped and rebuilt in bulk
+# (far cheaper than maintaining nine indexes row by row; readers wait for the transaction).
+BULK_THRESHOLD = 50_000
+
 
 @dataclass
 class RefreshResult:
@@ -66,6 +81,7 @@ class RefreshResult:
     driver_links: int = 0
     removed: int = 0
     seconds: float = 0.0
+    phases: dict = field(default_factory=dict)  # step -> seconds
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -78,8 +94,16 @@ def drivers_index_refresh(*, full: bool = False, trigger: str = "command", run_i
         with transaction.atomic(), connection.cursor() as cursor:
             result = _refresh(cursor, full=full)
         result.seconds = round(time.monotonic() - started, 2)
-        run.add(**{k: v for k, v in result.as_dict().items() if k != "seconds"})
+        run.add(**{k: v for k, v in result.as_dict().items() if k not in ("seconds", "phases")})
+        run.counts["phases"] = result.phases
     return result
+
+
+@contextmanager
+def _phase(result: RefreshResult, name: str):
+    started = time.monotonic()
+    yield
+    result.phases[name] = round(time.monotonic() - started, 2)
 
 
 def _refresh(cursor, *, full: bool) -> RefreshResult:
@@ -88,28 +112,40 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
     # An anti-join rather than a timestamp watermark: an import that commits late with an
     # earlier updated_at would slip under a watermark.
     changed_filter = "" if full else "WHERE di.driver_id IS NULL OR di.source_updated_at IS DISTINCT FROM d.updated_at"
-    cursor.execute("DROP TABLE IF EXISTS _index_changed")
-    cursor.execute(
-        f"""
-        CREATE TEMP TABLE _index_changed ON COMMIT DROP AS
-        SELECT d.driver_id FROM public.drivers d
-        LEFT JOIN canon.drivers_index di ON di.driver_id = d.driver_id
-        {changed_filter}
-        """
-    )
-    result.changed = cursor.rowcount
+    with _phase(result, "find_changed"):
+        cursor.execute("DROP TABLE IF EXISTS _index_changed")
+        cursor.execute(
+            f"""
+            CREATE TEMP TABLE _index_changed ON COMMIT DROP AS
+            SELECT d.driver_id FROM public.drivers d
+            LEFT JOIN canon.drivers_index di ON di.driver_id = d.driver_id
+            {changed_filter}
+            """
+        )
+        result.changed = cursor.rowcount
     if result.changed:
-        cursor.execute("ALTER TABLE _index_changed ADD PRIMARY KEY (driver_id)")
-        cursor.execute("ANALYZE _index_changed")
-        if not full:
-            token_delta_before(cursor)
-        cursor.execute(_UPSERT_SQL)
-        result.phones_fixed = _fix_phones_off_the_fast_path(cursor)
-        token_delta_after(cursor, full=full)
-    registration = linking.drivers_register_persons(cursor=cursor)
-    result.new_persons = registration.new_persons
-    result.joined_existing = registration.joined_existing
-    result.driver_links = registration.driver_links
+        bulk = full or result.changed >= BULK_THRESHOLD
+        with _phase(result, "normalize"):
+            cursor.execute("ALTER TABLE _index_changed ADD PRIMARY KEY (driver_id)")
+            cursor.execute("ANALYZE _index_changed")
+            if not bulk:
+                token_delta_before(cursor)
+            cursor.execute("DROP TABLE IF EXISTS _index_norm")
+            join = "" if full else "JOIN _index_changed c ON c.driver_id = d.driver_id"
+            cursor.execute(_NORMALIZE_SQL.replace("CHANGED_JOIN", join))
+            result.phones_fixed = _fix_phones_off_the_fast_path(cursor)
+            cursor.execute("ALTER TABLE _index_norm ADD PRIMARY KEY (driver_id)")
+            cursor.execute("ANALYZE _index_norm")
+        with _phase(result, "persons"):
+            registration = linking.drivers_register_persons(cursor=cursor)
+            result.new_persons = registration.new_persons
+            result.joined_existing = registration.joined_existing
+        with _phase(result, "write_index"), _secondary_indexes_rebuilt(cursor, enabled=bulk):
+            cursor.execute(_UPSERT_SQL)
+        with _phase(result, "driver_links"):
+            result.driver_links = linking.drivers_link(cursor=cursor)
+        with _phase(result, "token_stats"):
+            token_delta_after(cursor, full=bulk)
     if full:
         result.removed = _drop_entries_of_deleted_drivers(cursor)
     return result
@@ -120,9 +156,8 @@ def _fix_phones_off_the_fast_path(cursor) -> int:
     cursor.execute(
         """
         SELECT d.driver_id, d.phone FROM public.drivers d
-        JOIN _index_changed c ON c.driver_id = d.driver_id
-        JOIN canon.drivers_index di ON di.driver_id = d.driver_id
-        WHERE di.phone IS NULL AND d.phone ~ '[0-9]'
+        JOIN _index_norm n ON n.driver_id = d.driver_id
+        WHERE n.phone IS NULL AND d.phone ~ '[0-9]'
         """
     )
     fixed = [(driver_id, phone) for driver_id, raw in cursor.fetchall() if (phone := normalize_phone(raw))]
@@ -130,13 +165,37 @@ def _fix_phones_off_the_fast_path(cursor) -> int:
         ids, phones = zip(*fixed)
         cursor.execute(
             """
-            UPDATE canon.drivers_index di SET phone = f.phone
+            UPDATE _index_norm n SET phone = f.phone
             FROM unnest(%s::text[], %s::text[]) AS f(driver_id, phone)
-            WHERE di.driver_id = f.driver_id
+            WHERE n.driver_id = f.driver_id
             """,
             [list(ids), list(phones)],
         )
     return len(fixed)
+
+
+@contextmanager
+def _secondary_indexes_rebuilt(cursor, *, enabled: bool):
+    """Drop the index's secondary indexes around a bulk write and build them again after."""
+    if not enabled:
+        yield
+        return
+    cursor.execute(
+        """
+        SELECT indexname, indexdef FROM pg_indexes
+        WHERE schemaname = 'canon' AND tablename = 'drivers_index' AND indexname <> 'drivers_index_pkey'
+        """
+    )
+    definitions = cursor.fetchall()
+    # Django's foreign keys are deferred; checked at commit they would leave "pending trigger
+    # events" that forbid CREATE INDEX in the same transaction.
+    cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    for name, _ in definitions:
+        cursor.execute(f'DROP INDEX canon."{name}"')
+    yield
+    cursor.execute("SET LOCAL maintenance_work_mem = '512MB'")
+    for _, definition in definitions:
+        cursor.execute(definition)
 
 
 def token_delta_before(cursor) -> None:

@@ -24,25 +24,32 @@ class Registration:
     driver_links: int = 0
 
 
-def drivers_register_persons(*, cursor) -> Registration:
-    """Give every index entry without a person one: an existing person with the same document,
-    else a new person (one per document among the newcomers). person_keys are never re-issued."""
+def drivers_register_persons(*, cursor, staged: str = "_index_norm") -> Registration:
+    """Decide every staged driver row's person (staged: a temp table with driver_id and doc_key):
+    the one it already has, else an existing person with the same document, else a new person
+    (one per document among the newcomers). person_keys are never re-issued.
+
+    Writes the mapping to the temp table _driver_person(driver_id, person_key), set-based (no
+    row updates), before the staged rows are written to the index."""
     result = Registration()
-    # Newcomers whose document an existing person already has join that person.
+    cursor.execute("DROP TABLE IF EXISTS _driver_person_known")
+    # Already indexed: keeps its person. Otherwise an existing person with the same document.
     cursor.execute(
-        """
-        UPDATE canon.drivers_index di SET person_key = known.person_key
-        FROM (
+        f"""
+        CREATE TEMP TABLE _driver_person_known ON COMMIT DROP AS
+        SELECT n.driver_id, n.doc_key, di.person_key AS own, known.person_key AS by_document
+        FROM {staged} n
+        LEFT JOIN canon.drivers_index di ON di.driver_id = n.driver_id
+        LEFT JOIN (
             SELECT DISTINCT ON (e.doc_key) e.doc_key, e.person_key
             FROM canon.drivers_index e
-            WHERE e.person_key IS NOT NULL
-              AND e.doc_key IN (SELECT doc_key FROM canon.drivers_index WHERE person_key IS NULL AND doc_key IS NOT NULL)
+            WHERE e.person_key IS NOT NULL AND e.doc_key IN (SELECT doc_key FROM {staged})
             ORDER BY e.doc_key, e.indexed_at, e.driver_id
-        ) known
-        WHERE di.person_key IS NULL AND di.doc_key = known.doc_key
+        ) known ON known.doc_key = n.doc_key
         """
     )
-    result.joined_existing = cursor.rowcount
+    cursor.execute("SELECT count(*) FILTER (WHERE own IS NULL AND by_document IS NOT NULL) FROM _driver_person_known")
+    result.joined_existing = cursor.fetchone()[0]
     # The rest: one new person per document, or per driver when it has no document.
     cursor.execute("DROP TABLE IF EXISTS _new_persons")
     cursor.execute(
@@ -50,39 +57,48 @@ def drivers_register_persons(*, cursor) -> Registration:
         CREATE TEMP TABLE _new_persons ON COMMIT DROP AS
         SELECT grp, gen_random_uuid() AS person_key
         FROM (SELECT DISTINCT COALESCE(doc_key, 'driver:' || driver_id) AS grp
-              FROM canon.drivers_index WHERE person_key IS NULL) g
+              FROM _driver_person_known WHERE own IS NULL AND by_document IS NULL) g
         """
     )
     result.new_persons = cursor.rowcount
     if result.new_persons:
         cursor.execute(
-            "INSERT INTO canon.identity_registry (person_key, created_at) SELECT person_key, now() FROM _new_persons"
+            "INSERT INTO canon.identity_registry (person_key, created_at) "
+            "SELECT person_key, now() FROM _new_persons ORDER BY person_key"
         )
-        cursor.execute(
-            """
-            UPDATE canon.drivers_index di SET person_key = n.person_key
-            FROM _new_persons n
-            WHERE di.person_key IS NULL AND COALESCE(di.doc_key, 'driver:' || di.driver_id) = n.grp
-            """
-        )
-    # Every indexed driver has its link (source_table 'drivers'); existing ones are kept as they are.
+    cursor.execute("DROP TABLE IF EXISTS _driver_person")
     cursor.execute(
         """
+        CREATE TEMP TABLE _driver_person ON COMMIT DROP AS
+        SELECT k.driver_id, COALESCE(k.own, k.by_document, p.person_key) AS person_key
+        FROM _driver_person_known k
+        LEFT JOIN _new_persons p
+               ON k.own IS NULL AND k.by_document IS NULL AND p.grp = COALESCE(k.doc_key, 'driver:' || k.driver_id)
+        """
+    )
+    cursor.execute("ALTER TABLE _driver_person ADD PRIMARY KEY (driver_id)")
+    return result
+
+
+def drivers_link(*, cursor, staged: str = "_index_norm") -> int:
+    """Every staged driver gets its link ('drivers', driver_id) -> its person in _driver_person;
+    existing links stay."""
+    cursor.execute(
+        f"""
         INSERT INTO canon.identity_links
             (source_table, source_pk, person_key, match_rule, match_score, confidence_level,
              evidence, rule_version, linked_at, decided_by)
-        SELECT 'drivers', di.driver_id, di.person_key,
-               CASE WHEN di.doc_key IS NULL THEN 'driver_registration' ELSE 'driver_same_document' END,
-               NULL, 'high', '{}'::jsonb, 'index-1', now(), 'system'
-        FROM canon.drivers_index di
-        WHERE di.person_key IS NOT NULL
-          AND NOT EXISTS (SELECT 1 FROM canon.identity_links l
-                          WHERE l.source_table = 'drivers' AND l.source_pk = di.driver_id)
+        SELECT 'drivers', n.driver_id, dp.person_key,
+               CASE WHEN n.doc_key IS NULL THEN 'driver_registration' ELSE 'driver_same_document' END,
+               NULL, 'high', '{{}}'::jsonb, 'index-1', now(), 'system'
+        FROM {staged} n JOIN _driver_person dp ON dp.driver_id = n.driver_id
+        WHERE NOT EXISTS (SELECT 1 FROM canon.identity_links l
+                          WHERE l.source_table = 'drivers' AND l.source_pk = n.driver_id)
+        ORDER BY n.driver_id
         ON CONFLICT (source_table, source_pk) DO NOTHING
         """
     )
-    result.driver_links = cursor.rowcount
-    return result
+    return cursor.rowcount
 
 
 @dataclass(frozen=True)
@@ -284,6 +300,7 @@ __all__ = [
     "LeadLink",
     "LeadUnmatched",
     "ReasonCode",
+    "drivers_link",
     "drivers_register_persons",
     "judgement_record",
     "leads_link",

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from identity import linking
 from identity.index import drivers_index_refresh
+from identity.normalize import name_key
 from identity.models import DriverIndexEntry, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun, NameTokenStat
 from identity.resolution import leads_match, leads_resolve
 from identity.tests.factories import make_driver, make_lead
@@ -32,6 +33,7 @@ def test_refresh_normalizes_drivers_and_registers_persons():
     assert entry.email == "jl.nahui@gmail.com"
     assert entry.plate == "ABC123"
     assert entry.given_tokens == ["jose", "luis"] and entry.surname_tokens == ["nahui", "quispe"]
+    assert entry.name_key == name_key("José Luis", None, "Ñahui Quispe") == "jose luis nahui quispe"
     assert IdentityLink.objects.get(source_table="drivers", source_pk="D1").person_id == entry.person_id
     assert NameTokenStat.objects.get(token="quispe").drivers == 1
     assert JobRun.objects.filter(name="refresh_drivers_index", status="succeeded").count() == 1

@@ -12,7 +12,10 @@ from identity.normalize import (
     FOLD_COMMON,
     FOLD_FROM,
     FOLD_TO,
+    PHONE_FAST_PATTERN,
     PHONE_PLACEHOLDERS,
+    PHONE_SEPARATORS,
+    PHONE_SPELLING_PATTERN,
     SQL_FUNCTION_SIGNATURES,
     document_from_license,
     fold,
@@ -276,6 +279,13 @@ def test_the_python_shortcuts_for_bare_numbers_match_the_general_path(national, 
     # A leading space sends the same value down the general path.
     assert phone_fast(national) == phone_fast(" " + national)
     assert normalize_document(number) == normalize_document(" " + number)
+
+
+@settings(max_examples=500)
+@given(raw=st.one_of(phones, st.text(alphabet="0123456789+5 -.()/\t\n\u00a0x", max_size=20)))
+def test_the_sql_phone_spelling_pattern_accepts_what_strip_then_match_accepts(raw):
+    stripped = raw.translate(str.maketrans("", "", PHONE_SEPARATORS))
+    assert bool(re.match(PHONE_SPELLING_PATTERN, raw)) == bool(re.match(PHONE_FAST_PATTERN, stripped))
 
 
 @settings(max_examples=300)

@@ -1,0 +1,162 @@
+"""Recovery speed at scale: seed + recover with 1 and with 2 workers, then each view's API query (EXPLAIN ANALYZE).
+
+    .venv/bin/python bench/recovery_speed.py                      # 1,000,000 drivers, 100,000 leads
+    .venv/bin/python bench/recovery_speed.py --drivers 100000 --leads 10000
+
+Generates a park and imports drivers, leads, trips and claims, refreshes the drivers index and
+ANALYZEs (none of it timed). Then times `seed_kpi_red_queue` + `recover_kpi_red_leads` with one
+worker, resets the queue, the lead links and what they wrote, and times them again with
+`--workers 2`. Times are wall clock of each manage.py process (Django start-up included).
+Last, every view's typical API query runs under EXPLAIN (ANALYZE, BUFFERS) three times; the
+median planning + execution time is printed. Targets (2-core machine): seed + recover under
+40 s; every view query under 500 ms. Exit status 0 when every target holds, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import BENCH_DB, bench_env, manage, reset_database  # noqa: E402
+
+TARGET_RECOVERY_SECONDS = 40.0
+TARGET_VIEW_MS = 500.0
+TODAY = "((now() AT TIME ZONE 'America/Lima')::date)"
+
+# What the API and the dashboard ask each view.
+VIEW_QUERIES = {
+    "backlog count": "SELECT count(*) FROM ops.v_cabinet_kpi_red_backlog",
+    "metrics last 30 days": f"""
+        SELECT * FROM ops.v_cabinet_kpi_red_recovery_metrics_daily
+        WHERE metric_date > {TODAY} - 30 ORDER BY metric_date""",
+    "gap summary": """
+        SELECT gap_reason, risk_level, count(*) FROM ops.v_identity_gap_analysis
+        GROUP BY gap_reason, risk_level""",
+    "limbo last 30 days": f"""
+        SELECT limbo_stage, count(*) FROM ops.v_cabinet_leads_limbo
+        WHERE lead_date > {TODAY} - 30 GROUP BY limbo_stage""",
+    "funnel last 8 weeks": f"""
+        SELECT * FROM ops.v_cabinet_14d_funnel_audit_weekly
+        WHERE week_start >= date_trunc('week', {TODAY}::timestamp)::date - 49 ORDER BY week_start DESC""",
+    "financial last 30 days": f"""
+        SELECT count(*), sum(trips_14d), sum(expected_amount), sum(claimed_amount), sum(paid_amount)
+        FROM ops.v_cabinet_financial_14d WHERE lead_date > {TODAY} - 30""",
+    "unlinked driver activity": """
+        SELECT count(*), count(*) FILTER (WHERE active_today), count(*) FILTER (WHERE active_last_7d)
+        FROM ops.v_identity_driver_unlinked_activity""",
+}
+
+# Everything seed and recover write, so the second configuration starts from the same state.
+RESET_SQL = """
+TRUNCATE ops.cabinet_kpi_red_recovery_queue, ops.identity_matching_jobs, canon.identity_origin,
+         canon.identity_unmatched;
+DELETE FROM canon.identity_links WHERE source_table = 'module_ct_cabinet_leads';
+"""
+
+EXPLAIN_SCRIPT = """
+import json, statistics
+from django.db import connection
+queries = json.loads({queries!r})
+out = {{}}
+with connection.cursor() as cursor:
+    for name, sql in queries.items():
+        runs = []
+        for _ in range(3):
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql)
+            plan = cursor.fetchone()[0]
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            runs.append(plan[0]["Planning Time"] + plan[0]["Execution Time"])
+        out[name] = {{"first_ms": runs[0], "median_ms": statistics.median(runs)}}
+print(json.dumps(out))
+"""
+
+
+def shell(code: str, env: dict) -> str:
+    _, _, out = manage("shell", "-c", code, env=env)
+    return out.strip().splitlines()[-1] if out.strip() else ""
+
+
+def sql_run(statements: str, env: dict) -> None:
+    shell(f"from django.db import connection; connection.cursor().execute({statements!r})", env)
+
+
+def last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def load_park(args, env: dict, out: Path) -> None:
+    if not (out / "drivers.csv").exists():
+        secs, _, _ = manage("generate_demo_data", "--out", str(out), "--drivers", str(args.drivers),
+                            "--leads", str(args.leads), "--seed", str(args.seed), env=env)
+        print(f"generate                 {secs:7.1f}s (not counted)")
+    for kind, name in (("drivers", "drivers.csv"), ("cabinet_leads", "cabinet_leads.csv"), ("trips", "trips.csv"),
+                       ("claims", "claims.csv")):
+        secs, _, _ = manage("import_source", kind, str(out / name), env=env, check=False)
+        print(f"import {kind:<18}{secs:7.1f}s (not counted)")
+    secs, _, _ = manage("refresh_drivers_index", env=env)
+    print(f"refresh_drivers_index    {secs:7.1f}s (not counted)")
+    sql_run("ANALYZE", env)
+
+
+def seed_and_recover(workers: int, env: dict) -> tuple[float, bool]:
+    seed_secs, _, seed_out = manage("seed_kpi_red_queue", "--json", env=env)
+    seeded = last_json(seed_out)
+    recover_args = ["recover_kpi_red_leads", "--json"] + (["--workers", str(workers)] if workers > 1 else [])
+    recover_secs, rss, recover_out = manage(*recover_args, env=env)
+    recovered = last_json(recover_out)
+    total = seed_secs + recover_secs
+    ok = total < TARGET_RECOVERY_SECONDS
+    print(f"seed ({workers} worker{'s' if workers > 1 else ''})           {seed_secs:7.1f}s  "
+          f"backlog={seeded.get('backlog')} inserted={seeded.get('inserted')}")
+    print(f"recover ({workers} worker{'s' if workers > 1 else ''})        {recover_secs:7.1f}s  "
+          f"processed={recovered.get('processed')} matched={recovered.get('matched')} "
+          f"failed={recovered.get('failed')} peak_rss={rss}MB")
+    print(f"SEED+RECOVER {workers} worker{'s' if workers > 1 else ' '}   {total:7.1f}s "
+          f"[{'PASS' if ok else 'FAIL'} < {TARGET_RECOVERY_SECONDS:.0f}s]")
+    return total, ok
+
+
+def views_explain(env: dict) -> bool:
+    timings = json.loads(shell(EXPLAIN_SCRIPT.format(queries=json.dumps(VIEW_QUERIES)), env))
+    ok = True
+    for name, t in timings.items():
+        passed = t["median_ms"] < TARGET_VIEW_MS
+        ok &= passed
+        print(f"view {name:<26} {t['median_ms']:8.1f} ms (first {t['first_ms']:.1f} ms) "
+              f"[{'PASS' if passed else 'FAIL'} < {TARGET_VIEW_MS:.0f} ms]")
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--drivers", type=int, default=1_000_000)
+    parser.add_argument("--leads", type=int, default=100_000)
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--data", type=Path, help="reuse (or keep) generated files in this folder")
+    args = parser.parse_args()
+    env = {**bench_env(), "CT4_LOG_LEVEL": "WARNING"}
+    out = args.data or Path(tempfile.mkdtemp(prefix="ct4-recovery-"))
+    print(f"recovery speed: {args.drivers} drivers, {args.leads} leads (database {BENCH_DB}, files {out})")
+    reset_database(env)
+    load_park(args, env, out)
+
+    _, ok_one = seed_and_recover(1, env)
+    sql_run(RESET_SQL, env)
+    sql_run("VACUUM ANALYZE canon.identity_links", env)
+    _, ok_two = seed_and_recover(2, env)
+    ok_views = views_explain(env)
+
+    if "CT4_BENCH_KEEP" not in os.environ and args.data is None:
+        for path in out.iterdir():
+            path.unlink()
+        out.rmdir()
+    return 0 if ok_one and ok_two and ok_views else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""`make demo`: generate a demo park and run the whole pipeline on it, printing what happened."""
+
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from recovery.demo import demo_run
+
+
+class Command(BaseCommand):
+    help = "Generate a demo park, import it, and run index refresh, seed, recover, reconcile and guardrails."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--out", type=Path, help="where the demo CSVs go (default .data/demo)")
+        parser.add_argument("--drivers", type=int, default=20_000)
+        parser.add_argument("--leads", type=int, default=5_000)
+        parser.add_argument("--seed", type=int, default=42)
+
+    def handle(self, *args, **options):
+        report = demo_run(out_dir=options["out"], drivers=options["drivers"], leads=options["leads"],
+                          seed=options["seed"], echo=self.stdout.write)
+        if not report.ok:
+            raise CommandError("the demo finished, but a guardrail failed or rows were rejected (see above)")
