@@ -1,6 +1,6 @@
 """Shared plumbing of the benchmarks: a database of their own, manage.py runs, timing and memory.
 
-Benchmarks run against CT4_DB_NAME (default ct4_bench) on the same server the project uses
+Benchmarks run against their own database (CT4_BENCH_DB, default ct4_bench_<script>) on the same server the project uses
 (DATABASE_URL, or the embedded one), so they never touch the demo's data.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
+# Each benchmark script sets its own default (ct4_bench_<name>) before importing this module.
 BENCH_DB = os.environ.get("CT4_BENCH_DB", "ct4_bench")
 
 # Every table a benchmark run starts from empty (sources, canon, ops).

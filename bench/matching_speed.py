@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("CT4_BENCH_DB", "ct4_bench_speed")
 from bench._common import BENCH_DB, bench_env, manage, reset_database  # noqa: E402
 
 SINGLE_LEAD_SCRIPT = """

@@ -16,6 +16,9 @@ from identity.matching import Candidate, DriverRecord, Frequencies, LeadKeys
 
 KEY_CAP = 20  # a key shared by more persons than this is noise (placeholders, call centres)
 NAME_BLOCK_CAP = 60  # drivers taken per name block
+# A name block expected to hold more drivers than this would hand back an arbitrary LIMIT-slice
+# of namesakes at a high GIN cost: it is skipped ("Juan Carlos Quispe Mamani" blocks nothing).
+NAME_BLOCK_MAX_EXPECTED = 300
 
 # Drivers sharing a key with a lead, capped per key value; then every record of their persons.
 _CANDIDATES_SQL = """
@@ -142,5 +145,16 @@ def name_blocks_for(lead: LeadKeys, freq: Frequencies) -> list[tuple[str, ...]]:
         return []
     blocks = [tuple(known[:2])]
     if len(known) >= 3:
-        blocks += [tuple(known[:3]), (known[0], known[2]), (known[1], known[2])]
-    return blocks
+        # The triple narrows a common pair; (second, third) still finds the person when the
+        # lead carries a rare token their record lacks (a second given name, a typo'd surname).
+        blocks += [tuple(known[:3]), (known[1], known[2])]
+    return [b for b in blocks if _expected_block_size(b, freq) <= NAME_BLOCK_MAX_EXPECTED]
+
+
+def _expected_block_size(block: tuple[str, ...], freq: Frequencies) -> float:
+    """Drivers expected to carry every token of the block, were tokens independent."""
+    drivers = max(freq.drivers, 1)
+    expected = float(drivers)
+    for token in block:
+        expected *= freq.tokens.get(token, 0) / drivers
+    return expected
