@@ -24,8 +24,6 @@ NAME_BLOCK_MAX_EXPECTED = 300
 _CANDIDATES_SQL = """
 WITH k AS (
     SELECT * FROM unnest(%(i)s::int[], %(kind)s::text[], %(value)s::text[]) AS k(i, kind, value)
-), b AS (
-    SELECT * FROM unnest(%(bi)s::int[], %(btokens)s::text[]) AS b(i, tokens)
 ), hits AS (
     SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
     CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
@@ -46,10 +44,7 @@ WITH k AS (
     SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
     CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
                         WHERE di.plate = k.value LIMIT %(cap)s) h WHERE k.kind = 'plate'
-    UNION ALL
-    SELECT b.i, 'name', NULL, h.driver_id, h.person_key FROM b
-    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
-                        WHERE di.name_tokens @> string_to_array(b.tokens, ' ') LIMIT %(name_cap)s) h
+    NAME_BLOCKS
 )
 SELECT h.i, h.kind, h.value, h.person_key::text, NULL::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM hits h
@@ -76,19 +71,23 @@ def candidates_fetch(leads: list[LeadKeys], *, name_blocks: dict[str, list[tuple
                 i.append(n)
                 kind.append(field_name)
                 value.append(v)
-    bi, btokens = [], []
+    params: dict = {"i": i, "kind": kind, "value": value, "cap": KEY_CAP + 1, "name_cap": NAME_BLOCK_CAP}
+    # Name blocks: one subquery per block with its tokens as a bound array, so each uses the GIN
+    # index (inside a LATERAL the planner cannot, and scans the whole index table per block).
+    name_parts = []
     for n, lead in enumerate(leads):
         for tokens in (name_blocks or {}).get(lead.source_pk, ()):
-            bi.append(n)
-            btokens.append(" ".join(tokens))
-    if not i and not bi:
+            b = len(name_parts)
+            params[f"b{b}"] = list(tokens)
+            name_parts.append(
+                f"UNION ALL SELECT {n}, 'name', NULL, h.driver_id, h.person_key FROM ("
+                f"SELECT driver_id, person_key FROM canon.drivers_index WHERE name_tokens @> %(b{b})s::text[] "
+                f"LIMIT %(name_cap)s) h"
+            )
+    if not i and not name_parts:
         return BatchCandidates({lead.source_pk: [] for lead in leads}, {})
     with connection.cursor() as cursor:
-        cursor.execute(
-            _CANDIDATES_SQL,
-            {"i": i, "kind": kind, "value": value, "bi": bi, "btokens": btokens, "cap": KEY_CAP + 1,
-             "name_cap": NAME_BLOCK_CAP},
-        )
+        cursor.execute(_CANDIDATES_SQL.replace("NAME_BLOCKS", "\n    ".join(name_parts)), params)
         rows = cursor.fetchall()
     persons_of_lead: dict[int, set[str]] = defaultdict(set)
     persons_of_value: dict[tuple[str, str], set[str]] = defaultdict(set)

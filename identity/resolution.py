@@ -113,7 +113,8 @@ class BatchOutcome:
 def leads_resolve(*, source_pks: list[str], context: MatchContext | None = None, write: bool = True) -> BatchOutcome:
     """Decide a batch of leads and write the outcomes (links + origins, or unmatched rows) atomically."""
     context = context or MatchContext.load()
-    leads = leads_load_keys(source_pks)
+    # A lead linked meanwhile (by a reviewer, another job) is not decided again.
+    leads = leads_load_keys(unlinked_leads(source_pks=source_pks))
     outcome = BatchOutcome(decisions=leads_decide(leads, context))
     if not write:
         return outcome

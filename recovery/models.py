@@ -1,7 +1,7 @@
 """Operational tables of the recovery jobs (schema ops): the red-KPI queue and per-lead job tracking."""
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from identity.models import Person, ReasonCode, SourceTable, choices_check
@@ -27,6 +27,9 @@ class KpiRedRecoveryQueue(models.Model):
     # A failed row is not retried before this time (backoff), unless the drivers index changed.
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     matched_at = models.DateTimeField(null=True, blank=True)
+    # The lead's created_at, copied by the seed: recovery claims newest first straight from an
+    # index on the queue (newest first is high risk first: high risk is the last 14 days).
+    lead_created_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(db_default=Now())
     updated_at = models.DateTimeField(db_default=Now())
 
@@ -41,7 +44,14 @@ class KpiRedRecoveryQueue(models.Model):
                 name="kpi_red_queue_matched_has_person",
             ),
         ]
-        indexes = [models.Index(fields=["status", "next_attempt_at"], name="kpi_red_queue_status_idx")]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="kpi_red_queue_status_idx"),
+            # The claim order of recover_kpi_red_leads (FOR UPDATE SKIP LOCKED ... LIMIT n).
+            models.Index(
+                F("lead_created_at").desc(), "lead_source_pk", name="kpi_red_queue_claim_idx",
+                condition=Q(status="pending"),
+            ),
+        ]
         permissions = [("run_recovery", "Can start recovery jobs and index refreshes")]
 
 

@@ -119,7 +119,11 @@ def test_automatic_run_never_overwrites_a_manual_link():
     linking.leads_link(links=[linking.LeadLink("1", _person_of("D2"), "manual", None, "manual", {}, "manual")],
                        decided_by="ana.reviewer")
     outcome = leads_resolve(source_pks=["1"])
-    assert outcome.already_linked == ["1"]
+    assert outcome.decisions == {} and outcome.linked == []  # a linked lead is not decided again
+    assert IdentityLink.objects.get(source_pk="1").decided_by == "ana.reviewer"
+    # Even a decision made before the manual link landed cannot replace it.
+    late = linking.leads_link(links=[linking.LeadLink("1", _person_of("D1"), "fellegi_sunter", 20.0, "high", {}, "r")])
+    assert late.already_linked == ["1"]
     assert IdentityLink.objects.get(source_pk="1").decided_by == "ana.reviewer"
 
 

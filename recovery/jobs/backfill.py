@@ -1,0 +1,104 @@
+"""backfill_identity_origins_for_links: persons with lead links whose origin is missing or not the earliest lead.
+
+The origin itself is written by identity.linking.origins_refresh (the one writer of origins);
+this job finds the persons that need it and refreshes them in batches.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+from django.db import connection, transaction
+
+from identity import linking
+from identity.models import LEADS_TABLE
+from identity.runs import job_run, progress_bar
+from recovery.queue import DEFAULT_BATCH
+
+JOB = "backfill_identity_origins_for_links"
+
+# Each person's earliest linked lead (created_at, ties by source_pk, as origins_refresh orders
+# them) against its origin: missing, or naming another lead.
+_PERSONS_SQL = """
+WITH first_lead AS (
+    SELECT DISTINCT ON (il.person_key) il.person_key, il.source_pk
+    FROM canon.identity_links il
+    JOIN public.module_ct_cabinet_leads c ON c.source_pk = il.source_pk
+    WHERE il.source_table = %s
+    ORDER BY il.person_key, c.created_at, il.source_pk
+)
+SELECT f.person_key::text, o.person_key IS NULL AS missing
+FROM first_lead f
+LEFT JOIN canon.identity_origin o ON o.person_key = f.person_key
+WHERE o.origin_source_id IS DISTINCT FROM f.source_pk
+ORDER BY f.person_key
+"""
+
+
+@dataclass
+class BackfillResult:
+    persons: int = 0
+    missing_origin: int = 0
+    not_earliest: int = 0
+    origins_written: int = 0
+    dry_run: bool = False
+    batches: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def origins_refresh_locked(*, person_keys: list[str]) -> int:
+    """origins_refresh for these persons, after locking them (in key order) as leads_link does,
+    so a link committed meanwhile by a recovery worker cannot leave a stale origin behind."""
+    if not person_keys:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT 1 FROM canon.identity_registry WHERE person_key = ANY(%s::uuid[]) ORDER BY person_key FOR UPDATE",
+            [sorted(person_keys)],
+        )
+        return linking.origins_refresh(cursor=cursor, person_keys=sorted(person_keys))
+
+
+def persons_needing_origin() -> list[tuple[str, bool]]:
+    """(person_key, origin missing?) of every person whose origin is not its earliest linked lead."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PERSONS_SQL, [LEADS_TABLE])
+        return cursor.fetchall()
+
+
+def origins_backfill(
+    *, dry_run: bool = False, batch_size: int = DEFAULT_BATCH, trigger: str = "command", run_id: int | None = None,
+    progress: bool | None = None,
+) -> BackfillResult:
+    """Write the origins missing (or not the earliest lead) for persons with lead links, in batches.
+
+    A singleton job. With dry_run every batch is rolled back: the counts say what would be written.
+    """
+    started = time.monotonic()
+    result = BackfillResult(dry_run=dry_run)
+    with job_run(JOB, params={"dry_run": dry_run, "batch_size": batch_size}, trigger=trigger, run_id=run_id) as run:
+        persons = persons_needing_origin()
+        result.persons = len(persons)
+        result.missing_origin = sum(1 for _, missing in persons if missing)
+        result.not_earliest = result.persons - result.missing_origin
+        with progress_bar(len(persons), "origins", progress) as bar:
+            for start in range(0, len(persons), batch_size):
+                batch = [person_key for person_key, _ in persons[start:start + batch_size]]
+                with transaction.atomic():
+                    written = origins_refresh_locked(person_keys=batch)
+                    if dry_run:
+                        transaction.set_rollback(True)
+                result.batches += 1
+                result.origins_written += written
+                run.add(processed=len(batch), origins_written=written)
+                run.log_batch(result.batches, processed=len(batch), origins_written=written,
+                              pending=len(persons) - start - len(batch))
+                bar.update(len(batch))
+        run.counts.update(persons=result.persons, missing_origin=result.missing_origin,
+                          not_earliest=result.not_earliest, batches=result.batches)
+        result.seconds = round(time.monotonic() - started, 2)
+    return result

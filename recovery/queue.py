@@ -1,0 +1,336 @@
+"""The one writer of the red-KPI queue (ops.cabinet_kpi_red_recovery_queue): seed, claim, mark.
+
+The queue's status is the source of truth for recovery: seed makes backlog leads pending (and
+failed ones pending again when due), recover claims pending rows with FOR UPDATE SKIP LOCKED
+and marks each matched or failed inside the same transaction that writes the links.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from django.db import connection, transaction
+
+from identity.index import index_changed_at
+from identity.models import LEADS_TABLE
+from identity.runs import job_run, progress_bar
+from recovery.models import WorkStatus
+from recovery.tracking import backoff_sql
+
+SEED_JOB = "seed_kpi_red_queue"
+DEFAULT_BATCH = 500
+QUEUE = "ops.cabinet_kpi_red_recovery_queue"
+
+# The next batch of backlog leads, in source_pk order (keyset pagination over the view).
+_BACKLOG_BATCH_SQL = """
+SELECT b.lead_source_pk, b.created_at
+FROM ops.v_cabinet_kpi_red_backlog b
+WHERE %(after)s::text IS NULL OR b.lead_source_pk > %(after)s::text
+ORDER BY b.lead_source_pk
+LIMIT %(size)s
+"""
+
+# Upsert one batch of backlog leads: new ones are inserted pending; failed ones whose backoff
+# passed, or that were last tried before the drivers index changed, become pending again; the
+# copy of the lead's created_at is kept current. Matched rows are left alone. The lateral
+# lookups keep this to one index probe per lead (a join would hash the whole queue per batch).
+_SEED_BATCH_SQL = f"""
+WITH batch AS (
+    SELECT e.* FROM unnest(%(pks)s::text[], %(created)s::timestamptz[]) AS e(lead_source_pk, created_at)
+), known AS (
+    SELECT b.lead_source_pk, b.created_at, q.id, q.status, q.lead_created_at,
+           q.status = '{WorkStatus.FAILED}'
+           AND (q.next_attempt_at <= now()
+                OR q.last_attempt_at IS NULL
+                OR q.last_attempt_at < %(index_changed_at)s::timestamptz) AS due
+    FROM batch b
+    LEFT JOIN LATERAL (
+        SELECT id, status, lead_created_at, next_attempt_at, last_attempt_at
+        FROM {QUEUE} q WHERE q.lead_source_pk = b.lead_source_pk LIMIT 1
+    ) q ON true
+), inserted AS (
+    INSERT INTO {QUEUE} (lead_source_pk, status, attempts, lead_created_at, created_at, updated_at)
+    SELECT k.lead_source_pk, '{WorkStatus.PENDING}', 0, k.created_at, now(), now()
+    FROM known k
+    WHERE k.id IS NULL
+    ORDER BY k.lead_source_pk
+    ON CONFLICT (lead_source_pk) DO NOTHING
+    RETURNING 1
+), updated AS (
+    UPDATE {QUEUE} q SET
+        status = CASE WHEN k.due THEN '{WorkStatus.PENDING}' ELSE q.status END,
+        next_attempt_at = CASE WHEN k.due THEN NULL ELSE q.next_attempt_at END,
+        lead_created_at = k.created_at,
+        updated_at = now()
+    FROM known k
+    WHERE q.id = k.id AND q.lead_source_pk = ANY(%(pks)s::text[]) AND k.status <> '{WorkStatus.MATCHED}'
+      AND (k.due OR k.lead_created_at IS DISTINCT FROM k.created_at)
+    RETURNING k.due
+)
+SELECT (SELECT count(*) FROM inserted),
+       (SELECT count(*) FROM updated WHERE due),
+       (SELECT count(*) FROM known WHERE status = '{WorkStatus.FAILED}' AND NOT due)
+"""
+
+# The next batch of unmatched queue rows whose lead has a link made elsewhere (a reviewer, the
+# retry or reconcile job): matched, with that link's person and time. Rows a recovery worker
+# holds are skipped; that worker marks them itself.
+_MATCHED_ELSEWHERE_SQL = f"""
+WITH found AS (
+    SELECT q.id, il.person_key, il.linked_at
+    FROM {QUEUE} q
+    JOIN canon.identity_links il ON il.source_table = %(leads)s AND il.source_pk = q.lead_source_pk
+    WHERE q.status <> '{WorkStatus.MATCHED}' AND q.id > %(after)s
+    ORDER BY q.id
+    LIMIT %(size)s
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE {QUEUE} q SET
+    status = '{WorkStatus.MATCHED}', matched_person_key = f.person_key, matched_at = f.linked_at,
+    fail_reason = NULL, next_attempt_at = NULL, updated_at = now()
+FROM found f
+WHERE q.id = f.id
+RETURNING q.id
+"""
+
+
+@dataclass
+class SeedResult:
+    backlog: int = 0
+    inserted: int = 0
+    reset_to_pending: int = 0
+    newly_matched_elsewhere: int = 0
+    unchanged: int = 0
+    pending: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def queue_seed(
+    *, batch_size: int = DEFAULT_BATCH, trigger: str = "command", run_id: int | None = None,
+    progress: bool | None = None,
+) -> SeedResult:
+    """Upsert every backlog lead into the queue as pending, batch by batch (a singleton job).
+
+    Matched rows are left alone; a failed row becomes pending when its backoff passed or the
+    drivers index changed after its last attempt; a row whose lead left the backlog through a
+    link made elsewhere becomes matched with that link's person. A second run changes nothing.
+    """
+    started = time.monotonic()
+    result = SeedResult()
+    with job_run(SEED_JOB, params={"batch_size": batch_size}, trigger=trigger, run_id=run_id) as run:
+        batch_no = 0
+        after_id = 0
+        while True:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(_MATCHED_ELSEWHERE_SQL, {"leads": LEADS_TABLE, "after": after_id, "size": batch_size})
+                ids = [row[0] for row in cursor.fetchall()]
+            if not ids:
+                break
+            batch_no += 1
+            after_id = max(ids)
+            result.newly_matched_elsewhere += len(ids)
+            run.add(newly_matched_elsewhere=len(ids))
+            run.log_batch(batch_no, processed=len(ids), matched=len(ids), failed=0, pending=queue_pending_count())
+            if len(ids) < batch_size:
+                break
+
+        changed_at = index_changed_at()
+        # Counted once, then followed batch by batch: a count per batch would cost more than the batch.
+        pending = queue_pending_count()
+        after = None
+        with progress_bar(backlog_count(), "seeding", progress) as bar:
+            while True:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(_BACKLOG_BATCH_SQL, {"after": after, "size": batch_size})
+                    rows = cursor.fetchall()
+                    if not rows:
+                        break
+                    cursor.execute(_SEED_BATCH_SQL, {"pks": [r[0] for r in rows], "created": [r[1] for r in rows],
+                                                     "index_changed_at": changed_at})
+                    inserted, reset, still_failed = cursor.fetchone()
+                seen, after = len(rows), rows[-1][0]
+                batch_no += 1
+                unchanged = seen - inserted - reset
+                pending += inserted + reset
+                result.backlog += seen
+                result.inserted += inserted
+                result.reset_to_pending += reset
+                result.unchanged += unchanged
+                run.add(backlog=seen, inserted=inserted, reset_to_pending=reset, unchanged=unchanged)
+                # matched: none here (backlog leads have no link); failed: rows still in backoff.
+                run.log_batch(batch_no, processed=seen, matched=0, failed=still_failed, pending=pending,
+                              inserted=inserted, reset_to_pending=reset, unchanged=unchanged)
+                bar.update(seen)
+                if seen < batch_size:
+                    break
+        if result.inserted or result.reset_to_pending or result.newly_matched_elsewhere:
+            # The claim query picks its index by the pending-row estimate; after a big seed a
+            # stale estimate (say, "none pending") would sort the whole queue on every claim.
+            with connection.cursor() as cursor:
+                cursor.execute(f"ANALYZE {QUEUE}")
+        result.batches = batch_no
+        result.pending = queue_pending_count()
+        result.seconds = round(time.monotonic() - started, 2)
+        run.add(batches=batch_no)
+        run.counts["pending"] = result.pending
+    return result
+
+
+def backlog_count() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM ops.v_cabinet_kpi_red_backlog")
+        return cursor.fetchone()[0]
+
+
+def queue_pending_count() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {QUEUE} WHERE status = %s", [WorkStatus.PENDING])
+        return cursor.fetchone()[0]
+
+
+@dataclass
+class Claimed:
+    source_pks: list[str]
+    # Where the claim stopped in claim order (lead_created_at, lead_source_pk): the next claim of
+    # the same worker starts after it.
+    position: tuple | None
+
+
+def queue_claim(*, limit: int, source_pks: list[str] | None = None, after: tuple | None = None) -> Claimed:
+    """Lock up to `limit` pending rows no other worker holds, newest lead first.
+
+    Must run inside the batch's transaction: the row locks are what keep other workers off
+    these leads until the batch commits (or rolls back, and they are pending again).
+    Newest first is high risk first: high risk means a lead date within the last 14 days.
+    `source_pks` restricts the claim to those leads. `after` (the previous claim's position)
+    makes each claim start where the last one stopped: rows done earlier in the run stay in
+    the index until vacuum, and walking past them on every claim would make a run quadratic.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("queue_claim must run inside the batch transaction")
+    conditions, params = ["q.status = %s"], [WorkStatus.PENDING]
+    if source_pks is not None:
+        conditions.append("q.lead_source_pk = ANY(%s)")
+        params.append(source_pks)
+    if after is not None:
+        created, source_pk = after
+        if created is None:  # rows without a lead date come first (DESC puts NULLs first)
+            conditions.append("(q.lead_created_at IS NOT NULL OR q.lead_source_pk > %s)")
+            params.append(source_pk)
+        else:
+            conditions.append("q.lead_created_at <= %s AND (q.lead_created_at < %s OR q.lead_source_pk > %s)")
+            params += [created, created, source_pk]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT q.lead_source_pk, q.lead_created_at FROM {QUEUE} q
+            WHERE {" AND ".join(conditions)}
+            ORDER BY q.lead_created_at DESC, q.lead_source_pk
+            LIMIT %s
+            FOR UPDATE SKIP LOCKED
+            """,
+            [*params, limit],
+        )
+        rows = cursor.fetchall()
+    return Claimed(source_pks=[row[0] for row in rows], position=(rows[-1][1], rows[-1][0]) if rows else after)
+
+
+@dataclass(frozen=True)
+class MarkedRow:
+    source_pk: str
+    status: str
+    fail_reason: str | None
+    person_key: str | None
+
+
+def queue_mark(*, reasons: Mapping[str, str]) -> list[MarkedRow]:
+    """Mark claimed rows after their attempt: matched when the lead has a link now (in this
+    transaction, so never without it), else failed with its reason and the next backoff.
+
+    `reasons` maps every claimed source_pk to the reason to record if it has no link.
+    """
+    # The redundant `= ANY(...)` filters here and below make the planner reach the queue and the
+    # links through their unique indexes: a join alone, on stale statistics, hashes whole tables.
+    if not reasons:
+        return []
+    pks = sorted(reasons)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            UPDATE {QUEUE} q SET
+                status = CASE WHEN il.person_key IS NOT NULL THEN '{WorkStatus.MATCHED}'
+                              ELSE '{WorkStatus.FAILED}' END,
+                attempts = q.attempts + 1,
+                fail_reason = CASE WHEN il.person_key IS NULL THEN r.reason END,
+                matched_person_key = il.person_key,
+                last_attempt_at = now(),
+                next_attempt_at = CASE WHEN il.person_key IS NULL THEN now() + {backoff_sql("q.attempts + 1")} END,
+                matched_at = il.linked_at,
+                updated_at = now()
+            FROM unnest(%s::text[], %s::text[]) AS r(source_pk, reason)
+            LEFT JOIN canon.identity_links il
+                   ON il.source_table = %s AND il.source_pk = r.source_pk AND il.source_pk = ANY(%s)
+            WHERE q.lead_source_pk = r.source_pk AND q.lead_source_pk = ANY(%s)
+            RETURNING q.lead_source_pk, q.status, q.fail_reason, q.matched_person_key::text
+            """,
+            [pks, [str(reasons[pk]) for pk in pks], LEADS_TABLE, pks, pks],
+        )
+        return [MarkedRow(*row) for row in cursor.fetchall()]
+
+
+def queue_mark_linked(*, source_pks: list[str]) -> int:
+    """Mark matched the unmatched queue rows of these leads that have a link now (other jobs
+    link leads too). Rows a recovery worker holds are skipped: it marks them itself."""
+    if not source_pks:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH found AS (
+                SELECT q.id, il.person_key, il.linked_at
+                FROM {QUEUE} q
+                JOIN canon.identity_links il
+                  ON il.source_table = %s AND il.source_pk = q.lead_source_pk AND il.source_pk = ANY(%s)
+                WHERE q.lead_source_pk = ANY(%s) AND q.status <> %s
+                ORDER BY q.id
+                FOR UPDATE OF q SKIP LOCKED
+            )
+            UPDATE {QUEUE} q SET
+                status = %s, matched_person_key = f.person_key, matched_at = f.linked_at,
+                fail_reason = NULL, next_attempt_at = NULL, updated_at = now()
+            FROM found f
+            WHERE q.id = f.id
+            """,
+            [LEADS_TABLE, source_pks, source_pks, WorkStatus.MATCHED, WorkStatus.MATCHED],
+        )
+        return cursor.rowcount
+
+
+def lead_links(source_pks: list[str]) -> dict[str, str]:
+    """The person each of these leads is linked to (leads without a link are left out)."""
+    if not source_pks:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT source_pk, person_key::text FROM canon.identity_links WHERE source_table = %s AND source_pk = ANY(%s)",
+            [LEADS_TABLE, source_pks],
+        )
+        return dict(cursor.fetchall())
+
+
+__all__ = [
+    "Claimed",
+    "SeedResult",
+    "lead_links",
+    "queue_claim",
+    "queue_mark",
+    "queue_mark_linked",
+    "queue_pending_count",
+    "queue_seed",
+]
