@@ -1,5 +1,6 @@
 """`make demo`: generate a demo park and run the whole pipeline on it, printing what happened."""
 
+import logging
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -17,6 +18,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=42)
 
     def handle(self, *args, **options):
+        if options["verbosity"] < 2:
+            # The report tells the story; the jobs' per-batch log lines are for operators (-v 2).
+            logging.getLogger("ct4").setLevel(logging.WARNING)
         report = demo_run(out_dir=options["out"], drivers=options["drivers"], leads=options["leads"],
                           seed=options["seed"], echo=self.stdout.write)
         if not report.ok:
