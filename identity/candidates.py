@@ -15,7 +15,7 @@ from django.db import connection
 from identity.matching import Candidate, DriverRecord, Frequencies, LeadKeys
 
 KEY_CAP = 20  # a key shared by more persons than this is noise (placeholders, call centres)
-NAME_BLOCK_CAP = 60  # drivers taken per name block
+NAME_BLOCK_CAP = 25  # drivers taken per name block
 # A name block expected to hold more drivers than this would hand back an arbitrary LIMIT-slice
 # of namesakes at a high GIN cost: it is skipped ("Juan Carlos Quispe Mamani" blocks nothing).
 NAME_BLOCK_MAX_EXPECTED = 300

@@ -428,6 +428,10 @@ def source_import(*, kind: str, path: Path, dry_run: bool = False, progress: boo
                 transaction.set_rollback(True)
         _publish_rejects(rejects, final_rejects, bool(result.rejected))
         rejects.close()
+    if not dry_run and (result.inserted or result.updated):
+        # Fresh statistics, or the next jobs plan their joins for the table as it was.
+        with connection.cursor() as cursor:
+            cursor.execute(f"ANALYZE {spec.table}")
     result.rejects_path = final_rejects if result.rejected else None
     result.seconds = time.monotonic() - started
     logger.info("import_source %s", result.summary())

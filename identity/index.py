@@ -146,6 +146,11 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
             result.driver_links = linking.drivers_link(cursor=cursor)
         with _phase(result, "token_stats"):
             token_delta_after(cursor, full=bulk)
+        with _phase(result, "analyze"):
+            # The matcher's plans depend on these tables' statistics; a big change makes them stale.
+            for table in ("canon.drivers_index", "canon.name_token_stats", "canon.identity_registry",
+                          "canon.identity_links"):
+                cursor.execute(f"ANALYZE {table}")
     if full:
         result.removed = _drop_entries_of_deleted_drivers(cursor)
     return result
