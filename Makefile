@@ -1,7 +1,9 @@
 # ct4 identity recovery: `make demo` runs the product end to end on demo data, `make test` runs
 # every test. Both set themselves up (venv, packages, embedded PostgreSQL) on a fresh machine.
 
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter that really runs and is 3.11+ (a pyenv shim may exist and still fail).
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1 && { command -v $$p; break; }; done)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
@@ -14,6 +16,7 @@ help:
 	@echo "make bench  - run the benchmarks in bench/ (minutes; prints figures)"
 
 $(STAMP): requirements.txt
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required (none found; set PYTHON=...)"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is required (set PYTHON=...)")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
