@@ -139,13 +139,18 @@ def leads_resolve(*, source_pks: list[str], context: MatchContext | None = None,
     return outcome
 
 
-def unlinked_leads(*, limit: int | None = None, source_pks: list[str] | None = None) -> list[str]:
-    """Leads without a link, newest first."""
+def unlinked_leads(
+    *, limit: int | None = None, source_pks: list[str] | None = None, shard: tuple[int, int] | None = None
+) -> list[str]:
+    """Leads without a link, newest first; `shard=(i, n)` keeps the i-th of n disjoint slices."""
     params: list = [LEADS_TABLE]
     where = ""
     if source_pks:
         where = "AND c.source_pk = ANY(%s)"
         params.append(source_pks)
+    if shard:
+        where += " AND mod(abs(hashtext(c.source_pk)::bigint), %s) = %s"
+        params += [shard[1], shard[0]]
     sql = f"""
         SELECT c.source_pk FROM public.module_ct_cabinet_leads c
         WHERE NOT EXISTS (SELECT 1 FROM canon.identity_links l WHERE l.source_table = %s AND l.source_pk = c.source_pk)
@@ -162,13 +167,18 @@ def unlinked_leads(*, limit: int | None = None, source_pks: list[str] | None = N
 
 def leads_match(
     *, limit: int | None = None, source_pks: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
-    dry_run: bool = False, progress: bool | None = None,
+    dry_run: bool = False, progress: bool | None = None, shard: tuple[int, int] | None = None,
 ) -> Counter:
-    """Match every unlinked lead (or the ones named), batch by batch, as a recorded job run."""
+    """Match every unlinked lead (or the ones named), batch by batch, as a recorded job run.
+
+    With `shard=(i, n)` only the i-th of n disjoint slices of the leads: n processes, each with its
+    own shard, match in parallel without ever deciding the same lead."""
     started = time.monotonic()
     totals: Counter = Counter()
-    with job_run("match_leads", params={"limit": limit, "dry_run": dry_run, "named": bool(source_pks)}) as run:
-        todo = unlinked_leads(limit=limit, source_pks=source_pks)
+    name = "match_leads" if shard is None else f"match_leads[{shard[0]}/{shard[1]}]"
+    params = {"limit": limit, "dry_run": dry_run, "named": bool(source_pks), "shard": shard}
+    with job_run(name, params=params) as run:
+        todo = unlinked_leads(limit=limit, source_pks=source_pks, shard=shard)
         context = MatchContext.load()
         with progress_bar(len(todo), "matching", progress) as bar:
             for batch_no, start in enumerate(range(0, len(todo), batch_size), start=1):
@@ -203,3 +213,36 @@ def lead_explain(source_pk: str) -> Explanation | None:
     fetched = candidates_fetch([lead], name_blocks=blocks)
     records = {c.person_key: list(c.records) for c in fetched.by_lead[source_pk]}
     return Explanation(lead=lead, decision=decision, records=records, thresholds=context.thresholds)
+
+
+def leads_match_parallel(*, workers: int, limit: int | None = None, batch_size: int = DEFAULT_BATCH,
+                         dry_run: bool = False) -> Counter:
+    """Run `workers` match_leads processes, one shard each, and add up what they did."""
+    import json  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from django.conf import settings  # noqa: PLC0415
+
+    share = None if limit is None else -(-limit // workers)
+    commands = []
+    for i in range(workers):
+        command = [sys.executable, str(settings.BASE_DIR / "manage.py"), "match_leads", "--json",
+                   "--shard", f"{i}/{workers}", "--batch-size", str(batch_size)]
+        command += ["--limit", str(share)] if share else []
+        command += ["--dry-run"] if dry_run else []
+        commands.append(command)
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, text=True) for c in commands]
+    totals: Counter = Counter()
+    failed = []
+    for i, proc in enumerate(procs):
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            failed.append(f"shard {i}/{workers} exited {proc.returncode}")
+            continue
+        counts = json.loads(out.strip().splitlines()[-1])
+        counts.pop("seconds", None)
+        totals.update(counts)
+    if failed:
+        raise RuntimeError("; ".join(failed))
+    return totals

@@ -169,3 +169,14 @@ def test_single_lead_path_uses_indexes():
         plan = " ".join(r[0] for r in cursor.fetchall())
         cursor.execute("RESET enable_seqscan")
     assert "drivers_index_name_gin" in plan
+
+
+def test_shards_split_the_leads_without_overlap():
+    _park()
+    for n in range(1, 21):
+        make_lead(id=n, first_name="Rosa", last_name="Flores Huamán", phone=None, email=None)
+    from identity.resolution import unlinked_leads
+
+    shards = [set(unlinked_leads(shard=(i, 3))) for i in range(3)]
+    assert sum(len(s) for s in shards) == 20
+    assert set.union(*shards) == set(unlinked_leads())

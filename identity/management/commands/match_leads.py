@@ -1,7 +1,9 @@
 """Match the leads that have no link yet and record each outcome."""
 
+import argparse
+
 from identity.management.commands._common import JobCommand
-from identity.resolution import DEFAULT_BATCH, leads_match
+from identity.resolution import DEFAULT_BATCH, leads_match, leads_match_parallel
 
 
 class Command(JobCommand):
@@ -13,9 +15,24 @@ class Command(JobCommand):
         parser.add_argument("--source-pks", nargs="+", metavar="SOURCE_PK", help="only these leads")
         parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="leads per transaction")
         parser.add_argument("--dry-run", action="store_true", help="decide but write nothing")
+        parser.add_argument("--workers", type=int, default=1, help="processes matching in parallel (one shard each)")
+        parser.add_argument("--shard", type=_shard, help="I/N: only the I-th of N disjoint slices of the leads")
 
     def run(self, **options):
+        if options["workers"] > 1:
+            return leads_match_parallel(workers=options["workers"], limit=options["limit"],
+                                        batch_size=options["batch_size"], dry_run=options["dry_run"])
         return leads_match(
             limit=options["limit"], source_pks=options["source_pks"], batch_size=options["batch_size"],
-            dry_run=options["dry_run"],
+            dry_run=options["dry_run"], shard=options["shard"],
         )
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("use I/N, for example 0/2") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError("I must be between 0 and N-1")
+    return i, n
