@@ -9,7 +9,6 @@ from django.db import connection
 from django.utils import timezone
 
 import recovery.views  # noqa: F401 - registers the view models, so migrate creates the views
-from identity.models import IdentityLink
 from identity.tests.factories import (
     lima_datetime,
     lima_today,

@@ -30,7 +30,7 @@ class JobCommand(BaseCommand):
         raise NotImplementedError
 
     def as_json(self, result):
-        return result
+        return result.as_dict() if hasattr(result, "as_dict") else result
 
     def summary(self, result) -> str:
         return " ".join(f"{key}={value}" for key, value in dict(result).items())

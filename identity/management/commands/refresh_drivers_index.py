@@ -14,8 +14,6 @@ class Command(JobCommand):
     def run(self, **options):
         return drivers_index_refresh(full=options["full"])
 
-    def as_json(self, result):
-        return result.as_dict()
 
     def summary(self, result) -> str:
         return (

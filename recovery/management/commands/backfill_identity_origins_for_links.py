@@ -14,8 +14,6 @@ class Command(JobCommand):
     def run(self, **options):
         return origins_backfill(dry_run=options["dry_run"])
 
-    def as_json(self, result):
-        return result.as_dict()
 
     def summary(self, result) -> str:
         verb = "would write" if result.dry_run else "wrote"

@@ -23,8 +23,6 @@ class Command(JobCommand):
             refresh_index=options["refresh_index"],
         )
 
-    def as_json(self, result):
-        return result.as_dict()
 
     def summary(self, result) -> str:
         return " ".join(f"{key}={value}" for key, value in result.as_dict().items())

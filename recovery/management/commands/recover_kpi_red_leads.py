@@ -21,8 +21,6 @@ class Command(JobCommand):
             raise CommandError("--batch-size must be 500-1000, --workers >= 1, --limit >= 0", returncode=2)
         return queue_recover(limit=options["limit"], workers=options["workers"], batch_size=options["batch_size"])
 
-    def as_json(self, result):
-        return result.as_dict()
 
     def summary(self, result) -> str:
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(result.by_reason.items())) or "none"

@@ -23,8 +23,6 @@ class Command(JobCommand):
             limit=options["limit"], risk_level=options["risk_level"], gap_reason=options["gap_reason"]
         )
 
-    def as_json(self, result):
-        return result.as_dict()
 
     def summary(self, result) -> str:
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(result.by_reason.items())) or "none"

@@ -19,8 +19,6 @@ class Command(JobCommand):
             raise CommandError("--batch-size must be between 500 and 1000", returncode=2)
         return queue_seed(batch_size=options["batch_size"])
 
-    def as_json(self, result):
-        return result.as_dict()
 
     def summary(self, result) -> str:
         return (f"seeded {result.backlog} backlog leads: {result.inserted} new, {result.reset_to_pending} back to "
