@@ -111,13 +111,12 @@ def seed_and_recover(workers: int, env: dict) -> tuple[float, bool]:
     recovered = last_json(recover_out)
     total = seed_secs + recover_secs
     ok = total < TARGET_RECOVERY_SECONDS
-    print(f"seed ({workers} worker{'s' if workers > 1 else ''})           {seed_secs:7.1f}s  "
-          f"backlog={seeded.get('backlog')} inserted={seeded.get('inserted')}")
-    print(f"recover ({workers} worker{'s' if workers > 1 else ''})        {recover_secs:7.1f}s  "
-          f"processed={recovered.get('processed')} matched={recovered.get('matched')} "
-          f"failed={recovered.get('failed')} peak_rss={rss}MB")
-    print(f"SEED+RECOVER {workers} worker{'s' if workers > 1 else ' '}   {total:7.1f}s "
-          f"[{'PASS' if ok else 'FAIL'} < {TARGET_RECOVERY_SECONDS:.0f}s]")
+    label = f"{workers} worker{'s' if workers > 1 else ''}"
+    print(f"{'seed (' + label + ')':<25}{seed_secs:7.1f}s  backlog={seeded.get('backlog')} "
+          f"inserted={seeded.get('inserted')}")
+    print(f"{'recover (' + label + ')':<25}{recover_secs:7.1f}s  processed={recovered.get('processed')} "
+          f"matched={recovered.get('matched')} failed={recovered.get('failed')} peak_rss={rss}MB")
+    print(f"{'SEED+RECOVER ' + label:<25}{total:7.1f}s  [{'PASS' if ok else 'FAIL'} < {TARGET_RECOVERY_SECONDS:.0f}s]")
     return total, ok
 
 
@@ -127,7 +126,7 @@ def views_explain(env: dict) -> bool:
     for name, t in timings.items():
         passed = t["median_ms"] < TARGET_VIEW_MS
         ok &= passed
-        print(f"view {name:<26} {t['median_ms']:8.1f} ms (first {t['first_ms']:.1f} ms) "
+        print(f"view {name:<26}{t['median_ms']:8.1f} ms (first {t['first_ms']:.1f} ms) "
               f"[{'PASS' if passed else 'FAIL'} < {TARGET_VIEW_MS:.0f} ms]")
     return ok
 
