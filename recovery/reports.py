@@ -289,12 +289,14 @@ def gap_render(report: dict) -> str:
     lines += ["", f"3. Matched last 24 h: {matched['matched_last_24h']} leads, "
                   f"{matched['unique_persons_matched']} unique persons"]
 
-    lines += ["", "4. Top fail reasons", "  red-KPI queue (failed rows):", *_reasons(report["fail_reasons"]["queue"], "    "),
-              "  canon.identity_unmatched (open):", *_reasons(report["fail_reasons"]["identity_unmatched"], "    ")]
+    reasons = report["fail_reasons"]
+    lines += ["", "4. Top fail reasons", "  red-KPI queue (failed rows):", *_reasons(reasons["queue"], "    "),
+              "  canon.identity_unmatched (open):", *_reasons(reasons["identity_unmatched"], "    ")]
 
     lines += ["", "5. Volume processed (job runs)"]
-    lines += [f"  {v['name']:<34} 24 h: {v['runs_24h']} runs, {v['processed_24h']} processed, {v['matched_24h']} matched"
-              f" | 7 d: {v['runs_7d']} runs, {v['processed_7d']} processed, {v['matched_7d']} matched"
+    lines += [f"  {v['name']:<34} 24 h: {v['runs_24h']} runs, {v['processed_24h']} processed, "
+              f"{v['matched_24h']} matched | 7 d: {v['runs_7d']} runs, {v['processed_7d']} processed, "
+              f"{v['matched_7d']} matched"
               for v in report["volume"]] or ["  no runs in the last 7 days"]
 
     lines += ["", "6. Link / origin integrity"]

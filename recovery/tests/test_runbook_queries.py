@@ -1,4 +1,4 @@
-"""Every SQL query of the operators' runbooks (../shared/seeds) runs verbatim on a matched park and agrees with the data.
+"""Every SQL query of the operators' runbooks (../shared/seeds) runs verbatim on a matched park and agrees with it.
 
 The limbo, weekly-audit and today-vs-yesterday queries are copied in test_views.py (checked there on hand-made
 data); here they run again on the pipeline's data, and a last test proves no runbook query is left out.

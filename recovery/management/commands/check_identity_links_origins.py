@@ -6,7 +6,10 @@ from recovery.guardrails import identity_links_origins_check, results_output
 
 
 class Command(BaseCommand):
-    help = "Check links name registered persons, lead links have origins, and matched jobs / queue rows have links (the runbook's matched_no_link query). Exit 0 when clean, 1 with the offenders listed."
+    help = (
+        "Check links name registered persons, lead links have origins, and matched jobs / queue rows have "
+        "links (the runbook's matched_no_link query). Exit 0 when clean, 1 with the offenders listed."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="print a machine-readable result")

@@ -6,7 +6,10 @@ from recovery.guardrails import migrations_check, results_output
 
 
 class Command(BaseCommand):
-    help = "Check one leaf migration per app, no unapplied migration, and no model change without a migration (makemigrations --check). Exit 0 when clean, 1 with the offenders listed."
+    help = (
+        "Check one leaf migration per app, no unapplied migration, and no model change without a migration "
+        "(makemigrations --check). Exit 0 when clean, 1 with the offenders listed."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="print a machine-readable result")

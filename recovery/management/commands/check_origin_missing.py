@@ -6,7 +6,10 @@ from recovery.guardrails import origin_missing_check, results_output
 
 
 class Command(BaseCommand):
-    help = "Check ORIGIN_MISSING = 0: no origin whose lead is not linked to its person, no matched lead (queue or jobs table) whose person has no origin. Exit 0 when clean, 1 with the offenders listed."
+    help = (
+        "Check ORIGIN_MISSING = 0: no origin whose lead is not linked to its person, no matched lead (queue "
+        "or jobs table) whose person has no origin. Exit 0 when clean, 1 with the offenders listed."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="print a machine-readable result")

@@ -6,7 +6,10 @@ from recovery.guardrails import identity_origin_creation_verify, results_output
 
 
 class Command(BaseCommand):
-    help = "Check that every person with a lead link has an origin, and that it names the earliest linked lead (created_at, then source_pk). Exit 0 when clean, 1 with the offenders listed."
+    help = (
+        "Check that every person with a lead link has an origin, and that it names the earliest linked lead "
+        "(created_at, then source_pk). Exit 0 when clean, 1 with the offenders listed."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="print a machine-readable result")

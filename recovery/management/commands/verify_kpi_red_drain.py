@@ -12,7 +12,8 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--n", type=int, default=DEFAULT_DRAIN_N, help=f"recent matched rows (default {DEFAULT_DRAIN_N})")
+        parser.add_argument("--n", type=int, default=DEFAULT_DRAIN_N,
+                            help=f"most recently matched rows to check (default {DEFAULT_DRAIN_N})")
         parser.add_argument("--json", action="store_true", help="print a machine-readable result")
 
     def handle(self, *args, **options):

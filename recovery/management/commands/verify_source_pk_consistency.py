@@ -6,7 +6,11 @@ from recovery.guardrails import source_pk_consistency_verify, results_output
 
 
 class Command(BaseCommand):
-    help = "Check that queue, links, jobs, unmatched, origins and claims name leads by COALESCE(external_id::text, id::text) (flags the id-instead-of-external_id cast). Exit 0 when clean, 1 with the offenders listed."
+    help = (
+        "Check that queue, links, jobs, unmatched, origins and claims name leads by "
+        "COALESCE(external_id::text, id::text) (flags the id-instead-of-external_id cast). Exit 0 when clean,"
+        " 1 with the offenders listed."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true", help="print a machine-readable result")
