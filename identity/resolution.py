@@ -30,7 +30,7 @@ from identity.normalize import (
     normalize_phone,
     normalize_plate,
 )
-from identity.runs import job_run, progress_bar
+from identity.runs import LINK_TABLES, job_run, progress_bar, tables_analyze
 
 DEFAULT_BATCH = 1000
 SETTLED_BY_KEYS = ("link", ReasonCode.CONFLICT_MULTIPLE_CANDIDATES)
@@ -188,6 +188,8 @@ def leads_match(
                 run.counts = dict(totals)
                 run.log_batch(batch_no, **counts)
                 bar.update(len(batch))
+        if totals["linked"] and not dry_run:
+            tables_analyze(*LINK_TABLES)
         totals["seconds"] = round(time.monotonic() - started, 2)
         run.counts = dict(totals)
     return totals

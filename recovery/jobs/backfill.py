@@ -13,7 +13,7 @@ from django.db import connection, transaction
 
 from identity import linking
 from identity.models import LEADS_TABLE
-from identity.runs import job_run, progress_bar
+from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, job_run, progress_bar
 from recovery.queue import DEFAULT_BATCH
 
 JOB = "backfill_identity_origins_for_links"
@@ -101,4 +101,5 @@ def origins_backfill(
         run.counts.update(persons=result.persons, missing_origin=result.missing_origin,
                           not_earliest=result.not_earliest, batches=result.batches)
         result.seconds = round(time.monotonic() - started, 2)
+    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES)
     return result

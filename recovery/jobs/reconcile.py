@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from identity.index import drivers_index_refresh
 from identity.models import ReasonCode
 from identity.resolution import MatchContext
-from identity.runs import JobLocked, job_run, progress_bar
+from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, JobLocked, job_run, progress_bar
 from recovery.claims import claims_create_expected
 from recovery.jobs.retry import failure_counts, leads_resolve_tracked
 from recovery.queue import DEFAULT_BATCH
@@ -99,6 +99,7 @@ def pipeline_reconcile(
         run.counts.update(skipped_not_due=result.skipped_not_due, batches=result.batches,
                           index_refreshed=int(result.index_refreshed))
         result.seconds = round(time.monotonic() - started, 2)
+    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES)
     return result
 
 

@@ -22,7 +22,7 @@ from django.db import DatabaseError, connection, transaction
 from identity.matching import Decision
 from identity.models import JobRun, ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
-from identity.runs import RunHandle, job_run, progress_bar, safe_error
+from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, RunHandle, job_run, progress_bar, safe_error
 from recovery.jobs import WorkerSpec, recover_worker_main
 from recovery.models import WorkStatus
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_claim, queue_mark, queue_pending_count
@@ -132,6 +132,7 @@ def queue_recover(
             seconds=round(time.monotonic() - started, 2),
         )
         run.counts["pending"] = result.pending
+    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES)
     return result
 
 

@@ -15,7 +15,7 @@ from django.db import connection, transaction
 
 from identity.models import ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
-from identity.runs import job_run, progress_bar
+from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, job_run, progress_bar
 from recovery.jobs.backfill import origins_refresh_locked
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_mark_linked
 from recovery.tracking import attempts_record, leads_not_due
@@ -120,4 +120,5 @@ def identity_matching_retry(
         result.by_reason = {code: reasons[code] for code in ReasonCode.values if reasons.get(code)}
         run.counts.update(selected=result.selected, skipped_not_due=result.skipped_not_due, batches=result.batches)
         result.seconds = round(time.monotonic() - started, 2)
+    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES)
     return result
