@@ -20,30 +20,22 @@ NAME_BLOCK_CAP = 25  # drivers taken per name block
 # of namesakes at a high GIN cost: it is skipped ("Juan Carlos Quispe Mamani" blocks nothing).
 NAME_BLOCK_MAX_EXPECTED = 300
 
+# Which index column each lead key is looked up in (a document is also sought among licence DNIs).
+KEY_COLUMNS = (("phone", "phone"), ("document", "document"), ("document", "license_document"),
+               ("email", "email"), ("plate", "plate"))
+
 # Drivers sharing a key with a lead, capped per key value; then every record of their persons.
-_CANDIDATES_SQL = """
+_KEY_HITS = " UNION ALL ".join(
+    f"""
+    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
+    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
+                        WHERE di.{column} = k.value LIMIT %(cap)s) h WHERE k.kind = '{kind}'"""
+    for kind, column in KEY_COLUMNS
+)
+_CANDIDATES_SQL = f"""
 WITH k AS (
     SELECT * FROM unnest(%(i)s::int[], %(kind)s::text[], %(value)s::text[]) AS k(i, kind, value)
-), hits AS (
-    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
-    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
-                        WHERE di.phone = k.value LIMIT %(cap)s) h WHERE k.kind = 'phone'
-    UNION ALL
-    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
-    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
-                        WHERE di.document = k.value LIMIT %(cap)s) h WHERE k.kind = 'document'
-    UNION ALL
-    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
-    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
-                        WHERE di.license_document = k.value LIMIT %(cap)s) h WHERE k.kind = 'document'
-    UNION ALL
-    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
-    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
-                        WHERE di.email = k.value LIMIT %(cap)s) h WHERE k.kind = 'email'
-    UNION ALL
-    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
-    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
-                        WHERE di.plate = k.value LIMIT %(cap)s) h WHERE k.kind = 'plate'
+), hits AS ({_KEY_HITS}
     NAME_BLOCKS
 )
 SELECT h.i, h.kind, h.value, h.person_key::text, NULL::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
