@@ -1,0 +1,101 @@
+"""Freshness and recovery status (SPEC §6), read by the API, the dashboard and the reports.
+
+Freshness of the matching jobs: OK (a run of one of them succeeded in the last 24 h), STALE
+(they ran, but not successfully in 24 h), NEVER. Recovery status: ACTIVE (the recovery job
+is scheduled and leads were matched in the last 48 h), NO_SIGNAL (scheduled, nothing matched
+in 48 h), NOT_CONFIGURED (no schedule runs it).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.db import connection
+from django.utils import timezone
+
+from identity.models import JobRun, JobRunStatus
+
+FRESH_HOURS = 24
+SIGNAL_HOURS = 48
+# The jobs that match leads; any of them succeeding keeps the identity data fresh.
+MATCHING_JOBS = ("recover_kpi_red_leads", "retry_identity_matching", "reconcile_cabinet_leads_pipeline")
+RECOVERY_JOB = "recover_kpi_red_leads"
+
+
+class Freshness:
+    OK = "OK"
+    STALE = "STALE"
+    NEVER = "NEVER"
+
+
+class RecoveryStatus:
+    ACTIVE = "ACTIVE"
+    NO_SIGNAL = "NO_SIGNAL"
+    NOT_CONFIGURED = "NOT_CONFIGURED"
+
+
+def _run_summary(run: JobRun | None) -> dict | None:
+    if run is None:
+        return None
+    return {"id": run.pk, "name": run.name, "status": run.status, "trigger": run.trigger,
+            "started_at": run.started_at, "finished_at": run.finished_at}
+
+
+def matching_freshness(*, now=None) -> dict:
+    """The freshness badge of the matching jobs, with their last run and last success."""
+    now = now or timezone.now()
+    runs = JobRun.objects.filter(name__in=MATCHING_JOBS).exclude(status=JobRunStatus.SKIPPED)
+    last_run = runs.exclude(status=JobRunStatus.QUEUED).order_by("-started_at").first()
+    last_success = runs.filter(status=JobRunStatus.SUCCEEDED).order_by("-finished_at").first()
+    if last_run is None:
+        badge = Freshness.NEVER
+    elif last_success is not None and last_success.finished_at >= now - timedelta(hours=FRESH_HOURS):
+        badge = Freshness.OK
+    else:
+        badge = Freshness.STALE
+    return {
+        "badge": badge,
+        "fresh_within_hours": FRESH_HOURS,
+        "last_run": _run_summary(last_run),
+        "last_success_at": last_success.finished_at if last_success else None,
+    }
+
+
+def leads_matched_since(since) -> int:
+    """Leads the recovery and retry jobs matched since `since` (queue and tracking rows)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT count(DISTINCT lead) FROM (
+                SELECT lead_source_pk AS lead FROM ops.cabinet_kpi_red_recovery_queue
+                WHERE status = 'matched' AND matched_at >= %(since)s
+                UNION ALL
+                SELECT source_id FROM ops.identity_matching_jobs
+                WHERE status = 'matched' AND last_attempt_at >= %(since)s
+            ) matched
+            """,
+            {"since": since},
+        )
+        return cursor.fetchone()[0]
+
+
+def recovery_status(*, now=None) -> dict:
+    """ACTIVE / NO_SIGNAL / NOT_CONFIGURED for the red-KPI recovery, with what it was read from."""
+    from recovery.schedules import job_schedule  # noqa: PLC0415
+
+    now = now or timezone.now()
+    schedule = job_schedule(RECOVERY_JOB)
+    matched = leads_matched_since(now - timedelta(hours=SIGNAL_HOURS))
+    if schedule is None:
+        status = RecoveryStatus.NOT_CONFIGURED
+    elif matched:
+        status = RecoveryStatus.ACTIVE
+    else:
+        status = RecoveryStatus.NO_SIGNAL
+    return {
+        "status": status,
+        "scheduled": schedule is not None,
+        "schedule_cron": schedule.cron if schedule else None,
+        "next_run_at": schedule.next_run if schedule else None,
+        "matched_last_48h": matched,
+    }
