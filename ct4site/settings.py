@@ -103,6 +103,40 @@ LOGGING = {
     },
 }
 
+# --- REST API (/api/v1/) -------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token for scripts (Authorization: Token <key>; listed first, so an anonymous call gets
+        # 401 with WWW-Authenticate), session for browsers (CSRF enforced on POST).
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer", "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "recovery.api.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"jobs": os.environ.get("CT4_API_JOB_RATE", "10/minute")},
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "ct4 identity recovery API",
+    "DESCRIPTION": "Red-KPI metrics, identity gaps, per-lead 14-day money, limbo and funnel listings, and job starts.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # The docs' JavaScript and CSS come from the drf-spectacular-sidecar package: no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "JobRunStatusEnum": "identity.models.JobRunStatus",
+        "RecoveryStatusEnum": ["ACTIVE", "NO_SIGNAL", "NOT_CONFIGURED"],
+        "FreshnessEnum": ["OK", "STALE", "NEVER"],
+    },
+}
+
 # --- Domain settings -------------------------------------------------------------------
 CT4 = {
     # Days after the lead date in which trips count toward milestones.

@@ -37,7 +37,7 @@ def declared_schedules() -> tuple[ScheduleSpec, ...]:
         ScheduleSpec("reconcile_cabinet_leads_pipeline", "*/15 * * * *", {},
                      "every 15 minutes: recent and limbo leads, claims"),
         ScheduleSpec("retry_identity_matching", "0 2 * * *", {}, "daily 02:00: every unresolved lead"),
-        ScheduleSpec("run_guardrails", "40 * * * *", {}, "hourly: the verification checks"),
+        ScheduleSpec("guardrails", "40 * * * *", {}, "hourly: the verification checks"),
     )
 
 

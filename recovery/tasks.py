@@ -72,7 +72,7 @@ TASK_JOBS: dict[str, TaskJob] = {
         TaskJob("retry_identity_matching", _retry, frozenset({"limit", "risk_level", "gap_reason", "batch_size"})),
         TaskJob("reconcile_cabinet_leads_pipeline", _reconcile,
                 frozenset({"recent_days", "process_recent", "process_limbo", "limbo_stages", "refresh_index"})),
-        TaskJob("run_guardrails", _guardrails, frozenset({"n"})),
+        TaskJob("guardrails", _guardrails, frozenset({"n"})),
         TaskJob("refresh_drivers_index", _index_refresh, frozenset({"full"})),
     )
 }

@@ -1,0 +1,166 @@
+"""Input and output shapes of the API (the OpenAPI schema is generated from these)."""
+
+from datetime import timedelta
+
+from rest_framework import serializers
+
+from identity.models import JobRun, JobRunStatus
+from recovery.views import (
+    CabinetFinancial14d,
+    CabinetLeadsLimbo,
+    FunnelAuditWeekly,
+    GapReason,
+    KpiRedRecoveryMetricsDaily,
+    RiskLevel,
+)
+
+MAX_METRICS_DAYS = 366
+MAX_RECOVERY_LIMIT = 100_000
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+class MetricsQuerySerializer(serializers.Serializer):
+    date_from = serializers.DateField(required=False, help_text="first day (Lima), default: 29 days before date_to")
+    date_to = serializers.DateField(required=False, help_text="last day (Lima), default: today")
+
+    def validate(self, attrs):
+        start, end = attrs.get("date_from"), attrs.get("date_to")
+        if start and end:
+            if start > end:
+                raise serializers.ValidationError({"date_from": "must not be after date_to"})
+            if end - start > timedelta(days=MAX_METRICS_DAYS - 1):
+                raise serializers.ValidationError({"date_from": f"the range may span at most {MAX_METRICS_DAYS} days"})
+        return attrs
+
+
+class RunRecoveryQuerySerializer(serializers.Serializer):
+    limit = serializers.IntegerField(
+        min_value=1, max_value=MAX_RECOVERY_LIMIT, required=False, default=1000,
+        help_text=f"leads to take from the queue (1..{MAX_RECOVERY_LIMIT}, default 1000)",
+    )
+
+
+class IndexRefreshQuerySerializer(serializers.Serializer):
+    full = serializers.BooleanField(required=False, default=False,
+                                    help_text="rebuild every entry instead of only changed drivers")
+
+
+# --- outputs -----------------------------------------------------------------------------
+
+
+class MetricsDaySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = KpiRedRecoveryMetricsDaily
+        fields = ["metric_date", "backlog_start", "new_backlog_in", "matched_out", "backlog_end", "net_change",
+                  "top_fail_reason"]
+
+
+class BacklogSerializer(serializers.Serializer):
+    total = serializers.IntegerField()
+    by_risk = serializers.DictField(child=serializers.IntegerField(), help_text="risk level -> leads")
+
+
+class FailReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField()
+    leads = serializers.IntegerField()
+
+
+class MetricsSerializer(serializers.Serializer):
+    date_from = serializers.DateField()
+    date_to = serializers.DateField()
+    days = MetricsDaySerializer(many=True)
+    backlog = BacklogSerializer(help_text="the red KPI now (ops.v_cabinet_kpi_red_backlog)")
+    top_fail_reasons = FailReasonSerializer(many=True)
+
+
+class JobRunSummarySerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobRunStatus.choices)
+    trigger = serializers.CharField()
+    started_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class GapCellSerializer(serializers.Serializer):
+    gap_reason = serializers.ChoiceField(choices=GapReason.choices)
+    risk_level = serializers.ChoiceField(choices=RiskLevel.choices)
+    leads = serializers.IntegerField()
+
+
+class MatchedLast24hSerializer(serializers.Serializer):
+    matched_last_24h = serializers.IntegerField()
+    unique_persons_matched = serializers.IntegerField()
+
+
+class RecoveryStatusSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ACTIVE", "NO_SIGNAL", "NOT_CONFIGURED"])
+    scheduled = serializers.BooleanField()
+    schedule_cron = serializers.CharField(allow_null=True)
+    next_run_at = serializers.DateTimeField(allow_null=True)
+    matched_last_48h = serializers.IntegerField()
+
+
+class UnlinkedActivitySerializer(serializers.Serializer):
+    today = serializers.IntegerField(help_text="drivers with trips today and no identity")
+    last_7_days = serializers.IntegerField(help_text="drivers with trips in the last 7 days and no identity")
+
+
+class IdentityGapsSerializer(serializers.Serializer):
+    total_leads = serializers.IntegerField()
+    unresolved = serializers.IntegerField()
+    pct_unresolved = serializers.FloatField()
+    by_reason = serializers.DictField(child=serializers.IntegerField())
+    by_reason_risk = GapCellSerializer(many=True)
+    freshness = serializers.ChoiceField(choices=["OK", "STALE", "NEVER"],
+                                        help_text="OK: a matching job succeeded in the last 24 h")
+    last_run = JobRunSummarySerializer(allow_null=True)
+    last_success_at = serializers.DateTimeField(allow_null=True)
+    matched_last_24h = MatchedLast24hSerializer()
+    recovery = RecoveryStatusSerializer()
+    drivers_unlinked_activity = UnlinkedActivitySerializer()
+
+
+class JobRunSerializer(serializers.ModelSerializer):
+    duration_seconds = serializers.SerializerMethodField()
+
+    class Meta:
+        model = JobRun
+        fields = ["id", "name", "status", "trigger", "params", "counts", "error", "started_at", "finished_at",
+                  "duration_seconds", "host", "pid"]
+
+    def get_duration_seconds(self, run) -> float | None:
+        if run.finished_at is None or run.started_at is None:
+            return None
+        return round((run.finished_at - run.started_at).total_seconds(), 3)
+
+
+class JobAcceptedSerializer(serializers.Serializer):
+    job_run_id = serializers.IntegerField()
+    name = serializers.CharField()
+    status = serializers.ChoiceField(choices=JobRunStatus.choices)
+    url = serializers.CharField(help_text="GET it to follow the run")
+
+
+class Financial14dSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CabinetFinancial14d
+        fields = ["lead_source_pk", "lead_id", "lead_date", "park_id", "person_key", "driver_count",
+                  "window_last_date", "window_open", "trips_14d", "reached_m1", "reached_m5", "reached_m25",
+                  "expected_amount", "missing_claim_milestones", "claimed_amount", "paid_amount", "claims_count"]
+
+
+class LimboSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CabinetLeadsLimbo
+        fields = ["lead_source_pk", "lead_id", "lead_date", "park_id", "person_key", "limbo_stage", "trips_14d",
+                  "missing_claim_milestones"]
+
+
+class FunnelWeekSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = FunnelAuditWeekly
+        fields = ["week_start", "leads_total", "limbo_no_identity", "limbo_no_driver", "limbo_no_trips_14d",
+                  "limbo_trips_no_claim", "limbo_ok"]

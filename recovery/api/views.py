@@ -1,0 +1,185 @@
+"""The API's views: parse the input, call one selector or service, serialize the output.
+
+Reads need the view permission of the data they show; starting a job needs
+recovery.run_recovery and is throttled. Job starts answer 202 with the job run to follow.
+"""
+
+from __future__ import annotations
+
+from django.urls import reverse
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, status
+from rest_framework.exceptions import NotFound
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
+from rest_framework.views import APIView
+
+from identity.models import JobRun
+from recovery import selectors
+from recovery.api import serializers as s
+from recovery.api.filters import Financial14dFilter, FunnelWeeklyFilter, LimboFilter
+from recovery.api.permissions import CanRunRecovery, HasViewPermission
+from recovery.tasks import job_enqueue
+from recovery.views import (
+    CabinetFinancial14d,
+    CabinetLeadsLimbo,
+    FunnelAuditWeekly,
+    IdentityGapAnalysis,
+    KpiRedRecoveryMetricsDaily,
+)
+
+
+class ErrorBodySerializer(s.serializers.Serializer):
+    status = s.serializers.IntegerField()
+    code = s.serializers.CharField()
+    message = s.serializers.CharField()
+    fields = s.serializers.DictField(required=False)
+
+
+class ErrorSerializer(s.serializers.Serializer):
+    error = ErrorBodySerializer()
+
+
+ERRORS = {
+    401: OpenApiResponse(ErrorSerializer, description="not logged in"),
+    400: OpenApiResponse(ErrorSerializer, description="a parameter is not valid (the reason is in fields)"),
+    403: OpenApiResponse(ErrorSerializer, description="without the permission (or a session POST without CSRF token)"),
+}
+LIST_ERRORS = {**ERRORS, 404: OpenApiResponse(ErrorSerializer, description="no such page")}
+JOB_ERRORS = {**ERRORS, 429: OpenApiResponse(ErrorSerializer, description="too many job starts; retry later")}
+
+
+class Pages(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+class ReadView(APIView):
+    permission_classes = [HasViewPermission]
+
+
+class KpiRedRecoveryMetricsView(ReadView):
+    permission_model = KpiRedRecoveryMetricsDaily
+
+    @extend_schema(parameters=[s.MetricsQuerySerializer], responses={200: s.MetricsSerializer, **ERRORS},
+                   summary="Red-KPI daily metrics for a date range, the backlog now and the top fail reasons")
+    def get(self, request):
+        query = s.MetricsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        return Response(s.MetricsSerializer(selectors.metrics_daily(**query.validated_data)).data)
+
+
+class IdentityGapsView(ReadView):
+    permission_model = IdentityGapAnalysis
+
+    @extend_schema(responses={200: s.IdentityGapsSerializer, **ERRORS},
+                   summary="Identity gap summary: counts by reason and risk, freshness, recovery status")
+    def get(self, request):
+        return Response(s.IdentityGapsSerializer(selectors.identity_gaps()).data)
+
+
+class _ListView(generics.ListAPIView):
+    permission_classes = [HasViewPermission]
+    pagination_class = Pages
+    filter_backends = [DjangoFilterBackend]
+
+
+class Financial14dView(_ListView):
+    """Per lead: trips in its 14-day window, milestones reached, expected, claimed and paid amounts."""
+
+    permission_model = CabinetFinancial14d
+    serializer_class = s.Financial14dSerializer
+    filterset_class = Financial14dFilter
+
+    def get_queryset(self):
+        return selectors.financial_14d()
+
+    @extend_schema(responses={200: s.Financial14dSerializer(many=True), **LIST_ERRORS},
+                   summary="Per-lead 14-day money: expected, claimed, paid")
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class LimboView(_ListView):
+    """Per lead, the funnel stage where it is stuck (NO_IDENTITY ... OK)."""
+
+    permission_model = CabinetLeadsLimbo
+    serializer_class = s.LimboSerializer
+    filterset_class = LimboFilter
+
+    def get_queryset(self):
+        return selectors.leads_limbo()
+
+    @extend_schema(responses={200: s.LimboSerializer(many=True), **LIST_ERRORS}, summary="Leads by limbo stage")
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class FunnelWeeklyView(_ListView):
+    """Per week: leads and where they are stuck in the 14-day funnel."""
+
+    permission_model = FunnelAuditWeekly
+    serializer_class = s.FunnelWeekSerializer
+    filterset_class = FunnelWeeklyFilter
+
+    def get_queryset(self):
+        return selectors.funnel_weekly()
+
+    @extend_schema(responses={200: s.FunnelWeekSerializer(many=True), **LIST_ERRORS}, summary="Weekly 14-day funnel")
+    def get(self, request, *args, **kwargs):
+        return super().get(request, *args, **kwargs)
+
+
+class _StartJobView(APIView):
+    permission_classes = [CanRunRecovery]
+    throttle_classes = [ScopedRateThrottle]
+    throttle_scope = "jobs"
+    job: str
+    query_serializer: type[s.serializers.Serializer]
+
+    def post(self, request):
+        query = self.query_serializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        run = job_enqueue(self.job, params=query.validated_data, trigger="api")
+        url = reverse("api:job-run", kwargs={"run_id": run.pk})
+        body = {"job_run_id": run.pk, "name": self.job, "status": run.status, "url": url}
+        return Response(s.JobAcceptedSerializer(body).data, status=status.HTTP_202_ACCEPTED,
+                        headers={"Location": url})
+
+
+class RunRecoveryView(_StartJobView):
+    job = "recover_kpi_red_leads"
+    query_serializer = s.RunRecoveryQuerySerializer
+
+    @extend_schema(parameters=[s.RunRecoveryQuerySerializer], request=None,
+                   responses={202: s.JobAcceptedSerializer, **JOB_ERRORS},
+                   summary="Start a recovery run over the red-KPI queue (answers at once; follow the job run)")
+    def post(self, request):
+        return super().post(request)
+
+
+class DriversIndexRefreshView(_StartJobView):
+    job = "refresh_drivers_index"
+    query_serializer = s.IndexRefreshQuerySerializer
+
+    @extend_schema(parameters=[s.IndexRefreshQuerySerializer], request=None,
+                   responses={202: s.JobAcceptedSerializer, **JOB_ERRORS},
+                   summary="Start a drivers-index refresh (answers at once; follow the job run)")
+    def post(self, request):
+        return super().post(request)
+
+
+class JobRunView(ReadView):
+    permission_model = JobRun
+
+    @extend_schema(parameters=[OpenApiParameter("run_id", int, OpenApiParameter.PATH)],
+                   responses={200: s.JobRunSerializer, 404: OpenApiResponse(ErrorSerializer), **ERRORS},
+                   summary="One job run: its status, progress counts and result")
+    def get(self, request, run_id: int):
+        run = selectors.job_run_get(run_id=run_id)
+        if run is None:
+            raise NotFound("No job run with this id.")
+        return Response(s.JobRunSerializer(run).data)
