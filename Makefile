@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check-migrations bench clean-data help
+.PHONY: install demo test check-migrations check-schema bench clean-data help
 
 help:
 	@echo "make demo   - set up, then run the whole pipeline on a generated demo park"
@@ -34,6 +34,10 @@ test: $(STAMP)
 
 check-migrations: $(STAMP)
 	$(PY) manage.py makemigrations --check --dry-run
+
+# The OpenAPI schema must generate without a single warning.
+check-schema: $(STAMP)
+	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 
 bench: $(STAMP)
 	$(PY) bench/import_speed.py

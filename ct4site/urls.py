@@ -11,3 +11,7 @@ urlpatterns = [
     path("ops/", include("recovery.dashboard_urls")),
     path("api/", include("recovery.api.urls", namespace="api")),
 ]
+
+# Under /api/ errors answer in the API's JSON error shape; elsewhere, Django's pages.
+handler404 = "recovery.api.errors.not_found"
+handler500 = "recovery.api.errors.server_error"

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 
+from django.http import JsonResponse
+from django.views.defaults import page_not_found
+from django.views.defaults import server_error as django_server_error
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.response import Response
@@ -65,8 +68,24 @@ def api_exception_handler(exc, context):
     return response
 
 
+def not_found(request, exception=None):
+    """handler404: under /api/ the error body of the API, elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": {"status": 404, "code": "not_found", "message": "No such API resource."}},
+                            status=404)
+    return page_not_found(request, exception)
+
+
+def server_error(request):
+    """handler500: under /api/ a JSON body without details, elsewhere Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"error": {"status": 500, "code": "server_error", "message": "Internal error."}},
+                            status=500)
+    return django_server_error(request)
+
+
 def error_response(status_code: int, code: str, message: str) -> Response:
     return Response({"error": {"status": status_code, "code": code, "message": message}}, status=status_code)
 
 
-__all__ = ["api_exception_handler", "error_response", "status"]
+__all__ = ["api_exception_handler", "error_response", "not_found", "server_error", "status"]

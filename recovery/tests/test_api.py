@@ -282,3 +282,10 @@ def test_schema_and_docs_are_served_without_a_cdn():
     docs = browser.get("/api/docs/").content.decode()
     assert "swagger-ui" in docs
     assert "cdn." not in docs and "unpkg" not in docs and "jsdelivr" not in docs
+
+
+@pytest.mark.django_db
+def test_unknown_api_paths_answer_in_the_error_shape():
+    response = client_for(user_with("identity.view_jobrun")).get(f"{V1}/ops/jobs/not-a-number")
+    assert response.status_code == 404
+    assert response.json == {"error": {"status": 404, "code": "not_found", "message": "No such API resource."}}
