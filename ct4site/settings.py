@@ -145,6 +145,8 @@ CT4 = {
     "MILESTONES": {1: "25.00", 5: "35.00", 25: "100.00"},
     # Default region for phone numbers without a country code.
     "PHONE_REGION": "PE",
+    # Leads one scheduled recovery run takes from the queue (every 2 hours).
+    "SCHEDULED_RECOVERY_LIMIT": int(os.environ.get("CT4_SCHEDULED_RECOVERY_LIMIT", "5000")),
 }
 
 # --- Scheduling (django-q2, ORM broker: the database is the only moving part) ---------
