@@ -15,7 +15,6 @@ from django.core.cache import cache
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.core.wsgi import get_wsgi_application
-from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from werkzeug.test import Client
 
@@ -40,7 +39,6 @@ STARTS = [
     ("POST", f"{V1}/ops/identity-gaps/run-recovery", "recovery.run_recovery"),
     ("POST", f"{V1}/identity/drivers-index/refresh", "recovery.run_recovery"),
 ]
-SYNC_Q = {"name": "ct4-test", "orm": "default", "sync": True, "timeout": 600, "retry": 700}
 
 
 @pytest.fixture(scope="module")
@@ -187,17 +185,13 @@ def test_listings_filter_and_paginate(park):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_run_recovery_answers_202_runs_the_job_and_shows_it(park, api_schema):
+def test_run_recovery_answers_202_runs_the_job_and_shows_it(park, api_schema, monkeypatch):
     """django-q2 in sync mode: the POST runs the real recovery; the job endpoint shows its result."""
-    client = client_for(user_with("recovery.run_recovery", "identity.view_jobrun"))
-    with override_settings(Q_CLUSTER=SYNC_Q):
-        from django_q.conf import Conf  # noqa: PLC0415
+    from django_q.conf import Conf  # noqa: PLC0415
 
-        Conf.SYNC = True
-        try:
-            response = client.post(f"{V1}/ops/identity-gaps/run-recovery", query_string={"limit": 10})
-        finally:
-            Conf.SYNC = False
+    monkeypatch.setattr(Conf, "SYNC", True)
+    client = client_for(user_with("recovery.run_recovery", "identity.view_jobrun"))
+    response = client.post(f"{V1}/ops/identity-gaps/run-recovery", query_string={"limit": 10})
     assert response.status_code == 202, response.json
     check_shape(api_schema, "POST", f"{V1}/ops/identity-gaps/run-recovery", response)
     run_id = response.json["job_run_id"]
