@@ -1,18 +1,22 @@
 """`make demo`: the product's main job end to end on a generated park, told in a few screenfuls.
 
 generate -> import -> refresh the drivers index -> red KPI before -> seed -> recover -> reconcile
--> guardrails -> red KPI after, what drained and why the rest did not.
+-> guardrails -> red KPI after, what drained and why the rest did not -> a demo user and where to
+open the dashboard and the review list.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import connection
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection, transaction
 
 from identity.demo import demo_data_generate
 from identity.importing import source_import
@@ -48,8 +52,39 @@ def _timed(report: DemoReport, label: str, step: Callable):
     return result
 
 
+DEMO_USERNAME = "demo"
+
+
+@transaction.atomic
+def demo_user_reset(*, username: str = DEMO_USERNAME) -> tuple[AbstractBaseUser, str]:
+    """Create the demo superuser, or give it a new random password: (user, password).
+
+    The password exists only in the return value (it is stored hashed): the caller prints it once.
+    """
+    password = secrets.token_urlsafe(12)
+    user, _ = get_user_model().objects.get_or_create(username=username)
+    user.is_staff = user.is_superuser = user.is_active = True
+    user.set_password(password)
+    user.save()
+    return user, password
+
+
+def demo_user_instructions(*, username: str, password: str, base_url: str = "http://127.0.0.1:8000") -> list[str]:
+    """How to open the product with the demo user: the server command and the URLs."""
+    return [
+        "  Start the server:  .venv/bin/python manage.py runserver",
+        "  (with the same DATABASE_URL as this demo, if you set one)",
+        f"  Ops dashboard:     {base_url}/ops/",
+        f"  Review list:       {base_url}/review/",
+        f"  Admin:             {base_url}/admin/",
+        f"  Log in as:         {username}",
+        f"  Password:          {password}",
+        "  (random, shown only now; the next `make demo` sets a new one)",
+    ]
+
+
 def demo_run(*, out_dir: Path | None = None, drivers: int = 20_000, leads: int = 5_000, seed: int = 42,
-             echo: Callable[[str], None] = print) -> DemoReport:
+             echo: Callable[[str], None] = print, demo_user: bool = True) -> DemoReport:
     """Run the whole pipeline on a fresh demo park; the report's lines are printed as they come."""
     from recovery.guardrails import guardrails_run_all  # noqa: PLC0415
     from recovery.jobs.reconcile import pipeline_reconcile  # noqa: PLC0415
@@ -95,6 +130,13 @@ def demo_run(*, out_dir: Path | None = None, drivers: int = 20_000, leads: int =
         report.add(f"  [{'OK' if check.ok else 'FAIL'}] {check.name}: {check.summary}")
         report.ok &= check.ok
     _flush(report, echo)
+
+    if demo_user:
+        user, password = demo_user_reset()
+        report.section("6. Open the dashboard and the review list")
+        for line in demo_user_instructions(username=user.get_username(), password=password):
+            report.add(line)
+        _flush(report, echo)
     return report
 
 
