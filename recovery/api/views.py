@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from django.urls import reverse
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
@@ -81,12 +81,18 @@ class IdentityGapsView(ReadView):
         return Response(s.IdentityGapsSerializer(selectors.identity_gaps()).data)
 
 
+def _listing(serializer, summary: str):
+    """The schema of a paginated listing: its rows, and the errors a listing can answer."""
+    return extend_schema_view(get=extend_schema(responses={200: serializer(many=True), **LIST_ERRORS}, summary=summary))
+
+
 class _ListView(generics.ListAPIView):
     permission_classes = [HasViewPermission]
     pagination_class = Pages
     filter_backends = [DjangoFilterBackend]
 
 
+@_listing(s.Financial14dSerializer, "Per-lead 14-day money: expected, claimed, paid")
 class Financial14dView(_ListView):
     """Per lead: trips in its 14-day window, milestones reached, expected, claimed and paid amounts."""
 
@@ -97,12 +103,8 @@ class Financial14dView(_ListView):
     def get_queryset(self):
         return selectors.financial_14d()
 
-    @extend_schema(responses={200: s.Financial14dSerializer(many=True), **LIST_ERRORS},
-                   summary="Per-lead 14-day money: expected, claimed, paid")
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
 
-
+@_listing(s.LimboSerializer, "Leads by limbo stage")
 class LimboView(_ListView):
     """Per lead, the funnel stage where it is stuck (NO_IDENTITY ... OK)."""
 
@@ -113,11 +115,8 @@ class LimboView(_ListView):
     def get_queryset(self):
         return selectors.leads_limbo()
 
-    @extend_schema(responses={200: s.LimboSerializer(many=True), **LIST_ERRORS}, summary="Leads by limbo stage")
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
 
-
+@_listing(s.FunnelWeekSerializer, "Weekly 14-day funnel")
 class FunnelWeeklyView(_ListView):
     """Per week: leads and where they are stuck in the 14-day funnel."""
 
@@ -128,9 +127,6 @@ class FunnelWeeklyView(_ListView):
     def get_queryset(self):
         return selectors.funnel_weekly()
 
-    @extend_schema(responses={200: s.FunnelWeekSerializer(many=True), **LIST_ERRORS}, summary="Weekly 14-day funnel")
-    def get(self, request, *args, **kwargs):
-        return super().get(request, *args, **kwargs)
 
 
 class _StartJobView(APIView):
@@ -150,26 +146,24 @@ class _StartJobView(APIView):
                         headers={"Location": url})
 
 
+def _job_start(query_serializer, summary: str):
+    """The schema of a job start: its query parameters, 202 with the run to follow, the errors."""
+    return extend_schema_view(post=extend_schema(
+        parameters=[query_serializer], request=None, responses={202: s.JobAcceptedSerializer, **JOB_ERRORS},
+        summary=summary))
+
+
+@_job_start(s.RunRecoveryQuerySerializer,
+            "Start a recovery run over the red-KPI queue (answers at once; follow the job run)")
 class RunRecoveryView(_StartJobView):
     job = "recover_kpi_red_leads"
     query_serializer = s.RunRecoveryQuerySerializer
 
-    @extend_schema(parameters=[s.RunRecoveryQuerySerializer], request=None,
-                   responses={202: s.JobAcceptedSerializer, **JOB_ERRORS},
-                   summary="Start a recovery run over the red-KPI queue (answers at once; follow the job run)")
-    def post(self, request):
-        return super().post(request)
 
-
+@_job_start(s.IndexRefreshQuerySerializer, "Start a drivers-index refresh (answers at once; follow the job run)")
 class DriversIndexRefreshView(_StartJobView):
     job = "refresh_drivers_index"
     query_serializer = s.IndexRefreshQuerySerializer
-
-    @extend_schema(parameters=[s.IndexRefreshQuerySerializer], request=None,
-                   responses={202: s.JobAcceptedSerializer, **JOB_ERRORS},
-                   summary="Start a drivers-index refresh (answers at once; follow the job run)")
-    def post(self, request):
-        return super().post(request)
 
 
 class JobRunView(ReadView):
