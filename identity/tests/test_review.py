@@ -468,3 +468,23 @@ def test_the_reviewer_group_can_review_and_view_and_nothing_else():
     review.reviewer_group_ensure()
     assert set(Group.objects.get(name=review.REVIEWER_GROUP).permissions.values_list(
         "content_type__app_label", "codename")) == codenames
+
+
+@pytest.mark.django_db
+def test_add_reviewer_command_makes_a_staff_reviewer_with_a_random_password():
+    from io import StringIO  # noqa: PLC0415
+
+    from django.contrib.auth import authenticate  # noqa: PLC0415
+    from django.core.management import call_command  # noqa: PLC0415
+
+    out = StringIO()
+    call_command("add_reviewer", "rosa.revisora", stdout=out)
+    password = out.getvalue().split("password (shown only now): ")[1].strip()
+    user = authenticate(username="rosa.revisora", password=password)
+    assert user is not None and user.is_staff and not user.is_superuser
+    assert user.has_perm("identity.review_lead")
+    assert not user.has_perm("identity.change_identitylink")
+    again = StringIO()
+    call_command("add_reviewer", "rosa.revisora", stdout=again)
+    assert "updated reviewer" in again.getvalue() and "password" not in again.getvalue()
+    assert authenticate(username="rosa.revisora", password=password) is not None
