@@ -98,6 +98,8 @@ def job_run(
         else:
             JobRun.objects.create(**skipped, host=socket.gethostname(), pid=os.getpid())
         raise JobLocked(name, holder)
+    if singleton:
+        _close_abandoned(name)
     fields = dict(name=name, status=JobRunStatus.RUNNING, trigger=trigger, params=params or {},
                   started_at=timezone.now(), host=socket.gethostname(), pid=os.getpid())
     if run_id:
@@ -124,6 +126,20 @@ def job_run(
     finally:
         if singleton:
             _unlock(key)
+
+
+ABANDONED = "abandoned: its process ended without finishing (killed or crashed); nothing after its last batch was kept"
+
+
+def _close_abandoned(name: str) -> int:
+    """Mark earlier 'running' rows of a singleton job failed: we hold its lock, so none of them runs.
+
+    A process killed with SIGKILL (or a lost machine) never writes its end; without this its run
+    would show 'running' forever in the API, the dashboard and the diagnosis.
+    """
+    return JobRun.objects.filter(name=name, status=JobRunStatus.RUNNING).update(
+        status=JobRunStatus.FAILED, finished_at=timezone.now(), error=ABANDONED
+    )
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool | None = None):

@@ -666,6 +666,18 @@ def test_singleton_job_exits_3_while_another_copy_holds_its_lock(name):
     call_command(name, "--json")  # the lock is free again
 
 
+def test_a_singleton_run_closes_runs_left_running_by_a_killed_process():
+    """Holding the lock proves no other copy runs: rows still 'running' were left by a dead process."""
+    dead = JobRun.objects.create(name="seed_kpi_red_queue", status="running")
+    other_job = JobRun.objects.create(name="retry_identity_matching", status="running")
+    call_command("seed_kpi_red_queue", "--json")
+    dead.refresh_from_db()
+    other_job.refresh_from_db()
+    assert (dead.status, dead.error.split(":")[0]) == ("failed", "abandoned") and dead.finished_at
+    assert other_job.status == "running"
+    assert JobRun.objects.filter(name="seed_kpi_red_queue", status="succeeded").count() == 1
+
+
 @pytest.mark.django_db(transaction=True)
 def test_singleton_process_exit_code_and_recover_is_not_a_singleton():
     holder = _hold_lock("seed_kpi_red_queue")
