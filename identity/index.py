@@ -147,6 +147,11 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
         with _phase(result, "token_stats"):
             token_delta_after(cursor, full=bulk)
         with _phase(result, "analyze"):
+            if not bulk:
+                # GIN's fast update parks new entries in a pending list that every name-block
+                # search then reads in full (4 ms a search after 20,000 new drivers, against
+                # 0.05 ms); merge it into the index now instead of waiting for autovacuum.
+                cursor.execute("SELECT gin_clean_pending_list('canon.drivers_index_name_gin'::regclass)")
             # The matcher's plans depend on these tables' statistics; a big change makes them stale.
             for table in ("canon.drivers_index", "canon.name_token_stats", "canon.identity_registry",
                           "canon.identity_links"):

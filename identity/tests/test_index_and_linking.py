@@ -59,6 +59,22 @@ def test_same_document_is_one_person_and_person_keys_are_stable():
     assert drivers_index_refresh(full=True).new_persons == 0 and _person_of("D1") == first
 
 
+def _gin_pending_pages() -> int:
+    """Pages waiting in the name index's GIN pending list (moving them also empties it)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT gin_clean_pending_list('canon.drivers_index_name_gin'::regclass)")
+        return cursor.fetchone()[0]
+
+
+def test_an_incremental_refresh_leaves_no_gin_pending_list():
+    """Name blocks read the whole pending list on every search: a refresh must not leave one."""
+    for n in range(300):
+        make_driver(first_name=f"Nombre{n}", last_name=f"Apellido{n} Segundo{n}")
+    drivers_index_refresh()
+    assert DriverIndexEntry.objects.count() == 300
+    assert _gin_pending_pages() == 0
+
+
 def test_name_token_stats_follow_changes():
     from identity.models import Driver
 
