@@ -32,11 +32,15 @@ _KEY_HITS = " UNION ALL ".join(
                         WHERE di.{column} = k.value LIMIT %(cap)s) h WHERE k.kind = '{kind}'"""
     for kind, column in KEY_COLUMNS
 )
+_NAME_HITS = """
+    UNION ALL
+    SELECT b.i, 'name', NULL, h.driver_id, h.person_key
+    FROM unnest(%(block_i)s::int[], %(block_tokens)s::text[]) AS b(i, tokens)
+    CROSS JOIN LATERAL canon.name_block(string_to_array(b.tokens, ' '), %(name_cap)s) h"""
 _CANDIDATES_SQL = f"""
 WITH k AS (
     SELECT * FROM unnest(%(i)s::int[], %(kind)s::text[], %(value)s::text[]) AS k(i, kind, value)
-), hits AS ({_KEY_HITS}
-    NAME_BLOCKS
+), hits AS ({_KEY_HITS}{_NAME_HITS}
 )
 SELECT h.i, h.kind, h.value, h.person_key::text, NULL::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 FROM hits h
@@ -63,23 +67,19 @@ def candidates_fetch(leads: list[LeadKeys], *, name_blocks: dict[str, list[tuple
                 i.append(n)
                 kind.append(field_name)
                 value.append(v)
-    params: dict = {"i": i, "kind": kind, "value": value, "cap": KEY_CAP + 1, "name_cap": NAME_BLOCK_CAP}
-    # Name blocks: one subquery per block with its tokens as a bound array, so each uses the GIN
-    # index (inside a LATERAL the planner cannot, and scans the whole index table per block).
-    name_parts = []
+    # Name blocks travel as two flat arrays (lead index, space-joined tokens; tokens have no
+    # spaces) and are looked up one by one by canon.name_block, which plans each with its tokens.
+    block_i, block_tokens = [], []
     for n, lead in enumerate(leads):
         for tokens in (name_blocks or {}).get(lead.source_pk, ()):
-            b = len(name_parts)
-            params[f"b{b}"] = list(tokens)
-            name_parts.append(
-                f"UNION ALL SELECT {n}, 'name', NULL, h.driver_id, h.person_key FROM ("
-                f"SELECT driver_id, person_key FROM canon.drivers_index WHERE name_tokens @> %(b{b})s::text[] "
-                f"LIMIT %(name_cap)s) h"
-            )
-    if not i and not name_parts:
+            block_i.append(n)
+            block_tokens.append(" ".join(tokens))
+    if not i and not block_i:
         return BatchCandidates({lead.source_pk: [] for lead in leads}, {})
+    params = {"i": i, "kind": kind, "value": value, "cap": KEY_CAP + 1, "name_cap": NAME_BLOCK_CAP,
+              "block_i": block_i, "block_tokens": block_tokens}
     with connection.cursor() as cursor:
-        cursor.execute(_CANDIDATES_SQL.replace("NAME_BLOCKS", "\n    ".join(name_parts)), params)
+        cursor.execute(_CANDIDATES_SQL, params)
         rows = cursor.fetchall()
     persons_of_lead: dict[int, set[str]] = defaultdict(set)
     persons_of_value: dict[tuple[str, str], set[str]] = defaultdict(set)
