@@ -17,7 +17,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.questioner import NonInteractiveMigrationQuestioner
 from django.db.migrations.state import ProjectState
 
-from identity.models import LEADS_TABLE
+from identity.models import DRIVERS_TABLE, LEADS_TABLE
 from identity.runs import job_run
 
 JOB_NAME = "guardrails"
@@ -87,6 +87,8 @@ LABELS = {
     "lead_link_without_origin": "lead links whose person has no origin",
     "matched_job_without_link": "matched ops.identity_matching_jobs rows without a link",
     "matched_queue_without_link": "matched queue rows without a link",
+    "unlinked_driver_not_listed": "drivers with no link missing from canon.drivers_unlinked",
+    "listed_driver_not_unlinked": "canon.drivers_unlinked rows whose driver is linked or gone",
     "queue_matched_in_backlog": "matched queue rows still in ops.v_cabinet_kpi_red_backlog",
     "multiple_leaf_nodes": "apps with more than one leaf migration",
     "unapplied": "unapplied migrations",
@@ -332,7 +334,8 @@ WHERE j.status = 'matched'
 
 
 def identity_links_origins_check() -> CheckResult:
-    """Links name registered persons, lead links have origins, matched jobs and queue rows have links."""
+    """Links name registered persons, lead links have origins, matched jobs and queue rows have links,
+    and canon.drivers_unlinked lists exactly the drivers no link names."""
     sql = """
         -- the foreign key makes this impossible; counted anyway, as the runbook asks
         SELECT 'link_person_missing', il.source_pk, il.source_table || ':' || il.source_pk
@@ -356,10 +359,23 @@ def identity_links_origins_check() -> CheckResult:
         WHERE q.status = 'matched'
           AND NOT EXISTS (SELECT 1 FROM canon.identity_links il
                           WHERE il.source_table = %(leads)s AND il.source_pk = q.lead_source_pk)
+        UNION ALL
+        -- canon.drivers_unlinked (trigger-kept; the unlinked-activity view reads it) in step
+        SELECT 'unlinked_driver_not_listed', d.driver_id, d.driver_id
+        FROM public.drivers d
+        WHERE NOT EXISTS (SELECT 1 FROM canon.identity_links il
+                          WHERE il.source_table = %(drivers)s AND il.source_pk = d.driver_id)
+          AND NOT EXISTS (SELECT 1 FROM canon.drivers_unlinked du WHERE du.driver_id = d.driver_id)
+        UNION ALL
+        SELECT 'listed_driver_not_unlinked', du.driver_id, du.driver_id
+        FROM canon.drivers_unlinked du
+        WHERE EXISTS (SELECT 1 FROM canon.identity_links il
+                      WHERE il.source_table = %(drivers)s AND il.source_pk = du.driver_id)
+           OR NOT EXISTS (SELECT 1 FROM public.drivers d WHERE d.driver_id = du.driver_id)
     """
     categories = ["link_person_missing", "lead_link_without_origin", "matched_job_without_link",
-                  "matched_queue_without_link"]
-    counts, samples, offenders = _problems(sql, categories)
+                  "matched_queue_without_link", "unlinked_driver_not_listed", "listed_driver_not_unlinked"]
+    counts, samples, offenders = _problems(sql, categories, {"drivers": DRIVERS_TABLE})
     ((matched_no_link,),) = _fetch(RUNBOOK_MATCHED_NO_LINK)
     return _result(
         "check_identity_links_origins", counts, samples, offenders, runbook_matched_no_link=matched_no_link,

@@ -180,12 +180,12 @@ class IdentityGapAnalysis(pg.ReadOnlyView):
 
 DRIVER_UNLINKED_ACTIVITY_SQL = f"""
 WITH unlinked_driver AS (
-    -- driver records that no identity link names
+    -- driver records that no identity link names: canon.drivers_unlinked, kept exact by triggers
+    -- on public.drivers and canon.identity_links (identity migration 0006), so this view reads
+    -- the few unlinked drivers instead of anti-joining a million drivers with their links
     SELECT d.driver_id, d.park_id
-    FROM public.drivers d
-    WHERE NOT EXISTS (
-        SELECT 1 FROM canon.identity_links il
-        WHERE il.source_table = '{DRIVERS_TABLE}' AND il.source_pk = d.driver_id)
+    FROM canon.drivers_unlinked du
+    JOIN public.drivers d ON d.driver_id = du.driver_id
 )
 SELECT
     u.driver_id,
@@ -217,8 +217,8 @@ WHERE t.trips_total > 0
 class DriverUnlinkedActivity(pg.ReadOnlyView):
     """Drivers (records of the drivers table) with trips and no identity link: a KPI apart from leads.
 
-    trips_last_7d covers today and the six days before it (Lima dates). Cost is one hash anti-join
-    of drivers against the drivers' links, then driver_trips (driver_id, date) per unlinked driver.
+    trips_last_7d covers today and the six days before it (Lima dates). Cost follows the unlinked
+    drivers (canon.drivers_unlinked, trigger-maintained), then driver_trips (driver_id, date) per driver.
     """
 
     sql = DRIVER_UNLINKED_ACTIVITY_SQL

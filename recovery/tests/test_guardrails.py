@@ -8,7 +8,7 @@ from io import StringIO
 import pytest
 from django.apps import apps as django_apps
 from django.core.management import call_command
-from django.db import models
+from django.db import connection, models
 from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.migration import Migration
 from django.db.migrations.state import ProjectState
@@ -25,7 +25,15 @@ from identity.models import (
     Person,
 )
 from identity.resolution import leads_match
-from identity.tests.factories import link_lead, make_claim, make_driver, make_lead, make_person, set_origin
+from identity.tests.factories import (
+    link_driver,
+    link_lead,
+    make_claim,
+    make_driver,
+    make_lead,
+    make_person,
+    set_origin,
+)
 from recovery import guardrails
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
 
@@ -217,6 +225,22 @@ def leak_matched_job_without_link(park):
     return park.lead_bare.source_pk
 
 
+def leak_unlinked_driver_dropped_from_the_list(park):
+    # canon.drivers_unlinked drifts (a hand-made DELETE): the unlinked-activity view would miss him.
+    driver = make_driver()
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM canon.drivers_unlinked WHERE driver_id = %s", [driver.driver_id])
+    return driver.driver_id
+
+
+def leak_linked_driver_left_on_the_list(park):
+    driver = make_driver()
+    link_driver(driver, park.rosa)
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO canon.drivers_unlinked (driver_id) VALUES (%s)", [driver.driver_id])
+    return driver.driver_id
+
+
 LEAKS = [
     ("verify_kpi_red_drain", leak_matched_row_still_in_backlog, "queue_matched_in_backlog"),
     ("verify_source_pk_consistency", leak_link_on_the_leads_id, "identity_links:wrong_cast"),
@@ -228,6 +252,8 @@ LEAKS = [
     ("check_identity_links_origins", leak_lead_link_without_origin, "lead_link_without_origin"),
     ("check_identity_links_origins", leak_matched_job_without_link, "matched_job_without_link"),
     ("check_identity_links_origins", leak_matched_row_still_in_backlog, "matched_queue_without_link"),
+    ("check_identity_links_origins", leak_unlinked_driver_dropped_from_the_list, "unlinked_driver_not_listed"),
+    ("check_identity_links_origins", leak_linked_driver_left_on_the_list, "listed_driver_not_unlinked"),
 ]
 
 

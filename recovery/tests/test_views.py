@@ -9,6 +9,7 @@ from django.db import connection
 from django.utils import timezone
 
 import recovery.views  # noqa: F401 - registers the view models, so migrate creates the views
+from identity.models import DRIVERS_TABLE
 from identity.tests.factories import (
     lima_datetime,
     lima_today,
@@ -556,3 +557,51 @@ def test_runbook_unresolved_today_vs_yesterday_runs_verbatim(park_in_every_stage
     assert today == IdentityGapAnalysis.objects.exclude(gap_reason="resolved").count() == 3
     assert yesterday == 2
     assert delta == today - yesterday
+
+
+def _unlinked_by_anti_join() -> set[str]:
+    return {r[0] for r in sql_rows(f"""
+        SELECT d.driver_id FROM public.drivers d
+        WHERE NOT EXISTS (SELECT 1 FROM canon.identity_links il
+                          WHERE il.source_table = '{DRIVERS_TABLE}' AND il.source_pk = d.driver_id)""")}
+
+
+def _unlinked_kept() -> set[str]:
+    return {r[0] for r in sql_rows("SELECT driver_id FROM canon.drivers_unlinked")}
+
+
+def test_unlinked_drivers_table_follows_every_write_to_drivers_and_links():
+    """canon.drivers_unlinked (trigger-kept, read by the view) equals the anti-join it replaces."""
+    a, b, c = make_driver(), make_driver(), make_driver()
+    assert _unlinked_kept() == _unlinked_by_anti_join() == {a.driver_id, b.driver_id, c.driver_id}
+
+    person = make_person()
+    link_a = link_driver(a, person)
+    link_driver(b, person)
+    assert _unlinked_kept() == _unlinked_by_anti_join() == {c.driver_id}
+
+    link_a.delete()  # a link removed: its driver is unlinked again
+    assert _unlinked_kept() == _unlinked_by_anti_join() == {a.driver_id, c.driver_id}
+
+    c.delete()  # a driver removed leaves the set
+    with connection.cursor() as cursor:
+        # bulk statements go through the statement-level triggers
+        cursor.execute("INSERT INTO public.drivers (driver_id, park_id) "
+                       "SELECT 'bulk-' || g, 'p' FROM generate_series(1, 50) g")
+        cursor.execute(f"INSERT INTO canon.identity_links (source_table, source_pk, person_key, match_rule, "
+                       f"match_score, confidence_level, evidence, rule_version, linked_at, decided_by) "
+                       f"SELECT '{DRIVERS_TABLE}', 'bulk-' || g, %s, 'test', 1, 'high', '{{}}', 't', now(), 'system' "
+                       f"FROM generate_series(1, 40) g", [person.person_key])
+    assert _unlinked_kept() == _unlinked_by_anti_join()
+    assert len(_unlinked_kept()) == 1 + 10
+
+    with connection.cursor() as cursor:  # a link moved from one driver to another
+        cursor.execute("UPDATE canon.identity_links SET source_pk = 'bulk-45' WHERE source_pk = 'bulk-1'")
+        cursor.execute("UPDATE public.drivers SET driver_id = 'bulk-renamed' WHERE driver_id = 'bulk-46'")
+    assert _unlinked_kept() == _unlinked_by_anti_join()
+    assert {"bulk-1", "bulk-renamed"} <= _unlinked_kept() and "bulk-45" not in _unlinked_kept()
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # Django's deferred FK checks block a TRUNCATE
+        cursor.execute("TRUNCATE canon.identity_links CASCADE")
+    assert _unlinked_kept() == _unlinked_by_anti_join() == {d for (d,) in sql_rows("SELECT driver_id FROM public.drivers")}
