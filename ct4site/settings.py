@@ -168,4 +168,7 @@ CT4_MATCHING = {
     "link_bits": float(os.environ.get("CT4_LINK_BITS", "8.0")),
     "margin_bits": float(os.environ.get("CT4_MARGIN_BITS", "6.0")),
     "weak_bits": float(os.environ.get("CT4_WEAK_BITS", "-6.0")),
+    # A record hired in the lead's park 0..N days after the lead date is recruitment evidence
+    # (identity.matching); 0 turns it off.
+    "recruit_window_days": int(os.environ.get("CT4_RECRUIT_WINDOW_DAYS", "7")),
 }

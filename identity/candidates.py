@@ -42,11 +42,12 @@ WITH k AS (
     SELECT * FROM unnest(%(i)s::int[], %(kind)s::text[], %(value)s::text[]) AS k(i, kind, value)
 ), hits AS ({_KEY_HITS}{_NAME_HITS}
 )
-SELECT h.i, h.kind, h.value, h.person_key::text, NULL::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+SELECT h.i, h.kind, h.value, h.person_key::text, NULL::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+       NULL::date
 FROM hits h
 UNION ALL
 SELECT NULL, 'record', NULL, di.person_key::text, di.driver_id, di.park_id, di.phone, di.document,
-       di.license_document, di.email, di.plate, di.birth_date, di.given_tokens, di.surname_tokens
+       di.license_document, di.email, di.plate, di.birth_date, di.given_tokens, di.surname_tokens, di.hire_date
 FROM canon.drivers_index di
 WHERE di.person_key IN (SELECT person_key FROM hits WHERE person_key IS NOT NULL)
 """
@@ -86,10 +87,10 @@ def candidates_fetch(leads: list[LeadKeys], *, name_blocks: dict[str, list[tuple
     records: dict[str, list[DriverRecord]] = defaultdict(list)
     for n, row_kind, row_value, person_key, driver_id, *rest in rows:
         if row_kind == "record":
-            park_id, phone, document, license_document, email, plate, birth_date, given, surnames = rest
+            park_id, phone, document, license_document, email, plate, birth_date, given, surnames, hired = rest
             records[person_key].append(
                 DriverRecord(driver_id, park_id, phone, document, license_document, email, plate, birth_date,
-                             tuple(given or ()), tuple(surnames or ()))
+                             tuple(given or ()), tuple(surnames or ()), hired)
             )
             continue
         if row_kind != "name":
@@ -117,13 +118,23 @@ def _only_via(person_key: str, lead: LeadKeys, too_common: set, persons_of_value
 
 
 def frequencies_load() -> Frequencies:
-    """N persons, N driver records and every name token's count (one read per matching run)."""
+    """N persons, N driver records, every name token's count and the hires per park and day
+    (one read per matching run)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*), count(DISTINCT person_key) FROM canon.drivers_index")
         drivers, persons = cursor.fetchone()
         cursor.execute("SELECT token, drivers FROM canon.name_token_stats")
         tokens = dict(cursor.fetchall())
-    return Frequencies(persons=persons, drivers=drivers, tokens=tokens)
+        cursor.execute(
+            """
+            SELECT park_id, hire_date, count(*) FROM canon.drivers_index
+            WHERE park_id IS NOT NULL AND hire_date IS NOT NULL GROUP BY park_id, hire_date
+            """
+        )
+        hires: dict = defaultdict(dict)
+        for park_id, day, count in cursor.fetchall():
+            hires[park_id][day] = count
+    return Frequencies(persons=persons, drivers=drivers, tokens=tokens, hires=dict(hires))
 
 
 def name_blocks_for(lead: LeadKeys, freq: Frequencies) -> list[tuple[str, ...]]:

@@ -397,6 +397,10 @@ def rejects_path_for(path: Path) -> Path:
     return path.with_name(path.name + REJECTS_SUFFIX)
 
 
+# Rows written by one import above which the table is vacuumed, not only analyzed.
+VACUUM_AFTER_ROWS = 10_000
+
+
 def source_import(*, kind: str, path: Path, dry_run: bool = False, progress: bool = False) -> ImportResult:
     """Import one CSV file of `kind`, all or nothing. Bad rows go to FILE.rejects.csv; good rows load.
 
@@ -429,9 +433,13 @@ def source_import(*, kind: str, path: Path, dry_run: bool = False, progress: boo
         _publish_rejects(rejects, final_rejects, bool(result.rejected))
         rejects.close()
     if not dry_run and (result.inserted or result.updated):
-        # Fresh statistics, or the next jobs plan their joins for the table as it was.
+        # Fresh statistics, or the next jobs plan their joins for the table as it was. After a
+        # bulk load, VACUUM too: it sets the visibility map, so the views' index-only scans (a
+        # lead's trips in its window, a lead's claims) stop visiting the heap for every row, whether
+        # or not autovacuum has come by yet (VACUUM cannot run inside a caller's transaction).
+        bulk = result.inserted + result.updated >= VACUUM_AFTER_ROWS and not connection.in_atomic_block
         with connection.cursor() as cursor:
-            cursor.execute(f"ANALYZE {spec.table}")
+            cursor.execute(f"{'VACUUM (ANALYZE)' if bulk else 'ANALYZE'} {spec.table}")
     result.rejects_path = final_rejects if result.rejected else None
     result.seconds = time.monotonic() - started
     logger.info("import_source %s", result.summary())

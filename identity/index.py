@@ -28,7 +28,7 @@ SELECT n.*, COALESCE(n.document, n.license_document) AS doc_key,
        NULLIF(array_to_string(ARRAY(SELECT DISTINCT t COLLATE "C" FROM unnest(n.given_tokens || n.surname_tokens) AS t
                                     ORDER BY 1), ' '), '') AS name_key
 FROM (
-    SELECT d.driver_id, d.park_id, d.birth_date, d.updated_at,
+    SELECT d.driver_id, d.park_id, d.birth_date, d.hire_date, d.updated_at,
            canon.norm_phone_fast(d.phone) AS phone,
            canon.norm_document(d.document) AS document,
            canon.norm_license_document(d.license_number) AS license_document,
@@ -46,10 +46,10 @@ FROM (
 _UPSERT_SQL = """
 INSERT INTO canon.drivers_index AS di (
     driver_id, person_key, park_id, phone, document, license_document, doc_key, email, plate,
-    given_tokens, surname_tokens, name_tokens, name_key, birth_date, source_updated_at, indexed_at
+    given_tokens, surname_tokens, name_tokens, name_key, birth_date, hire_date, source_updated_at, indexed_at
 )
 SELECT n.driver_id, dp.person_key, park_id, phone, document, license_document, doc_key, email, plate,
-       given_tokens, surname_tokens, name_tokens, name_key, birth_date, updated_at, now()
+       given_tokens, surname_tokens, name_tokens, name_key, birth_date, hire_date, updated_at, now()
 FROM _index_norm n JOIN _driver_person dp ON dp.driver_id = n.driver_id
 ORDER BY n.driver_id
 ON CONFLICT (driver_id) DO UPDATE SET
@@ -57,14 +57,14 @@ ON CONFLICT (driver_id) DO UPDATE SET
     license_document = EXCLUDED.license_document, doc_key = EXCLUDED.doc_key,
     email = EXCLUDED.email, plate = EXCLUDED.plate, given_tokens = EXCLUDED.given_tokens,
     surname_tokens = EXCLUDED.surname_tokens, name_tokens = EXCLUDED.name_tokens,
-    name_key = EXCLUDED.name_key, birth_date = EXCLUDED.birth_date,
+    name_key = EXCLUDED.name_key, birth_date = EXCLUDED.birth_date, hire_date = EXCLUDED.hire_date,
     source_updated_at = EXCLUDED.source_updated_at, indexed_at = EXCLUDED.indexed_at
 WHERE (di.park_id, di.phone, di.document, di.license_document, di.email, di.plate, di.name_tokens,
-       di.given_tokens, di.birth_date, di.source_updated_at)
+       di.given_tokens, di.birth_date, di.hire_date, di.source_updated_at)
       IS DISTINCT FROM
       (EXCLUDED.park_id, EXCLUDED.phone, EXCLUDED.document, EXCLUDED.license_document, EXCLUDED.email,
        EXCLUDED.plate, EXCLUDED.name_tokens, EXCLUDED.given_tokens, EXCLUDED.birth_date,
-       EXCLUDED.source_updated_at)
+       EXCLUDED.hire_date, EXCLUDED.source_updated_at)
 """
 
 # Above this many changed drivers, the index's secondary indexes are dropped and rebuilt in bulk

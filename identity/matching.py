@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, timedelta
 
 from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.11-r1"
+RULE_VERSION = "fs-2026.11-r2"  # r2: recruitment comparison and rule
 
 
 # --- Comparisons as data ----------------------------------------------------------------
@@ -98,6 +98,15 @@ COMPARISONS: dict[str, Comparison] = {
                 Level("different", 0.002, 1.0, "no token in common"),
             ),
         ),
+        # The partner recruits a lead and hires them in its park days later. u: the share of all
+        # drivers hired in that park in that window, from the data (a busy park's hires say less).
+        # Its absence says nothing (many leads were drivers already, or were hired elsewhere), so
+        # it has no disagreeing level.
+        Comparison(
+            "recruitment",
+            (Level("hired_after_lead", 0.75, None,
+                   "a record hired in the lead's park within the window after the lead date"),),
+        ),
     )
 }
 
@@ -106,6 +115,8 @@ KEY_FIELDS = ("document", "phone", "email", "plate")
 NAME_CORROBORATES = frozenset({"exact", "typo", "subset", "partial"})
 # ...and with no token on either side contradicting the other.
 NAME_AGREES_WITHOUT_CONFLICT = frozenset({"exact", "typo", "subset"})
+# The recruitment rule (no key at all) wants every token on both sides to agree.
+RECRUITMENT_NAME_LEVELS = frozenset({"exact", "typo"})
 FUZZY_TOKEN_MIN = 0.90  # Jaro-Winkler similarity for two name tokens to count as a typo
 FUZZY_TOKEN_WEIGHT = 0.8  # a typo'd token carries this share of an exact token's information
 
@@ -124,6 +135,8 @@ class LeadKeys:
     plate: str | None = None
     birth_date: date | None = None
     name_tokens: tuple[str, ...] = ()
+    park_id: str | None = None
+    lead_date: date | None = None  # the calendar day of the lead in Lima
 
     @property
     def has_full_name(self) -> bool:
@@ -148,6 +161,7 @@ class DriverRecord:
     birth_date: date | None = None
     given_tokens: tuple[str, ...] = ()
     surname_tokens: tuple[str, ...] = ()
+    hire_date: date | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +187,8 @@ class Frequencies:
     tokens: dict[str, int] = field(default_factory=dict)  # name token -> driver records carrying it
     # (field, value) -> persons carrying it, for exact key agreement
     keys: dict[tuple[str, str], int] = field(default_factory=dict)
+    # park_id -> {hire_date: driver records hired that day}, for the recruitment comparison
+    hires: dict[str, dict[date, int]] = field(default_factory=dict)
 
     @property
     def population(self) -> int:
@@ -182,6 +198,12 @@ class Frequencies:
         """P(a different person carries this value): the others who do, plus the field's share rate."""
         others = max(self.keys.get((field_name, value), 1), 1) - 1
         return (others + share_rate) / self.population
+
+    def hire_u(self, park_id: str, first: date, days: int) -> float:
+        """P(a different driver was hired in this park between `first` and `days` days later)."""
+        per_day = self.hires.get(park_id, {})
+        hired = sum(per_day.get(first + timedelta(days=n), 0) for n in range(days + 1))
+        return (hired + 1) / (self.drivers + PSEUDO_DRIVERS)
 
     def token_f(self, token: str) -> float:
         count = self.tokens.get(token, 0)
@@ -193,6 +215,9 @@ class Thresholds:
     link_bits: float = 8.0  # posterior log-odds a link needs
     margin_bits: float = 6.0  # how far the best must be ahead of the second
     weak_bits: float = -6.0  # below this, with no key agreeing, a candidate is noise
+    # Recruitment: a record hired in the lead's park 0..N days after the lead date (0 turns the
+    # comparison and the recruitment rule off).
+    recruit_window_days: int = 7
 
     @classmethod
     def from_settings(cls) -> Thresholds:
@@ -366,7 +391,20 @@ def _compare_name(lead_tokens: tuple[str, ...], record: DriverRecord, freq: Freq
     return FieldEvidence("name", name, _bits(level, u), record.driver_id)
 
 
-def candidate_score(lead: LeadKeys, candidate: Candidate, freq: Frequencies, *, excluded: bool = False) -> Scored:
+def _compare_recruitment(lead: LeadKeys, candidate: Candidate, freq: Frequencies, window_days: int) -> FieldEvidence | None:
+    if not window_days or lead.lead_date is None or not lead.park_id:
+        return None
+    for record in candidate.records:
+        if record.park_id == lead.park_id and record.hire_date is not None \
+                and 0 <= (record.hire_date - lead.lead_date).days <= window_days:
+            level = COMPARISONS["recruitment"].level("hired_after_lead")
+            u = freq.hire_u(lead.park_id, lead.lead_date, window_days)
+            return FieldEvidence("recruitment", "hired_after_lead", _bits(level, u), record.driver_id)
+    return None
+
+
+def candidate_score(lead: LeadKeys, candidate: Candidate, freq: Frequencies, *, excluded: bool = False,
+                    recruit_window_days: int = 0) -> Scored:
     """Every comparison of a lead against one candidate person, with the evidence for each."""
     fields: list[FieldEvidence] = []
     for field_name in KEY_FIELDS:
@@ -378,6 +416,8 @@ def candidate_score(lead: LeadKeys, candidate: Candidate, freq: Frequencies, *, 
     names = [e for r in candidate.records if (e := _compare_name(lead.name_tokens, r, freq))]
     if names:
         fields.append(max(names, key=lambda e: e.bits))
+    if evidence := _compare_recruitment(lead, candidate, freq, recruit_window_days):
+        fields.append(evidence)
     prior = -math.log2(freq.population)
     bits = prior + sum(f.bits for f in fields)
     return Scored(candidate.person_key, bits, tuple(fields), _corroborated(lead, fields), excluded)
@@ -420,6 +460,29 @@ def _corroborated(lead: LeadKeys, fields: list[FieldEvidence]) -> bool:
 # --- Deciding -----------------------------------------------------------------------------
 
 
+def _recruited_namesake(eligible: list[Scored]) -> Scored | None:
+    """The recruitment rule: the one person who both carries the lead's name and was hired in the
+    lead's park within days of the lead, when no key settles anything.
+
+    A full name alone is not enough (about one lead in ten has an exact namesake among a million
+    drivers) and a recent hire in a busy park alone is not either; together, and unique, they are
+    (measured: 1,082 right and 1 wrong at 1M drivers, docs/matching.md). Never used when some
+    candidate is corroborated by a key: then the keys decide (a link, a conflict, or review).
+    """
+    if any(s.corroborated for s in eligible):
+        return None
+    recruited = [s for s in eligible if s.level_of("recruitment") == "hired_after_lead"
+                 and s.level_of("name") in RECRUITMENT_NAME_LEVELS]
+    if len(recruited) != 1:
+        return None
+    (found,) = recruited
+    # Nothing personal may contradict it (a different DNI or birth date is another human),
+    # and the whole evidence, disagreements included, must be at even odds or better.
+    if found.bits < 0 or any(found.level_of(f) == "different" for f in ("document", "birth_date")):
+        return None
+    return found
+
+
 @dataclass(frozen=True)
 class Decision:
     source_pk: str
@@ -428,6 +491,7 @@ class Decision:
     score: float | None
     margin: float | None
     candidates: tuple[Scored, ...]
+    rule: str = "fellegi_sunter"  # or "recruitment" (see lead_decide)
 
     @property
     def is_link(self) -> bool:
@@ -437,11 +501,14 @@ class Decision:
     def confidence_level(self) -> str:
         if not self.is_link:
             return "low"
+        if self.rule == "recruitment":
+            return "medium"  # a name and a hire date, no key: never "high"
         return "high" if (self.score or 0) >= 16 and (self.margin or 0) >= 12 else "medium"
 
     def evidence(self, thresholds: Thresholds, top: int = 5) -> dict:
         return {
             "rule_version": RULE_VERSION,
+            "rule": self.rule,
             "outcome": self.outcome,
             "score": None if self.score is None else round(self.score, 2),
             "margin": None if self.margin is None or math.isinf(self.margin) else round(self.margin, 2),
@@ -462,7 +529,8 @@ def lead_decide(
     if not lead.has_identifier:
         return Decision(lead.source_pk, ReasonCode.MISSING_IDENTIFIERS, None, None, None, ())
     scored = sorted(
-        (candidate_score(lead, c, freq, excluded=c.person_key in rejected) for c in candidates),
+        (candidate_score(lead, c, freq, excluded=c.person_key in rejected,
+                         recruit_window_days=thresholds.recruit_window_days) for c in candidates),
         key=lambda s: (-s.bits, s.person_key),
     )
     eligible = [s for s in scored if not s.excluded]
@@ -478,5 +546,9 @@ def lead_decide(
         if margin >= thresholds.margin_bits:
             return Decision(lead.source_pk, "link", best.person_key, best.bits, margin, tuple(scored))
         return Decision(lead.source_pk, ReasonCode.CONFLICT_MULTIPLE_CANDIDATES, None, best.bits, margin, tuple(scored))
+    if recruited := _recruited_namesake(eligible):
+        others = [s.bits for s in eligible if s is not recruited]
+        return Decision(lead.source_pk, "link", recruited.person_key, recruited.bits,
+                        recruited.bits - (others[0] if others else -math.inf), tuple(scored), rule="recruitment")
     # The top scorer is not corroborated (or too weak): a person looks at it.
     return Decision(lead.source_pk, ReasonCode.WEAK_MATCH_ONLY, None, best.bits, margin, tuple(scored))

@@ -385,6 +385,9 @@ class DriverIndexEntry(models.Model):
     name_tokens = ArrayField(models.TextField(), default=list)
     name_key = models.TextField(null=True, blank=True)
     birth_date = models.DateField(null=True, blank=True)
+    # When the driver was hired, and where (park_id): a lead hired in its own park days after
+    # applying is the recruitment evidence of identity.matching.
+    hire_date = models.DateField(null=True, blank=True)
     # drivers.updated_at when this entry was computed: a differing value means "refresh me".
     source_updated_at = models.DateTimeField(null=True)
     indexed_at = models.DateTimeField(db_default=Now())

@@ -6,6 +6,7 @@ in batches (the recovery jobs call `leads_resolve` for their own batches).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -41,7 +42,8 @@ def leads_load_keys(source_pks: list[str]) -> list[LeadKeys]:
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT source_pk, phone, document, email, plate, birth_date, first_name, middle_name, last_name
+            SELECT source_pk, phone, document, email, plate, birth_date, first_name, middle_name, last_name,
+                   park_id, lead_date
             FROM public.module_ct_cabinet_leads WHERE source_pk = ANY(%s)
             """,
             [source_pks],
@@ -50,7 +52,8 @@ def leads_load_keys(source_pks: list[str]) -> list[LeadKeys]:
     return [lead_keys(*rows[pk]) for pk in source_pks if pk in rows]
 
 
-def lead_keys(source_pk, phone, document, email, plate, birth_date, first_name, middle_name, last_name) -> LeadKeys:
+def lead_keys(source_pk, phone, document, email, plate, birth_date, first_name, middle_name, last_name,
+              park_id=None, lead_date=None) -> LeadKeys:
     return LeadKeys(
         source_pk=source_pk,
         phone=normalize_phone(phone),
@@ -59,6 +62,8 @@ def lead_keys(source_pk, phone, document, email, plate, birth_date, first_name, 
         plate=normalize_plate(plate),
         birth_date=birth_date,
         name_tokens=tuple(name_tokens(first_name, middle_name, last_name)),
+        park_id=park_id or None,
+        lead_date=lead_date,
     )
 
 
@@ -88,7 +93,7 @@ def leads_decide(leads: list[LeadKeys], context: MatchContext) -> dict[str, Deci
 
 def _decide_batch(leads, context: MatchContext, rejected, *, name_blocks) -> dict[str, Decision]:
     fetched = candidates_fetch(leads, name_blocks=name_blocks)
-    freq = Frequencies(context.freq.persons, context.freq.drivers, context.freq.tokens, fetched.key_counts)
+    freq = dataclasses.replace(context.freq, keys=fetched.key_counts)
     return {
         lead.source_pk: lead_decide(
             lead, fetched.by_lead[lead.source_pk], freq, context.thresholds, rejected.get(lead.source_pk, frozenset())
@@ -121,7 +126,7 @@ def leads_resolve(*, source_pks: list[str], context: MatchContext | None = None,
     with transaction.atomic():
         links = [
             linking.LeadLink(
-                source_pk=d.source_pk, person_key=d.person_key, match_rule="fellegi_sunter", match_score=d.score,
+                source_pk=d.source_pk, person_key=d.person_key, match_rule=d.rule, match_score=d.score,
                 confidence_level=d.confidence_level, evidence=d.evidence(context.thresholds), rule_version=RULE_VERSION,
             )
             for d in outcome.decisions.values()

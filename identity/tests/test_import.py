@@ -7,8 +7,10 @@ from decimal import Decimal
 
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
 from identity.importing import (
+    VACUUM_AFTER_ROWS,
     ImportFileError,
     Invalid,
     parse_amount,
@@ -475,3 +477,29 @@ def test_values_that_are_rejected_without_echoing_them(parse, raw):
     with pytest.raises(Invalid) as error:
         parse(raw)
     assert raw not in str(error.value)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bulk_import_vacuums_its_table_and_a_small_one_only_analyzes(tmp_path):
+    """VACUUM sets the visibility map, so the views' index-only scans stay index-only."""
+
+    def vacuumed_since(moment) -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute("SELECT last_vacuum >= %s FROM pg_stat_user_tables "
+                           "WHERE relid = 'public.driver_trips'::regclass", [moment])
+            return bool(cursor.fetchone()[0])
+
+    def trips_file(name, rows):
+        lines = [f"{name}-{n % 500:03d},{date.fromordinal(date(2024, 1, 1).toordinal() + n // 500)},1"
+                 for n in range(rows)]
+        path = tmp_path / name
+        path.write_text("driver_id,date,trips\n" + "\n".join(lines) + "\n", encoding="utf-8")
+        return path
+
+    started = datetime.now(timezone.utc)
+    source_import(kind="trips", path=trips_file("small.csv", 10))
+    assert not vacuumed_since(started)
+
+    source_import(kind="trips", path=trips_file("bulk.csv", VACUUM_AFTER_ROWS))
+    assert vacuumed_since(started)

@@ -11,9 +11,9 @@ from django.utils import timezone
 from identity import linking
 from identity.index import drivers_index_refresh
 from identity.normalize import name_key
-from identity.models import DriverIndexEntry, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun, NameTokenStat
+from identity.models import Driver, DriverIndexEntry, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun, NameTokenStat
 from identity.resolution import leads_match, leads_resolve
-from identity.tests.factories import make_driver, make_lead
+from identity.tests.factories import LIMA, lima_today, make_driver, make_lead
 
 pytestmark = pytest.mark.django_db
 
@@ -196,3 +196,32 @@ def test_shards_split_the_leads_without_overlap():
     shards = [set(unlinked_leads(shard=(i, 3))) for i in range(3)]
     assert sum(len(s) for s in shards) == 20
     assert set.union(*shards) == set(unlinked_leads())
+
+
+def test_recruitment_rule_end_to_end_from_the_drivers_hire_date():
+    """Hire date: drivers -> index (and kept by incremental refreshes) -> matcher -> link."""
+    today = lima_today()
+    make_driver(driver_id="D1", first_name="Wilmer", last_name="Ccahuana Huillca", phone="911222333",
+                document=None, email=None, plate=None, birth_date=None, park_id="park-a", hire_date=today)
+    drivers_index_refresh()
+    assert DriverIndexEntry.objects.get(driver_id="D1").hire_date == today
+    lead_day = today - timedelta(days=2)
+    created = timezone.datetime.combine(lead_day, timezone.datetime.min.time().replace(hour=10), tzinfo=LIMA)
+    # A new phone, nothing else but the name: only the recruitment rule can tie them.
+    make_lead(id=1, first_name="WILMER", last_name="CCAHUANA HUILLCA", phone="955666777", document=None,
+              email=None, plate=None, birth_date=None, park_id="park-b", created_at=created)
+    make_lead(id=2, first_name="Wilmer", last_name="Ccahuana Huillca", phone="955666777", document=None,
+              email=None, plate=None, birth_date=None, park_id="park-a", created_at=created)
+
+    leads_match()
+
+    link = IdentityLink.objects.get(source_table="module_ct_cabinet_leads", source_pk="2")
+    assert link.person_id == DriverIndexEntry.objects.get(driver_id="D1").person_id
+    assert link.match_rule == "recruitment" and link.confidence_level == "medium"
+    assert link.evidence["rule"] == "recruitment"
+    # Lead 1 applied in another park: the same name alone stays in review.
+    assert IdentityUnmatched.objects.get(source_pk="1").reason_code == "WEAK_MATCH_ONLY"
+
+    Driver.objects.filter(driver_id="D1").update(hire_date=today - timedelta(days=400), updated_at=timezone.now())
+    drivers_index_refresh()
+    assert DriverIndexEntry.objects.get(driver_id="D1").hire_date == today - timedelta(days=400)

@@ -215,3 +215,85 @@ def test_a_sibling_sharing_only_the_phone_is_not_a_rival():
     decision = lead_decide(lead("ernesto jhon cabrera mamani", phone="+51948444753", plate="KOD766"),
                            [person("P1", own), person("P2", brother)], FREQ, T)
     assert decision.is_link and decision.person_key == "P1"
+
+
+# --- The recruitment rule: a namesake hired in the lead's park days after the lead -----------
+
+LEAD_DAY = date(2026, 10, 5)
+PARK = "park-lima-norte"
+WILMER = dict(given="wilmer", surnames="ccahuana huillca")
+
+
+def recruit(name="wilmer ccahuana huillca", **keys) -> LeadKeys:
+    return lead(name, park_id=PARK, lead_date=LEAD_DAY, **keys)
+
+
+def hired(driver_id="D7", *, days_after=3, park=PARK, **keys) -> DriverRecord:
+    return driver(driver_id, WILMER["given"], WILMER["surnames"], park_id=park,
+                  hire_date=date.fromordinal(LEAD_DAY.toordinal() + days_after), **keys)
+
+
+def test_name_and_a_hire_in_the_leads_park_days_later_link_by_the_recruitment_rule():
+    decision = lead_decide(recruit(phone="+51911111111"), [person("P7", hired(phone="+51922222222"))], FREQ, T)
+
+    assert decision.is_link and decision.person_key == "P7"
+    assert decision.rule == "recruitment" and decision.confidence_level == "medium"
+    evidence = decision.evidence(T)
+    assert evidence["rule"] == "recruitment"
+    fields = {f["field"]: f["level"] for f in evidence["candidates"][0]["fields"]}
+    assert fields["recruitment"] == "hired_after_lead" and fields["name"] == "exact"
+
+
+def test_the_same_name_without_that_hire_is_only_a_weak_match():
+    never_hired = driver("D7", WILMER["given"], WILMER["surnames"], park_id=PARK)
+    for record in (hired(days_after=30), hired(days_after=-2), hired(park="park-lima-sur"), never_hired):
+        decision = lead_decide(recruit(), [person("P7", record)], FREQ, T)
+        assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY, record
+
+
+def test_two_recently_hired_namesakes_go_to_review():
+    decision = lead_decide(recruit(), [person("P7", hired("D7")), person("P8", hired("D8", days_after=5))], FREQ, T)
+
+    assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
+def test_a_different_document_or_birth_date_vetoes_the_recruitment_rule():
+    for lead_keys, record_keys in (({"document": "11111111"}, {"document": "22222222"}),
+                                   ({"birth_date": date(1990, 1, 1)}, {"birth_date": date(1975, 6, 30)})):
+        decision = lead_decide(recruit(**lead_keys), [person("P7", hired(**record_keys))], FREQ, T)
+        assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY, lead_keys
+
+
+def test_recruitment_needs_every_name_token_to_agree():
+    # "subset": the record lacks the lead's second surname.
+    record = DriverRecord("D7", park_id=PARK, given_tokens=("wilmer",), surname_tokens=("ccahuana",),
+                          hire_date=date(2026, 10, 7))
+    decision = lead_decide(recruit(), [person("P7", record)], FREQ, T)
+
+    assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
+def test_recruitment_window_zero_turns_the_rule_off():
+    decision = lead_decide(recruit(), [person("P7", hired())], FREQ, Thresholds(recruit_window_days=0))
+
+    assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+    assert all(f.field != "recruitment" for f in decision.candidates[0].fields)
+
+
+def test_when_a_key_corroborates_someone_the_keys_decide_not_the_recruitment_rule():
+    # The lead's DNI is on another Wilmer's record: the DNI decides, the recent namesake does not.
+    other = driver("D9", WILMER["given"], WILMER["surnames"], document="44556677")
+    decision = lead_decide(recruit(document="44556677"), [person("P7", hired()), person("P9", other)], FREQ, T)
+
+    assert decision.rule == "fellegi_sunter"
+    assert decision.person_key in (None, "P9")
+
+
+def test_a_busy_parks_hires_say_less_than_a_quiet_parks():
+    quiet = candidate_score(recruit(), person("P7", hired()), FREQ, recruit_window_days=7)
+    busy_hires = {PARK: {date.fromordinal(LEAD_DAY.toordinal() + n): 2000 for n in range(8)}}
+    busy = Frequencies(FREQ.persons, FREQ.drivers, FREQ.tokens, hires=busy_hires)
+    crowded = candidate_score(recruit(), person("P7", hired()), busy, recruit_window_days=7)
+
+    bits = {s: next(f.bits for f in s.fields if f.field == "recruitment") for s in (quiet, crowded)}
+    assert bits[quiet] > bits[crowded] + 8
