@@ -8,7 +8,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check-migrations check-schema bench clean-data help
+.PHONY: install demo test check-migrations check-schema bench bench-setup clean-data help
 
 help:
 	@echo "make demo   - set up, then run the whole pipeline on a generated demo park"
@@ -41,6 +41,11 @@ check-schema: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/import_speed.py
+
+# Bench-only packages (Splink baseline, FEBRL datasets) into the same venv; requirements.txt pins stay as they are.
+bench-setup: $(STAMP)
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	$(PY) -m pip check
 
 clean-data:
 	rm -rf .data
