@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from ct4site.database import database_config
+from ct4site.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,13 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /healthz, /readyz and /metrics answer before the host check and the HTTPS redirect: load
+    # balancers and Prometheus call by IP address over plain HTTP.
+    "ct4site.middleware.ProbeMiddleware",
+    "ct4site.middleware.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # Static files (admin, API docs) straight from gunicorn, with DEBUG off too.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -87,21 +94,25 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Where `collectstatic` puts the files WhiteNoise serves.
+STATIC_ROOT = Path(os.environ.get("STATIC_ROOT") or BASE_DIR / "staticfiles")
 LOGIN_URL = "admin:login"
 
 # PostgreSQL views as unmanaged models: created after every migrate.
 MATERIALIZED_VIEWS_CHECK_SQL_CHANGED = True
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {
-        "ct4": {"handlers": ["console"], "level": os.environ.get("CT4_LOG_LEVEL", "INFO"), "propagate": False},
-    },
-}
+# CT4_LOG_FORMAT=json: one JSON object per line, with the jobs' figures as fields (ct4site.logs).
+CT4_LOG_FORMAT = os.environ.get("CT4_LOG_FORMAT", "plain").strip().lower()
+LOGGING = logging_config(log_format=CT4_LOG_FORMAT, level=os.environ.get("CT4_LOG_LEVEL", "INFO"))
+
+# --- Health and metrics (/healthz, /readyz, /metrics) ------------------------------------
+# /metrics answers loopback callers; any other caller must send `Authorization: Bearer <token>`
+# with this token (unset: other callers are refused).
+CT4_METRICS_TOKEN = os.environ.get("CT4_METRICS_TOKEN", "")
+# The business gauges (backlog, queue, jobs...) are read at most this often per web process.
+CT4_METRICS_CACHE_SECONDS = int(os.environ.get("CT4_METRICS_CACHE_SECONDS", "30"))
+# /readyz fails when ct4 schedules exist and no qcluster worker beat within this many minutes.
+CT4_READY_HEARTBEAT_MINUTES = int(os.environ.get("CT4_READY_HEARTBEAT_MINUTES", "5"))
 
 # --- REST API (/api/v1/) -------------------------------------------------------------
 REST_FRAMEWORK = {

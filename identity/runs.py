@@ -2,6 +2,8 @@
 
 Services wrap their work in `job_run(...)`; the commands, the schedules and the API all end up
 here, so freshness badges and "a second copy exits at once" hold whatever started the job.
+Each log line also carries its figures as `extra=` fields (job, run_id, event, batch, counts,
+seconds), which the JSON log format (CT4_LOG_FORMAT=json) writes as keys of their own.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,6 +53,11 @@ class RunHandle:
 
     run: JobRun
     counts: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic, repr=False)
+    last_batch_at: float | None = field(default=None, repr=False)
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.started, 3)
 
     def add(self, **increments: int) -> None:
         for key, value in increments.items():
@@ -60,9 +68,19 @@ class RunHandle:
 
     def log_batch(self, batch_no: int, **figures: int) -> None:
         """One line per batch, counts only (never personal data)."""
+        now = time.monotonic()
+        batch_seconds = round(now - (self.last_batch_at or self.started), 3)
+        self.last_batch_at = now
         text = " ".join(f"{key}={value}" for key, value in figures.items())
-        logger.info("%s run=%s batch=%s %s", self.run.name, self.run.pk, batch_no, text)
+        logger.info("%s run=%s batch=%s %s", self.run.name, self.run.pk, batch_no, text,
+                    extra=log_fields(self.run, "batch", batch=batch_no, counts=figures,
+                                     batch_seconds=batch_seconds, elapsed_seconds=self.elapsed()))
         self.save_progress()
+
+
+def log_fields(run: JobRun, event: str, **fields) -> dict:
+    """The structured fields of a job's log line (names no LogRecord attribute uses)."""
+    return {"job": run.name, "run_id": run.pk, "event": event, **fields}
 
 
 def _try_lock(key: int) -> bool:
@@ -108,21 +126,24 @@ def job_run(
     else:
         run = JobRun.objects.create(**fields)
     handle = RunHandle(run=run)
-    logger.info("%s run=%s started", name, run.pk)
+    logger.info("%s run=%s started", name, run.pk, extra=log_fields(run, "started", trigger=trigger))
     try:
         yield handle
     except BaseException as exc:
         JobRun.objects.filter(pk=run.pk).update(
             status=JobRunStatus.FAILED, finished_at=timezone.now(), counts=handle.counts, error=safe_error(exc)
         )
-        logger.error("%s run=%s failed: %s", name, run.pk, safe_error(exc))
+        logger.error("%s run=%s failed: %s", name, run.pk, safe_error(exc),
+                     extra=log_fields(run, "failed", error_type=type(exc).__name__, counts=handle.counts,
+                                      elapsed_seconds=handle.elapsed()))
         raise
     else:
         JobRun.objects.filter(pk=run.pk).update(
             status=JobRunStatus.SUCCEEDED, finished_at=timezone.now(), counts=handle.counts
         )
         figures = " ".join(f"{k}={v}" for k, v in handle.counts.items())
-        logger.info("%s run=%s finished %s", name, run.pk, figures)
+        logger.info("%s run=%s finished %s", name, run.pk, figures,
+                    extra=log_fields(run, "finished", counts=handle.counts, elapsed_seconds=handle.elapsed()))
     finally:
         if singleton:
             _unlock(key)

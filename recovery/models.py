@@ -1,4 +1,4 @@
-"""Operational tables of the recovery jobs (schema ops): the red-KPI queue and per-lead job tracking."""
+"""Operational tables of the recovery jobs (schema ops): the red-KPI queue, per-lead job tracking, cluster heartbeats."""
 
 from django.db import models
 from django.db.models import F, Q
@@ -51,6 +51,9 @@ class KpiRedRecoveryQueue(models.Model):
                 F("lead_created_at").desc(), "lead_source_pk", name="kpi_red_queue_claim_idx",
                 condition=Q(status="pending"),
             ),
+            # "Matched in the last 24 h" (the metrics and the recovery status) without visiting
+            # every matched row.
+            models.Index(fields=["matched_at"], name="kpi_red_queue_matched_at_idx", condition=Q(status="matched")),
         ]
         permissions = [("run_recovery", "Can start recovery jobs and index refreshes")]
 
@@ -78,6 +81,21 @@ class IdentityMatchingJob(models.Model):
             choices_check("fail_reason", ReasonCode, "identity_matching_job_reason_valid", nullable=True),
         ]
         indexes = [models.Index(fields=["status", "last_attempt_at"], name="identity_matching_job_idx")]
+
+
+class ClusterHeartbeat(models.Model):
+    """A django-q2 worker process that is alive: it rewrites seen_at every half minute (recovery.heartbeat)."""
+
+    host = models.TextField()
+    pid = models.IntegerField()
+    cluster = models.TextField()
+    started_at = models.DateTimeField(db_default=Now())
+    seen_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = 'ops"."qcluster_heartbeats'
+        constraints = [models.UniqueConstraint(fields=["host", "pid"], name="qcluster_heartbeat_one_per_process")]
+        indexes = [models.Index(fields=["seen_at"], name="qcluster_heartbeat_seen_idx")]
 
 
 # The SQL views are unmanaged models; importing them here is what makes Django (and

@@ -19,6 +19,7 @@ from recovery.guardrails import (
     identity_origin_creation_verify,
     origin_missing_check,
 )
+from recovery.status import job_last_outcomes
 
 # The jobs whose freshness the diagnosis always shows (NEVER when they have not run yet),
 # with the names their runs carry in ops.job_runs.
@@ -171,21 +172,13 @@ def gap_summary() -> dict:
 
 def jobs_freshness() -> list[dict]:
     """Per job name: its last run and status, its last success, and the badge OK / STALE / NEVER."""
-    rows = {r["name"]: r for r in _rows(
-        """
-        SELECT DISTINCT ON (r.name) r.name, r.started_at AS last_run_at, r.finished_at AS last_finished_at,
-               r.status AS last_status,
-               (SELECT max(s.finished_at) FROM ops.job_runs s
-                WHERE s.name = r.name AND s.status = 'succeeded') AS last_success_at
-        FROM ops.job_runs r
-        ORDER BY r.name, r.started_at DESC
-        """
-    )}
+    rows = {r["name"]: r for r in job_last_outcomes()}
     fresh_after = timezone.now() - timedelta(hours=FRESH_HOURS)
     out = []
     for name in [*EXPECTED_JOBS, *sorted(set(rows) - set(EXPECTED_JOBS))]:
         row = rows.get(name, {"name": name, "last_run_at": None, "last_finished_at": None, "last_status": None,
                               "last_success_at": None})
+        row = {k: row[k] for k in ("name", "last_run_at", "last_finished_at", "last_status", "last_success_at")}
         if row["last_run_at"] is None:
             badge = "NEVER"
         elif row["last_success_at"] is not None and row["last_success_at"] >= fresh_after:
@@ -221,18 +214,20 @@ def jobs_volume() -> list[dict]:
     )
 
 
+def unmatched_open_by_reason() -> dict[str, int]:
+    """Open canon.identity_unmatched rows of leads by reason code, most frequent first."""
+    return {r["reason_code"]: r["n"] for r in _rows(
+        """
+        SELECT reason_code, count(*) AS n FROM canon.identity_unmatched
+        WHERE source_table = %s AND status = 'open'
+        GROUP BY reason_code ORDER BY n DESC, reason_code
+        """,
+        [LEADS_TABLE],
+    )}
+
+
 def top_fail_reasons() -> dict:
-    return {
-        "queue": _failed_by_reason(),
-        "identity_unmatched": {r["reason_code"]: r["n"] for r in _rows(
-            """
-            SELECT reason_code, count(*) AS n FROM canon.identity_unmatched
-            WHERE source_table = %s AND status = 'open'
-            GROUP BY reason_code ORDER BY n DESC, reason_code
-            """,
-            [LEADS_TABLE],
-        )},
-    }
+    return {"queue": _failed_by_reason(), "identity_unmatched": unmatched_open_by_reason()}
 
 
 def red_kpi_now() -> dict:

@@ -106,3 +106,10 @@ def job_schedule(job: str):
     from django_q.models import Schedule  # noqa: PLC0415
 
     return Schedule.objects.filter(name=f"{PREFIX}{job}").exclude(repeats=0).first()
+
+
+def schedules_count() -> int:
+    """How many ct4 schedules are active (0: nothing runs the jobs unattended)."""
+    from django_q.models import Schedule  # noqa: PLC0415
+
+    return Schedule.objects.filter(name__startswith=PREFIX).exclude(repeats=0).count()

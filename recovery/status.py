@@ -1,4 +1,4 @@
-"""Freshness and recovery status (SPEC §6), read by the API, the dashboard and the reports.
+"""Freshness and recovery status (SPEC §6), read by the API, the dashboard, the reports and /metrics.
 
 Freshness of the matching jobs: OK (a run of one of them succeeded in the last 24 h), STALE
 (they ran, but not successfully in 24 h), NEVER. Recovery status: ACTIVE (the recovery job
@@ -77,6 +77,41 @@ def leads_matched_since(since) -> int:
             {"since": since},
         )
         return cursor.fetchone()[0]
+
+
+def job_last_outcomes() -> list[dict]:
+    """Per job name in ops.job_runs: its last run (start, end, status), last success and last failure.
+
+    Index-only work on (name, started_at): the names come from a skip scan and each figure is the
+    first matching row of its name, so the cost stays flat however many runs accumulate.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH RECURSIVE job(name) AS (
+                -- the distinct job names, one index probe each
+                (SELECT name FROM ops.job_runs ORDER BY name LIMIT 1)
+                UNION ALL
+                SELECT (SELECT r.name FROM ops.job_runs r WHERE r.name > job.name ORDER BY r.name LIMIT 1)
+                FROM job WHERE job.name IS NOT NULL
+            )
+            SELECT job.name, last.started_at AS last_run_at, last.finished_at AS last_finished_at,
+                   last.status AS last_status, ok.finished_at AS last_success_at, bad.finished_at AS last_failure_at
+            FROM job
+            LEFT JOIN LATERAL (SELECT started_at, finished_at, status FROM ops.job_runs r
+                               WHERE r.name = job.name ORDER BY r.started_at DESC LIMIT 1) last ON true
+            LEFT JOIN LATERAL (SELECT finished_at FROM ops.job_runs r
+                               WHERE r.name = job.name AND r.status = '{JobRunStatus.SUCCEEDED}'
+                               ORDER BY r.started_at DESC LIMIT 1) ok ON true
+            LEFT JOIN LATERAL (SELECT finished_at FROM ops.job_runs r
+                               WHERE r.name = job.name AND r.status = '{JobRunStatus.FAILED}'
+                               ORDER BY r.started_at DESC LIMIT 1) bad ON true
+            WHERE job.name IS NOT NULL
+            ORDER BY job.name
+            """
+        )
+        names = [column.name for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def recovery_status(*, now=None) -> dict:

@@ -1,0 +1,79 @@
+"""gunicorn settings for ct4 (`gunicorn -c ct4site/deploy/gunicorn.conf.py ct4site.wsgi`).
+
+Everything can be overridden from the environment (names below) or the command line.
+Sizing: docs/deploy.md.
+"""
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[2]
+if str(PROJECT) not in sys.path:
+    sys.path.insert(0, str(PROJECT))
+chdir = str(PROJECT)
+
+bind = os.environ.get("CT4_BIND", "127.0.0.1:8000")
+# Sync workers: each request holds one worker and one database connection for its duration.
+workers = int(os.environ.get("WEB_CONCURRENCY") or 2 * (os.cpu_count() or 1) + 1)
+threads = int(os.environ.get("CT4_WEB_THREADS", "1"))
+# The heaviest API reads take seconds on a million drivers; beyond this a worker is restarted.
+timeout = int(os.environ.get("CT4_WEB_TIMEOUT", "60"))
+graceful_timeout = 30
+keepalive = 5
+# Recycle workers now and then: memory stays flat over weeks.
+max_requests = int(os.environ.get("CT4_WEB_MAX_REQUESTS", "2000"))
+max_requests_jitter = max_requests // 10
+# The heartbeat file on tmpfs: a worker blocked on a slow disk is not killed by mistake.
+if Path("/dev/shm").is_dir():
+    worker_tmp_dir = "/dev/shm"
+# Behind a proxy on the same machine (nginx, a load balancer agent): trust its X-Forwarded-*.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+accesslog = os.environ.get("CT4_ACCESS_LOG") or None
+errorlog = "-"
+proc_name = "ct4-web"
+# systemd (or the shell) controls the process; no second control channel that two instances
+# on one machine would fight over.
+control_socket_disable = True
+
+# Prometheus: every worker writes its request metrics to files in one directory, so a scrape
+# answered by any worker reports all of them. Set before the workers import prometheus_client.
+_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _own_metrics_dir:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="ct4-prometheus-")
+_metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+if os.environ.get("CT4_LOG_FORMAT", "").strip().lower() == "json":
+    from ct4site.logs import json_formatter  # noqa: E402 - needs the project on sys.path
+
+    # gunicorn's own lines (boot, worker start and exit) as JSON too, like the application's.
+    logconfig_dict = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": json_formatter()},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        },
+    }
+
+
+def on_starting(server):
+    # Files of a previous master's workers would be summed into this one's counters.
+    if _metrics_dir.is_dir():
+        shutil.rmtree(_metrics_dir)
+    _metrics_dir.mkdir(parents=True)
+
+
+def on_exit(server):
+    if _own_metrics_dir:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess  # noqa: PLC0415 - only the master runs this
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,46 @@
+"""The LOGGING setting: plain lines for people, or one JSON object per line (CT4_LOG_FORMAT=json).
+
+Jobs pass their figures as `extra=` fields (job, run_id, batch, counts, seconds); the JSON
+formatter turns each into a key of its own, so a log pipeline can filter on them. No logger of
+ours is handed personal data (SPEC §9), whichever format is on.
+"""
+
+from __future__ import annotations
+
+PLAIN_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The standard attributes a JSON line keeps; every `extra=` field is added after them.
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s %(process)d"
+LOG_FORMATS = ("plain", "json")
+
+
+def json_formatter() -> dict:
+    """The JSON formatter's dictConfig entry (shared with gunicorn's own log configuration)."""
+    return {
+        "()": "pythonjsonlogger.json.JsonFormatter",
+        "fmt": JSON_FIELDS,
+        "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"},
+    }
+
+
+def logging_config(*, log_format: str = "plain", level: str = "INFO", stream: object = None) -> dict:
+    """Django's LOGGING for `log_format`: our loggers (ct4.*), Django's and django-q2's on one handler.
+
+    `stream` is the handler's stream (stderr when None); tests pass a buffer to read the lines back.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"CT4_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
+    handler = {"class": "logging.StreamHandler", "formatter": log_format}
+    if stream is not None:
+        handler["stream"] = stream
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": PLAIN_FORMAT}, "json": json_formatter()},
+        "handlers": {"console": handler},
+        "loggers": {
+            "ct4": {"handlers": ["console"], "level": level, "propagate": False},
+            # Django's request errors and django-q2's cluster lines come out in the same format.
+            "django": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            "django-q": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        },
+    }
