@@ -11,7 +11,6 @@ of the lead's true human. Prints precision, recall, F1 and a confusion table by 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("CT4_BENCH_DB", "ct4_bench_quality")
 from bench._common import BENCH_DB, bench_env, manage, reset_database  # noqa: E402
+from bench._truth import evaluate_links, lead_cases, truth_load  # noqa: E402
 
 TARGET_PRECISION = 0.9995
 TARGET_RECALL = 0.99
@@ -47,38 +47,30 @@ def evaluate(out: Path) -> dict:
     """Compare the database's links and outcomes with the generator's ground truth."""
     from django.db import connection  # noqa: PLC0415
 
-    human_of_driver = {r["driver_id"]: r["human_id"] for r in csv.DictReader(open(out / "drivers_truth.csv"))}
-    truth = list(csv.DictReader(open(out / "ground_truth.csv")))
+    truth = truth_load(out)
     with connection.cursor() as cursor:
         cursor.execute("SELECT driver_id, person_key::text FROM canon.drivers_index")
         humans_of_person: dict[str, set] = defaultdict(set)
         for driver_id, person_key in cursor.fetchall():
-            humans_of_person[person_key].add(human_of_driver.get(driver_id))
+            humans_of_person[person_key].add(truth.human_of_driver.get(driver_id))
         cursor.execute("SELECT source_pk, person_key::text FROM canon.identity_links WHERE source_table = 'module_ct_cabinet_leads'")
         link = dict(cursor.fetchall())
         cursor.execute("SELECT source_pk, reason_code FROM canon.identity_unmatched WHERE status = 'open'")
         reason = dict(cursor.fetchall())
-        key_agreed = _true_key_agreement(cursor, truth)
+        key_agreed = _true_key_agreement(cursor, truth.rows)
         phone_owner = _phone_owner_persons(cursor)
+    scored = evaluate_links(link, truth=truth, humans_of_target=humans_of_person)
     totals = Counter()
     by_case: dict[str, Counter] = defaultdict(Counter)
     recycled_wrong = 0
-    for row in truth:
+    for row in truth.rows:
         pk, human = row["lead_source_pk"], row["human_id"] or None
-        cases = [c for c in row["case_types"].split(";") if c] or ["clean"]
+        cases = lead_cases(row)
         linked = link.get(pk)
-        if linked:
-            outcome = "link_ok" if human and human in humans_of_person.get(linked, ()) else "link_wrong"
-        else:
-            outcome = reason.get(pk, "unprocessed")
+        outcome = scored["outcome"].get(pk) or reason.get(pk, "unprocessed")
         for case in cases:
             by_case[case][outcome] += 1
-        totals["links"] += bool(linked)
-        totals["links_ok"] += outcome == "link_ok"
         if human:
-            bucket = "ident" if row["has_identifier"] == "1" else "names_only"
-            totals[f"true_{bucket}"] += 1
-            totals[f"found_{bucket}"] += outcome == "link_ok"
             if not linked and key_agreed.get(pk) == "exact" and outcome == "NO_CANDIDATES":
                 totals["no_candidates_despite_key"] += 1
             if row["has_identifier"] == "1" and key_agreed.get(pk):
@@ -86,15 +78,12 @@ def evaluate(out: Path) -> dict:
                 totals["found_reachable"] += outcome == "link_ok"
         if "recycled_phone" in cases and linked and linked in phone_owner.get(pk, ()):
             recycled_wrong += 1
-    precision = totals["links_ok"] / totals["links"] if totals["links"] else 1.0
-    recall = totals["found_ident"] / totals["true_ident"] if totals["true_ident"] else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    names_only = totals["found_names_only"] / totals["true_names_only"] if totals["true_names_only"] else None
     reachable = totals["found_reachable"] / totals["true_reachable"] if totals["true_reachable"] else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "names_only_recall": names_only,
+    return {"precision": scored["precision"], "recall": scored["recall"], "f1": scored["f1"],
+            "names_only_recall": scored["names_only_recall"],
             "reachable_recall": reachable, "true_reachable": totals["true_reachable"],
-            "links": totals["links"], "wrong_links": totals["links"] - totals["links_ok"],
-            "true_with_identifier": totals["true_ident"], "recycled_phone_links_to_owner": recycled_wrong,
+            "links": scored["links"], "wrong_links": scored["wrong"],
+            "true_with_identifier": scored["true_with_identifier"], "recycled_phone_links_to_owner": recycled_wrong,
             "no_candidates_despite_key": totals["no_candidates_despite_key"], "by_case": by_case}
 
 
