@@ -1,162 +1,232 @@
-"""Candidate persons for a batch of leads, fetched set-based: one query per batch, not per lead.
+"""Candidate pairs for a batch of leads, by the blocking rules of identity.fields.
 
-Blocking: exact normalized keys (phone, document or licence DNI, e-mail, plate) and, for leads
-the keys did not settle, name blocks (drivers carrying the lead's rarest name tokens).
-A key value carried by more than KEY_CAP persons blocks nothing: it identifies no one.
+Two sources give the same pairs for the same data:
+- `IndexFrame`: the whole drivers index read once into memory (one COPY), joined with a batch's
+  keys column-wise. For runs over thousands of leads (match_leads, recovery workers).
+- `SqlIndex`: index lookups in PostgreSQL, one statement per rule kind. For a lead arriving now
+  and small batches, where reading a million records first would cost more than it saves.
+
+Rules: a stage-1 rule (equal keys) applies to every lead; stage-2 rules (name blocks) to the leads
+stage 1 did not settle. A key value carried by more persons than its rule's cap, or a name block
+holding more drivers than its cap, blocks nothing (it identifies no one).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import polars as pl
 from django.db import connection
 
-from identity.matching import Candidate, DriverRecord, Frequencies, LeadKeys
-
-KEY_CAP = 20  # a key shared by more persons than this is noise (placeholders, call centres)
-NAME_BLOCK_CAP = 25  # drivers taken per name block
-# A name block expected to hold more drivers than this would hand back an arbitrary LIMIT-slice
-# of namesakes at a high GIN cost: it is skipped ("Juan Carlos Quispe Mamani" blocks nothing).
-NAME_BLOCK_MAX_EXPECTED = 300
-
-# Which index column each lead key is looked up in (a document is also sought among licence DNIs).
-KEY_COLUMNS = (("phone", "phone"), ("document", "document"), ("document", "license_document"),
-               ("email", "email"), ("plate", "plate"))
-
-# Drivers sharing a key with a lead, capped per key value; then every record of their persons.
-_KEY_HITS = " UNION ALL ".join(
-    f"""
-    SELECT k.i, k.kind, k.value, h.driver_id, h.person_key FROM k
-    CROSS JOIN LATERAL (SELECT driver_id, person_key FROM canon.drivers_index di
-                        WHERE di.{column} = k.value LIMIT %(cap)s) h WHERE k.kind = '{kind}'"""
-    for kind, column in KEY_COLUMNS
+from identity.bulk import frame_read
+from identity.fields import (
+    BLOCKING_RULES,
+    FIELDS,
+    KEY_FIELDS,
+    NAME_BLOCK_MAX_EXPECTED,
+    NAME_BLOCK_MIN_TOKEN,
+    BlockingRule,
 )
-_NAME_HITS = """
-    UNION ALL
-    SELECT b.i, 'name', NULL, h.driver_id, h.person_key
-    FROM unnest(%(block_i)s::int[], %(block_tokens)s::text[]) AS b(i, tokens)
-    CROSS JOIN LATERAL canon.name_block(string_to_array(b.tokens, ' '), %(name_cap)s) h"""
-_CANDIDATES_SQL = f"""
-WITH k AS (
-    SELECT * FROM unnest(%(i)s::int[], %(kind)s::text[], %(value)s::text[]) AS k(i, kind, value)
-), hits AS ({_KEY_HITS}{_NAME_HITS}
-)
-SELECT h.i, h.kind, h.value, h.person_key::text, NULL::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL::date
-FROM hits h
-UNION ALL
-SELECT NULL, 'record', NULL, di.person_key::text, di.driver_id, di.park_id, di.phone, di.document,
-       di.license_document, di.email, di.plate, di.birth_date, di.given_tokens, di.surname_tokens, di.hire_date
-FROM canon.drivers_index di
-WHERE di.person_key IN (SELECT person_key FROM hits WHERE person_key IS NOT NULL)
-"""
+from identity.matching import KEYS_SCHEMA, RECORD_SCHEMA, TOKENS_SCHEMA, Frequencies
+
+HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "rule": pl.String}
+BLOCKS_SCHEMA = {"lead_i": pl.UInt32, "block": pl.List(pl.String)}
+_RECORD_COLUMNS = ", ".join(RECORD_SCHEMA)
 
 
-@dataclass
-class BatchCandidates:
-    by_lead: dict[str, list[Candidate]]
-    key_counts: dict[tuple[str, str], int]
+def rules(stage: int) -> tuple[BlockingRule, ...]:
+    return tuple(r for r in BLOCKING_RULES if r.stage == stage)
 
 
-def candidates_fetch(leads: list[LeadKeys], *, name_blocks: dict[str, list[tuple[str, ...]]] | None = None) -> BatchCandidates:
-    """Candidate persons of each lead. `name_blocks` maps a lead to token tuples to block on."""
-    i, kind, value = [], [], []
-    for n, lead in enumerate(leads):
-        for field_name in ("phone", "document", "email", "plate"):
-            if v := getattr(lead, field_name):
-                i.append(n)
-                kind.append(field_name)
-                value.append(v)
-    # Name blocks travel as two flat arrays (lead index, space-joined tokens; tokens have no
-    # spaces) and are looked up one by one by canon.name_block, which plans each with its tokens.
-    block_i, block_tokens = [], []
-    for n, lead in enumerate(leads):
-        for tokens in (name_blocks or {}).get(lead.source_pk, ()):
-            block_i.append(n)
-            block_tokens.append(" ".join(tokens))
-    if not i and not block_i:
-        return BatchCandidates({lead.source_pk: [] for lead in leads}, {})
-    params = {"i": i, "kind": kind, "value": value, "cap": KEY_CAP + 1, "name_cap": NAME_BLOCK_CAP,
-              "block_i": block_i, "block_tokens": block_tokens}
-    with connection.cursor() as cursor:
-        cursor.execute(_CANDIDATES_SQL, params)
-        rows = cursor.fetchall()
-    persons_of_lead: dict[int, set[str]] = defaultdict(set)
-    persons_of_value: dict[tuple[str, str], set[str]] = defaultdict(set)
-    records: dict[str, list[DriverRecord]] = defaultdict(list)
-    for n, row_kind, row_value, person_key, driver_id, *rest in rows:
-        if row_kind == "record":
-            park_id, phone, document, license_document, email, plate, birth_date, given, surnames, hired = rest
-            records[person_key].append(
-                DriverRecord(driver_id, park_id, phone, document, license_document, email, plate, birth_date,
-                             tuple(given or ()), tuple(surnames or ()), hired)
-            )
-            continue
-        if row_kind != "name":
-            persons_of_value[(row_kind, row_value)].add(person_key)
-        persons_of_lead[n].add(person_key)
-    key_counts = {key: len(persons) for key, persons in persons_of_value.items()}
-    too_common = {key for key, count in key_counts.items() if count > KEY_CAP}
-    by_lead: dict[str, list[Candidate]] = {}
-    for n, lead in enumerate(leads):
-        keep = persons_of_lead.get(n, set())
-        if too_common:
-            keep = {p for p in keep if not _only_via(p, lead, too_common, persons_of_value)}
-        by_lead[lead.source_pk] = [Candidate(p, tuple(sorted(records[p], key=lambda r: r.driver_id))) for p in sorted(keep)]
-    return BatchCandidates(by_lead, key_counts)
+def _lead_values(leads: pl.DataFrame, column: str) -> pl.DataFrame:
+    return leads.select("lead_i", pl.col(column).alias("value")).drop_nulls("value")
 
 
-def _only_via(person_key: str, lead: LeadKeys, too_common: set, persons_of_value: dict) -> bool:
-    """True when the person reached this lead only through over-shared key values."""
-    for field_name in ("phone", "document", "email", "plate"):
-        value = getattr(lead, field_name)
-        key = (field_name, value)
-        if value and key not in too_common and person_key in persons_of_value.get(key, ()):
-            return False
-    return True
-
-
-def frequencies_load() -> Frequencies:
-    """N persons, N driver records, every name token's count and the hires per park and day
-    (one read per matching run)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*), count(DISTINCT person_key) FROM canon.drivers_index")
-        drivers, persons = cursor.fetchone()
-        cursor.execute("SELECT token, drivers FROM canon.name_token_stats")
-        tokens = dict(cursor.fetchall())
-        cursor.execute(
-            """
-            SELECT park_id, hire_date, count(*) FROM canon.drivers_index
-            WHERE park_id IS NOT NULL AND hire_date IS NOT NULL GROUP BY park_id, hire_date
-            """
-        )
-        hires: dict = defaultdict(dict)
-        for park_id, day, count in cursor.fetchall():
-            hires[park_id][day] = count
-    return Frequencies(persons=persons, drivers=drivers, tokens=tokens, hires=dict(hires))
-
-
-def name_blocks_for(lead: LeadKeys, freq: Frequencies) -> list[tuple[str, ...]]:
-    """The rarest known tokens of the lead's name, in pairs and one triple.
+def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
+    """Each lead's name blocks (lead_i, block): its rarest known tokens in a pair, and when it has
+    three, the triple and the (second, third) pair too; a block expected (were tokens independent)
+    to hold more than NAME_BLOCK_MAX_EXPECTED drivers is left out.
 
     Unknown tokens (typos, usually) are skipped: they would block on nothing.
     """
-    known = sorted({t for t in lead.name_tokens if t in freq.tokens and len(t) >= 2}, key=lambda t: (freq.tokens[t], t))
-    if len(known) < 2:
-        return []
-    blocks = [tuple(known[:2])]
-    if len(known) >= 3:
-        # The triple narrows a common pair; (second, third) still finds the person when the
-        # lead carries a rare token their record lacks (a second given name, a typo'd surname).
-        blocks += [tuple(known[:3]), (known[1], known[2])]
-    return [b for b in blocks if _expected_block_size(b, freq) <= NAME_BLOCK_MAX_EXPECTED]
-
-
-def _expected_block_size(block: tuple[str, ...], freq: Frequencies) -> float:
-    """Drivers expected to carry every token of the block, were tokens independent."""
     drivers = max(freq.drivers, 1)
-    expected = float(drivers)
-    for token in block:
-        expected *= freq.tokens.get(token, 0) / drivers
-    return expected
+    known = (leads.select("lead_i", pl.col("name_tokens").alias("token")).explode("token").drop_nulls("token")
+             .filter(pl.col("token").str.len_chars() >= NAME_BLOCK_MIN_TOKEN).unique()
+             .join(freq.tokens_frame(), on="token")
+             .sort(["lead_i", "drivers", "token"])
+             .with_columns(pl.int_range(pl.len()).over("lead_i").alias("rank"))
+             .filter(pl.col("rank") < 3))
+    wide = known.group_by("lead_i").agg(pl.col("token"), pl.col("drivers")).filter(pl.col("token").list.len() >= 2)
+    blocks = []
+    for picks in ((0, 1), (0, 1, 2), (1, 2)):
+        need = max(picks) + 1
+        part = wide.filter(pl.col("token").list.len() >= need).select(
+            "lead_i",
+            pl.concat_list([pl.col("token").list.get(i) for i in picks]).alias("block"),
+            (pl.lit(float(drivers)) * pl.reduce(lambda a, b: a * b,
+                                                [pl.col("drivers").list.get(i) / drivers for i in picks]))
+            .alias("expected"),
+        )
+        blocks.append(part)
+    found = pl.concat(blocks).filter(pl.col("expected") <= NAME_BLOCK_MAX_EXPECTED).select("lead_i", "block")
+    return found.with_columns(pl.col("lead_i").cast(pl.UInt32))
+
+
+@dataclass
+class IndexFrame:
+    """The drivers index in memory: its records, and per blocking column the values it holds."""
+
+    records: pl.DataFrame
+    freq: Frequencies
+    tokens: pl.DataFrame = field(init=False)  # (token, driver_id, person_key), one row per token
+    _key_persons: dict[str, pl.DataFrame] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.tokens = (self.records.select("driver_id", "person_key",
+                                           pl.concat_list("given_tokens", "surname_tokens").alias("token"))
+                       .explode("token").drop_nulls("token").unique())
+        self.records = self.records.sort("person_key")
+
+    @classmethod
+    def load(cls) -> IndexFrame:
+        records = frame_read(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index", schema=RECORD_SCHEMA)
+        return cls(records=records, freq=frequencies_load(records=records))
+
+    def _field_values(self, field_name: str) -> pl.DataFrame:
+        """(value, driver_id, person_key) for every value of a key field, over all its columns."""
+        return pl.concat([
+            self.records.select(pl.col(column).alias("value"), "driver_id", "person_key").drop_nulls("value")
+            for column in FIELDS[field_name].index_columns
+        ])
+
+    def key_counts(self, leads: pl.DataFrame) -> pl.DataFrame:
+        """(field, value, persons): how many persons carry each of the batch's key values."""
+        parts = []
+        for name in KEY_FIELDS:
+            wanted = _lead_values(leads, FIELDS[name].lead_column).select("value").unique()
+            if not wanted.height:
+                continue
+            hits = self._field_values(name).join(wanted, on="value", how="semi")
+            parts.append(hits.group_by("value").agg(pl.col("person_key").n_unique().alias("persons"))
+                         .select(pl.lit(name).alias("field"), "value", pl.col("persons").cast(pl.Int64)))
+        return pl.concat(parts) if parts else pl.DataFrame(schema=KEYS_SCHEMA)
+
+    def key_hits(self, leads: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFrame:
+        parts = []
+        for rule in rules(1):
+            field_name = next(f.name for f in FIELDS.values() if f.lead_column == rule.lead_column)
+            usable = counts.filter((pl.col("field") == field_name) & (pl.col("persons") <= rule.cap)).select("value")
+            wanted = _lead_values(leads, rule.lead_column).join(usable, on="value", how="semi")
+            if not wanted.height:
+                continue
+            column = self.records.select(pl.col(rule.index_column).alias("value"), "person_key").drop_nulls("value")
+            parts.append(wanted.join(column, on="value").select("lead_i", "person_key", pl.lit(rule.name).alias("rule")))
+        return _hits(parts)
+
+    def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
+        if not blocks.height:
+            return pl.DataFrame(schema=HITS_SCHEMA)
+        numbered = blocks.with_row_index("block_i")
+        wanted = numbered.select("block_i", "lead_i", pl.col("block").alias("token")).explode("token")
+        size = numbered.select("block_i", pl.col("block").list.len().alias("size"))
+        carried = (wanted.join(self.tokens, on="token")
+                   .group_by("block_i", "lead_i", "driver_id", "person_key").agg(pl.len().alias("n"))
+                   .join(size, on="block_i").filter(pl.col("n") == pl.col("size")))
+        small = carried.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
+        found = carried.join(small, on="block_i", how="semi")
+        return found.select("lead_i", "person_key", pl.lit("name_tokens").alias("rule")).unique()
+
+    def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
+        return self.records.join(pl.DataFrame({"person_key": person_keys.unique()}), on="person_key", how="semi")
+
+
+class SqlIndex:
+    """The same lookups, answered by the database's indexes (a lead arriving now)."""
+
+    def __init__(self, freq: Frequencies):
+        self.freq = freq
+
+    def key_counts(self, leads: pl.DataFrame) -> pl.DataFrame:
+        selects, params = [], []
+        for name in KEY_FIELDS:
+            values = _lead_values(leads, FIELDS[name].lead_column)["value"].unique().to_list()
+            if not values:
+                continue
+            union = " UNION ".join(
+                f"SELECT {column} AS value, person_key FROM canon.drivers_index WHERE {column} = ANY(%s)"
+                for column in FIELDS[name].index_columns)
+            selects.append(f"SELECT '{name}', value, count(DISTINCT person_key) FROM ({union}) v GROUP BY value")
+            params += [values] * len(FIELDS[name].index_columns)
+        if not selects:
+            return pl.DataFrame(schema=KEYS_SCHEMA)
+        with connection.cursor() as cursor:
+            cursor.execute(" UNION ALL ".join(selects), params)
+            rows = cursor.fetchall()
+        return pl.DataFrame(rows, schema=KEYS_SCHEMA, orient="row")
+
+    def key_hits(self, leads: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFrame:
+        parts = []
+        with connection.cursor() as cursor:
+            for rule in rules(1):
+                field_name = next(f.name for f in FIELDS.values() if f.lead_column == rule.lead_column)
+                usable = counts.filter((pl.col("field") == field_name) & (pl.col("persons") <= rule.cap))
+                wanted = _lead_values(leads, rule.lead_column).join(usable.select("value"), on="value", how="semi")
+                if not wanted.height:
+                    continue
+                cursor.execute(
+                    f"SELECT {rule.index_column}, person_key::text FROM canon.drivers_index "
+                    f"WHERE {rule.index_column} = ANY(%s)", [wanted["value"].unique().to_list()])
+                found = pl.DataFrame(cursor.fetchall(), schema={"value": pl.String, "person_key": pl.String},
+                                     orient="row")
+                parts.append(wanted.join(found, on="value").select("lead_i", "person_key",
+                                                                    pl.lit(rule.name).alias("rule")))
+        return _hits(parts)
+
+    def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
+        if not blocks.height:
+            return pl.DataFrame(schema=HITS_SCHEMA)
+        numbered = blocks.with_row_index("block_i")
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT b.i, h.person_key::text FROM unnest(%s::int[], %s::text[]) AS b(i, tokens)
+                CROSS JOIN LATERAL canon.name_block(string_to_array(b.tokens, ' '), %s) h
+                """,
+                [numbered["block_i"].to_list(), numbered["block"].list.join(" ").to_list(), cap + 1],
+            )
+            found = pl.DataFrame(cursor.fetchall(), schema={"block_i": pl.UInt32, "person_key": pl.String},
+                                 orient="row")
+        small = found.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
+        found = found.join(small, on="block_i", how="semi").join(numbered.select("block_i", "lead_i"), on="block_i")
+        return found.select("lead_i", "person_key", pl.lit("name_tokens").alias("rule")).unique()
+
+    def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
+        keys = person_keys.unique().to_list()
+        if not keys:
+            return pl.DataFrame(schema=RECORD_SCHEMA)
+        return frame_read(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index WHERE person_key = ANY(%s::uuid[])",
+                          [keys], schema=RECORD_SCHEMA)
+
+
+def _hits(parts: list[pl.DataFrame]) -> pl.DataFrame:
+    if not parts:
+        return pl.DataFrame(schema=HITS_SCHEMA)
+    return pl.concat(parts).with_columns(pl.col("lead_i").cast(pl.UInt32))
+
+
+def frequencies_load(*, records: pl.DataFrame | None = None) -> Frequencies:
+    """N persons, N driver records, every name token's count and the hires per park and day."""
+    if records is not None:
+        persons, drivers = records["person_key"].n_unique(), records.height
+        hires = (records.drop_nulls(["park_id", "hire_date"]).group_by("park_id", "hire_date")
+                 .agg(pl.len().cast(pl.Int64).alias("hired")))
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*), count(DISTINCT person_key) FROM canon.drivers_index")
+            drivers, persons = cursor.fetchone()
+        hires = frame_read(
+            "SELECT park_id, hire_date, count(*) FROM canon.drivers_index "
+            "WHERE park_id IS NOT NULL AND hire_date IS NOT NULL GROUP BY park_id, hire_date",
+            schema={"park_id": pl.String, "hire_date": pl.Date, "hired": pl.Int64})
+    tokens = frame_read("SELECT token, drivers FROM canon.name_token_stats", schema=TOKENS_SCHEMA)
+    return Frequencies(persons=persons, drivers=drivers, tokens=tokens, hires=hires)

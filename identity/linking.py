@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import polars as pl
 from django.db import connection, transaction
 from django.utils import timezone
 
+from identity.bulk import frame_copy, frame_read, staging_create
 from identity.models import LEADS_TABLE, PARK_TIME_ZONE, ReasonCode, UnmatchedStatus, Verdict
 
 
@@ -128,45 +130,54 @@ class LinkOutcome:
     origins_written: int = 0
 
 
+LINK_COLUMNS = {"source_pk": "text", "person_key": "uuid", "match_rule": "text", "match_score": "float8",
+                "confidence_level": "text", "evidence": "jsonb", "rule_version": "text"}
+UNMATCHED_COLUMNS = {"source_pk": "text", "reason_code": "text", "details": "jsonb"}
+
+
 def leads_link(*, links: list[LeadLink], decided_by: str = "system") -> LinkOutcome:
     """Create the links of a batch, their origins, and close their unmatched rows, atomically.
 
     A lead that already has a link keeps it (whoever decided it): the second writer loses and
     is told so in `already_linked`.
     """
+    frame = pl.DataFrame(
+        {"source_pk": [x.source_pk for x in links], "person_key": [x.person_key for x in links],
+         "match_rule": [x.match_rule for x in links], "match_score": [x.match_score for x in links],
+         "confidence_level": [x.confidence_level for x in links], "evidence": [_json(x.evidence) for x in links],
+         "rule_version": [x.rule_version for x in links]},
+        schema={name: pl.Float64 if name == "match_score" else pl.String for name in LINK_COLUMNS},
+    )
+    return leads_link_frame(links=frame, decided_by=decided_by)
+
+
+def leads_link_frame(*, links: pl.DataFrame, decided_by: str = "system") -> LinkOutcome:
+    """leads_link for a frame of LINK_COLUMNS (evidence as JSON text): one COPY into a staging
+    table, then one INSERT for the whole batch."""
     outcome = LinkOutcome()
-    if not links:
+    if not links.height:
         return outcome
     with transaction.atomic(), connection.cursor() as cursor:
-        person_keys = sorted({link.person_key for link in links})
+        person_keys = sorted(set(links["person_key"].to_list()))
         _lock_persons(cursor, person_keys)
+        staging_create(cursor, "_lead_links", LINK_COLUMNS)
+        frame_copy(cursor, "_lead_links", links.select(list(LINK_COLUMNS)))
         cursor.execute(
             """
             INSERT INTO canon.identity_links
                 (source_table, source_pk, person_key, match_rule, match_score, confidence_level,
                  evidence, rule_version, linked_at, decided_by)
-            SELECT %s, l.source_pk, l.person_key::uuid, l.match_rule, l.match_score, l.confidence_level,
-                   l.evidence::jsonb, l.rule_version, now(), %s
-            FROM unnest(%s::text[], %s::text[], %s::text[], %s::float8[], %s::text[], %s::text[], %s::text[])
-                 AS l(source_pk, person_key, match_rule, match_score, confidence_level, evidence, rule_version)
+            SELECT %s, l.source_pk, l.person_key, l.match_rule, l.match_score, l.confidence_level,
+                   l.evidence, l.rule_version, now(), %s
+            FROM _lead_links l ORDER BY l.source_pk
             ON CONFLICT (source_table, source_pk) DO NOTHING
             RETURNING source_pk
             """,
-            [
-                LEADS_TABLE,
-                decided_by,
-                [x.source_pk for x in links],
-                [x.person_key for x in links],
-                [x.match_rule for x in links],
-                [x.match_score for x in links],
-                [x.confidence_level for x in links],
-                [_json(x.evidence) for x in links],
-                [x.rule_version for x in links],
-            ],
+            [LEADS_TABLE, decided_by],
         )
         outcome.linked = [row[0] for row in cursor.fetchall()]
         linked = set(outcome.linked)
-        outcome.already_linked = [x.source_pk for x in links if x.source_pk not in linked]
+        outcome.already_linked = [pk for pk in links["source_pk"].to_list() if pk not in linked]
         if outcome.linked:
             outcome.origins_written = origins_refresh(cursor=cursor, person_keys=person_keys)
             cursor.execute(
@@ -212,28 +223,31 @@ def origins_refresh(*, cursor, person_keys: list[str] | None = None) -> int:
 
 def leads_record_unmatched(*, outcomes: list[LeadUnmatched], snapshot_date=None) -> int:
     """Upsert each unlinked lead's reason and candidates into canon.identity_unmatched."""
-    if not outcomes:
+    frame = pl.DataFrame({"source_pk": [o.source_pk for o in outcomes], "reason_code": [str(o.reason_code) for o in outcomes],
+                          "details": [_json(o.details) for o in outcomes]}, schema={n: pl.String for n in UNMATCHED_COLUMNS})
+    return leads_record_unmatched_frame(outcomes=frame, snapshot_date=snapshot_date)
+
+
+def leads_record_unmatched_frame(*, outcomes: pl.DataFrame, snapshot_date=None) -> int:
+    """leads_record_unmatched for a frame of UNMATCHED_COLUMNS (details as JSON text)."""
+    if not outcomes.height:
         return 0
     snapshot_date = snapshot_date or lima_today()
     with connection.cursor() as cursor:
+        staging_create(cursor, "_lead_unmatched", UNMATCHED_COLUMNS)
+        frame_copy(cursor, "_lead_unmatched", outcomes.select(list(UNMATCHED_COLUMNS)))
         cursor.execute(
             """
             INSERT INTO canon.identity_unmatched AS u
                 (source_table, source_pk, reason_code, details, snapshot_date, status, created_at, updated_at)
-            SELECT %s, o.source_pk, o.reason_code, o.details::jsonb, %s, 'open', now(), now()
-            FROM unnest(%s::text[], %s::text[], %s::text[]) AS o(source_pk, reason_code, details)
+            SELECT %s, o.source_pk, o.reason_code, o.details, %s, 'open', now(), now()
+            FROM _lead_unmatched o ORDER BY o.source_pk
             ON CONFLICT (source_table, source_pk) DO UPDATE SET
                 reason_code = EXCLUDED.reason_code, details = EXCLUDED.details,
                 snapshot_date = EXCLUDED.snapshot_date, updated_at = now(),
                 status = CASE WHEN u.status = 'ignored' THEN u.status ELSE 'open' END
             """,
-            [
-                LEADS_TABLE,
-                snapshot_date,
-                [o.source_pk for o in outcomes],
-                [o.reason_code for o in outcomes],
-                [_json(o.details) for o in outcomes],
-            ],
+            [LEADS_TABLE, snapshot_date],
         )
         return cursor.rowcount
 
@@ -258,20 +272,35 @@ def judgement_record(
     )
 
 
+def rejected_frame(*, source_pks: list[str]) -> pl.DataFrame:
+    """(source_pk, person_key): the persons a reviewer said each lead is not (negative judgements)."""
+    schema = {"source_pk": pl.String, "person_key": pl.String}
+    if not source_pks:
+        return pl.DataFrame(schema=schema)
+    return frame_read(
+        "SELECT source_pk, person_key::text FROM canon.identity_judgements "
+        "WHERE source_table = %s AND source_pk = ANY(%s) AND verdict = %s AND person_key IS NOT NULL",
+        [LEADS_TABLE, source_pks, Verdict.NOT_THIS_PERSON.value], schema=schema)
+
+
 def rejected_persons(*, source_pks: list[str]) -> dict[str, set[str]]:
     """For each lead, the persons a reviewer said it is not (negative judgements)."""
+    rejected: dict[str, set[str]] = {}
+    for source_pk, person_key in rejected_frame(source_pks=source_pks).iter_rows():
+        rejected.setdefault(source_pk, set()).add(person_key)
+    return rejected
+
+
+def lead_links(*, source_pks: list[str]) -> dict[str, str]:
+    """The person each of these leads is linked to (leads without a link are left out)."""
+    if not source_pks:
+        return {}
     with connection.cursor() as cursor:
         cursor.execute(
-            """
-            SELECT source_pk, person_key::text FROM canon.identity_judgements
-            WHERE source_table = %s AND source_pk = ANY(%s) AND verdict = %s
-            """,
-            [LEADS_TABLE, source_pks, Verdict.NOT_THIS_PERSON],
+            "SELECT source_pk, person_key::text FROM canon.identity_links WHERE source_table = %s AND source_pk = ANY(%s)",
+            [LEADS_TABLE, source_pks],
         )
-        rejected: dict[str, set[str]] = {}
-        for source_pk, person_key in cursor.fetchall():
-            rejected.setdefault(source_pk, set()).add(person_key)
-        return rejected
+        return dict(cursor.fetchall())
 
 
 def lima_today():
@@ -303,8 +332,12 @@ __all__ = [
     "drivers_link",
     "drivers_register_persons",
     "judgement_record",
+    "lead_links",
     "leads_link",
+    "leads_link_frame",
     "leads_record_unmatched",
+    "leads_record_unmatched_frame",
     "origins_refresh",
+    "rejected_frame",
     "rejected_persons",
 ]

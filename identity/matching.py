@@ -1,127 +1,72 @@
-"""Scoring and deciding: a lead against its candidate persons, field by field, as pure functions.
+"""Scoring and deciding, column-wise: candidate pairs as a Polars frame in, decisions with evidence out.
 
-The model is Fellegi–Sunter with fixed, declared probabilities (no training step that can
-silently collapse): each comparison level has m = P(level | same person) and
-u = P(level | different persons); its weight is log2(m / u) bits. Exact agreement on a value
-uses the value's own frequency as u (term-frequency adjustment: a phone three people share or
-the surname "Quispe" says less than a unique one). The posterior log-odds is the prior
-(one person in N) plus the weights.
+The model is Fellegi–Sunter over the comparisons declared in identity.fields: each level has
+m = P(level | same person) and u = P(level | different persons); its weight is log2(m / u) bits.
+Exact agreement on a value uses the value's own frequency as u (term-frequency adjustment: a phone
+three people share or the surname "Quispe" says less than a unique one). The posterior log-odds
+is the prior (one person in N) plus the weights.
 
 Independence fails exactly where families share phones and friends share cars, so a link also
-needs corroboration: given name and surname must agree, and some key (document, phone,
-e-mail, plate or birth date) must agree too. See docs/matching.md.
+needs corroboration: given name and surname must agree, and some key (document, phone, e-mail,
+plate or birth date) must agree too. See docs/matching.md.
+
+Every lead of a batch is scored by the same expressions over one frame of pairs (one row per
+lead and candidate driver record); a single lead is a one-lead batch. `lead_decide` and
+`candidate_score` wrap one lead's dataclasses into frames for callers and tests that hold them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 
+import numpy as np
+import polars as pl
+from rapidfuzz import process
 from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 
+from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.11-r2"  # r2: recruitment comparison and rule
+RULE_VERSION = "fs-2026.12-v2"  # v2: the vectorized engine (same model as r2)
 
-
-# --- Comparisons as data ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Level:
-    name: str
-    m: float
-    u: float | None  # None: term frequency of the agreeing value(s)
-    description: str
-
-
-@dataclass(frozen=True)
-class Comparison:
-    field: str
-    levels: tuple[Level, ...]
-    # Keys a family or friends can share: agreement on them alone never links.
-    shareable: bool = False
-    # Exact agreement's u is the chance that a *different* person carries the value:
-    # (other persons carrying it + share_rate) / N. share_rate is how often a value turns up
-    # on someone else anyway (a DNI typed onto a relative's record, a recycled number).
-    share_rate: float = 1.0
-
-    def level(self, name: str) -> Level:
-        for level in self.levels:
-            if level.name == name:
-                return level
-        raise KeyError(f"{self.field} has no level {name!r}")
-
-
-def _key_levels(exact_m: float, typo_m: float, typo_u: float, different_m: float) -> tuple[Level, ...]:
-    return (
-        Level("exact", exact_m, None, "same normalized value"),
-        Level("one_typo", typo_m, typo_u, "one character changed, added, dropped or two swapped"),
-        Level("different", different_m, 1.0, "both present and different"),
-    )
-
-
-COMPARISONS: dict[str, Comparison] = {
-    c.field: c
-    for c in (
-        # A DNI is personal; typed wrong now and then; rarely different for the same person.
-        Comparison("document", _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02),
-                   share_rate=0.02),
-        # People change phones; families and recycled numbers make phones shareable.
-        Comparison("phone", _key_levels(exact_m=0.85, typo_m=0.03, typo_u=1e-6, different_m=0.12),
-                   shareable=True, share_rate=0.5),
-        # E-mails are built from names (percy.ccama@, percyeccama@): namesakes' addresses are
-        # often one typo apart, so an e-mail typo says far less than a DNI or phone typo.
-        Comparison("email", _key_levels(exact_m=0.80, typo_m=0.04, typo_u=1e-3, different_m=0.16), share_rate=0.1),
-        # Cars are lent and sold: a plate is weak and shareable.
-        Comparison("plate", _key_levels(exact_m=0.60, typo_m=0.03, typo_u=1e-5, different_m=0.37),
-                   shareable=True, share_rate=1.0),
-        Comparison(
-            "birth_date",
-            (
-                Level("exact", 0.95, 1 / 14600, "same day (40 years of birth dates)"),
-                Level("near", 0.03, 1 / 500, "day and month swapped, or one part differs"),
-                Level("different", 0.02, 1.0, "both present and different"),
-            ),
-        ),
-        # Names: u is the frequency of the agreeing tokens (Quispe is common, Ccahuana is not).
-        Comparison(
-            "name",
-            (
-                Level("exact", 0.80, None, "same tokens, in any box order"),
-                Level("typo", 0.06, None, "all tokens agree, some with a typo"),
-                Level("subset", 0.09, None, "given name and surname agree; one side has extra tokens"),
-                Level("partial", 0.03, None, "given name and surname agree; both sides have other tokens"),
-                Level("surnames_only", 0.01, None, "surnames agree, given names do not"),
-                Level("given_only", 0.004, None, "given names agree, surnames do not"),
-                Level("different", 0.002, 1.0, "no token in common"),
-            ),
-        ),
-        # The partner recruits a lead and hires them in its park days later. u: the share of all
-        # drivers hired in that park in that window, from the data (a busy park's hires say less).
-        # Its absence says nothing (many leads were drivers already, or were hired elsewhere), so
-        # it has no disagreeing level.
-        Comparison(
-            "recruitment",
-            (Level("hired_after_lead", 0.75, None,
-                   "a record hired in the lead's park within the window after the lead date"),),
-        ),
-    )
-}
-
-KEY_FIELDS = ("document", "phone", "email", "plate")
 # Name levels in which both a given name and a surname agree.
-NAME_CORROBORATES = frozenset({"exact", "typo", "subset", "partial"})
+NAME_CORROBORATES = ("exact", "typo", "subset", "partial")
 # ...and with no token on either side contradicting the other.
-NAME_AGREES_WITHOUT_CONFLICT = frozenset({"exact", "typo", "subset"})
+NAME_AGREES_WITHOUT_CONFLICT = ("exact", "typo", "subset")
 # The recruitment rule (no key at all) wants every token on both sides to agree.
-RECRUITMENT_NAME_LEVELS = frozenset({"exact", "typo"})
+RECRUITMENT_NAME_LEVELS = ("exact", "typo")
 FUZZY_TOKEN_MIN = 0.90  # Jaro-Winkler similarity for two name tokens to count as a typo
 FUZZY_TOKEN_WEIGHT = 0.8  # a typo'd token carries this share of an exact token's information
+NEAR_EXACT = 1.0 - 1e-9  # one edit, or three letters swapped: a typo whatever Jaro-Winkler says
+
+# Pseudo-counts: the population a lead could come from is larger than a small index, and a
+# token seen once among ten drivers is not one in ten of all Peruvians. Frequencies are smoothed
+# toward these priors; at a million drivers the smoothing is negligible.
+PSEUDO_PERSONS = 10_000
+PSEUDO_DRIVERS = 10_000
+BASE_TOKEN_F = 0.002  # a name token's frequency before the data says otherwise
+EVIDENCE_TOP = 5  # candidates kept in a decision's evidence
+
+# --- Frame schemas ---------------------------------------------------------------------------
+
+LEAD_SCHEMA = {
+    "lead_i": pl.UInt32, "source_pk": pl.String, "phone": pl.String, "document": pl.String,
+    "email": pl.String, "plate": pl.String, "birth_date": pl.Date, "name_tokens": pl.List(pl.String),
+    "park_id": pl.String, "lead_date": pl.Date,
+}
+RECORD_SCHEMA = {
+    "driver_id": pl.String, "person_key": pl.String, "park_id": pl.String, "phone": pl.String,
+    "document": pl.String, "license_document": pl.String, "email": pl.String, "plate": pl.String,
+    "birth_date": pl.Date, "given_tokens": pl.List(pl.String), "surname_tokens": pl.List(pl.String),
+    "hire_date": pl.Date,
+}
+# Pairs: one row per (lead, candidate driver record), the record's columns beside the lead's index.
+PAIR_SCHEMA = {"lead_i": pl.UInt32, **RECORD_SCHEMA, "excluded": pl.Boolean}
 
 
-# --- Inputs -------------------------------------------------------------------------------
+# --- Inputs as dataclasses (one lead at a time: tests, explain, review) --------------------
 
 
 @dataclass(frozen=True)
@@ -170,44 +115,88 @@ class Candidate:
     records: tuple[DriverRecord, ...]
 
 
-# Pseudo-counts: the population a lead could come from is larger than a small index, and a
-# token seen once among ten drivers is not one in ten of all Peruvians. Frequencies are smoothed
-# toward these priors; at a million drivers the smoothing is negligible.
-PSEUDO_PERSONS = 10_000
-PSEUDO_DRIVERS = 10_000
-BASE_TOKEN_F = 0.002  # a name token's frequency before the data says otherwise
+def leads_frame(leads: list[LeadKeys]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "lead_i": list(range(len(leads))),
+            "source_pk": [x.source_pk for x in leads],
+            **{name: [getattr(x, name) for x in leads] for name in
+               ("phone", "document", "email", "plate", "birth_date")},
+            "name_tokens": [list(x.name_tokens) for x in leads],
+            "park_id": [x.park_id for x in leads],
+            "lead_date": [x.lead_date for x in leads],
+        },
+        schema=LEAD_SCHEMA,
+    )
+
+
+def pairs_frame(rows: list[tuple[int, str, DriverRecord, bool]]) -> pl.DataFrame:
+    """Pairs from (lead_i, person_key, record, excluded) tuples."""
+    data: dict[str, list] = {name: [] for name in PAIR_SCHEMA}
+    for lead_i, person_key, record, excluded in rows:
+        data["lead_i"].append(lead_i)
+        data["person_key"].append(person_key)
+        data["excluded"].append(excluded)
+        for name in RECORD_SCHEMA:
+            if name != "person_key":
+                value = getattr(record, name)
+                data[name].append(list(value) if isinstance(value, tuple) else value)
+    return pl.DataFrame(data, schema=PAIR_SCHEMA)
+
+
+# --- What the data says ----------------------------------------------------------------------
+
+
+def _frame(value, schema: dict) -> pl.DataFrame:
+    if isinstance(value, pl.DataFrame):
+        return value
+    if isinstance(value, dict):
+        names = list(schema)
+        if len(names) == 2:
+            return pl.DataFrame({names[0]: list(value), names[1]: list(value.values())}, schema=schema)
+        return pl.DataFrame({names[0]: [k[0] for k in value], names[1]: [k[1] for k in value],
+                             names[2]: list(value.values())}, schema=schema)
+    raise TypeError(f"expected a dict or a DataFrame, got {type(value).__name__}")
+
+
+TOKENS_SCHEMA = {"token": pl.String, "drivers": pl.Int64}
+KEYS_SCHEMA = {"field": pl.String, "value": pl.String, "persons": pl.Int64}
+HIRES_SCHEMA = {"park_id": pl.String, "hire_date": pl.Date, "hired": pl.Int64}
 
 
 @dataclass(frozen=True)
 class Frequencies:
-    """What the data says about how common things are."""
+    """What the data says about how common things are. Each table is a dict or a frame:
+    tokens {token: driver records carrying it}; keys {(field, value): persons carrying it};
+    hires {(park_id, hire_date): driver records hired that day} (or {park_id: {hire_date: n}})."""
 
     persons: int  # N: persons in the registry
     drivers: int  # driver records in the index (denominator of token frequencies)
-    tokens: dict[str, int] = field(default_factory=dict)  # name token -> driver records carrying it
-    # (field, value) -> persons carrying it, for exact key agreement
-    keys: dict[tuple[str, str], int] = field(default_factory=dict)
-    # park_id -> {hire_date: driver records hired that day}, for the recruitment comparison
-    hires: dict[str, dict[date, int]] = field(default_factory=dict)
+    tokens: dict | pl.DataFrame = field(default_factory=dict)
+    keys: dict | pl.DataFrame = field(default_factory=dict)
+    hires: dict | pl.DataFrame = field(default_factory=dict)
 
     @property
     def population(self) -> int:
         return self.persons + PSEUDO_PERSONS
 
-    def key_u(self, field_name: str, value: str, share_rate: float) -> float:
-        """P(a different person carries this value): the others who do, plus the field's share rate."""
-        others = max(self.keys.get((field_name, value), 1), 1) - 1
-        return (others + share_rate) / self.population
+    def tokens_frame(self) -> pl.DataFrame:
+        return _frame(self.tokens, TOKENS_SCHEMA)
 
-    def hire_u(self, park_id: str, first: date, days: int) -> float:
-        """P(a different driver was hired in this park between `first` and `days` days later)."""
-        per_day = self.hires.get(park_id, {})
-        hired = sum(per_day.get(first + timedelta(days=n), 0) for n in range(days + 1))
-        return (hired + 1) / (self.drivers + PSEUDO_DRIVERS)
+    def keys_frame(self) -> pl.DataFrame:
+        return _frame(self.keys, KEYS_SCHEMA)
 
-    def token_f(self, token: str) -> float:
-        count = self.tokens.get(token, 0)
-        return (count + PSEUDO_DRIVERS * BASE_TOKEN_F) / (self.drivers + PSEUDO_DRIVERS)
+    def hires_frame(self) -> pl.DataFrame:
+        hires = self.hires
+        if isinstance(hires, dict) and hires and isinstance(next(iter(hires.values())), dict):
+            hires = {(park, day): n for park, days in hires.items() for day, n in days.items()}
+        return _frame(hires, HIRES_SCHEMA)
+
+    def token_count(self, token: str) -> int:
+        if isinstance(self.tokens, dict):
+            return self.tokens.get(token, 0)
+        hit = self.tokens.filter(pl.col("token") == token)
+        return int(hit["drivers"][0]) if hit.height else 0
 
 
 @dataclass(frozen=True)
@@ -225,8 +214,414 @@ class Thresholds:
 
         return cls(**getattr(settings, "CT4_MATCHING", {}))
 
+    def as_dict(self) -> dict:
+        return {"link": self.link_bits, "margin": self.margin_bits, "weak": self.weak_bits}
 
-# --- Scoring ------------------------------------------------------------------------------
+
+# --- Comparisons, column-wise ---------------------------------------------------------------
+
+PERSON = ["lead_i", "person_key"]
+# Every comparison hands back one row per candidate person with these columns.
+EVIDENCE_COLUMNS = ["lead_i", "person_key", "level", "bits", "driver_id", "shared_by"]
+
+
+def _log2(expr: pl.Expr) -> pl.Expr:
+    return expr.clip(lower_bound=1e-12).log(2)
+
+
+def _level_m(f: Field, level: pl.Expr) -> pl.Expr:
+    return level.replace_strict({lv.name: lv.m for lv in f.levels}, return_dtype=pl.Float64)
+
+
+def _best_per_person(frame: pl.DataFrame, by: list[str], descending: list[bool]) -> pl.DataFrame:
+    """The first row of each (lead, person) after sorting by `by` (ties: lowest driver_id)."""
+    return (frame.sort([*PERSON, *by, "driver_id"], descending=[False, False, *descending, False])
+            .unique(subset=PERSON, keep="first", maintain_order=True))
+
+
+def _distances(a: pl.Series, b: pl.Series) -> np.ndarray:
+    """Damerau-Levenshtein distance of each pair, capped at 2 (we only ask "at most one edit?")."""
+    if not len(a):
+        return np.zeros(0, dtype=np.int32)
+    return process.cpdist(a.to_list(), b.to_list(), scorer=DamerauLevenshtein.distance, score_cutoff=1, workers=-1)
+
+
+def _compare_key(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
+    """exact (u from the value's frequency) / one_typo / different, over the field's index columns."""
+    lead_values = leads.select("lead_i", pl.col(f.lead_column).alias("lead_value")).drop_nulls("lead_value")
+    values = pl.concat([
+        pairs.select("lead_i", "person_key", "driver_id", pl.col(column).alias("value"),
+                     pl.lit(order, pl.Int32).alias("column_order"))
+        for order, column in enumerate(f.index_columns)
+    ]).drop_nulls("value").join(lead_values, on="lead_i")
+    exact = pl.col("value") == pl.col("lead_value")
+    if f.leading_zeros_equal:
+        stripped = pl.col("value").str.strip_chars_start("0")
+        exact = exact | (pl.col("value").str.contains(r"^[0-9]+$") & pl.col("lead_value").str.contains(r"^[0-9]+$")
+                         & (stripped == pl.col("lead_value").str.strip_chars_start("0")) & (stripped != ""))
+    values = values.with_columns(exact.alias("exact"))
+    maybe = ~values["exact"] & (values["value"].str.len_chars() == values["lead_value"].str.len_chars())
+    rows = np.flatnonzero(maybe.to_numpy())
+    distance = np.full(values.height, 2, dtype=np.int32)
+    distance[rows] = _distances(values["value"].gather(rows), values["lead_value"].gather(rows))
+    values = values.with_columns(
+        pl.when(pl.col("exact")).then(0).when(pl.Series(distance) <= 1).then(1).otherwise(2).alias("rank"))
+    best = _best_per_person(values, ["rank", "column_order"], [False, False])
+    counts = freq.keys_frame().filter(pl.col("field") == f.name).select("value", "persons")
+    best = best.join(counts, on="value", how="left")
+    exact_level, typo_level, different_level = (f.level(n) for n in ("exact", "one_typo", "different"))
+    others = pl.max_horizontal(pl.col("persons").fill_null(1), pl.lit(1)) - 1
+    exact_u = (others + f.share_rate) / freq.population
+    return best.select(
+        "lead_i", "person_key",
+        pl.col("rank").replace_strict({0: "exact", 1: "one_typo", 2: "different"}, return_dtype=pl.String).alias("level"),
+        pl.when(pl.col("rank") == 0).then(_log2(exact_level.m / exact_u))
+        .when(pl.col("rank") == 1).then(math.log2(typo_level.m / typo_level.u))
+        .otherwise(math.log2(different_level.m / different_level.u)).alias("bits"),
+        "driver_id",
+        pl.when(pl.col("rank") == 0).then(pl.col("persons").fill_null(1)).alias("shared_by"),
+    )
+
+
+def _compare_date(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
+    """exact / near (day and month swapped, or one of day, month, year differs) / different."""
+    lead_values = leads.select("lead_i", pl.col(f.lead_column).alias("lead_value")).drop_nulls("lead_value")
+    column = f.index_columns[0]
+    rows = pairs.select("lead_i", "person_key", "driver_id", pl.col(column).alias("value")).drop_nulls("value")
+    rows = rows.join(lead_values, on="lead_i")
+    a, b = pl.col("value"), pl.col("lead_value")
+    same_parts = ((a.dt.year() == b.dt.year()).cast(pl.Int8) + (a.dt.month() == b.dt.month()).cast(pl.Int8)
+                  + (a.dt.day() == b.dt.day()).cast(pl.Int8))
+    swapped = (a.dt.year() == b.dt.year()) & (a.dt.month() == b.dt.day()) & (a.dt.day() == b.dt.month())
+    rows = rows.with_columns(pl.when(a == b).then(0).when((same_parts == 2) | swapped).then(1).otherwise(2).alias("rank"))
+    best = _best_per_person(rows, ["rank"], [False])
+    names = {0: "exact", 1: "near", 2: "different"}
+    return best.select(
+        "lead_i", "person_key",
+        pl.col("rank").replace_strict(names, return_dtype=pl.String).alias("level"),
+        pl.col("rank").replace_strict({r: math.log2(f.level(n).m / f.level(n).u) for r, n in names.items()},
+                                      return_dtype=pl.Float64).alias("bits"),
+        "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
+    )
+
+
+def _token_similarity(pairs: pl.DataFrame) -> pl.Series:
+    """Similarity of each distinct (lead token, record token) pair that may be a typo:
+    Jaro-Winkler for tokens of four letters or more (one edit counts as NEAR_EXACT), and NEAR_EXACT
+    for three-letter tokens with the same letters (luz / lzu); -1 where no typo is possible."""
+    a, b = pairs["lead_token"].to_list(), pairs["token"].to_list()
+    long_ = (pairs["lead_token"].str.len_chars() >= 4) & (pairs["token"].str.len_chars() >= 4)
+    jaro = process.cpdist(a, b, scorer=JaroWinkler.similarity, workers=-1, dtype=np.float64) if a else np.zeros(0)
+    one_edit = _distances(pairs["lead_token"], pairs["token"]) <= 1
+    three = [len(x) == len(y) == 3 and sorted(x) == sorted(y) for x, y in zip(a, b, strict=True)]
+    long_np = long_.to_numpy()
+    similarity = np.where(long_np, np.where(one_edit, NEAR_EXACT, jaro), np.where(three, NEAR_EXACT, -1.0))
+    return pl.Series("similarity", similarity, dtype=pl.Float64)
+
+
+def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
+    """The lead's words against each record's given names and surnames, token by token.
+
+    A lead token hits a record token when equal, or else the most similar record token at
+    Jaro-Winkler >= FUZZY_TOKEN_MIN (a typo). The level says which sides agree; u is the chance
+    that a random person carries all the hit tokens (typo'd ones count FUZZY_TOKEN_WEIGHT).
+    A person's name evidence is its best record's.
+    """
+    lead_tokens = (leads.select("lead_i", pl.col(f.lead_column).list.unique(maintain_order=True).alias("lead_token"))
+                   .filter(pl.col("lead_token").list.len() > 0)
+                   .with_columns(pl.col("lead_token").list.len().alias("lead_n")))
+    records = (pairs.select("lead_i", "person_key", "driver_id", "given_tokens", "surname_tokens")
+               .filter((pl.col("given_tokens").list.len() + pl.col("surname_tokens").list.len()) > 0)
+               .join(lead_tokens.select("lead_i", "lead_n"), on="lead_i")
+               .with_row_index("r"))
+    if not records.height:
+        return pl.DataFrame(schema={c: t for c, t in _EVIDENCE_SCHEMA.items()})
+    given, surnames = f.index_columns
+    pool = pl.concat([
+        records.select("r", pl.col(column).alias("token"), pl.lit(column == given).alias("is_given")).explode("token")
+        for column in (given, surnames)
+    ]).drop_nulls("token")
+    pool = pool.with_columns(pl.int_range(pl.len()).over("r").alias("position"))  # given names first
+    pool_n = pool.group_by("r").agg(pl.len().alias("pool_n"))
+    wanted = records.select("r", "lead_i").join(lead_tokens.select("lead_i", "lead_token").explode("lead_token"),
+                                                on="lead_i").drop("lead_i")
+    pool_tokens = pool.select("r", "token").unique()
+    exact = wanted.join(pool_tokens, left_on=["r", "lead_token"], right_on=["r", "token"], how="semi")
+    missing = wanted.join(pool_tokens, left_on=["r", "lead_token"], right_on=["r", "token"], how="anti")
+    fuzzy = missing.join(pool.select("r", "token", "position"), on="r")
+    fuzzy = fuzzy.filter(((pl.col("lead_token").str.len_chars() >= 4) & (pl.col("token").str.len_chars() >= 4))
+                         | ((pl.col("lead_token").str.len_chars() == 3) & (pl.col("token").str.len_chars() == 3)))
+    distinct = fuzzy.select("lead_token", "token").unique()
+    distinct = distinct.with_columns(_token_similarity(distinct))
+    fuzzy = (fuzzy.join(distinct, on=["lead_token", "token"]).filter(pl.col("similarity") >= FUZZY_TOKEN_MIN)
+             .sort(["r", "lead_token", "similarity", "position"], descending=[False, False, True, True])
+             .unique(subset=["r", "lead_token"], keep="first", maintain_order=True))
+    hits = pl.concat([
+        exact.select("r", pl.col("lead_token").alias("token"), pl.lit(True).alias("exact")),
+        fuzzy.select("r", "token", pl.lit(False).alias("exact")),
+    ]).group_by("r", "token").agg(pl.col("exact").any())
+    token_f = ((pl.col("drivers").fill_null(0) + PSEUDO_DRIVERS * BASE_TOKEN_F) / (freq.drivers + PSEUDO_DRIVERS))
+    hits = hits.join(freq.tokens_frame(), on="token", how="left").with_columns(
+        (token_f.log(2) * pl.when(pl.col("exact")).then(1.0).otherwise(FUZZY_TOKEN_WEIGHT)).alias("log_u"))
+    per_record = hits.group_by("r").agg(pl.len().alias("hits"), pl.col("exact").all().alias("all_exact"),
+                                        pl.col("log_u").sum())
+    sides = (pool.join(hits.select("r", "token"), on=["r", "token"], how="semi")
+             .group_by("r").agg(pl.col("is_given").any().alias("given_hit"), (~pl.col("is_given")).any().alias("surname_hit"),
+                                pl.len().alias("pool_hit")))
+    scored = (records.select("r", "lead_i", "person_key", "driver_id", "lead_n").join(pool_n, on="r")
+              .join(per_record, on="r", how="left").join(sides, on="r", how="left")
+              .with_columns(pl.col("hits").fill_null(0), pl.col("given_hit").fill_null(False),
+                            pl.col("surname_hit").fill_null(False), pl.col("pool_hit").fill_null(0)))
+    both = pl.col("given_hit") & pl.col("surname_hit")
+    lead_all = pl.col("hits") >= pl.col("lead_n")
+    pool_all = pl.col("pool_hit") == pl.col("pool_n")
+    level = (pl.when(pl.col("hits") == 0).then(pl.lit("different"))
+             .when(both & lead_all & pool_all & pl.col("all_exact")).then(pl.lit("exact"))
+             .when(both & lead_all & pool_all).then(pl.lit("typo"))
+             .when(both & (lead_all | pool_all)).then(pl.lit("subset"))
+             .when(both).then(pl.lit("partial"))
+             .when(pl.col("surname_hit")).then(pl.lit("surnames_only"))
+             .otherwise(pl.lit("given_only")))
+    floor = 1 / (freq.drivers + PSEUDO_DRIVERS)
+    u = pl.when(pl.col("level") == "different").then(f.level("different").u).otherwise(
+        pl.max_horizontal(pl.lit(2.0).pow(pl.col("log_u")), pl.lit(floor)))
+    scored = scored.with_columns(level.alias("level")).with_columns(
+        (_level_m(f, pl.col("level")) / u).log(2).alias("bits"))
+    best = _best_per_person(scored, ["bits"], [True])
+    return best.select("lead_i", "person_key", "level", "bits", "driver_id", pl.lit(None, pl.Int64).alias("shared_by"))
+
+
+def _compare_recruitment(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies,
+                         window_days: int) -> pl.DataFrame:
+    """A record hired in the lead's park 0..window days after the lead; u = that park's hires in
+    that window over all drivers (from the data)."""
+    if not window_days:
+        return pl.DataFrame(schema=_EVIDENCE_SCHEMA)
+    lead_values = leads.select("lead_i", pl.col("park_id").alias("lead_park"), "lead_date").drop_nulls()
+    rows = (pairs.select("lead_i", "person_key", "driver_id", "park_id", "hire_date")
+            .join(lead_values, on="lead_i")
+            .filter((pl.col("park_id") == pl.col("lead_park"))
+                    & ((pl.col("hire_date") - pl.col("lead_date")).dt.total_days().is_between(0, window_days))))
+    if not rows.height:
+        return pl.DataFrame(schema=_EVIDENCE_SCHEMA)
+    best = _best_per_person(rows, [], [])
+    windows = (best.select("lead_park", "lead_date").unique()
+               .with_columns(pl.int_ranges(0, window_days + 1).alias("offset")).explode("offset")
+               .with_columns((pl.col("lead_date") + pl.duration(days=pl.col("offset"))).alias("hire_date")))
+    hired = (windows.join(freq.hires_frame(), left_on=["lead_park", "hire_date"], right_on=["park_id", "hire_date"],
+                          how="left")
+             .group_by("lead_park", "lead_date").agg(pl.col("hired").fill_null(0).sum()))
+    level = f.levels[0]
+    return best.join(hired, on=["lead_park", "lead_date"], how="left").select(
+        "lead_i", "person_key", pl.lit(level.name).alias("level"),
+        (level.m / ((pl.col("hired").fill_null(0) + 1) / (freq.drivers + PSEUDO_DRIVERS))).log(2).alias("bits"),
+        "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
+    )
+
+
+_EVIDENCE_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "level": pl.String, "bits": pl.Float64,
+                    "driver_id": pl.String, "shared_by": pl.Int64}
+
+
+# --- Scoring ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Every candidate person of every lead, scored.
+
+    candidates: lead_i, person_key, excluded, bits (prior included), corroborated, key_agrees and
+    one level column per field (null where either side has no value).
+    fields: the per-field evidence in long form (lead_i, person_key, field, level, bits, driver_id,
+    shared_by), in registry order.
+    """
+
+    candidates: pl.DataFrame
+    fields: pl.DataFrame
+
+
+def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thresholds: Thresholds) -> Scores:
+    """Score every pair of a batch, column-wise, one expression per level of each declared field."""
+    pairs = pairs.with_columns(pl.col("lead_i").cast(pl.UInt32))
+    candidates = (pairs.group_by(PERSON, maintain_order=True).agg(pl.col("excluded").any())
+                  .with_columns(pl.col("lead_i").cast(pl.UInt32)))
+    evidence = []
+    for f in FIELDS.values():
+        if f.kind == Kind.KEY:
+            frame = _compare_key(f, leads, pairs, freq)
+        elif f.kind == Kind.DATE:
+            frame = _compare_date(f, leads, pairs, freq)
+        elif f.kind == Kind.NAME:
+            frame = _compare_name(f, leads, pairs, freq)
+        else:
+            frame = _compare_recruitment(f, leads, pairs, freq, thresholds.recruit_window_days)
+        frame = frame.with_columns(pl.col("lead_i").cast(pl.UInt32), pl.lit(f.name).alias("field"))
+        evidence.append(frame.select("lead_i", "person_key", "field", "level", "bits", "driver_id", "shared_by"))
+        candidates = candidates.join(
+            frame.select(*PERSON, pl.col("level").alias(f.name), pl.col("bits").alias(f"{f.name}__bits")),
+            on=PERSON, how="left")
+    prior = -math.log2(freq.population)
+    bit_columns = [f"{name}__bits" for name in FIELDS]
+    has_name = leads.select("lead_i", (pl.col("name_tokens").list.len() > 0).alias("lead_has_name"))
+    candidates = (candidates.with_columns((prior + pl.sum_horizontal([pl.col(c).fill_null(0) for c in bit_columns]))
+                                          .alias("bits"))
+                  .drop(bit_columns).join(has_name, on="lead_i", how="left"))
+    candidates = candidates.with_columns(_corroborated().alias("corroborated"), _key_agrees().alias("key_agrees"))
+    fields = pl.concat(evidence).with_columns(
+        pl.col("field").replace_strict({name: i for i, name in enumerate(FIELDS)}, return_dtype=pl.Int32)
+        .alias("field_order"))
+    return Scores(candidates.drop("lead_has_name"), fields)
+
+
+def _is(field_name: str, *levels: str) -> pl.Expr:
+    return pl.col(field_name).is_in(list(levels)).fill_null(False)
+
+
+def _corroborated() -> pl.Expr:
+    """The canonical guard against what independence gets wrong (families, recycled numbers, cars).
+
+    - A personal key (document exact or one typo, e-mail exact, birth date exact) needs a given
+      name and a surname to agree (name level exact, typo, subset or partial).
+    - A shareable key (phone, plate, or an e-mail one typo away, e-mails being built from names)
+      needs the names to agree without a conflict: exact, typo or subset. Siblings share a phone,
+      the surnames and often a second given name ("Jorge Luis" / "Luis Enrique"): that is
+      "partial", and not enough.
+    - A document plus another exact key (phone, e-mail, birth date) needs some name overlap only.
+    - Without a name on the lead, only a document plus another exact key will do.
+    """
+    document_plus_exact = _is("document", "exact") & (
+        _is("phone", "exact") | _is("email", "exact") | _is("birth_date", "exact"))
+    personal = _is("document", "exact", "one_typo") | _is("email", "exact") | _is("birth_date", "exact")
+    shareable = _is("phone", "exact", "one_typo") | _is("plate", "exact", "one_typo") | _is("email", "one_typo")
+    some_name = pl.col("name").is_not_null() & (pl.col("name") != "different")
+    with_name = ((personal & _is("name", *NAME_CORROBORATES))
+                 | (document_plus_exact & some_name.fill_null(False))
+                 | (shareable & _is("name", *NAME_AGREES_WITHOUT_CONFLICT)))
+    return pl.when(pl.col("lead_has_name")).then(with_name).otherwise(document_plus_exact)
+
+
+def _key_agrees() -> pl.Expr:
+    return pl.any_horizontal([_is(name, *AGREEING_LEVELS) for name in AGREEING_FIELDS])
+
+
+# --- Deciding -----------------------------------------------------------------------------------
+
+
+def decisions_make(leads: pl.DataFrame, scores: Scores, thresholds: Thresholds) -> pl.DataFrame:
+    """One decision per lead, by group: the best plausible candidate, its strongest corroborated
+    rival, the margin, then link / conflict / recruitment / weak (see docs/matching.md §5).
+
+    Columns: lead_i, source_pk, outcome, person_key, score, margin, rule, confidence.
+    """
+    c = (scores.candidates.sort(["lead_i", "bits", "person_key"], descending=[False, True, False])
+         .with_columns(
+             (~pl.col("excluded") & (pl.col("key_agrees") | (pl.col("bits") >= thresholds.weak_bits))).alias("plausible"),
+             (~pl.col("excluded") & _is("recruitment", "hired_after_lead") & _is("name", *RECRUITMENT_NAME_LEVELS))
+             .alias("recruited")))
+    c = c.with_columns(pl.col("plausible").cast(pl.UInt32).cum_sum().over("lead_i").alias("plausible_rank"))
+    best = c.filter(pl.col("plausible") & (pl.col("plausible_rank") == 1)).select(
+        "lead_i", pl.col("person_key").alias("best_person"), pl.col("bits").alias("best_bits"),
+        pl.col("corroborated").alias("best_corroborated"))
+    rival = (c.filter(pl.col("plausible") & (pl.col("plausible_rank") > 1) & pl.col("corroborated"))
+             .group_by("lead_i").agg(pl.col("bits").max().alias("rival_bits")))
+    per_lead = c.group_by("lead_i").agg(
+        (~pl.col("excluded") & pl.col("corroborated")).any().alias("any_corroborated"),
+        pl.col("recruited").sum().alias("n_recruited"),
+    )
+    recruited = c.filter(pl.col("recruited")).select(
+        "lead_i", pl.col("person_key").alias("recruited_person"), pl.col("bits").alias("recruited_bits"),
+        (_is("document", "different") | _is("birth_date", "different")).alias("recruited_contradicted"))
+    # The recruited person's margin: ahead of every other eligible candidate.
+    others = (c.filter(~pl.col("excluded")).join(recruited.select("lead_i", "recruited_person"), on="lead_i")
+              .filter(pl.col("person_key") != pl.col("recruited_person"))
+              .group_by("lead_i").agg(pl.col("bits").max().alias("others_bits")))
+    d = (leads.select("lead_i", "source_pk", _has_identifier().alias("has_identifier"))
+         .join(best, on="lead_i", how="left").join(rival, on="lead_i", how="left")
+         .join(per_lead, on="lead_i", how="left")
+         .join(recruited.unique(subset="lead_i", keep="first"), on="lead_i", how="left")
+         .join(others, on="lead_i", how="left"))
+    inf = float("inf")
+    margin = pl.col("best_bits") - pl.col("rival_bits").fill_null(-inf)
+    strong = (pl.col("best_bits") >= thresholds.link_bits) & pl.col("best_corroborated")
+    recruitment = ((~pl.col("any_corroborated").fill_null(False)) & (pl.col("n_recruited") == 1)
+                   & (pl.col("recruited_bits") >= 0) & ~pl.col("recruited_contradicted").fill_null(True))
+    outcome = (pl.when(~pl.col("has_identifier")).then(pl.lit(ReasonCode.MISSING_IDENTIFIERS.value))
+               .when(pl.col("best_person").is_null()).then(pl.lit(ReasonCode.NO_CANDIDATES.value))
+               .when(strong & (margin >= thresholds.margin_bits)).then(pl.lit("link"))
+               .when(strong).then(pl.lit(ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value))
+               .when(recruitment).then(pl.lit("link"))
+               .otherwise(pl.lit(ReasonCode.WEAK_MATCH_ONLY.value)))
+    by_recruitment = pl.col("outcome").eq("link") & ~(strong & (margin >= thresholds.margin_bits))
+    d = d.with_columns(outcome.alias("outcome"), margin.alias("fs_margin"))
+    d = d.with_columns(
+        pl.when(by_recruitment).then(pl.lit("recruitment")).otherwise(pl.lit("fellegi_sunter")).alias("rule"))
+    recruited_margin = pl.col("recruited_bits") - pl.col("others_bits").fill_null(-inf)
+    undecided = pl.col("outcome").is_in([ReasonCode.MISSING_IDENTIFIERS.value, ReasonCode.NO_CANDIDATES.value])
+    d = d.with_columns(
+        pl.when(pl.col("outcome") != "link").then(None).when(pl.col("rule") == "recruitment")
+        .then(pl.col("recruited_person")).otherwise(pl.col("best_person")).alias("person_key"),
+        pl.when(undecided).then(None).when(pl.col("rule") == "recruitment").then(pl.col("recruited_bits"))
+        .otherwise(pl.col("best_bits")).alias("score"),
+        pl.when(undecided).then(None).when(pl.col("rule") == "recruitment").then(recruited_margin)
+        .otherwise(pl.col("fs_margin")).alias("margin"),
+    )
+    confidence = (pl.when(pl.col("outcome") != "link").then(pl.lit("low"))
+                  .when(pl.col("rule") == "recruitment").then(pl.lit("medium"))  # a name and a hire, no key
+                  .when((pl.col("score") >= 16) & (pl.col("margin") >= 12)).then(pl.lit("high"))
+                  .otherwise(pl.lit("medium")))
+    return d.with_columns(confidence.alias("confidence")).select(
+        "lead_i", "source_pk", "outcome", "person_key", "score", "margin", "rule", "confidence").sort("lead_i")
+
+
+def _has_identifier() -> pl.Expr:
+    keys = pl.any_horizontal([pl.col(name).is_not_null() & (pl.col(name) != "") for name in KEY_FIELDS])
+    return keys | (pl.col("name_tokens").list.unique().list.len() >= 2)
+
+
+# --- Evidence -------------------------------------------------------------------------------------
+
+
+def evidence_json(decisions: pl.DataFrame, scores: Scores, thresholds: Thresholds,
+                  top: int = EVIDENCE_TOP) -> pl.DataFrame:
+    """Each decision's evidence as JSON text (lead_i, evidence): the rule, outcome, score, margin,
+    thresholds and the top candidates with their per-field evidence, in the names of identity.fields."""
+    fields = (scores.fields.sort(["lead_i", "person_key", "field_order"])
+              .with_columns(pl.col("bits").round(2),
+                            pl.when(pl.col("shared_by") > 1).then(pl.col("shared_by")).alias("shared_by"))
+              .group_by(PERSON, maintain_order=True)
+              .agg(pl.struct("field", "level", "bits", "driver_id", "shared_by").alias("fields")))
+    missing = decisions.filter(pl.col("outcome") == ReasonCode.MISSING_IDENTIFIERS.value).select("lead_i")
+    candidates = (scores.candidates.join(missing, on="lead_i", how="anti")
+                  .sort(["lead_i", "bits", "person_key"], descending=[False, True, False])
+                  .with_columns(pl.int_range(pl.len()).over("lead_i").alias("rank"))
+                  .filter(pl.col("rank") < top)
+                  .join(fields, on=PERSON, how="left")
+                  .with_columns(pl.struct(
+                      "person_key", pl.col("bits").round(2).alias("score"), "corroborated",
+                      pl.col("fields").fill_null(pl.lit([], dtype=fields.schema["fields"])),
+                      pl.when(pl.col("excluded")).then(True).alias("excluded_by_judgement"),
+                  ).struct.json_encode().alias("json"))
+                  .group_by("lead_i", maintain_order=True).agg(pl.col("json").str.join(",").alias("candidates_json")))
+    t = thresholds.as_dict()
+    head = (f'{{"rule_version":"{RULE_VERSION}","thresholds":{{"link":{t["link"]},"margin":{t["margin"]},'
+            f'"weak":{t["weak"]}}}')
+
+    def number(column: str) -> pl.Expr:
+        value = pl.col(column)
+        return pl.when(value.is_null() | value.is_infinite()).then(pl.lit("null")).otherwise(
+            value.round(2).cast(pl.String))
+
+    return decisions.join(candidates, on="lead_i", how="left").select(
+        "lead_i",
+        pl.concat_str(
+            pl.lit(head), pl.lit(',"rule":"'), pl.col("rule"), pl.lit('","outcome":"'), pl.col("outcome"),
+            pl.lit('","score":'), number("score"), pl.lit(',"margin":'), number("margin"),
+            pl.lit(',"candidates":['), pl.col("candidates_json").fill_null(""), pl.lit("]}"),
+        ).alias("evidence"),
+    )
+
+
+# --- One lead at a time, as dataclasses ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -253,13 +648,10 @@ class Scored:
     fields: tuple[FieldEvidence, ...]
     corroborated: bool
     excluded: bool = False  # a reviewer said this lead is not this person
+    key_agrees: bool = False
 
     def level_of(self, field_name: str) -> str | None:
         return next((f.level for f in self.fields if f.field == field_name), None)
-
-    @property
-    def key_agrees(self) -> bool:
-        return any(f.field in (*KEY_FIELDS, "birth_date") and f.level in ("exact", "one_typo") for f in self.fields)
 
     def as_dict(self) -> dict:
         data = {
@@ -273,216 +665,6 @@ class Scored:
         return data
 
 
-def _bits(level: Level, u: float) -> float:
-    return math.log2(level.m / max(u, 1e-12))
-
-
-def _compare_key(field_name: str, lead_value: str | None, candidate: Candidate, freq: Frequencies) -> FieldEvidence | None:
-    if not lead_value:
-        return None
-    comparison = COMPARISONS[field_name]
-    values: list[tuple[str, str]] = []
-    for record in candidate.records:
-        if field_name == "document":
-            values += [(v, record.driver_id) for v in (record.document, record.license_document) if v]
-        elif (value := getattr(record, field_name)) is not None:
-            values.append((value, record.driver_id))
-    if not values:
-        return None
-    for value, driver_id in values:
-        if value == lead_value or (field_name == "document" and _same_without_leading_zeros(value, lead_value)):
-            shared = freq.keys.get((field_name, value), 1)
-            level = comparison.level("exact")
-            u = freq.key_u(field_name, value, comparison.share_rate)
-            return FieldEvidence(field_name, "exact", _bits(level, u), driver_id, shared)
-    for value, driver_id in values:
-        if len(value) == len(lead_value) and DamerauLevenshtein.distance(value, lead_value, score_cutoff=1) <= 1:
-            level = comparison.level("one_typo")
-            return FieldEvidence(field_name, "one_typo", _bits(level, level.u), driver_id)
-    level = comparison.level("different")
-    return FieldEvidence(field_name, "different", _bits(level, level.u), values[0][1])
-
-
-def _same_without_leading_zeros(a: str, b: str) -> bool:
-    """Spreadsheets drop leading zeros: 844210 and 00844210 are one document."""
-    return a.isdigit() and b.isdigit() and a.lstrip("0") == b.lstrip("0") != ""
-
-
-def _compare_birth_date(lead_value: date | None, candidate: Candidate) -> FieldEvidence | None:
-    if lead_value is None:
-        return None
-    comparison = COMPARISONS["birth_date"]
-    dated = [(r.birth_date, r.driver_id) for r in candidate.records if r.birth_date]
-    if not dated:
-        return None
-    best = "different"
-    best_driver = dated[0][1]
-    for value, driver_id in dated:
-        if value == lead_value:
-            best, best_driver = "exact", driver_id
-            break
-        same_parts = (value.year == lead_value.year) + (value.month == lead_value.month) + (value.day == lead_value.day)
-        swapped = value.year == lead_value.year and value.month == lead_value.day and value.day == lead_value.month
-        if same_parts == 2 or swapped:
-            best, best_driver = "near", driver_id
-    level = comparison.level(best)
-    return FieldEvidence("birth_date", best, _bits(level, level.u), best_driver)
-
-
-def _token_match(token: str, pool: tuple[str, ...]) -> tuple[str | None, bool]:
-    """(matched token, exact?) for one lead token against a candidate's tokens.
-
-    A typo: one edit (or two letters swapped) in a token of four letters or more, Jaro-Winkler
-    >= 0.90, or two letters swapped in a three-letter token (luz / lzu).
-    """
-    if token in pool:
-        return token, True
-    best, best_sim = None, FUZZY_TOKEN_MIN
-    for other in pool:
-        if len(token) >= 4 and len(other) >= 4:
-            sim = JaroWinkler.similarity(token, other)
-            if DamerauLevenshtein.distance(token, other, score_cutoff=1) <= 1:
-                sim = max(sim, 1.0 - 1e-9)
-        elif len(token) == len(other) == 3 and sorted(token) == sorted(other):
-            sim = 1.0 - 1e-9
-        else:
-            continue
-        if sim >= best_sim:
-            best, best_sim = other, sim
-    return (best, False) if best is not None else (None, False)
-
-
-def _compare_name(lead_tokens: tuple[str, ...], record: DriverRecord, freq: Frequencies) -> FieldEvidence | None:
-    given, surnames = record.given_tokens, record.surname_tokens
-    pool = given + surnames
-    lead = tuple(dict.fromkeys(lead_tokens))
-    if not lead or not pool:
-        return None
-    comparison = COMPARISONS["name"]
-    matched: dict[str, bool] = {}  # candidate token -> exact?
-    for token in lead:
-        hit, exact = _token_match(token, pool)
-        if hit is not None and (hit not in matched or exact):
-            matched[hit] = exact
-    if not matched:
-        level = comparison.level("different")
-        return FieldEvidence("name", "different", _bits(level, level.u), record.driver_id)
-    given_hit = any(t in matched for t in given)
-    surname_hit = any(t in matched for t in surnames)
-    lead_all = len(matched) >= len(lead)
-    pool_all = all(t in matched for t in pool)
-    if given_hit and surname_hit:
-        if lead_all and pool_all:
-            name = "exact" if all(matched.values()) else "typo"
-        elif lead_all or pool_all:
-            name = "subset"
-        else:
-            name = "partial"
-    elif surname_hit:
-        name = "surnames_only"
-    elif given_hit:
-        name = "given_only"
-    else:  # pragma: no cover - matched implies a given or surname hit
-        name = "different"
-    # u: how likely a random person carries all the agreeing tokens (independence, so capped below).
-    log_u = sum(math.log2(freq.token_f(t)) * (1.0 if exact else FUZZY_TOKEN_WEIGHT) for t, exact in matched.items())
-    u = max(2.0 ** log_u, 1 / (freq.drivers + PSEUDO_DRIVERS))
-    level = comparison.level(name)
-    return FieldEvidence("name", name, _bits(level, u), record.driver_id)
-
-
-def _compare_recruitment(lead: LeadKeys, candidate: Candidate, freq: Frequencies, window_days: int) -> FieldEvidence | None:
-    if not window_days or lead.lead_date is None or not lead.park_id:
-        return None
-    for record in candidate.records:
-        if record.park_id == lead.park_id and record.hire_date is not None \
-                and 0 <= (record.hire_date - lead.lead_date).days <= window_days:
-            level = COMPARISONS["recruitment"].level("hired_after_lead")
-            u = freq.hire_u(lead.park_id, lead.lead_date, window_days)
-            return FieldEvidence("recruitment", "hired_after_lead", _bits(level, u), record.driver_id)
-    return None
-
-
-def candidate_score(lead: LeadKeys, candidate: Candidate, freq: Frequencies, *, excluded: bool = False,
-                    recruit_window_days: int = 0) -> Scored:
-    """Every comparison of a lead against one candidate person, with the evidence for each."""
-    fields: list[FieldEvidence] = []
-    for field_name in KEY_FIELDS:
-        evidence = _compare_key(field_name, getattr(lead, field_name), candidate, freq)
-        if evidence:
-            fields.append(evidence)
-    if evidence := _compare_birth_date(lead.birth_date, candidate):
-        fields.append(evidence)
-    names = [e for r in candidate.records if (e := _compare_name(lead.name_tokens, r, freq))]
-    if names:
-        fields.append(max(names, key=lambda e: e.bits))
-    if evidence := _compare_recruitment(lead, candidate, freq, recruit_window_days):
-        fields.append(evidence)
-    prior = -math.log2(freq.population)
-    bits = prior + sum(f.bits for f in fields)
-    return Scored(candidate.person_key, bits, tuple(fields), _corroborated(lead, fields), excluded)
-
-
-def _corroborated(lead: LeadKeys, fields: list[FieldEvidence]) -> bool:
-    """The canonical guard against what independence gets wrong (families, recycled numbers, cars).
-
-    - A personal key (document exact or one typo, e-mail exact, birth date exact) needs a given
-      name and a surname to agree (name level exact, typo, subset or partial).
-    - A shareable key (phone, plate, or an e-mail one typo away, e-mails being built from names)
-      needs the names to agree without a conflict: exact, typo or subset. Siblings share a phone,
-      the surnames and often a second given name ("Jorge Luis" / "Luis Enrique"): that is
-      "partial", and not enough.
-    - A document plus another exact key (phone, e-mail, birth date) needs some name overlap only.
-    - Without a name on the lead, only a document plus another exact key will do.
-    """
-    levels = {f.field: f.level for f in fields}
-    if not lead.name_tokens:
-        others = ("phone", "email", "birth_date")
-        return levels.get("document") == "exact" and any(levels.get(k) == "exact" for k in others)
-    name = levels.get("name")
-    personal = (
-        levels.get("document") in ("exact", "one_typo")
-        or levels.get("email") == "exact"
-        or levels.get("birth_date") == "exact"
-    )
-    shareable = levels.get("phone") in ("exact", "one_typo") or levels.get("plate") in ("exact", "one_typo") \
-        or levels.get("email") == "one_typo"
-    if personal and name in NAME_CORROBORATES:
-        return True
-    # A DNI plus a second key of this person: any name overlap will do (a name typed oddly).
-    if levels.get("document") == "exact" and name not in (None, "different") and any(
-        levels.get(k) == "exact" for k in ("phone", "email", "birth_date")
-    ):
-        return True
-    return shareable and name in NAME_AGREES_WITHOUT_CONFLICT
-
-
-# --- Deciding -----------------------------------------------------------------------------
-
-
-def _recruited_namesake(eligible: list[Scored]) -> Scored | None:
-    """The recruitment rule: the one person who both carries the lead's name and was hired in the
-    lead's park within days of the lead, when no key settles anything.
-
-    A full name alone is not enough (about one lead in ten has an exact namesake among a million
-    drivers) and a recent hire in a busy park alone is not either; together, and unique, they are
-    (measured at 1M drivers: 1,987 right and 13 wrong links, docs/benchmarks.md). Never used when some
-    candidate is corroborated by a key: then the keys decide (a link, a conflict, or review).
-    """
-    if any(s.corroborated for s in eligible):
-        return None
-    recruited = [s for s in eligible if s.level_of("recruitment") == "hired_after_lead"
-                 and s.level_of("name") in RECRUITMENT_NAME_LEVELS]
-    if len(recruited) != 1:
-        return None
-    (found,) = recruited
-    # Nothing personal may contradict it (a different DNI or birth date is another human),
-    # and the whole evidence, disagreements included, must be at even odds or better.
-    if found.bits < 0 or any(found.level_of(f) == "different" for f in ("document", "birth_date")):
-        return None
-    return found
-
-
 @dataclass(frozen=True)
 class Decision:
     source_pk: str
@@ -491,64 +673,58 @@ class Decision:
     score: float | None
     margin: float | None
     candidates: tuple[Scored, ...]
-    rule: str = "fellegi_sunter"  # or "recruitment" (see lead_decide)
+    rule: str = "fellegi_sunter"  # or "recruitment"
+    confidence_level: str = "low"
 
     @property
     def is_link(self) -> bool:
         return self.outcome == "link"
 
-    @property
-    def confidence_level(self) -> str:
-        if not self.is_link:
-            return "low"
-        if self.rule == "recruitment":
-            return "medium"  # a name and a hire date, no key: never "high"
-        return "high" if (self.score or 0) >= 16 and (self.margin or 0) >= 12 else "medium"
-
-    def evidence(self, thresholds: Thresholds, top: int = 5) -> dict:
+    def evidence(self, thresholds: Thresholds, top: int = EVIDENCE_TOP) -> dict:
         return {
             "rule_version": RULE_VERSION,
             "rule": self.rule,
             "outcome": self.outcome,
             "score": None if self.score is None else round(self.score, 2),
             "margin": None if self.margin is None or math.isinf(self.margin) else round(self.margin, 2),
-            "thresholds": {"link": thresholds.link_bits, "margin": thresholds.margin_bits, "weak": thresholds.weak_bits},
+            "thresholds": thresholds.as_dict(),
             "candidates": [c.as_dict() for c in self.candidates[:top]],
         }
 
 
-def lead_decide(
-    lead: LeadKeys,
-    candidates: list[Candidate],
-    freq: Frequencies,
-    thresholds: Thresholds,
-    rejected: set[str] | frozenset[str] = frozenset(),
-) -> Decision:
-    """The decision for one lead: a pure function of the lead, its candidates, the judgements
-    on record (persons a reviewer said it is not) and the thresholds."""
-    if not lead.has_identifier:
-        return Decision(lead.source_pk, ReasonCode.MISSING_IDENTIFIERS, None, None, None, ())
-    scored = sorted(
-        (candidate_score(lead, c, freq, excluded=c.person_key in rejected,
-                         recruit_window_days=thresholds.recruit_window_days) for c in candidates),
-        key=lambda s: (-s.bits, s.person_key),
-    )
-    eligible = [s for s in scored if not s.excluded]
-    plausible = [s for s in eligible if s.key_agrees or s.bits >= thresholds.weak_bits]
-    if not plausible:
-        return Decision(lead.source_pk, ReasonCode.NO_CANDIDATES, None, None, None, tuple(scored))
-    best = plausible[0]
-    # Only candidates that could themselves be linked compete: a sibling who shares the family
-    # phone but not the given name is evidence of a family, not a rival.
-    rivals = [s.bits for s in plausible[1:] if s.corroborated]
-    margin = best.bits - (rivals[0] if rivals else -math.inf)
-    if best.bits >= thresholds.link_bits and best.corroborated:
-        if margin >= thresholds.margin_bits:
-            return Decision(lead.source_pk, "link", best.person_key, best.bits, margin, tuple(scored))
-        return Decision(lead.source_pk, ReasonCode.CONFLICT_MULTIPLE_CANDIDATES, None, best.bits, margin, tuple(scored))
-    if recruited := _recruited_namesake(eligible):
-        others = [s.bits for s in eligible if s is not recruited]
-        return Decision(lead.source_pk, "link", recruited.person_key, recruited.bits,
-                        recruited.bits - (others[0] if others else -math.inf), tuple(scored), rule="recruitment")
-    # The top scorer is not corroborated (or too weak): a person looks at it.
-    return Decision(lead.source_pk, ReasonCode.WEAK_MATCH_ONLY, None, best.bits, margin, tuple(scored))
+def decisions_materialize(decisions: pl.DataFrame, scores: Scores) -> dict[str, Decision]:
+    """Decision objects (with every candidate's evidence) for a small batch: explain, review, tests."""
+    fields: dict[tuple[int, str], list[FieldEvidence]] = {}
+    for row in scores.fields.sort(["lead_i", "person_key", "field_order"]).iter_rows(named=True):
+        fields.setdefault((row["lead_i"], row["person_key"]), []).append(
+            FieldEvidence(row["field"], row["level"], row["bits"], row["driver_id"], row["shared_by"]))
+    scored: dict[int, list[Scored]] = {}
+    ordered = scores.candidates.sort(["lead_i", "bits", "person_key"], descending=[False, True, False])
+    for row in ordered.iter_rows(named=True):
+        scored.setdefault(row["lead_i"], []).append(Scored(
+            row["person_key"], row["bits"], tuple(fields.get((row["lead_i"], row["person_key"]), ())),
+            bool(row["corroborated"]), bool(row["excluded"]), bool(row["key_agrees"])))
+    result = {}
+    for row in decisions.iter_rows(named=True):
+        candidates = () if row["outcome"] == ReasonCode.MISSING_IDENTIFIERS else tuple(scored.get(row["lead_i"], ()))
+        result[row["source_pk"]] = Decision(
+            row["source_pk"], row["outcome"], row["person_key"], row["score"], row["margin"], candidates,
+            row["rule"], row["confidence"])
+    return result
+
+
+def lead_decide(lead: LeadKeys, candidates: list[Candidate], freq: Frequencies, thresholds: Thresholds,
+                rejected: set[str] | frozenset[str] = frozenset()) -> Decision:
+    """The decision for one lead: the batch scorer on a one-lead frame."""
+    pairs = pairs_frame([(0, c.person_key, r, c.person_key in rejected) for c in candidates for r in c.records])
+    leads = leads_frame([lead])
+    scores = pairs_score(leads, pairs, freq, thresholds)
+    return decisions_materialize(decisions_make(leads, scores, thresholds), scores)[lead.source_pk]
+
+
+def candidate_score(lead: LeadKeys, candidate: Candidate, freq: Frequencies, *, excluded: bool = False,
+                    recruit_window_days: int = 0) -> Scored:
+    """Every comparison of a lead against one candidate person, with the evidence for each."""
+    thresholds = Thresholds(recruit_window_days=recruit_window_days)
+    decision = lead_decide(lead, [candidate], freq, thresholds, {candidate.person_key} if excluded else frozenset())
+    return next(s for s in decision.candidates if s.person_key == candidate.person_key)

@@ -11,17 +11,27 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import polars as pl
+from django.conf import settings
 from django.db import connection, transaction
 
 from identity import linking
-from identity.candidates import candidates_fetch, frequencies_load, name_blocks_for
+from identity.bulk import frame_read
+from identity.candidates import IndexFrame, SqlIndex, frequencies_load, name_blocks, rules
 from identity.matching import (
+    LEAD_SCHEMA,
+    PAIR_SCHEMA,
     RULE_VERSION,
     Decision,
+    DriverRecord,
     Frequencies,
     LeadKeys,
+    Scores,
     Thresholds,
-    lead_decide,
+    decisions_make,
+    decisions_materialize,
+    evidence_json,
+    pairs_score,
 )
 from identity.models import LEADS_TABLE, ReasonCode
 from identity.normalize import (
@@ -34,83 +44,160 @@ from identity.normalize import (
 from identity.runs import LINK_TABLES, job_run, progress_bar, tables_analyze
 
 DEFAULT_BATCH = 1000
-SETTLED_BY_KEYS = ("link", ReasonCode.CONFLICT_MULTIPLE_CANDIDATES)
+# A run over at least this many leads reads the whole index into memory first (one COPY, a few
+# seconds at a million drivers); smaller ones ask the database's indexes lead by lead.
+IN_MEMORY_MIN_LEADS = 2000
+SETTLED_BY_KEYS = ("link", ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value)
+_RAW_LEAD_COLUMNS = ("source_pk", "phone", "document", "email", "plate", "birth_date", "first_name", "middle_name",
+                     "last_name", "park_id", "lead_date")
+
+
+def leads_load(source_pks: list[str] | None = None, *, unlinked_only: bool = False) -> pl.DataFrame:
+    """Leads (the named ones, or all) as a frame of normalized keys (LEAD_SCHEMA), newest first."""
+    where, params = [], []
+    if source_pks is not None:
+        where.append("c.source_pk = ANY(%s)")
+        params.append(source_pks)
+    if unlinked_only:
+        # One statement per run: a hash anti-join planned with the run's own statistics, never
+        # re-planned per batch while the run writes the links it anti-joins against.
+        where.append(f"NOT EXISTS (SELECT 1 FROM canon.identity_links l WHERE l.source_table = '{LEADS_TABLE}' "
+                     "AND l.source_pk = c.source_pk)")
+    query = (f"SELECT {', '.join('c.' + c for c in _RAW_LEAD_COLUMNS)} FROM public.module_ct_cabinet_leads c"
+             + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY c.created_at DESC, c.source_pk")
+    raw_schema = {name: pl.String for name in _RAW_LEAD_COLUMNS} | {"birth_date": pl.Date, "lead_date": pl.Date}
+    raw = frame_read(query, params or None, schema=raw_schema)
+    return leads_normalize(raw)
+
+
+def leads_normalize(raw: pl.DataFrame) -> pl.DataFrame:
+    """Raw lead columns to match keys with identity.normalize, once per distinct value."""
+
+    def each(column: str, function) -> pl.Expr:
+        return pl.col(column).map_elements(function, return_dtype=pl.String, skip_nulls=True)
+
+    return raw.select(
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"), "source_pk",
+        each("phone", normalize_phone).alias("phone"), each("document", normalize_document).alias("document"),
+        each("email", normalize_email).alias("email"), each("plate", normalize_plate).alias("plate"),
+        "birth_date",
+        pl.struct("first_name", "middle_name", "last_name").map_elements(
+            lambda r: list(name_tokens(r["first_name"], r["middle_name"], r["last_name"])),
+            return_dtype=pl.List(pl.String)).alias("name_tokens"),
+        pl.col("park_id").replace("", None), "lead_date",
+    ).cast(LEAD_SCHEMA)
 
 
 def leads_load_keys(source_pks: list[str]) -> list[LeadKeys]:
-    """The leads' normalized keys, in the order asked (unknown source_pks are left out)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT source_pk, phone, document, email, plate, birth_date, first_name, middle_name, last_name,
-                   park_id, lead_date
-            FROM public.module_ct_cabinet_leads WHERE source_pk = ANY(%s)
-            """,
-            [source_pks],
-        )
-        rows = {row[0]: row for row in cursor.fetchall()}
-    return [lead_keys(*rows[pk]) for pk in source_pks if pk in rows]
-
-
-def lead_keys(source_pk, phone, document, email, plate, birth_date, first_name, middle_name, last_name,
-              park_id=None, lead_date=None) -> LeadKeys:
-    return LeadKeys(
-        source_pk=source_pk,
-        phone=normalize_phone(phone),
-        document=normalize_document(document),
-        email=normalize_email(email),
-        plate=normalize_plate(plate),
-        birth_date=birth_date,
-        name_tokens=tuple(name_tokens(first_name, middle_name, last_name)),
-        park_id=park_id or None,
-        lead_date=lead_date,
-    )
+    """The leads' normalized keys as dataclasses, in the order asked (unknown ones left out)."""
+    frame = leads_load(source_pks)
+    by_pk = {row["source_pk"]: row for row in frame.iter_rows(named=True)}
+    return [LeadKeys(**{k: (tuple(v) if k == "name_tokens" else v) for k, v in by_pk[pk].items() if k != "lead_i"})
+            for pk in source_pks if pk in by_pk]
 
 
 @dataclass
 class MatchContext:
-    """What every batch of a run shares: the data's frequencies and the thresholds."""
+    """What every batch of a run shares: the data's frequencies, the thresholds, and where
+    candidates come from (the index in memory, or the database's indexes)."""
 
     freq: Frequencies
     thresholds: Thresholds
+    index: IndexFrame | None = None
 
     @classmethod
-    def load(cls) -> MatchContext:
-        return cls(freq=frequencies_load(), thresholds=Thresholds.from_settings())
+    def load(cls, *, in_memory: bool = False) -> MatchContext:
+        thresholds = Thresholds.from_settings()
+        if in_memory:
+            index = IndexFrame.load()
+            return cls(freq=index.freq, thresholds=thresholds, index=index)
+        return cls(freq=frequencies_load(), thresholds=thresholds)
+
+    @classmethod
+    def for_leads(cls, count: int) -> MatchContext:
+        minimum = getattr(settings, "CT4_IN_MEMORY_MIN_LEADS", IN_MEMORY_MIN_LEADS)
+        return cls.load(in_memory=count >= minimum)
+
+    @property
+    def source(self) -> IndexFrame | SqlIndex:
+        return self.index if self.index is not None else SqlIndex(self.freq)
+
+
+@dataclass
+class Resolved:
+    """A batch's decisions (one row per lead) and the scores behind them."""
+
+    leads: pl.DataFrame
+    decisions: pl.DataFrame
+    scores: Scores
+    hits: pl.DataFrame  # (lead_i, person_key, rule): which blocking rule found each candidate
+
+
+def _pairs(leads: pl.DataFrame, hits: pl.DataFrame, source, rejected: pl.DataFrame) -> pl.DataFrame:
+    persons = hits.select("lead_i", "person_key").unique()
+    if not persons.height:
+        return pl.DataFrame(schema=PAIR_SCHEMA)
+    records = source.persons_records(persons["person_key"])
+    excluded = rejected.join(leads.select("lead_i", "source_pk"), on="source_pk").select(
+        "lead_i", "person_key", pl.lit(True).alias("excluded"))
+    pairs = persons.join(records, on="person_key").join(excluded, on=["lead_i", "person_key"], how="left")
+    return pairs.with_columns(pl.col("excluded").fill_null(False)).select(list(PAIR_SCHEMA)).cast(PAIR_SCHEMA)
+
+
+def _score(leads, hits, source, rejected, freq, thresholds) -> tuple[Scores, pl.DataFrame]:
+    scores = pairs_score(leads, _pairs(leads, hits, source, rejected), freq, thresholds)
+    return scores, decisions_make(leads, scores, thresholds)
+
+
+def leads_decide_frame(leads: pl.DataFrame, context: MatchContext) -> Resolved:
+    """Decisions for a batch: the key rules first; the leads they did not settle get the name
+    rules too, and are scored again with every candidate."""
+    source = context.source
+    rejected = linking.rejected_frame(source_pks=leads["source_pk"].to_list())
+    counts = source.key_counts(leads)
+    freq = dataclasses.replace(context.freq, keys=counts)
+    hits = source.key_hits(leads, counts)
+    scores, decisions = _score(leads, hits, source, rejected, freq, context.thresholds)
+    unsettled = decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)).select("lead_i")
+    blocks = name_blocks(leads.join(unsettled, on="lead_i", how="semi"), freq)
+    if blocks.height:
+        retry = blocks.select("lead_i").unique()
+        cap = min(rule.cap for rule in rules(2))
+        more = pl.concat([hits.join(retry, on="lead_i", how="semi"), source.name_hits(blocks, cap)])
+        retry_leads = leads.join(retry, on="lead_i", how="semi")
+        scores2, decisions2 = _score(retry_leads, more, source, rejected, freq, context.thresholds)
+        keep = lambda frame: frame.join(retry, on="lead_i", how="anti")  # noqa: E731
+        scores = Scores(pl.concat([keep(scores.candidates), scores2.candidates]),
+                        pl.concat([keep(scores.fields), scores2.fields]))
+        decisions = pl.concat([keep(decisions), decisions2]).sort("lead_i")
+        hits = pl.concat([keep(hits), more])
+    return Resolved(leads=leads, decisions=decisions, scores=scores, hits=hits)
 
 
 def leads_decide(leads: list[LeadKeys], context: MatchContext) -> dict[str, Decision]:
-    """Decisions for a batch: keys first; the leads keys did not settle get name blocks too."""
-    rejected = linking.rejected_persons(source_pks=[lead.source_pk for lead in leads])
-    decisions = _decide_batch(leads, context, rejected, name_blocks=None)
-    unsettled = [lead for lead in leads if decisions[lead.source_pk].outcome not in SETTLED_BY_KEYS]
-    blocks = {lead.source_pk: name_blocks_for(lead, context.freq) for lead in unsettled}
-    retry = [lead for lead in unsettled if blocks[lead.source_pk]]
-    if retry:
-        decisions.update(_decide_batch(retry, context, rejected, name_blocks=blocks))
-    return decisions
+    """Decision objects for a few leads (explain, review, tests)."""
+    from identity.matching import leads_frame  # noqa: PLC0415
 
-
-def _decide_batch(leads, context: MatchContext, rejected, *, name_blocks) -> dict[str, Decision]:
-    fetched = candidates_fetch(leads, name_blocks=name_blocks)
-    freq = dataclasses.replace(context.freq, keys=fetched.key_counts)
-    return {
-        lead.source_pk: lead_decide(
-            lead, fetched.by_lead[lead.source_pk], freq, context.thresholds, rejected.get(lead.source_pk, frozenset())
-        )
-        for lead in leads
-    }
+    resolved = leads_decide_frame(leads_frame(leads), context)
+    return decisions_materialize(resolved.decisions, resolved.scores)
 
 
 @dataclass
 class BatchOutcome:
-    decisions: dict[str, Decision] = field(default_factory=dict)
+    outcomes: dict[str, str] = field(default_factory=dict)  # source_pk -> "link" or a reason code
     linked: list[str] = field(default_factory=list)
     already_linked: list[str] = field(default_factory=list)
+    resolved: Resolved | None = None
+
+    @property
+    def decisions(self) -> dict[str, Decision]:
+        if self.resolved is None:
+            return {}
+        return decisions_materialize(self.resolved.decisions, self.resolved.scores)
 
     def counts(self) -> Counter:
-        counts = Counter(d.outcome if not d.is_link else "link" for d in self.decisions.values())
-        return Counter({"processed": len(self.decisions), "linked": len(self.linked),
+        counts = Counter(self.outcomes.values())
+        return Counter({"processed": len(self.outcomes), "linked": len(self.linked),
                         "already_linked": len(self.already_linked),
                         **{str(k).lower(): v for k, v in counts.items() if k != "link"}})
 
@@ -118,29 +205,30 @@ class BatchOutcome:
 def leads_resolve(*, source_pks: list[str], context: MatchContext | None = None, write: bool = True) -> BatchOutcome:
     """Decide a batch of leads and write the outcomes (links + origins, or unmatched rows) atomically."""
     context = context or MatchContext.load()
-    # A lead linked meanwhile (by a reviewer, another job) is not decided again.
-    leads = leads_load_keys(unlinked_leads(source_pks=source_pks))
-    outcome = BatchOutcome(decisions=leads_decide(leads, context))
-    if not write:
+    # A lead linked meanwhile (by a reviewer, another job) is not decided again. Two index-driven
+    # lookups, whatever the statistics say about the links table.
+    linked = set(linking.lead_links(source_pks=source_pks))
+    leads = leads_load([pk for pk in source_pks if pk not in linked])
+    return leads_resolve_frame(leads, context, write=write)
+
+
+def leads_resolve_frame(leads: pl.DataFrame, context: MatchContext, *, write: bool = True) -> BatchOutcome:
+    resolved = leads_decide_frame(leads, context)
+    decisions = resolved.decisions
+    outcome = BatchOutcome(outcomes=dict(zip(decisions["source_pk"], decisions["outcome"], strict=True)),
+                           resolved=resolved)
+    if not write or not decisions.height:
         return outcome
+    written = decisions.join(evidence_json(decisions, resolved.scores, context.thresholds), on="lead_i")
+    links = written.filter(pl.col("outcome") == "link").select(
+        "source_pk", "person_key", pl.col("rule").alias("match_rule"), pl.col("score").alias("match_score"),
+        pl.col("confidence").alias("confidence_level"), "evidence", pl.lit(RULE_VERSION).alias("rule_version"))
+    unmatched = written.filter(pl.col("outcome") != "link").select(
+        "source_pk", pl.col("outcome").alias("reason_code"), pl.col("evidence").alias("details"))
     with transaction.atomic():
-        links = [
-            linking.LeadLink(
-                source_pk=d.source_pk, person_key=d.person_key, match_rule=d.rule, match_score=d.score,
-                confidence_level=d.confidence_level, evidence=d.evidence(context.thresholds), rule_version=RULE_VERSION,
-            )
-            for d in outcome.decisions.values()
-            if d.is_link
-        ]
-        written = linking.leads_link(links=links)
-        outcome.linked, outcome.already_linked = written.linked, written.already_linked
-        linking.leads_record_unmatched(
-            outcomes=[
-                linking.LeadUnmatched(d.source_pk, d.outcome, d.evidence(context.thresholds))
-                for d in outcome.decisions.values()
-                if not d.is_link
-            ]
-        )
+        result = linking.leads_link_frame(links=links)
+        outcome.linked, outcome.already_linked = result.linked, result.already_linked
+        linking.leads_record_unmatched_frame(outcomes=unmatched)
     return outcome
 
 
@@ -176,6 +264,8 @@ def leads_match(
 ) -> Counter:
     """Match every unlinked lead (or the ones named), batch by batch, as a recorded job run.
 
+    The unlinked leads are read once, in one statement; with many of them the drivers index is
+    read into memory once too, and every batch is blocked and scored column-wise against it.
     With `shard=(i, n)` only the i-th of n disjoint slices of the leads: n processes, each with its
     own shard, match in parallel without ever deciding the same lead."""
     started = time.monotonic()
@@ -183,16 +273,20 @@ def leads_match(
     name = "match_leads" if shard is None else f"match_leads[{shard[0]}/{shard[1]}]"
     params = {"limit": limit, "dry_run": dry_run, "named": bool(source_pks), "shard": shard}
     with job_run(name, params=params) as run:
-        todo = unlinked_leads(limit=limit, source_pks=source_pks, shard=shard)
-        context = MatchContext.load()
-        with progress_bar(len(todo), "matching", progress) as bar:
-            for batch_no, start in enumerate(range(0, len(todo), batch_size), start=1):
-                batch = todo[start:start + batch_size]
-                counts = leads_resolve(source_pks=batch, context=context, write=not dry_run).counts()
+        if shard or limit:
+            todo = leads_load(unlinked_leads(limit=limit, source_pks=source_pks, shard=shard))
+        else:
+            todo = leads_load(source_pks, unlinked_only=True)
+        context = MatchContext.for_leads(todo.height)
+        totals["load_seconds"] = round(time.monotonic() - started, 2)
+        with progress_bar(todo.height, "matching", progress) as bar:
+            for batch_no, start in enumerate(range(0, todo.height, batch_size), start=1):
+                batch = todo.slice(start, batch_size).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
+                counts = leads_resolve_frame(batch, context, write=not dry_run).counts()
                 totals.update(counts)
                 run.counts = dict(totals)
                 run.log_batch(batch_no, **counts)
-                bar.update(len(batch))
+                bar.update(batch.height)
         if totals["linked"] and not dry_run:
             tables_analyze(*LINK_TABLES)
         totals["seconds"] = round(time.monotonic() - started, 2)
@@ -206,20 +300,29 @@ class Explanation:
     decision: Decision
     records: dict[str, list]  # person_key -> its DriverRecords
     thresholds: Thresholds
+    rules: dict[str, list[str]] = field(default_factory=dict)  # person_key -> blocking rules that found it
 
 
 def lead_explain(source_pk: str) -> Explanation | None:
     """Everything behind one lead's decision, written nowhere (for explain_lead and review)."""
-    leads = leads_load_keys([source_pk])
-    if not leads:
+    leads = leads_load([source_pk])
+    if not leads.height:
         return None
     context = MatchContext.load()
-    lead = leads[0]
-    decision = leads_decide([lead], context)[source_pk]
-    blocks = {source_pk: name_blocks_for(lead, context.freq)}
-    fetched = candidates_fetch([lead], name_blocks=blocks)
-    records = {c.person_key: list(c.records) for c in fetched.by_lead[source_pk]}
-    return Explanation(lead=lead, decision=decision, records=records, thresholds=context.thresholds)
+    resolved = leads_decide_frame(leads, context)
+    decision = decisions_materialize(resolved.decisions, resolved.scores)[source_pk]
+    persons = resolved.hits["person_key"].unique()
+    records: dict[str, list] = {}
+    frame = context.source.persons_records(persons).sort("driver_id")
+    for row in frame.iter_rows(named=True):
+        person_key = row.pop("person_key")
+        records.setdefault(person_key, []).append(DriverRecord(**{
+            k: (tuple(v) if isinstance(v, list) else v) for k, v in row.items()}))
+    found: dict[str, list[str]] = {}
+    for row in resolved.hits.unique().sort("rule").iter_rows(named=True):
+        found.setdefault(row["person_key"], []).append(row["rule"])
+    (keys,) = leads_load_keys([source_pk])
+    return Explanation(lead=keys, decision=decision, records=records, thresholds=context.thresholds, rules=found)
 
 
 def leads_match_parallel(*, workers: int, limit: int | None = None, batch_size: int = DEFAULT_BATCH,

@@ -652,7 +652,7 @@ def _drain(source_pk: str, person_key: str) -> None:
     from recovery.tracking import attempts_record  # noqa: PLC0415
 
     queue_mark_linked(source_pks=[source_pk])
-    attempts_record(decisions={}, linked={source_pk: person_key})
+    attempts_record(outcomes={}, linked={source_pk: person_key})
 
 
 def _lead_lock(source_pk: str) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 from django.db import connection, transaction
 
+from identity import linking
 from identity.index import index_changed_at
 from identity.models import LEADS_TABLE
 from identity.runs import job_run, progress_bar
@@ -314,14 +315,7 @@ def queue_mark_linked(*, source_pks: list[str]) -> int:
 
 def lead_links(source_pks: list[str]) -> dict[str, str]:
     """The person each of these leads is linked to (leads without a link are left out)."""
-    if not source_pks:
-        return {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT source_pk, person_key::text FROM canon.identity_links WHERE source_table = %s AND source_pk = ANY(%s)",
-            [LEADS_TABLE, source_pks],
-        )
-        return dict(cursor.fetchall())
+    return linking.lead_links(source_pks=source_pks)
 
 
 __all__ = [

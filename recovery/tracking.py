@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from django.db import connection
 
 from identity.index import index_changed_at
-from identity.matching import Decision
 from identity.models import LEADS_TABLE
 from recovery.models import WorkStatus
 
@@ -28,21 +27,22 @@ def backoff_sql(attempts: str) -> str:
     )
 
 
-def attempts_record(*, decisions: Mapping[str, Decision], linked: Mapping[str, str]) -> int:
+def attempts_record(*, outcomes: Mapping[str, str], linked: Mapping[str, str]) -> int:
     """Upsert one row per lead tried: attempt_count + 1, the outcome and when.
 
-    `linked` maps each lead that has a link after the attempt (made now or earlier, by anyone)
-    to its person: those are matched. The other leads of `decisions` failed with their reason;
-    a lead decided "link" but not linked (a dry run) stays pending. Returns rows written.
+    `outcomes` maps each lead decided to "link" or its reason code. `linked` maps each lead that
+    has a link after the attempt (made now or earlier, by anyone) to its person: those are
+    matched. The other leads failed with their reason; a lead decided "link" but not linked (a
+    dry run) stays pending. Returns rows written.
     """
     rows = []
-    for source_pk in sorted(set(decisions) | set(linked)):
+    for source_pk in sorted(set(outcomes) | set(linked)):
         if source_pk in linked:
             rows.append((source_pk, WorkStatus.MATCHED.value, None, str(linked[source_pk])))
-        elif decisions[source_pk].is_link:
+        elif outcomes[source_pk] == "link":
             rows.append((source_pk, WorkStatus.PENDING.value, None, None))
         else:
-            rows.append((source_pk, WorkStatus.FAILED.value, str(decisions[source_pk].outcome), None))
+            rows.append((source_pk, WorkStatus.FAILED.value, str(outcomes[source_pk]), None))
     if not rows:
         return 0
     pks, statuses, reasons, persons = (list(column) for column in zip(*rows))

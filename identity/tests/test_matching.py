@@ -3,11 +3,11 @@
 import math
 from datetime import date
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from identity.fields import FIELDS
 from identity.matching import (
-    COMPARISONS,
     Candidate,
     DriverRecord,
     Frequencies,
@@ -147,7 +147,7 @@ def test_common_values_weigh_less_than_rare_ones():
     shared = candidate_score(lead(phone="+51987654321"), person("P1", JUAN), freq_with(**{"phone__+51987654321": 4}))
     unique = candidate_score(lead(phone="+51987654321"), person("P1", JUAN), FREQ)
     # u = (other persons carrying it + the phone's share rate) / N: three others cost log2(3.5 / 0.5) bits.
-    share = COMPARISONS["phone"].share_rate
+    share = FIELDS["phone"].share_rate
     assert math.isclose(unique.bits - shared.bits, math.log2((3 + share) / share))
 
 
@@ -157,13 +157,15 @@ def test_evidence_echoes_the_declared_comparisons():
     fields = {f["field"]: f["level"] for f in evidence["candidates"][0]["fields"]}
     assert fields == {"phone": "exact", "name": "exact"}
     for name, level in fields.items():
-        COMPARISONS[name].level(level)  # every level named in evidence is a declared one
+        FIELDS[name].level(level)  # every level named in evidence is a declared one
     assert evidence["rule_version"]
 
 
 names = st.lists(st.sampled_from(sorted(TOKENS)), min_size=1, max_size=4, unique=True)
 
 
+# No per-example deadline: each example runs the batch scorer on a one-lead frame (tens of ms).
+@settings(deadline=None)
 @given(lead_name=names, cand_given=names, cand_surnames=names, phone_same=st.booleans())
 def test_no_link_without_a_name_agreeing_on_given_name_and_surname(lead_name, cand_given, cand_surnames, phone_same):
     cand = person("P1", driver("D1", " ".join(cand_given), " ".join(cand_surnames),
@@ -175,6 +177,7 @@ def test_no_link_without_a_name_agreeing_on_given_name_and_surname(lead_name, ca
         assert shared & set(cand_given) and shared & set(cand_surnames)
 
 
+@settings(deadline=None)
 @given(st.permutations(["juan", "carlos", "quispe", "mamani"]))
 def test_decision_does_not_depend_on_token_order(tokens):
     decision = lead_decide(lead(" ".join(tokens), phone="+51987654321"), [person("P1", JUAN)], FREQ, T)

@@ -82,7 +82,7 @@ def pipeline_reconcile(
         not_due = leads_not_due(source_pks=[pk for pk, stage in rows if stage == LimboStage.NO_IDENTITY])
         todo = [(pk, stage) for pk, stage in rows if pk not in not_due]
         result.skipped_not_due = len(rows) - len(todo)
-        context = MatchContext.load() if any(s == LimboStage.NO_IDENTITY for _, s in todo) else None
+        context = MatchContext.for_leads(len(todo)) if any(s == LimboStage.NO_IDENTITY for _, s in todo) else None
         with progress_bar(len(todo), "reconciling", progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]

@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
-from identity.matching import Decision
 from identity.models import JobRun, ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
 from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, RunHandle, job_run, progress_bar, safe_error
@@ -140,7 +139,8 @@ def worker_drain_in_process(
     *, handle: RunHandle, budget: Budget, batch_size: int, on_batch: Callable[[dict], None] | None = None,
 ) -> dict:
     """Claim and recover batches until the budget or the unlocked pending rows run out."""
-    context = MatchContext.load()
+    context = MatchContext.for_leads(budget.pending.value if budget.remaining.value < 0
+                                     else min(budget.pending.value, budget.remaining.value))
     deadlocks = 0
     position = None
     while True:
@@ -194,10 +194,10 @@ def _recover_batch(source_pks: list[str], context: MatchContext) -> dict:
     # A lead with no decision (its row is gone from the leads table) or decided "link" but
     # without a link after the write has failed in a way the matcher did not explain.
     reasons = {pk: ReasonCode.ERROR.value for pk in source_pks}
-    reasons.update({pk: d.outcome for pk, d in outcome.decisions.items() if not d.is_link})
+    reasons.update({pk: o for pk, o in outcome.outcomes.items() if o != "link"})
     marked = queue_mark(reasons=reasons)
     linked = {row.source_pk: row.person_key for row in marked if row.status == WorkStatus.MATCHED}
-    attempts_record(decisions=outcome.decisions, linked=linked)
+    attempts_record(outcomes=outcome.outcomes, linked=linked)
     counts = Counter(row.fail_reason for row in marked if row.status == WorkStatus.FAILED)
     linked_now = len(set(outcome.linked) & set(linked))
     return {
@@ -215,8 +215,7 @@ def _fail_batch(source_pks: list[str], exc: Exception, handle: RunHandle) -> dic
         held = queue_claim(limit=len(source_pks), source_pks=source_pks).source_pks
         marked = queue_mark(reasons={pk: ReasonCode.ERROR.value for pk in held})
         linked = {row.source_pk: row.person_key for row in marked if row.status == WorkStatus.MATCHED}
-        decisions = {pk: Decision(pk, ReasonCode.ERROR, None, None, None, ()) for pk in held}
-        attempts_record(decisions=decisions, linked=linked)
+        attempts_record(outcomes={pk: ReasonCode.ERROR.value for pk in held}, linked=linked)
     failed = len(marked) - len(linked)
     return {"processed": len(marked), "matched": len(linked), "failed": failed, "already_linked": len(linked),
             ReasonCode.ERROR.value: failed}

@@ -61,13 +61,13 @@ def leads_resolve_tracked(*, source_pks: list[str], context: MatchContext) -> tu
     todo = [pk for pk in source_pks if pk not in linked_before]
     outcome = leads_resolve(source_pks=todo, context=context) if todo else BatchOutcome()
     linked = lead_links(source_pks)
-    attempts_record(decisions=outcome.decisions, linked=linked)
+    attempts_record(outcomes=outcome.outcomes, linked=linked)
     queue_mark_linked(source_pks=sorted(linked))
     return outcome, linked
 
 
 def failure_counts(outcome: BatchOutcome, linked: dict[str, str]) -> Counter:
-    return Counter(str(d.outcome) for pk, d in outcome.decisions.items() if pk not in linked and not d.is_link)
+    return Counter(str(o) for pk, o in outcome.outcomes.items() if pk not in linked and o != "link")
 
 
 def identity_matching_retry(
@@ -92,7 +92,7 @@ def identity_matching_retry(
         result.skipped_not_due = len(rows) - len(todo)
         todo = todo[:limit] if limit is not None else todo
         result.selected = len(todo)
-        context = MatchContext.load() if any(gap == GapReason.NO_IDENTITY for _, gap, _ in todo) else None
+        context = MatchContext.for_leads(len(todo)) if any(gap == GapReason.NO_IDENTITY for _, gap, _ in todo) else None
         reasons: Counter = Counter()
         with progress_bar(len(todo), "retrying", progress) as bar:
             for start in range(0, len(todo), batch_size):
@@ -103,7 +103,7 @@ def identity_matching_retry(
                     outcome, linked = leads_resolve_tracked(source_pks=no_identity, context=context)
                     written = origins_refresh_locked(person_keys=sorted({p for _, gap, p in batch if gap in ORIGIN_GAPS}))
                     # Leads whose origin was fixed are resolved with their link's person.
-                    attempts_record(decisions={}, linked=lead_links(origin_leads))
+                    attempts_record(outcomes={}, linked=lead_links(origin_leads))
                 failed = failure_counts(outcome, linked)
                 result.batches += 1
                 result.processed += len(batch)

@@ -1,0 +1,171 @@
+"""The field registry: every field the matcher knows, declared once (SPEC §3, STYLE.md "Matching code").
+
+Each `Field` says where its values come from on a lead and on a driver record (the index
+columns), what role it plays, which comparison computes its level, and each level's m and u.
+Blocking rules are declared here too. The index refresh, candidate generation, the scorer, the
+evidence JSON, `explain_lead`, the review screen and the admin read this module; adding a field
+is one entry here plus a migration for its index column.
+
+m = P(level | same person), u = P(level | different persons); u None means "term frequency of
+the agreeing value" (computed from the data). Weights are log2(m / u) bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    PERSONAL_ID = "personal_id"  # a document: one human's own
+    SHAREABLE_KEY = "shareable_key"  # phones, plates: families, friends and recycled numbers share them
+    NAME = "name"
+    DATE = "date"
+    CONTEXT = "context"  # where and when the driver was hired: says something, never alone
+
+
+class Kind(StrEnum):
+    """Which vectorized comparison of identity.matching computes a field's level."""
+
+    KEY = "key"  # exact (term frequency) / one typo / different, over one or more index columns
+    DATE = "date"  # exact / near (one part differs, day and month swapped) / different
+    NAME = "name"  # token agreement between the lead's words and the record's given names and surnames
+    RECRUITMENT = "recruitment"  # hired in the lead's park within the window after the lead
+
+
+@dataclass(frozen=True)
+class Level:
+    name: str
+    m: float
+    u: float | None  # None: term frequency of the agreeing value(s)
+    description: str
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    label: str  # what a reviewer reads
+    role: Role
+    kind: Kind
+    levels: tuple[Level, ...]
+    # The lead frame's column and the drivers-index columns it is compared with, in the order a
+    # tie is settled (a document is sought among documents, then licence DNIs).
+    lead_column: str | None
+    index_columns: tuple[str, ...]
+    # Exact agreement's u is the chance that a *different* person carries the value:
+    # (other persons carrying it + share_rate) / N. share_rate is how often a value turns up on
+    # someone else anyway (a DNI typed onto a relative's record, a recycled number).
+    share_rate: float = 1.0
+    # A spreadsheet dropped leading zeros (844210 and 00844210 are one document).
+    leading_zeros_equal: bool = False
+
+    def level(self, name: str) -> Level:
+        for level in self.levels:
+            if level.name == name:
+                return level
+        raise KeyError(f"{self.name} has no level {name!r}")
+
+    @property
+    def shareable(self) -> bool:
+        return self.role == Role.SHAREABLE_KEY
+
+    @property
+    def level_names(self) -> tuple[str, ...]:
+        return tuple(level.name for level in self.levels)
+
+
+def _key_levels(exact_m: float, typo_m: float, typo_u: float, different_m: float) -> tuple[Level, ...]:
+    return (
+        Level("exact", exact_m, None, "same normalized value"),
+        Level("one_typo", typo_m, typo_u, "one character changed, or two swapped"),
+        Level("different", different_m, 1.0, "both present and different"),
+    )
+
+
+FIELDS: dict[str, Field] = {
+    f.name: f
+    for f in (
+        # A DNI is personal; typed wrong now and then; rarely different for the same person.
+        Field("document", "Document (DNI / CE)", Role.PERSONAL_ID, Kind.KEY,
+              _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02),
+              "document", ("document", "license_document"), share_rate=0.02, leading_zeros_equal=True),
+        # People change phones; families and recycled numbers make phones shareable.
+        Field("phone", "Phone", Role.SHAREABLE_KEY, Kind.KEY,
+              _key_levels(exact_m=0.85, typo_m=0.03, typo_u=1e-6, different_m=0.12),
+              "phone", ("phone",), share_rate=0.5),
+        # E-mails are built from names (percy.ccama@, percyeccama@): namesakes' addresses are
+        # often one typo apart, so an e-mail typo says far less than a DNI or phone typo.
+        Field("email", "E-mail", Role.PERSONAL_ID, Kind.KEY,
+              _key_levels(exact_m=0.80, typo_m=0.04, typo_u=1e-3, different_m=0.16),
+              "email", ("email",), share_rate=0.1),
+        # Cars are lent and sold: a plate is weak and shareable.
+        Field("plate", "Plate", Role.SHAREABLE_KEY, Kind.KEY,
+              _key_levels(exact_m=0.60, typo_m=0.03, typo_u=1e-5, different_m=0.37),
+              "plate", ("plate",), share_rate=1.0),
+        Field("birth_date", "Birth date", Role.DATE, Kind.DATE, (
+            Level("exact", 0.95, 1 / 14600, "same day (40 years of birth dates)"),
+            Level("near", 0.03, 1 / 500, "day and month swapped, or one part differs"),
+            Level("different", 0.02, 1.0, "both present and different"),
+        ), "birth_date", ("birth_date",)),
+        # Names: u is the frequency of the agreeing tokens (Quispe is common, Ccahuana is not).
+        Field("name", "Name", Role.NAME, Kind.NAME, (
+            Level("exact", 0.80, None, "same tokens, in any box order"),
+            Level("typo", 0.06, None, "all tokens agree, some with a typo"),
+            Level("subset", 0.09, None, "given name and surname agree; one side has extra tokens"),
+            Level("partial", 0.03, None, "given name and surname agree; both sides have other tokens"),
+            Level("surnames_only", 0.01, None, "surnames agree, given names do not"),
+            Level("given_only", 0.004, None, "given names agree, surnames do not"),
+            Level("different", 0.002, 1.0, "no token in common"),
+        ), "name_tokens", ("given_tokens", "surname_tokens")),
+        # The partner recruits a lead and hires them in its park days later. u: the share of all
+        # drivers hired in that park in that window, from the data (a busy park's hires say less).
+        # Its absence says nothing (many leads were drivers already, or were hired elsewhere).
+        Field("recruitment", "Hired in the lead's park", Role.CONTEXT, Kind.RECRUITMENT, (
+            Level("hired_after_lead", 0.75, None,
+                  "a record hired in the lead's park within the window after the lead date"),
+        ), None, ("park_id", "hire_date")),
+    )
+}
+
+KEY_FIELDS = tuple(f.name for f in FIELDS.values() if f.kind == Kind.KEY)
+# Fields whose agreement (exact or one typo) makes a candidate worth a look whatever its score.
+AGREEING_FIELDS = (*KEY_FIELDS, "birth_date")
+AGREEING_LEVELS = ("exact", "one_typo")
+
+
+# --- Blocking rules ------------------------------------------------------------------------
+
+
+class BlockKind(StrEnum):
+    EQUAL = "equal"  # the lead's value equals the index column
+    NAME_TOKENS = "name_tokens"  # the record carries every token of one of the lead's name blocks
+
+
+@dataclass(frozen=True)
+class BlockingRule:
+    name: str
+    kind: BlockKind
+    lead_column: str
+    index_column: str
+    # Stage 1 runs for every lead; stage 2 only for the leads stage 1 did not settle (no link and
+    # no conflict), so common names cost nothing where a key already decided.
+    stage: int = 1
+    # A value shared by more persons than this identifies no one (placeholders, call centres,
+    # "Juan Quispe"): it blocks nothing.
+    cap: int = 20
+
+
+BLOCKING_RULES: tuple[BlockingRule, ...] = (
+    BlockingRule("phone", BlockKind.EQUAL, "phone", "phone"),
+    BlockingRule("document", BlockKind.EQUAL, "document", "document"),
+    BlockingRule("document_in_licence", BlockKind.EQUAL, "document", "license_document"),
+    BlockingRule("email", BlockKind.EQUAL, "email", "email"),
+    BlockingRule("plate", BlockKind.EQUAL, "plate", "plate"),
+    # The lead's rarest known name tokens, in pairs and one triple (identity.candidates).
+    BlockingRule("name_tokens", BlockKind.NAME_TOKENS, "name_tokens", "name_tokens", stage=2, cap=100),
+)
+
+# Name blocks: tokens known to the index, at least this long; a block expected (were tokens
+# independent) to hold more drivers than this is skipped: "Juan Carlos Quispe Mamani" blocks nothing.
+NAME_BLOCK_MIN_TOKEN = 2
+NAME_BLOCK_MAX_EXPECTED = 300
