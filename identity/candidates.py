@@ -13,6 +13,7 @@ holding more drivers than its cap, blocks nothing (it identifies no one).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -230,3 +231,40 @@ def frequencies_load(*, records: pl.DataFrame | None = None) -> Frequencies:
             schema={"park_id": pl.String, "hire_date": pl.Date, "hired": pl.Int64})
     tokens = frame_read("SELECT token, drivers FROM canon.name_token_stats", schema=TOKENS_SCHEMA)
     return Frequencies(persons=persons, drivers=drivers, tokens=tokens, hires=hires)
+
+
+@dataclass(frozen=True)
+class RuleCount:
+    rule: str
+    stage: int
+    pairs: int  # (lead, person) pairs the rule produces
+    new_pairs: int  # of those, pairs no earlier rule produced
+    leads: int  # leads with at least one pair from the rule
+    new_leads: int  # leads no earlier rule reached at all
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def blocking_report(leads: pl.DataFrame, index: IndexFrame) -> list[RuleCount]:
+    """Per blocking rule, in declared order: the pairs it produces over these leads and how many
+    of them no earlier rule produced (Splink's cumulative blocking analysis). Stage-2 rules are
+    counted over every lead here, not only the ones stage 1 left unsettled."""
+    counts = index.key_counts(leads)
+    freq = dataclasses.replace(index.freq, keys=counts)
+    by_rule = index.key_hits(leads, counts)
+    blocks = name_blocks(leads, freq)
+    stage2 = [index.name_hits(blocks, rule.cap).with_columns(pl.lit(rule.name).alias("rule")) for rule in rules(2)]
+    hits = pl.concat([by_rule, *stage2]).select("lead_i", "person_key", "rule").unique()
+    seen = pl.DataFrame(schema={"lead_i": pl.UInt32, "person_key": pl.String})
+    reached = pl.DataFrame(schema={"lead_i": pl.UInt32})
+    report = []
+    for rule in BLOCKING_RULES:
+        pairs = hits.filter(pl.col("rule") == rule.name).select("lead_i", "person_key").unique()
+        new = pairs.join(seen, on=["lead_i", "person_key"], how="anti")
+        rule_leads = pairs.select("lead_i").unique()
+        report.append(RuleCount(rule.name, rule.stage, pairs.height, new.height, rule_leads.height,
+                                rule_leads.join(reached, on="lead_i", how="anti").height))
+        seen = pl.concat([seen, new])
+        reached = pl.concat([reached, rule_leads]).unique()
+    return report

@@ -1,4 +1,4 @@
-"""The normalized drivers index: built set-based in SQL from the drivers table, incrementally.
+"""The normalized drivers index: built from the drivers table, incrementally, in bulk.
 
 A driver whose `updated_at` differs from the one its index entry was computed from is
 re-normalized; `full=True` re-normalizes every driver. New drivers become persons through
@@ -11,37 +11,57 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+import polars as pl
 from django.db import connection, transaction
 
-from identity import linking
-from identity.normalize import normalize_phone
+from identity import linking, normalize
+from identity.bulk import frame_copy, frame_read, staging_create
 from identity.runs import job_run
 
 JOB_NAME = "refresh_drivers_index"
 
-# Each changed driver normalized once, by the canon.norm_* twins of identity.normalize.
-_NORMALIZE_SQL = """
-CREATE TEMP TABLE _index_norm ON COMMIT DROP AS
-SELECT n.*, COALESCE(n.document, n.license_document) AS doc_key,
-       n.given_tokens || n.surname_tokens AS name_tokens,
-       -- name_key = the sorted distinct tokens (identity.normalize.name_key), from tokens already made
-       NULLIF(array_to_string(ARRAY(SELECT DISTINCT t COLLATE "C" FROM unnest(n.given_tokens || n.surname_tokens) AS t
-                                    ORDER BY 1), ' '), '') AS name_key
-FROM (
-    SELECT d.driver_id, d.park_id, d.birth_date, d.hire_date, d.updated_at,
-           canon.norm_phone_fast(d.phone) AS phone,
-           canon.norm_document(d.document) AS document,
-           canon.norm_license_document(d.license_number) AS license_document,
-           canon.norm_email(d.email) AS email,
-           canon.norm_plate(d.plate) AS plate,
-           COALESCE(canon.norm_name_tokens(concat_ws(' ', d.first_name, d.middle_name)), '{}') AS given_tokens,
-           COALESCE(canon.norm_name_tokens(d.last_name), '{}') AS surname_tokens
-    FROM public.drivers d
-    -- changed drivers only (unless --full)
-    CHANGED_JOIN
-    OFFSET 0  -- compute each normalizer once per row, not once per use of its result
-) n
-"""
+# The changed drivers' raw columns, read by COPY and normalized column-wise in Polars by the twins
+# of identity.normalize, then staged in _index_norm for the set-based writes below.
+_RAW_DRIVER_SCHEMA = {
+    "driver_id": pl.String, "park_id": pl.String, "birth_date": pl.Date, "hire_date": pl.Date,
+    "updated_at": pl.String, "first_name": pl.String, "middle_name": pl.String, "last_name": pl.String,
+    "phone": pl.String, "license_number": pl.String, "document": pl.String, "email": pl.String,
+    "plate": pl.String,
+}
+_NORM_COLUMNS = {
+    "driver_id": "text PRIMARY KEY", "park_id": "text", "birth_date": "date", "hire_date": "date",
+    "updated_at": "timestamptz", "phone": "text", "document": "text", "license_document": "text",
+    "email": "text", "plate": "text", "given_tokens": "text[]", "surname_tokens": "text[]",
+    "doc_key": "text", "name_tokens": "text[]", "name_key": "text",
+}
+
+
+def drivers_normalize(raw: pl.DataFrame) -> pl.DataFrame:
+    """Raw driver rows to index entries' keys (identity.normalize's column-wise twins)."""
+    given = normalize.name_tokens_column(raw["first_name"], raw["middle_name"]).rename("given_tokens")
+    surnames = normalize.name_tokens_column(raw["last_name"]).rename("surname_tokens")
+    frame = raw.select("driver_id", pl.col("park_id").replace("", None), "birth_date", "hire_date", "updated_at").with_columns(
+        normalize.phones_column(raw["phone"]).rename("phone"),
+        normalize.documents_column(raw["document"]).rename("document"),
+        normalize.license_documents_column(raw["license_number"]).rename("license_document"),
+        normalize.emails_column(raw["email"]).rename("email"),
+        normalize.plates_column(raw["plate"]).rename("plate"),
+        given, surnames,
+    )
+    names = pl.concat_list("given_tokens", "surname_tokens")
+    frame = frame.with_columns(pl.coalesce("document", "license_document").alias("doc_key"), names.alias("name_tokens"))
+    return frame.with_columns(normalize.name_keys_column(frame["name_tokens"]).rename("name_key"))
+
+
+def _stage_normalized(cursor, *, full: bool) -> None:
+    join = "" if full else "JOIN _index_changed c ON c.driver_id = d.driver_id"
+    raw = frame_read(
+        "SELECT d.driver_id, d.park_id, d.birth_date, d.hire_date, d.updated_at, d.first_name, d.middle_name, "
+        f"d.last_name, d.phone, d.license_number, d.document, d.email, d.plate FROM public.drivers d {join}",
+        schema=_RAW_DRIVER_SCHEMA, cursor=cursor)
+    staging_create(cursor, "_index_norm", _NORM_COLUMNS)
+    frame_copy(cursor, "_index_norm", drivers_normalize(raw).select(list(_NORM_COLUMNS)))
+
 
 _UPSERT_SQL = """
 INSERT INTO canon.drivers_index AS di (
@@ -75,7 +95,6 @@ BULK_THRESHOLD = 50_000
 @dataclass
 class RefreshResult:
     changed: int = 0
-    phones_fixed: int = 0
     new_persons: int = 0
     joined_existing: int = 0
     driver_links: int = 0
@@ -130,11 +149,7 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
             cursor.execute("ANALYZE _index_changed")
             if not bulk:
                 token_delta_before(cursor)
-            cursor.execute("DROP TABLE IF EXISTS _index_norm")
-            join = "" if full else "JOIN _index_changed c ON c.driver_id = d.driver_id"
-            cursor.execute(_NORMALIZE_SQL.replace("CHANGED_JOIN", join))
-            result.phones_fixed = _fix_phones_off_the_fast_path(cursor)
-            cursor.execute("ALTER TABLE _index_norm ADD PRIMARY KEY (driver_id)")
+            _stage_normalized(cursor, full=full)
             cursor.execute("ANALYZE _index_norm")
         with _phase(result, "persons"):
             registration = linking.drivers_register_persons(cursor=cursor)
@@ -159,29 +174,6 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
     if full:
         result.removed = _drop_entries_of_deleted_drivers(cursor)
     return result
-
-
-def _fix_phones_off_the_fast_path(cursor) -> int:
-    """The few phones SQL's fast path leaves out (landlines, foreign numbers) go through phonenumbers."""
-    cursor.execute(
-        """
-        SELECT d.driver_id, d.phone FROM public.drivers d
-        JOIN _index_norm n ON n.driver_id = d.driver_id
-        WHERE n.phone IS NULL AND d.phone ~ '[0-9]'
-        """
-    )
-    fixed = [(driver_id, phone) for driver_id, raw in cursor.fetchall() if (phone := normalize_phone(raw))]
-    if fixed:
-        ids, phones = zip(*fixed)
-        cursor.execute(
-            """
-            UPDATE _index_norm n SET phone = f.phone
-            FROM unnest(%s::text[], %s::text[]) AS f(driver_id, phone)
-            WHERE n.driver_id = f.driver_id
-            """,
-            [list(ids), list(phones)],
-        )
-    return len(fixed)
 
 
 @contextmanager

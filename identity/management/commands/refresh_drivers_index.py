@@ -19,6 +19,6 @@ class Command(JobCommand):
         return (
             f"drivers index: {result.changed} drivers (re)indexed, {result.new_persons} new persons, "
             f"{result.joined_existing} joined an existing person, {result.driver_links} driver links, "
-            f"{result.phones_fixed} phones via phonenumbers, {result.removed} removed [{result.seconds}s: "
+            f"{result.removed} removed [{result.seconds}s: "
             + ", ".join(f"{name} {secs}s" for name, secs in result.phases.items()) + "]"
         )
