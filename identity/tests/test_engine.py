@@ -1,0 +1,260 @@
+"""The vectorized engine: each comparison's levels on hand-made pairs, a batch scored at once equal
+to its leads scored one by one, the registry driving evidence, and both candidate sources."""
+
+import dataclasses
+import json
+from datetime import date
+
+import polars as pl
+import pytest
+from django.core.management import call_command
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from identity import fields as registry
+from identity.candidates import IndexFrame, blocking_report
+from identity.fields import FIELDS, Field, Kind, Role
+from identity.index import drivers_index_refresh
+from identity.matching import (
+    Candidate,
+    DriverRecord,
+    Frequencies,
+    LeadKeys,
+    Thresholds,
+    decisions_make,
+    decisions_materialize,
+    evidence_json,
+    lead_decide,
+    leads_frame,
+    pairs_frame,
+    pairs_score,
+)
+from identity.models import ReasonCode
+from identity.resolution import MatchContext, leads_decide_frame, leads_load, leads_match
+from identity.tests.factories import make_driver, make_lead
+from identity.tests.factories import make_lead as _make_lead
+
+TOKENS = {"juan": 30000, "carlos": 20000, "quispe": 50000, "mamani": 30000, "rosa": 15000, "flores": 40000,
+          "luz": 9000, "gutierrez": 12000, "salazar": 11000, "wilmer": 300, "ccahuana": 40, "huillca": 200}
+FREQ = Frequencies(persons=1_000_000, drivers=1_000_000, tokens=TOKENS)
+T = Thresholds()
+
+
+def record(driver_id="D1", given="juan carlos", surnames="quispe mamani", **keys) -> DriverRecord:
+    return DriverRecord(driver_id, given_tokens=tuple(given.split()), surname_tokens=tuple(surnames.split()), **keys)
+
+
+def lead(name="juan carlos quispe mamani", pk="L1", **keys) -> LeadKeys:
+    return LeadKeys(pk, name_tokens=tuple(name.split()), **keys)
+
+
+def level(field_name: str, the_lead: LeadKeys, *records: DriverRecord) -> str | None:
+    decision = lead_decide(the_lead, [Candidate("P1", records)], FREQ, T)
+    return decision.candidates[0].level_of(field_name)
+
+
+@pytest.mark.parametrize(("lead_keys", "record_keys", "expected"), [
+    ({"phone": "+51987654321"}, {"phone": "+51987654321"}, "exact"),
+    ({"phone": "+51987654321"}, {"phone": "+51987654312"}, "one_typo"),  # two digits swapped
+    ({"phone": "+51987654321"}, {"phone": "+51987654329"}, "one_typo"),  # one digit changed
+    ({"phone": "+51987654321"}, {"phone": "+51911111111"}, "different"),
+    ({"phone": "+51987654321"}, {}, None),  # the record has no phone: no evidence either way
+    ({"document": "44556677"}, {"license_document": "44556677"}, "exact"),  # a licence DNI counts
+    ({"document": "844210"}, {"document": "00844210"}, "exact"),  # leading zeros lost in a spreadsheet
+    ({"document": "44556677"}, {"document": "4455667"}, "different"),  # a dropped digit is not one_typo
+    ({"email": "jc@gmail.com"}, {"email": "jc@gmial.com"}, "one_typo"),
+    ({"plate": "ABC123"}, {"plate": "ABC123"}, "exact"),
+])
+def test_key_levels(lead_keys, record_keys, expected):
+    field_name = next(iter(lead_keys))
+    assert level(field_name, lead(**lead_keys), record(**record_keys)) == expected
+
+
+@pytest.mark.parametrize(("lead_day", "record_day", "expected"), [
+    (date(1990, 5, 17), date(1990, 5, 17), "exact"),
+    (date(1990, 5, 7), date(1990, 7, 5), "near"),  # day and month swapped
+    (date(1990, 5, 17), date(1991, 5, 17), "near"),  # one part differs
+    (date(1990, 5, 17), date(1975, 1, 2), "different"),
+])
+def test_birth_date_levels(lead_day, record_day, expected):
+    assert level("birth_date", lead(birth_date=lead_day), record(birth_date=record_day)) == expected
+
+
+@pytest.mark.parametrize(("lead_name", "given", "surnames", "expected"), [
+    ("juan carlos quispe mamani", "juan carlos", "quispe mamani", "exact"),
+    ("quispe mamani juan carlos", "juan carlos", "quispe mamani", "exact"),  # box order does not matter
+    ("juan carlso quispe mamani", "juan carlos", "quispe mamani", "typo"),  # two letters swapped
+    ("gutierrez salazar lzu", "luz", "gutierrez salazar", "typo"),  # three-letter anagram
+    ("juan quispe mamani", "juan carlos", "quispe mamani", "subset"),
+    ("juan alberto quispe mamani", "juan carlos", "quispe mamani", "partial"),
+    ("rosa quispe mamani", "juan carlos", "quispe mamani", "surnames_only"),
+    ("juan carlos flores", "juan carlos", "quispe mamani", "given_only"),
+    ("rosa flores", "juan carlos", "quispe mamani", "different"),
+])
+def test_name_levels(lead_name, given, surnames, expected):
+    assert level("name", lead(lead_name), record(given=given, surnames=surnames)) == expected
+
+
+def test_a_persons_best_record_gives_its_name_evidence():
+    records = (record("D1", given="rosa"), record("D2"))
+    decision = lead_decide(lead(phone="+51987654321"), [Candidate("P1", records)], FREQ, T)
+    name = next(f for f in decision.candidates[0].fields if f.field == "name")
+    assert (name.level, name.driver_id) == ("exact", "D2")
+
+
+# --- A batch is its leads scored one by one ------------------------------------------------
+
+NAMES = sorted(TOKENS)
+PHONES = ("+51987654321", "+51987654312", "+51911111111")
+records_st = st.builds(
+    lambda n, given, surnames, phone, doc: DriverRecord(
+        f"D{n}", given_tokens=tuple(given), surname_tokens=tuple(surnames), phone=phone, document=doc),
+    st.integers(0, 99), st.lists(st.sampled_from(NAMES), min_size=1, max_size=2, unique=True),
+    st.lists(st.sampled_from(NAMES), min_size=0, max_size=2, unique=True),
+    st.sampled_from((None, *PHONES)), st.sampled_from((None, "44556677", "44556678")))
+leads_st = st.builds(
+    lambda name, phone, doc: (tuple(name), phone, doc),
+    st.lists(st.sampled_from(NAMES), min_size=0, max_size=4, unique=True),
+    st.sampled_from((None, *PHONES)), st.sampled_from((None, "44556677", "44556678")))
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.lists(st.tuples(leads_st, st.lists(st.lists(records_st, min_size=1, max_size=2), max_size=3)),
+                min_size=1, max_size=4))
+def test_a_batch_decides_each_lead_as_it_would_alone(cases):
+    leads, rows = [], []
+    for i, ((name, phone, doc), persons) in enumerate(cases):
+        leads.append(LeadKeys(f"L{i}", name_tokens=name, phone=phone, document=doc))
+        seen = set()
+        for p, person_records in enumerate(persons):
+            for r in person_records:
+                if r.driver_id not in seen:  # a driver record belongs to one person
+                    seen.add(r.driver_id)
+                    rows.append((i, f"P{i}-{p}", r, False))
+    frame = leads_frame(leads)
+    scores = pairs_score(frame, pairs_frame(rows), FREQ, T)
+    batch = decisions_materialize(decisions_make(frame, scores, T), scores)
+    for i, one in enumerate(leads):
+        alone_rows = [(0, p, r, x) for li, p, r, x in rows if li == i]
+        alone_frame = leads_frame([one])
+        alone_scores = pairs_score(alone_frame, pairs_frame(alone_rows), FREQ, T)
+        alone = decisions_materialize(decisions_make(alone_frame, alone_scores, T), alone_scores)[one.source_pk]
+        assert batch[one.source_pk] == alone
+
+
+def test_stored_evidence_is_the_decisions_own():
+    """The JSON the batch writer stores says what Decision.evidence says."""
+    leads = [lead(phone="+51987654321"), lead("rosa flores", pk="L2", phone="+51987654321"), lead("juan", pk="L3")]
+    rows = [(0, "P1", record(phone="+51987654321"), False), (1, "P1", record(phone="+51987654321"), False),
+            (1, "P2", record("D2", given="rosa", surnames="flores", phone="+51911111111"), True)]
+    frame = leads_frame(leads)
+    scores = pairs_score(frame, pairs_frame(rows), FREQ, T)
+    decisions = decisions_make(frame, scores, T)
+    stored = {row["lead_i"]: json.loads(row["evidence"]) for row in evidence_json(decisions, scores, T).iter_rows(named=True)}
+    objects = decisions_materialize(decisions, scores)
+    for i, one in enumerate(leads):
+        assert _without_nulls(stored[i]) == objects[one.source_pk].evidence(T)
+    assert stored[2]["outcome"] == ReasonCode.MISSING_IDENTIFIERS and stored[2]["candidates"] == []
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None or k in ("score", "margin")}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
+# --- The registry drives the engine ------------------------------------------------------------
+
+
+@pytest.fixture
+def extra_field(monkeypatch):
+    """A field declared only here: a second look at the phone, under its own name."""
+    extra = Field("phone_again", "Phone (second look)", Role.SHAREABLE_KEY, Kind.KEY,
+                  FIELDS["phone"].levels, "phone", ("phone",), share_rate=0.5)
+    monkeypatch.setitem(registry.FIELDS, "phone_again", extra)
+    return extra
+
+
+def test_a_field_declared_in_the_registry_shows_up_in_the_evidence(extra_field):
+    decision = lead_decide(lead(phone="+51987654321"), [Candidate("P1", (record(phone="+51987654321"),))], FREQ, T)
+    fields = {f["field"]: f["level"] for f in decision.evidence(T)["candidates"][0]["fields"]}
+    assert fields["phone_again"] == "exact" == fields["phone"]
+
+
+@pytest.mark.django_db
+def test_a_field_declared_in_the_registry_shows_up_in_explain_lead(extra_field, capsys):
+    make_driver(driver_id="D1", first_name="Juan Carlos", last_name="Quispe Mamani", phone="951234567")
+    drivers_index_refresh()
+    make_lead(external_id="L-explain", first_name="Juan Carlos", last_name="Quispe Mamani", phone="951234567")
+    call_command("explain_lead", "L-explain")
+    assert "phone_again" in capsys.readouterr().out
+
+
+# --- Both candidate sources, on PostgreSQL --------------------------------------------------------
+
+
+@pytest.fixture
+def park(db):
+    make_driver(driver_id="D1", first_name="Juan Carlos", last_name="Quispe Mamani", phone="951234567",
+                document="44556677")
+    make_driver(driver_id="D2", first_name="Rosa", last_name="Quispe Mamani", phone="951234567")  # his sister
+    make_driver(driver_id="D3", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344")
+    make_driver(driver_id="D4", first_name="Wilmer", last_name="Ccahuana Huillca", plate="ABC123")
+    make_driver(driver_id="D5", first_name="Luz", last_name="Gutierrez Salazar", phone="960703192")
+    drivers_index_refresh()
+    # Leads carry only what each case says (the factory would give each a DNI, e-mail and birth date of its own).
+    none = {"phone": None, "document": None, "email": None, "birth_date": None}
+    make_lead = lambda **fields: _make_lead(**{**none, **fields})  # noqa: E731
+    make_lead(external_id="A", first_name="Juan Carlos", last_name="Quispe Mamani", phone="951 234 567")
+    make_lead(external_id="B", first_name="Rosa", last_name="Quispe Mamani", phone="951234567")
+    make_lead(external_id="C", first_name="Wilmer", last_name="Ccahuana Huillca")
+    make_lead(external_id="D", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223345")
+    make_lead(external_id="E", first_name="Lzu", last_name="Gutierrez Salazar", phone="960703192")
+    make_lead(external_id="F", first_name="Pedro", last_name="Nadie Nunca", phone="999888777")
+
+
+def _outcomes(context: MatchContext) -> dict:
+    resolved = leads_decide_frame(leads_load(), context)
+    decisions = decisions_materialize(resolved.decisions, resolved.scores)
+    return {pk: (d.outcome, d.person_key, tuple((s.person_key, round(s.bits, 6)) for s in d.candidates))
+            for pk, d in decisions.items()}
+
+
+def test_the_database_lookups_and_the_index_in_memory_decide_alike(park):
+    in_sql = _outcomes(MatchContext.load(in_memory=False))
+    in_memory = _outcomes(MatchContext.load(in_memory=True))
+    assert in_sql == in_memory
+    assert in_sql["A"][0] == "link" and in_sql["E"][0] == "link"
+    assert in_sql["F"][0] == ReasonCode.NO_CANDIDATES
+
+
+def test_blocking_report_counts_each_rules_new_pairs(park):
+    report = {r.rule: r for r in blocking_report(leads_load(), IndexFrame.load())}
+    assert report["phone"].pairs == 5  # A and B reach both siblings; E reaches Luz
+    assert report["document"].new_pairs == 0  # no lead's document is on a record
+    assert report["name_tokens"].pairs >= 4 and report["name_tokens"].new_leads == 2  # C and D
+
+
+def test_leads_match_writes_links_and_unmatched_rows_with_evidence_in_bulk(park, settings):
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1  # the in-memory path even for this small park
+    totals = leads_match()
+    assert totals["processed"] == 6 and totals["linked"] >= 2
+    from identity.models import IdentityLink, IdentityUnmatched
+
+    link = IdentityLink.objects.get(source_pk="A")
+    assert link.evidence["rule_version"] and link.evidence["candidates"][0]["fields"]
+    assert IdentityUnmatched.objects.get(source_pk="F").reason_code == ReasonCode.NO_CANDIDATES
+    assert leads_match()["processed"] == 6 - totals["linked"]  # linked leads are not decided again
+
+
+def test_frequencies_from_the_index_in_memory_and_from_sql_agree(park):
+    from identity.candidates import frequencies_load
+
+    in_sql, in_memory = frequencies_load(), IndexFrame.load().freq
+    assert (in_sql.persons, in_sql.drivers) == (in_memory.persons, in_memory.drivers)
+    sort = ["park_id", "hire_date"]
+    assert in_sql.hires_frame().sort(sort).equals(in_memory.hires_frame().sort(sort))
+    assert dataclasses.replace(in_sql, keys={}).tokens_frame().sort("token").equals(in_memory.tokens_frame().sort("token"))
+    assert isinstance(in_memory.tokens, pl.DataFrame)
