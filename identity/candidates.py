@@ -27,6 +27,7 @@ from identity.fields import (
     NAME_BLOCK_MAX_EXPECTED,
     NAME_BLOCK_MIN_TOKEN,
     BlockingRule,
+    BlockKind,
 )
 from identity.matching import KEYS_SCHEMA, RECORD_SCHEMA, TOKENS_SCHEMA, Frequencies
 
@@ -112,21 +113,13 @@ class IndexFrame:
                          .select(pl.lit(name).alias("field"), "value", pl.col("persons").cast(pl.Int64)))
         return pl.concat(parts) if parts else pl.DataFrame(schema=KEYS_SCHEMA)
 
-    def key_hits(self, leads: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFrame:
-        parts = []
-        for rule in rules(1):
-            field_name = next(f.name for f in FIELDS.values() if f.lead_column == rule.lead_column)
-            usable = counts.filter((pl.col("field") == field_name) & (pl.col("persons") <= rule.cap)).select("value")
-            wanted = _lead_values(leads, rule.lead_column).join(usable, on="value", how="semi")
-            if not wanted.height:
-                continue
-            column = self.records.select(pl.col(rule.index_column).alias("value"), "person_key").drop_nulls("value")
-            parts.append(wanted.join(column, on="value").select("lead_i", "person_key", pl.lit(rule.name).alias("rule")))
-        return _hits(parts)
+    def equal_hits(self, rule: BlockingRule, wanted: pl.DataFrame) -> pl.DataFrame:
+        column = self.records.select(pl.col(rule.index_column).alias("value"), "person_key").drop_nulls("value")
+        return wanted.join(column, on="value").select("lead_i", "person_key")
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
         if not blocks.height:
-            return pl.DataFrame(schema=HITS_SCHEMA)
+            return pl.DataFrame(schema={"lead_i": pl.UInt32, "person_key": pl.String})
         numbered = blocks.with_row_index("block_i")
         wanted = numbered.select("block_i", "lead_i", pl.col("block").alias("token")).explode("token")
         size = numbered.select("block_i", pl.col("block").list.len().alias("size"))
@@ -134,8 +127,7 @@ class IndexFrame:
                    .group_by("block_i", "lead_i", "driver_id", "person_key").agg(pl.len().alias("n"))
                    .join(size, on="block_i").filter(pl.col("n") == pl.col("size")))
         small = carried.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
-        found = carried.join(small, on="block_i", how="semi")
-        return found.select("lead_i", "person_key", pl.lit("name_tokens").alias("rule")).unique()
+        return carried.join(small, on="block_i", how="semi").select("lead_i", "person_key").unique()
 
     def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
         return self.records.join(pl.DataFrame({"person_key": person_keys.unique()}), on="person_key", how="semi")
@@ -165,27 +157,16 @@ class SqlIndex:
             rows = cursor.fetchall()
         return pl.DataFrame(rows, schema=KEYS_SCHEMA, orient="row")
 
-    def key_hits(self, leads: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFrame:
-        parts = []
+    def equal_hits(self, rule: BlockingRule, wanted: pl.DataFrame) -> pl.DataFrame:
         with connection.cursor() as cursor:
-            for rule in rules(1):
-                field_name = next(f.name for f in FIELDS.values() if f.lead_column == rule.lead_column)
-                usable = counts.filter((pl.col("field") == field_name) & (pl.col("persons") <= rule.cap))
-                wanted = _lead_values(leads, rule.lead_column).join(usable.select("value"), on="value", how="semi")
-                if not wanted.height:
-                    continue
-                cursor.execute(
-                    f"SELECT {rule.index_column}, person_key::text FROM canon.drivers_index "
-                    f"WHERE {rule.index_column} = ANY(%s)", [wanted["value"].unique().to_list()])
-                found = pl.DataFrame(cursor.fetchall(), schema={"value": pl.String, "person_key": pl.String},
-                                     orient="row")
-                parts.append(wanted.join(found, on="value").select("lead_i", "person_key",
-                                                                    pl.lit(rule.name).alias("rule")))
-        return _hits(parts)
+            cursor.execute(f"SELECT {rule.index_column}, person_key::text FROM canon.drivers_index "
+                           f"WHERE {rule.index_column} = ANY(%s)", [wanted["value"].unique().to_list()])
+            found = pl.DataFrame(cursor.fetchall(), schema={"value": pl.String, "person_key": pl.String}, orient="row")
+        return wanted.join(found, on="value").select("lead_i", "person_key")
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
         if not blocks.height:
-            return pl.DataFrame(schema=HITS_SCHEMA)
+            return pl.DataFrame(schema={"lead_i": pl.UInt32, "person_key": pl.String})
         numbered = blocks.with_row_index("block_i")
         with connection.cursor() as cursor:
             cursor.execute(
@@ -199,7 +180,7 @@ class SqlIndex:
                                  orient="row")
         small = found.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
         found = found.join(small, on="block_i", how="semi").join(numbered.select("block_i", "lead_i"), on="block_i")
-        return found.select("lead_i", "person_key", pl.lit("name_tokens").alias("rule")).unique()
+        return found.select("lead_i", "person_key").unique()
 
     def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
         keys = person_keys.unique().to_list()
@@ -209,10 +190,22 @@ class SqlIndex:
                           [keys], schema=RECORD_SCHEMA)
 
 
-def _hits(parts: list[pl.DataFrame]) -> pl.DataFrame:
-    if not parts:
-        return pl.DataFrame(schema=HITS_SCHEMA)
-    return pl.concat(parts).with_columns(pl.col("lead_i").cast(pl.UInt32))
+def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
+    """(lead_i, person_key, rule): the candidates every rule of a stage finds for these leads.
+    `freq.keys` must hold the key counts of these leads (a value over its rule's cap blocks nothing)."""
+    counts = freq.keys_frame()
+    parts = []
+    for rule in rules(stage):
+        if rule.kind == BlockKind.EQUAL:
+            field_name = next(f.name for f in FIELDS.values() if f.lead_column == rule.lead_column)
+            usable = counts.filter((pl.col("field") == field_name) & (pl.col("persons") <= rule.cap)).select("value")
+            wanted = _lead_values(leads, rule.lead_column).join(usable, on="value", how="semi")
+            found = source.equal_hits(rule, wanted) if wanted.height else None
+        else:
+            found = source.name_hits(name_blocks(leads, freq), rule.cap)
+        if found is not None and found.height:
+            parts.append(found.select(pl.col("lead_i").cast(pl.UInt32), "person_key", pl.lit(rule.name).alias("rule")))
+    return pl.concat(parts) if parts else pl.DataFrame(schema=HITS_SCHEMA)
 
 
 def frequencies_load(*, records: pl.DataFrame | None = None) -> Frequencies:
@@ -250,12 +243,8 @@ def blocking_report(leads: pl.DataFrame, index: IndexFrame) -> list[RuleCount]:
     """Per blocking rule, in declared order: the pairs it produces over these leads and how many
     of them no earlier rule produced (Splink's cumulative blocking analysis). Stage-2 rules are
     counted over every lead here, not only the ones stage 1 left unsettled."""
-    counts = index.key_counts(leads)
-    freq = dataclasses.replace(index.freq, keys=counts)
-    by_rule = index.key_hits(leads, counts)
-    blocks = name_blocks(leads, freq)
-    stage2 = [index.name_hits(blocks, rule.cap).with_columns(pl.lit(rule.name).alias("rule")) for rule in rules(2)]
-    hits = pl.concat([by_rule, *stage2]).select("lead_i", "person_key", "rule").unique()
+    freq = dataclasses.replace(index.freq, keys=index.key_counts(leads))
+    hits = pl.concat([stage_hits(index, stage, leads, freq) for stage in sorted({r.stage for r in BLOCKING_RULES})])
     seen = pl.DataFrame(schema={"lead_i": pl.UInt32, "person_key": pl.String})
     reached = pl.DataFrame(schema={"lead_i": pl.UInt32})
     report = []

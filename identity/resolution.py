@@ -17,7 +17,7 @@ from django.db import connection, transaction
 
 from identity import linking
 from identity.bulk import frame_read
-from identity.candidates import IndexFrame, SqlIndex, frequencies_load, name_blocks, rules
+from identity.candidates import IndexFrame, SqlIndex, frequencies_load, stage_hits
 from identity.matching import (
     LEAD_SCHEMA,
     PAIR_SCHEMA,
@@ -154,18 +154,16 @@ def leads_decide_frame(leads: pl.DataFrame, context: MatchContext) -> Resolved:
     rules too, and are scored again with every candidate."""
     source = context.source
     rejected = linking.rejected_frame(source_pks=leads["source_pk"].to_list())
-    counts = source.key_counts(leads)
-    freq = dataclasses.replace(context.freq, keys=counts)
-    hits = source.key_hits(leads, counts)
+    freq = dataclasses.replace(context.freq, keys=source.key_counts(leads))
+    hits = stage_hits(source, 1, leads, freq)
     scores, decisions = _score(leads, hits, source, rejected, freq, context.thresholds)
-    unsettled = decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)).select("lead_i")
-    blocks = name_blocks(leads.join(unsettled, on="lead_i", how="semi"), freq)
-    if blocks.height:
-        retry = blocks.select("lead_i").unique()
-        cap = min(rule.cap for rule in rules(2))
-        more = pl.concat([hits.join(retry, on="lead_i", how="semi"), source.name_hits(blocks, cap)])
-        retry_leads = leads.join(retry, on="lead_i", how="semi")
-        scores2, decisions2 = _score(retry_leads, more, source, rejected, freq, context.thresholds)
+    unsettled = leads.join(decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)), on="lead_i", how="semi")
+    more = stage_hits(source, 2, unsettled, freq) if unsettled.height else None
+    if more is not None and more.height:
+        retry = more.select("lead_i").unique()
+        more = pl.concat([hits.join(retry, on="lead_i", how="semi"), more])
+        scores2, decisions2 = _score(leads.join(retry, on="lead_i", how="semi"), more, source, rejected, freq,
+                                     context.thresholds)
         keep = lambda frame: frame.join(retry, on="lead_i", how="anti")  # noqa: E731
         scores = Scores(pl.concat([keep(scores.candidates), scores2.candidates]),
                         pl.concat([keep(scores.fields), scores2.fields]))
