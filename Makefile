@@ -13,6 +13,8 @@ STAMP  := $(VENV)/.installed
 help:
 	@echo "make demo   - set up, then run the whole pipeline on a generated demo park"
 	@echo "make test   - set up, then run the whole test suite"
+	@echo "make serve  - try the production set-up: gunicorn + WhiteNoise, DEBUG off, http://localhost:8000/"
+	@echo "make check-alerts - promtool: the alert rules and their unit tests"
 	@echo "make bench  - run the benchmarks in bench/ (minutes; prints figures)"
 
 $(STAMP): requirements.txt
@@ -32,12 +34,32 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# A try-out of the production set-up on the embedded database (or DATABASE_URL): the production
+# settings (DEBUG off) with a generated secret key, gunicorn, static files from WhiteNoise. Plain
+# HTTP on 127.0.0.1:8000, so no HTTPS redirect and no Secure-only cookies. Deploying: docs/deploy.md.
+SERVE_ENV = DJANGO_SETTINGS_MODULE=ct4site.settings_production SECURE_SSL_REDIRECT=false SECURE_COOKIES=false \
+	SECRET_KEY="$$(cat .data/serve-secret-key)" WEB_CONCURRENCY="$${WEB_CONCURRENCY:-2}"
+
+serve: $(STAMP)
+	@mkdir -p .data
+	@test -s .data/serve-secret-key || $(PY) -c 'import secrets; print(secrets.token_urlsafe(64))' > .data/serve-secret-key
+	$(SERVE_ENV) $(PY) manage.py migrate --noinput -v 0
+	$(SERVE_ENV) $(PY) manage.py collectstatic --noinput -v 0
+	@echo "ct4 at http://localhost:8000/ (health: /healthz, /readyz; metrics: /metrics). Ctrl-C stops it."
+	$(SERVE_ENV) exec $(VENV)/bin/gunicorn -c ct4site/deploy/gunicorn.conf.py ct4site.wsgi
+
 check-migrations: $(STAMP)
 	$(PY) manage.py makemigrations --check --dry-run
 
 # The OpenAPI schema must generate without a single warning.
 check-schema: $(STAMP)
 	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+
+# The alert rules parse, and each behaves as its unit tests say (promtool: Debian's `prometheus` package).
+check-alerts:
+	@command -v promtool >/dev/null || { echo "promtool is missing: apt-get install prometheus"; exit 1; }
+	promtool check rules ct4site/deploy/alerts.yml
+	promtool test rules ct4site/deploy/alerts.test.yml
 
 bench: $(STAMP)
 	$(PY) bench/import_speed.py

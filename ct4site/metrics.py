@@ -109,10 +109,11 @@ def business_families(snapshot: dict) -> list[GaugeMetricFamily]:
                ("risk_level",), snapshot["backlog_by_risk"]),
         _gauge("ct4_leads_matched_last_24h", "Leads the recovery and retry jobs matched in the last 24 hours.",
                value=snapshot["matched_last_24h"]),
+        # "job_name", not "job": Prometheus gives every scraped series its own `job` label.
         _gauge("ct4_job_last_success_timestamp_seconds", "End of each job's last successful run (0: never).",
-               ("job",), {name: _seconds(j["last_success_at"]) for name, j in jobs.items()}),
+               ("job_name",), {name: _seconds(j["last_success_at"]) for name, j in jobs.items()}),
         _gauge("ct4_job_last_failure_timestamp_seconds", "End of each job's last failed run (0: never).",
-               ("job",), {name: _seconds(j["last_failure_at"]) for name, j in jobs.items()}),
+               ("job_name",), {name: _seconds(j["last_failure_at"]) for name, j in jobs.items()}),
         _gauge("ct4_recovery_queue_rows", "Rows of ops.cabinet_kpi_red_recovery_queue, by status.",
                ("status",), snapshot["queue_by_status"]),
         _gauge("ct4_review_waiting_leads", "Leads waiting for a reviewer (open conflict and weak-match rows).",

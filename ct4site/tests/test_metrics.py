@@ -104,10 +104,10 @@ def test_business_gauges_show_the_data_the_test_made():
     assert values[("ct4_kpi_red_backlog_leads", (("risk_level", "high"),))] == 2
     assert values[("ct4_kpi_red_backlog_leads", (("risk_level", "medium"),))] == 1
     assert values[("ct4_kpi_red_backlog_leads", (("risk_level", "low"),))] == 0
-    assert values[("ct4_job_last_success_timestamp_seconds", (("job", "seed_kpi_red_queue"),))] == pytest.approx(
+    assert values[("ct4_job_last_success_timestamp_seconds", (("job_name", "seed_kpi_red_queue"),))] == pytest.approx(
         finished.timestamp())
-    assert values[("ct4_job_last_success_timestamp_seconds", (("job", "recover_kpi_red_leads"),))] == 0
-    assert values[("ct4_job_last_failure_timestamp_seconds", (("job", "guardrails"),))] == pytest.approx(
+    assert values[("ct4_job_last_success_timestamp_seconds", (("job_name", "recover_kpi_red_leads"),))] == 0
+    assert values[("ct4_job_last_failure_timestamp_seconds", (("job_name", "guardrails"),))] == pytest.approx(
         finished.timestamp())
     assert values[("ct4_guardrail_offenders", (("check", "verify_kpi_red_drain"),))] == 3
     assert values[("ct4_guardrails_checks_failed", ())] == 1
