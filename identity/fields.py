@@ -39,6 +39,8 @@ class Level:
     m: float
     u: float | None  # None: term frequency of the agreeing value(s)
     description: str
+    # How a reviewer sees it beside the lead's value: agree, near or disagree.
+    shown_as: str = "near"
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Field:
     share_rate: float = 1.0
     # A spreadsheet dropped leading zeros (844210 and 00844210 are one document).
     leading_zeros_equal: bool = False
+    # Personal data (SPEC §9): masked in logs and command output unless asked for.
+    pii: bool = False
 
     def level(self, name: str) -> Level:
         for level in self.levels:
@@ -76,9 +80,9 @@ class Field:
 
 def _key_levels(exact_m: float, typo_m: float, typo_u: float, different_m: float) -> tuple[Level, ...]:
     return (
-        Level("exact", exact_m, None, "same normalized value"),
+        Level("exact", exact_m, None, "same normalized value", "agree"),
         Level("one_typo", typo_m, typo_u, "one character changed, or two swapped"),
-        Level("different", different_m, 1.0, "both present and different"),
+        Level("different", different_m, 1.0, "both present and different", "disagree"),
     )
 
 
@@ -88,44 +92,49 @@ FIELDS: dict[str, Field] = {
         # A DNI is personal; typed wrong now and then; rarely different for the same person.
         Field("document", "Document (DNI / CE)", Role.PERSONAL_ID, Kind.KEY,
               _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02),
-              "document", ("document", "license_document"), share_rate=0.02, leading_zeros_equal=True),
+              "document", ("document", "license_document"), share_rate=0.02, leading_zeros_equal=True, pii=True),
         # People change phones; families and recycled numbers make phones shareable.
         Field("phone", "Phone", Role.SHAREABLE_KEY, Kind.KEY,
               _key_levels(exact_m=0.85, typo_m=0.03, typo_u=1e-6, different_m=0.12),
-              "phone", ("phone",), share_rate=0.5),
+              "phone", ("phone",), share_rate=0.5, pii=True),
         # E-mails are built from names (percy.ccama@, percyeccama@): namesakes' addresses are
         # often one typo apart, so an e-mail typo says far less than a DNI or phone typo.
         Field("email", "E-mail", Role.PERSONAL_ID, Kind.KEY,
               _key_levels(exact_m=0.80, typo_m=0.04, typo_u=1e-3, different_m=0.16),
-              "email", ("email",), share_rate=0.1),
+              "email", ("email",), share_rate=0.1, pii=True),
         # Cars are lent and sold: a plate is weak and shareable.
         Field("plate", "Plate", Role.SHAREABLE_KEY, Kind.KEY,
               _key_levels(exact_m=0.60, typo_m=0.03, typo_u=1e-5, different_m=0.37),
               "plate", ("plate",), share_rate=1.0),
         Field("birth_date", "Birth date", Role.DATE, Kind.DATE, (
-            Level("exact", 0.95, 1 / 14600, "same day (40 years of birth dates)"),
+            Level("exact", 0.95, 1 / 14600, "same day (40 years of birth dates)", "agree"),
             Level("near", 0.03, 1 / 500, "day and month swapped, or one part differs"),
-            Level("different", 0.02, 1.0, "both present and different"),
-        ), "birth_date", ("birth_date",)),
+            Level("different", 0.02, 1.0, "both present and different", "disagree"),
+        ), "birth_date", ("birth_date",), pii=True),
         # Names: u is the frequency of the agreeing tokens (Quispe is common, Ccahuana is not).
         Field("name", "Name", Role.NAME, Kind.NAME, (
-            Level("exact", 0.80, None, "same tokens, in any box order"),
+            Level("exact", 0.80, None, "same tokens, in any box order", "agree"),
             Level("typo", 0.06, None, "all tokens agree, some with a typo"),
             Level("subset", 0.09, None, "given name and surname agree; one side has extra tokens"),
             Level("partial", 0.03, None, "given name and surname agree; both sides have other tokens"),
             Level("surnames_only", 0.01, None, "surnames agree, given names do not"),
             Level("given_only", 0.004, None, "given names agree, surnames do not"),
-            Level("different", 0.002, 1.0, "no token in common"),
+            Level("different", 0.002, 1.0, "no token in common", "disagree"),
         ), "name_tokens", ("given_tokens", "surname_tokens")),
         # The partner recruits a lead and hires them in its park days later. u: the share of all
         # drivers hired in that park in that window, from the data (a busy park's hires say less).
         # Its absence says nothing (many leads were drivers already, or were hired elsewhere).
         Field("recruitment", "Hired in the lead's park", Role.CONTEXT, Kind.RECRUITMENT, (
             Level("hired_after_lead", 0.75, None,
-                  "a record hired in the lead's park within the window after the lead date"),
+                  "a record hired in the lead's park within the window after the lead date", "agree"),
         ), None, ("park_id", "hire_date")),
     )
 }
+
+def shown_as(field_name: str, level: str | None) -> str:
+    """A field level as the review screen shows it: agree, near, disagree, or missing (no level)."""
+    return "missing" if level is None else FIELDS[field_name].level(level).shown_as
+
 
 KEY_FIELDS = tuple(f.name for f in FIELDS.values() if f.kind == Kind.KEY)
 # Fields whose agreement (exact or one typo) makes a candidate worth a look whatever its score.

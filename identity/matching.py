@@ -266,7 +266,9 @@ def _compare_key(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequ
     distance[rows] = _distances(values["value"].gather(rows), values["lead_value"].gather(rows))
     values = values.with_columns(
         pl.when(pl.col("exact")).then(0).when(pl.Series(distance) <= 1).then(1).otherwise(2).alias("rank"))
-    best = _best_per_person(values, ["rank", "column_order"], [False, False])
+    # A record's best value (its document before its licence DNI on a tie).
+    best = (values.sort(["lead_i", "driver_id", "rank", "column_order"])
+            .unique(subset=["lead_i", "driver_id"], keep="first", maintain_order=True))
     counts = freq.keys_frame().filter(pl.col("field") == f.name).select("value", "persons")
     best = best.join(counts, on="value", how="left")
     exact_level, typo_level, different_level = (f.level(n) for n in ("exact", "one_typo", "different"))
@@ -280,6 +282,7 @@ def _compare_key(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequ
         .otherwise(math.log2(different_level.m / different_level.u)).alias("bits"),
         "driver_id",
         pl.when(pl.col("rank") == 0).then(pl.col("persons").fill_null(1)).alias("shared_by"),
+        pl.col("rank").cast(pl.Float64).alias("order"),
     )
 
 
@@ -294,14 +297,13 @@ def _compare_date(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
                   + (a.dt.day() == b.dt.day()).cast(pl.Int8))
     swapped = (a.dt.year() == b.dt.year()) & (a.dt.month() == b.dt.day()) & (a.dt.day() == b.dt.month())
     rows = rows.with_columns(pl.when(a == b).then(0).when((same_parts == 2) | swapped).then(1).otherwise(2).alias("rank"))
-    best = _best_per_person(rows, ["rank"], [False])
     names = {0: "exact", 1: "near", 2: "different"}
-    return best.select(
+    return rows.select(
         "lead_i", "person_key",
         pl.col("rank").replace_strict(names, return_dtype=pl.String).alias("level"),
         pl.col("rank").replace_strict({r: math.log2(f.level(n).m / f.level(n).u) for r, n in names.items()},
                                       return_dtype=pl.Float64).alias("bits"),
-        "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
+        "driver_id", pl.lit(None, pl.Int64).alias("shared_by"), pl.col("rank").cast(pl.Float64).alias("order"),
     )
 
 
@@ -387,8 +389,8 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
         pl.max_horizontal(pl.lit(2.0).pow(pl.col("log_u")), pl.lit(floor)))
     scored = scored.with_columns(level.alias("level")).with_columns(
         (_level_m(f, pl.col("level")) / u).log(2).alias("bits"))
-    best = _best_per_person(scored, ["bits"], [True])
-    return best.select("lead_i", "person_key", "level", "bits", "driver_id", pl.lit(None, pl.Int64).alias("shared_by"))
+    return scored.select("lead_i", "person_key", "level", "bits", "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
+                         (-pl.col("bits")).alias("order"))
 
 
 def _compare_recruitment(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies,
@@ -404,23 +406,23 @@ def _compare_recruitment(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, fre
                     & ((pl.col("hire_date") - pl.col("lead_date")).dt.total_days().is_between(0, window_days))))
     if not rows.height:
         return pl.DataFrame(schema=_EVIDENCE_SCHEMA)
-    best = _best_per_person(rows, [], [])
-    windows = (best.select("lead_park", "lead_date").unique()
+    windows = (rows.select("lead_park", "lead_date").unique()
                .with_columns(pl.int_ranges(0, window_days + 1).alias("offset")).explode("offset")
                .with_columns((pl.col("lead_date") + pl.duration(days=pl.col("offset"))).alias("hire_date")))
     hired = (windows.join(freq.hires_frame(), left_on=["lead_park", "hire_date"], right_on=["park_id", "hire_date"],
                           how="left")
              .group_by("lead_park", "lead_date").agg(pl.col("hired").fill_null(0).sum()))
     level = f.levels[0]
-    return best.join(hired, on=["lead_park", "lead_date"], how="left").select(
+    return rows.join(hired, on=["lead_park", "lead_date"], how="left").select(
         "lead_i", "person_key", pl.lit(level.name).alias("level"),
         (level.m / ((pl.col("hired").fill_null(0) + 1) / (freq.drivers + PSEUDO_DRIVERS))).log(2).alias("bits"),
-        "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
+        "driver_id", pl.lit(None, pl.Int64).alias("shared_by"), pl.lit(0.0).alias("order"),
     )
 
 
+# One row per (lead, driver record); "order" ranks a person's records for this field (lowest first).
 _EVIDENCE_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "level": pl.String, "bits": pl.Float64,
-                    "driver_id": pl.String, "shared_by": pl.Int64}
+                    "driver_id": pl.String, "shared_by": pl.Int64, "order": pl.Float64}
 
 
 # --- Scoring ------------------------------------------------------------------------------------
@@ -438,14 +440,19 @@ class Scores:
 
     candidates: pl.DataFrame
     fields: pl.DataFrame
+    # With per_record=True: the same evidence for every driver record of every candidate
+    # (lead_i, person_key, driver_id, field, level, bits), for the review screen.
+    records: pl.DataFrame | None = None
 
 
-def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thresholds: Thresholds) -> Scores:
-    """Score every pair of a batch, column-wise, one expression per level of each declared field."""
+def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thresholds: Thresholds, *,
+                per_record: bool = False) -> Scores:
+    """Score every pair of a batch, column-wise, one expression per level of each declared field.
+    A person's evidence for a field is its best record's."""
     pairs = pairs.with_columns(pl.col("lead_i").cast(pl.UInt32))
     candidates = (pairs.group_by(PERSON, maintain_order=True).agg(pl.col("excluded").any())
                   .with_columns(pl.col("lead_i").cast(pl.UInt32)))
-    evidence = []
+    evidence, by_record = [], []
     for f in FIELDS.values():
         if f.kind == Kind.KEY:
             frame = _compare_key(f, leads, pairs, freq)
@@ -456,6 +463,9 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
         else:
             frame = _compare_recruitment(f, leads, pairs, freq, thresholds.recruit_window_days)
         frame = frame.with_columns(pl.col("lead_i").cast(pl.UInt32), pl.lit(f.name).alias("field"))
+        if per_record:
+            by_record.append(frame.select("lead_i", "person_key", "driver_id", "field", "level", "bits"))
+        frame = _best_per_person(frame, ["order"], [False])
         evidence.append(frame.select("lead_i", "person_key", "field", "level", "bits", "driver_id", "shared_by"))
         candidates = candidates.join(
             frame.select(*PERSON, pl.col("level").alias(f.name), pl.col("bits").alias(f"{f.name}__bits")),
@@ -470,7 +480,7 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     fields = pl.concat(evidence).with_columns(
         pl.col("field").replace_strict({name: i for i, name in enumerate(FIELDS)}, return_dtype=pl.Int32)
         .alias("field_order"))
-    return Scores(candidates.drop("lead_has_name"), fields)
+    return Scores(candidates.drop("lead_has_name"), fields, pl.concat(by_record) if per_record else None)
 
 
 def _is(field_name: str, *levels: str) -> pl.Expr:

@@ -144,29 +144,31 @@ def _pairs(leads: pl.DataFrame, hits: pl.DataFrame, source, rejected: pl.DataFra
     return pairs.with_columns(pl.col("excluded").fill_null(False)).select(list(PAIR_SCHEMA)).cast(PAIR_SCHEMA)
 
 
-def _score(leads, hits, source, rejected, freq, thresholds) -> tuple[Scores, pl.DataFrame]:
-    scores = pairs_score(leads, _pairs(leads, hits, source, rejected), freq, thresholds)
+def _score(leads, hits, source, rejected, freq, thresholds, per_record=False) -> tuple[Scores, pl.DataFrame]:
+    scores = pairs_score(leads, _pairs(leads, hits, source, rejected), freq, thresholds, per_record=per_record)
     return scores, decisions_make(leads, scores, thresholds)
 
 
-def leads_decide_frame(leads: pl.DataFrame, context: MatchContext) -> Resolved:
+def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record: bool = False) -> Resolved:
     """Decisions for a batch: the key rules first; the leads they did not settle get the name
-    rules too, and are scored again with every candidate."""
+    rules too, and are scored again with every candidate. `per_record` keeps every driver
+    record's own evidence too (Scores.records)."""
     source = context.source
     rejected = linking.rejected_frame(source_pks=leads["source_pk"].to_list())
     freq = dataclasses.replace(context.freq, keys=source.key_counts(leads))
     hits = stage_hits(source, 1, leads, freq)
-    scores, decisions = _score(leads, hits, source, rejected, freq, context.thresholds)
+    scores, decisions = _score(leads, hits, source, rejected, freq, context.thresholds, per_record)
     unsettled = leads.join(decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)), on="lead_i", how="semi")
     more = stage_hits(source, 2, unsettled, freq) if unsettled.height else None
     if more is not None and more.height:
         retry = more.select("lead_i").unique()
         more = pl.concat([hits.join(retry, on="lead_i", how="semi"), more])
         scores2, decisions2 = _score(leads.join(retry, on="lead_i", how="semi"), more, source, rejected, freq,
-                                     context.thresholds)
+                                     context.thresholds, per_record)
         keep = lambda frame: frame.join(retry, on="lead_i", how="anti")  # noqa: E731
         scores = Scores(pl.concat([keep(scores.candidates), scores2.candidates]),
-                        pl.concat([keep(scores.fields), scores2.fields]))
+                        pl.concat([keep(scores.fields), scores2.fields]),
+                        pl.concat([keep(scores.records), scores2.records]) if per_record else None)
         decisions = pl.concat([keep(decisions), decisions2]).sort("lead_i")
         hits = pl.concat([keep(hits), more])
     return Resolved(leads=leads, decisions=decisions, scores=scores, hits=hits)
@@ -299,6 +301,8 @@ class Explanation:
     records: dict[str, list]  # person_key -> its DriverRecords
     thresholds: Thresholds
     rules: dict[str, list[str]] = field(default_factory=dict)  # person_key -> blocking rules that found it
+    # (person_key, driver_id) -> {field: level}: the engine's evidence for each driver record
+    record_levels: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 def lead_explain(source_pk: str) -> Explanation | None:
@@ -307,8 +311,11 @@ def lead_explain(source_pk: str) -> Explanation | None:
     if not leads.height:
         return None
     context = MatchContext.load()
-    resolved = leads_decide_frame(leads, context)
+    resolved = leads_decide_frame(leads, context, per_record=True)
     decision = decisions_materialize(resolved.decisions, resolved.scores)[source_pk]
+    record_levels: dict[tuple[str, str], dict[str, str]] = {}
+    for row in resolved.scores.records.iter_rows(named=True):
+        record_levels.setdefault((row["person_key"], row["driver_id"]), {})[row["field"]] = row["level"]
     persons = resolved.hits["person_key"].unique()
     records: dict[str, list] = {}
     frame = context.source.persons_records(persons).sort("driver_id")
@@ -320,7 +327,8 @@ def lead_explain(source_pk: str) -> Explanation | None:
     for row in resolved.hits.unique().sort("rule").iter_rows(named=True):
         found.setdefault(row["person_key"], []).append(row["rule"])
     (keys,) = leads_load_keys([source_pk])
-    return Explanation(lead=keys, decision=decision, records=records, thresholds=context.thresholds, rules=found)
+    return Explanation(lead=keys, decision=decision, records=records, thresholds=context.thresholds, rules=found,
+                       record_levels=record_levels)
 
 
 def leads_match_parallel(*, workers: int, limit: int | None = None, batch_size: int = DEFAULT_BATCH,

@@ -16,10 +16,11 @@ from decimal import Decimal
 
 from django.db import connection, transaction
 from django.utils import timezone
-from rapidfuzz.distance import DamerauLevenshtein
 
 from identity import linking
-from identity.matching import KEY_FIELDS, RULE_VERSION, Scored, Thresholds
+from identity import fields as registry
+from identity.fields import AGREEING_FIELDS, shown_as
+from identity.matching import RULE_VERSION, Scored, Thresholds
 from identity.models import (
     DRIVERS_TABLE,
     LEADS_TABLE,
@@ -43,7 +44,7 @@ DEFER_HOURS = 24
 MAX_CANDIDATES_SHOWN = 5
 MANUAL_MATCH_RULE = "manual_review"
 # Fields whose agreement makes a candidate plausible even with a low score (matching.Scored.key_agrees).
-AGREEING_KEY_FIELDS = (*KEY_FIELDS, "birth_date")
+AGREEING_KEY_FIELDS = AGREEING_FIELDS
 
 
 class Action:
@@ -346,15 +347,10 @@ class LeadReview:
         return self.link is None and self.reason_code in REVIEW_REASONS and bool(self.candidates)
 
 
-FIELDS = (
-    ("name", "Name"),
-    ("phone", "Phone"),
-    ("document", "Document"),
-    ("email", "E-mail"),
-    ("plate", "Plate"),
-    ("birth_date", "Birth date"),
-    ("park_id", "Park"),
-)
+def _rows_shown() -> tuple[tuple[str, str], ...]:
+    """The registry's fields a lead carries (name first), then the park as context."""
+    fields = sorted((f for f in registry.FIELDS.values() if f.lead_column), key=lambda f: f.name != "name")
+    return (*((f.name, f.label) for f in fields), ("park_id", "Park"))
 
 
 def _plausible(scored: Scored, thresholds: Thresholds) -> bool:
@@ -398,7 +394,8 @@ def review_lead(source_pk: str) -> LeadReview | None:
         in_window = sum(d.trips_in_window for d in summaries)
         candidate = CandidateReview(
             rank=rank, person_key=scored.person_key, score=scored.bits, corroborated=scored.corroborated,
-            drivers=summaries, rows=_field_rows(lead, keys, scored, person_records, raw),
+            drivers=summaries,
+            rows=_field_rows(lead, keys, scored, person_records, raw, explanation.record_levels),
             trips_in_window=in_window, earned=earned_amount(in_window),
         )
         if rejection := rejections.get(scored.person_key):
@@ -456,14 +453,15 @@ def _driver_trips(driver_ids: list[str], lead_date: date) -> dict[str, tuple[int
         return {row[0]: (int(row[1]), int(row[2])) for row in cursor.fetchall()}
 
 
-def _field_rows(lead: CabinetLead, keys, scored: Scored, person_records, raw: dict) -> list[FieldRow]:
+def _field_rows(lead: CabinetLead, keys, scored: Scored, person_records, raw: dict, record_levels: dict) -> list[FieldRow]:
     evidence = {f.field: f for f in scored.fields}
     rows = []
-    for name, label in FIELDS:
+    for name, label in _rows_shown():
         lead_value = _lead_display(lead, name)
-        cells = [_cell(name, lead, keys, record, raw.get(record.driver_id)) for record in person_records]
+        cells = [_cell(name, lead, record, raw.get(record.driver_id),
+                       record_levels.get((scored.person_key, record.driver_id), {})) for record in person_records]
         ev = evidence.get(name)
-        unusable = bool(lead_value) and name in (*KEY_FIELDS, "birth_date") and getattr(keys, name) is None
+        unusable = bool(lead_value) and name in AGREEING_FIELDS and getattr(keys, name) is None
         rows.append(FieldRow(name, label, lead_value, cells, unusable, ev.level if ev else None,
                              round(ev.bits, 1) if ev else None, ev.shared_by if ev else None))
     return rows
@@ -491,55 +489,12 @@ def _driver_display(driver: Driver | None, record, name: str) -> str:
     return "" if value is None else str(value)
 
 
-def _cell(name: str, lead: CabinetLead, keys, record, driver: Driver | None) -> Cell:
+def _cell(name: str, lead: CabinetLead, record, driver: Driver | None, levels: dict[str, str]) -> Cell:
+    """A driver record's value with the engine's own verdict on it (identity.fields levels)."""
     shown = _driver_display(driver, record, name)
     if name == "park_id":
         return Cell(shown, "agree" if shown and shown == (lead.park_id or "") else "info")
-    if name == "name":
-        status = _name_status(set(keys.name_tokens), set(record.given_tokens + record.surname_tokens))
-    elif name == "birth_date":
-        status = _date_status(keys.birth_date, record.birth_date)
-    elif name == "document":
-        status = _best(_key_status(keys.document, v, document=True) for v in (record.document, record.license_document))
-    else:
-        status = _key_status(getattr(keys, name), getattr(record, name))
-    return Cell(shown, status)
-
-
-_STATUS_RANK = {"agree": 0, "near": 1, "disagree": 2, "missing": 3}
-
-
-def _best(statuses) -> str:
-    return min(statuses, key=_STATUS_RANK.__getitem__)
-
-
-def _key_status(lead_value: str | None, value: str | None, *, document: bool = False) -> str:
-    if not lead_value or not value:
-        return "missing"
-    if value == lead_value or (document and value.isdigit() and lead_value.isdigit()
-                               and value.lstrip("0") == lead_value.lstrip("0") != ""):
-        return "agree"
-    if len(value) == len(lead_value) and DamerauLevenshtein.distance(value, lead_value, score_cutoff=1) <= 1:
-        return "near"
-    return "disagree"
-
-
-def _name_status(lead_tokens: set[str], tokens: set[str]) -> str:
-    if not lead_tokens or not tokens:
-        return "missing"
-    if lead_tokens == tokens:
-        return "agree"
-    return "near" if lead_tokens & tokens else "disagree"
-
-
-def _date_status(lead_value: date | None, value: date | None) -> str:
-    if lead_value is None or value is None:
-        return "missing"
-    if lead_value == value:
-        return "agree"
-    same = (value.year == lead_value.year) + (value.month == lead_value.month) + (value.day == lead_value.day)
-    swapped = value.year == lead_value.year and value.month == lead_value.day and value.day == lead_value.month
-    return "near" if same == 2 or swapped else "disagree"
+    return Cell(shown, shown_as(name, levels.get(name)))
 
 
 # --- Deciding ------------------------------------------------------------------------------

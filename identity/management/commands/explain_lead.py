@@ -4,6 +4,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
+from identity.fields import FIELDS
 from identity.masking import mask
 from identity.resolution import lead_explain
 
@@ -26,15 +27,16 @@ class Command(BaseCommand):
             return
         show = (lambda v: v) if options["show_pii"] else mask
         lead = explanation.lead
-        out = [f"Lead {lead.source_pk}",
-               f"  name tokens : {' '.join(lead.name_tokens) or '-'}",
-               f"  phone       : {show(lead.phone) or '-'}",
-               f"  document    : {show(lead.document) or '-'}",
-               f"  email       : {show(lead.email) or '-'}",
-               f"  plate       : {lead.plate or '-'}",
-               f"  birth date  : {show(lead.birth_date) or '-'}",
-               "",
-               f"Decision: {decision.outcome}"
+        out = [f"Lead {lead.source_pk}"]
+        for f in FIELDS.values():  # every field of the registry that a lead carries
+            if not f.lead_column:
+                continue
+            value = getattr(lead, f.lead_column, None)
+            value = " ".join(value) if isinstance(value, tuple) else value
+            value = show(value) if f.pii else value
+            out.append(f"  {f.label:<20}: {value or '-'}")
+        out.append("")
+        out += [f"Decision: {decision.outcome}"
                + (f" -> person {decision.person_key}" if decision.person_key else "")
                + (f"  score={decision.score:.1f} bits" if decision.score is not None else "")
                + (f"  margin={decision.margin:.1f}" if decision.margin not in (None, float('inf')) else ""),
@@ -46,7 +48,8 @@ class Command(BaseCommand):
         for rank, scored in enumerate(decision.candidates[:10], start=1):
             flags = " (rejected by a reviewer)" if scored.excluded else ""
             flags += "" if scored.corroborated else " (not corroborated)"
-            out.append(f"#{rank} person {scored.person_key}: {scored.bits:+.1f} bits{flags}")
+            out.append(f"#{rank} person {scored.person_key}: {scored.bits:+.1f} bits{flags}"
+                       f"  found by: {', '.join(explanation.rules.get(scored.person_key, [])) or '-'}")
             for record in explanation.records.get(scored.person_key, []):
                 name = " ".join(record.given_tokens + ("|",) + record.surname_tokens)
                 out.append(f"     driver {record.driver_id} park={record.park_id or '-'} name: {name}")
