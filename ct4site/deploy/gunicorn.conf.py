@@ -53,10 +53,13 @@ if os.environ.get("CT4_LOG_FORMAT", "").strip().lower() == "json":
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": json_formatter()},
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"},
+                     "none": {"class": "logging.NullHandler"}},
         "loggers": {
             "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
-            "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
+            # The access log records URLs with their query strings; off unless CT4_ACCESS_LOG is set.
+            "gunicorn.access": {"handlers": ["console" if accesslog else "none"], "level": "INFO",
+                                "propagate": False},
         },
     }
 
