@@ -225,3 +225,28 @@ def test_recruitment_rule_end_to_end_from_the_drivers_hire_date():
     Driver.objects.filter(driver_id="D1").update(hire_date=today - timedelta(days=400), updated_at=timezone.now())
     drivers_index_refresh()
     assert DriverIndexEntry.objects.get(driver_id="D1").hire_date == today - timedelta(days=400)
+
+
+def _indexes_and_constraints() -> set:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT 'index', indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index
+            WHERE indrelid IN ('canon.drivers_index'::regclass, 'canon.identity_links'::regclass)
+            UNION ALL
+            SELECT 'constraint', conname, pg_get_constraintdef(oid) FROM pg_constraint
+            WHERE conrelid IN ('canon.drivers_index'::regclass, 'canon.identity_links'::regclass)
+            """
+        )
+        return set(cursor.fetchall())
+
+
+def test_a_bulk_refresh_builds_every_index_and_foreign_key_again():
+    before = _indexes_and_constraints()
+    assert any(kind == "constraint" and "FOREIGN KEY" in definition for kind, _, definition in before)
+    make_driver(driver_id="D1", document="44556677")
+    make_driver(driver_id="D2", document="44556677")
+    result = drivers_index_refresh(full=True)
+    assert "rebuild_indexes" in result.phases and result.driver_links == 2
+    assert _indexes_and_constraints() == before
+    assert _person_of("D1") == _person_of("D2")
