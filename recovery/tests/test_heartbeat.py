@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from recovery import heartbeat
 from recovery.heartbeat import cluster_last_seen, cluster_workers_seen, heartbeat_beat, worker_heartbeat_start
 from recovery.models import ClusterHeartbeat
+from recovery.tests.qcluster import qcluster_running
 
 
 @pytest.mark.django_db
@@ -61,22 +58,12 @@ def test_an_orphaned_worker_does_not_beat():
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_a_real_qcluster_beats_for_each_worker():
-    env = {**os.environ, "CT4_DB_NAME": connection.settings_dict["NAME"], "CT4_Q_WORKERS": "2"}
-    process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=settings.BASE_DIR, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with qcluster_running(workers=2) as process:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and ClusterHeartbeat.objects.count() < 2:
             time.sleep(0.5)
             assert process.poll() is None, process.stdout.read()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
     rows = list(ClusterHeartbeat.objects.all())
-    assert len(rows) == 2, output[-3000:]
+    assert len(rows) == 2, process.output[-3000:]
     assert {r.cluster for r in rows} == {settings.Q_CLUSTER["name"]}
     assert all(timezone.now() - r.seen_at < timedelta(minutes=1) for r in rows)

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
 from io import StringIO
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -28,9 +23,7 @@ from recovery.models import KpiRedRecoveryQueue, WorkStatus
 from recovery.schedules import PREFIX, declared_schedules, schedules_sync
 from recovery.status import matching_freshness, recovery_status
 from recovery.tasks import job_task
-
-BASE_DIR = Path(settings.BASE_DIR)
-
+from recovery.tests.qcluster import qcluster_running
 
 def run_command(*args) -> str:
     out = StringIO()
@@ -160,24 +153,14 @@ def test_a_real_qcluster_runs_a_due_schedule_and_stops_on_sigterm():
     make_lead(first_name="Rosa", last_name="Quispe Mamani", days_ago=1)
     schedules_sync()
     Schedule.objects.filter(name=f"{PREFIX}seed_kpi_red_queue").update(next_run=timezone.now() - timedelta(minutes=1))
-    env = {**os.environ, "CT4_DB_NAME": connection.settings_dict["NAME"], "CT4_Q_WORKERS": "1"}
-    process = subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=BASE_DIR, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
+    with qcluster_running(workers=1) as process:
         deadline = time.monotonic() + 90  # the cluster looks at schedules every 30 s
         run = None
         while time.monotonic() < deadline and run is None:
             time.sleep(1)
             assert process.poll() is None, process.stdout.read()
             run = JobRun.objects.filter(name="seed_kpi_red_queue", status=JobRunStatus.SUCCEEDED).first()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            output, _ = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-    assert run is not None, f"no seed run recorded within 90 s; cluster output:\n{output[-3000:]}"
+    assert run is not None, f"no seed run recorded within 90 s; cluster output:\n{process.output[-3000:]}"
     assert run.trigger == "schedule" and run.counts["inserted"] == 1
     assert KpiRedRecoveryQueue.objects.filter(status=WorkStatus.PENDING).count() == 1
     assert process.returncode is not None
