@@ -1,7 +1,8 @@
 """The admin for the recovery tables and SQL views: read-only, filterable and searchable.
 
-The queue and the matching-jobs table have one writer each (recovery.queue, recovery.tracking),
-and the views are computed: nothing here is edited by hand.
+The queue, the matching-jobs table and the qcluster heartbeats have one writer each
+(recovery.queue, recovery.tracking, recovery.heartbeat), and the views are computed: nothing here
+is edited by hand.
 """
 
 from django.contrib import admin
@@ -12,6 +13,7 @@ from identity.models import CabinetLead
 from recovery.models import (
     CabinetFinancial14d,
     CabinetLeadsLimbo,
+    ClusterHeartbeat,
     DriverUnlinkedActivity,
     FunnelAuditWeekly,
     IdentityGapAnalysis,
@@ -57,6 +59,16 @@ class IdentityMatchingJobAdmin(LeadSearchMixin, ReadOnlyAdmin):
     person_lookup = "matched_person_id"
     lead_field = "source_id"
     ordering = ("-last_attempt_at",)
+
+
+@admin.register(ClusterHeartbeat)
+class ClusterHeartbeatAdmin(ReadOnlyAdmin):
+    """Which qcluster worker processes are alive, where: the rows /readyz and /metrics read."""
+
+    list_display = ("host", "pid", "cluster", "started_at", "seen_at")
+    list_filter = ("host", "cluster", ("seen_at", admin.DateFieldListFilter))
+    search_fields = ("=host",)
+    ordering = ("-seen_at",)
 
 
 # --- the SQL views -------------------------------------------------------------------------

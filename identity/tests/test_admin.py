@@ -18,6 +18,7 @@ from identity.models import Driver, DriverIndexEntry, IdentityLink, IdentityOrig
 from identity.review import Action, review_decide
 from identity.tests.factories import lima_today, make_claim, make_driver, make_lead, make_trips
 from identity.tests.test_review import conflict, person_of, recover, weak
+from recovery.heartbeat import heartbeat_beat
 from recovery.models import KpiRedRecoveryQueue
 
 pytestmark = pytest.mark.django_db
@@ -30,6 +31,7 @@ READ_ONLY = (
     "recovery.KpiRedRecoveryQueue", "recovery.IdentityMatchingJob", "recovery.KpiRedBacklog",
     "recovery.IdentityGapAnalysis", "recovery.DriverUnlinkedActivity", "recovery.CabinetFinancial14d",
     "recovery.CabinetLeadsLimbo", "recovery.FunnelAuditWeekly", "recovery.KpiRedRecoveryMetricsDaily",
+    "recovery.ClusterHeartbeat",
 )
 
 
@@ -61,6 +63,7 @@ def park():
     reviewer.groups.add(Group.objects.get(name=review.REVIEWER_GROUP))
     review_decide(source_pk=decided.source_pk, action=Action.LINK, person_key=person_of(a), user=reviewer)
     review_decide(source_pk=still_open.source_pk, action=Action.DEFER, user=reviewer)
+    heartbeat_beat(host="ops-1", pid=4242, cluster="ct4")
     late = make_driver(first_name="Abdón", last_name="Cjuro Sullca")  # not indexed yet: no identity
     make_trips(late, {lima_today(): 4})
     return {"twin": twin, "twin_driver": twin_driver, "decided": decided, "open": still_open, "weak": weak_lead,
