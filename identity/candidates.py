@@ -36,6 +36,10 @@ BLOCKS_SCHEMA = {"lead_i": pl.UInt32, "block": pl.List(pl.String)}
 _RECORD_COLUMNS = ", ".join(RECORD_SCHEMA)
 
 
+def _pair(low: str, high: str) -> pl.Expr:
+    return (pl.col(low).cast(pl.UInt64) * (1 << 32)) + pl.col(high).cast(pl.UInt64)
+
+
 def rules(stage: int) -> tuple[BlockingRule, ...]:
     return tuple(r for r in BLOCKING_RULES if r.stage == stage)
 
@@ -76,61 +80,83 @@ def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
 
 @dataclass
 class IndexFrame:
-    """The drivers index in memory: its records, and per blocking column the values it holds."""
+    """The drivers index in memory: its records (sorted by person), their name tokens as integer
+    codes, and every pair of tokens a record carries (the name blocks' own index: a block is
+    looked up by its pair, at the cost of the block's size, not of its tokens' popularity)."""
 
     records: pl.DataFrame
     freq: Frequencies
-    tokens: pl.DataFrame = field(init=False)  # (token, driver_id, person_key), one row per token
-    _key_persons: dict[str, pl.DataFrame] = field(init=False, default_factory=dict)
+    vocabulary: pl.DataFrame = field(init=False)  # (token, code)
+    tokens: pl.DataFrame = field(init=False)  # (code, driver_i): one row per distinct token of a record
+    token_pairs: pl.DataFrame = field(init=False)  # (pair, driver_i): pair = low code << 32 | high code
 
     def __post_init__(self) -> None:
-        self.tokens = (self.records.select("driver_id", "person_key",
-                                           pl.concat_list("given_tokens", "surname_tokens").alias("token"))
-                       .explode("token").drop_nulls("token").unique())
         self.records = self.records.sort("person_key")
+        words = (self.records.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("driver_i"),
+                                     pl.concat_list("given_tokens", "surname_tokens").alias("token"))
+                 .explode("token").drop_nulls("token"))
+        self.vocabulary = (words.select("token").unique().sort("token")
+                           .with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("code")))
+        self.tokens = words.join(self.vocabulary, on="token").select("code", "driver_i").unique()
+        self.token_pairs = (self.tokens.join(self.tokens, on="driver_i", suffix="_b")
+                            .filter(pl.col("code") < pl.col("code_b"))
+                            .select(_pair("code", "code_b").alias("pair"), "driver_i").sort("pair"))
 
     @classmethod
     def load(cls) -> IndexFrame:
         records = frame_read(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index", schema=RECORD_SCHEMA)
         return cls(records=records, freq=frequencies_load(records=records))
 
-    def _field_values(self, field_name: str) -> pl.DataFrame:
-        """(value, driver_id, person_key) for every value of a key field, over all its columns."""
+    def _carrying(self, columns: tuple[str, ...], values: pl.Series) -> pl.DataFrame:
+        """(value, person_key) of every record holding one of `values` in one of `columns`."""
         return pl.concat([
-            self.records.select(pl.col(column).alias("value"), "driver_id", "person_key").drop_nulls("value")
-            for column in FIELDS[field_name].index_columns
+            self.records.filter(pl.col(column).is_in(values)).select(pl.col(column).alias("value"), "person_key")
+            for column in columns
         ])
 
     def key_counts(self, leads: pl.DataFrame) -> pl.DataFrame:
         """(field, value, persons): how many persons carry each of the batch's key values."""
         parts = []
         for name in KEY_FIELDS:
-            wanted = _lead_values(leads, FIELDS[name].lead_column).select("value").unique()
-            if not wanted.height:
+            wanted = _lead_values(leads, FIELDS[name].lead_column)["value"].unique()
+            if not wanted.len():
                 continue
-            hits = self._field_values(name).join(wanted, on="value", how="semi")
+            hits = self._carrying(FIELDS[name].index_columns, wanted)
             parts.append(hits.group_by("value").agg(pl.col("person_key").n_unique().alias("persons"))
                          .select(pl.lit(name).alias("field"), "value", pl.col("persons").cast(pl.Int64)))
         return pl.concat(parts) if parts else pl.DataFrame(schema=KEYS_SCHEMA)
 
     def equal_hits(self, rule: BlockingRule, wanted: pl.DataFrame) -> pl.DataFrame:
-        column = self.records.select(pl.col(rule.index_column).alias("value"), "person_key").drop_nulls("value")
-        return wanted.join(column, on="value").select("lead_i", "person_key")
+        found = self._carrying((rule.index_column,), wanted["value"].unique())
+        return wanted.join(found, on="value").select("lead_i", "person_key")
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
+        """Records carrying every token of a block: the records holding its first two tokens (one
+        lookup in token_pairs), and for a triple, the third token too."""
         if not blocks.height:
             return pl.DataFrame(schema={"lead_i": pl.UInt32, "person_key": pl.String})
-        numbered = blocks.with_row_index("block_i")
-        wanted = numbered.select("block_i", "lead_i", pl.col("block").alias("token")).explode("token")
-        size = numbered.select("block_i", pl.col("block").list.len().alias("size"))
-        carried = (wanted.join(self.tokens, on="token")
-                   .group_by("block_i", "lead_i", "driver_id", "person_key").agg(pl.len().alias("n"))
-                   .join(size, on="block_i").filter(pl.col("n") == pl.col("size")))
+        coded = (blocks.with_row_index("block_i").explode("block").rename({"block": "token"})
+                 .with_columns(pl.int_range(pl.len()).over("block_i").alias("position"))
+                 .join(self.vocabulary, on="token", how="left"))
+        complete = coded.group_by("block_i").agg(pl.col("code").is_not_null().all().alias("known"))
+        coded = coded.join(complete.filter("known"), on="block_i", how="semi")
+        heads = (coded.filter(pl.col("position") < 2).group_by("block_i", "lead_i")
+                 .agg(pl.col("code").min().alias("low"), pl.col("code").max().alias("high"))
+                 .select("block_i", "lead_i", _pair("low", "high").alias("pair")))
+        carried = heads.join(self.token_pairs, on="pair").select("block_i", "lead_i", "driver_i")
+        third = coded.filter(pl.col("position") == 2).select("block_i", "code")
+        if third.height:
+            triple = carried.join(third, on="block_i")
+            keep = triple.join(self.tokens, on=["code", "driver_i"], how="semi").select("block_i", "driver_i")
+            carried = pl.concat([carried.join(third, on="block_i", how="anti"),
+                                 carried.join(keep, on=["block_i", "driver_i"], how="semi")])
         small = carried.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
-        return carried.join(small, on="block_i", how="semi").select("lead_i", "person_key").unique()
+        kept = carried.join(small, on="block_i", how="semi")
+        persons = self.records["person_key"].gather(kept["driver_i"])
+        return kept.select("lead_i").with_columns(persons.alias("person_key")).unique()
 
     def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
-        return self.records.join(pl.DataFrame({"person_key": person_keys.unique()}), on="person_key", how="semi")
+        return self.records.filter(pl.col("person_key").is_in(person_keys.unique()))
 
 
 class SqlIndex:

@@ -12,8 +12,11 @@ the agreeing value" (computed from the data). Weights are log2(m / u) bits.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+from identity import normalize
 
 
 class Role(StrEnum):
@@ -140,6 +143,39 @@ KEY_FIELDS = tuple(f.name for f in FIELDS.values() if f.kind == Kind.KEY)
 # Fields whose agreement (exact or one typo) makes a candidate worth a look whatever its score.
 AGREEING_FIELDS = (*KEY_FIELDS, "birth_date")
 AGREEING_LEVELS = ("exact", "one_typo")
+
+
+# --- Where the compared columns come from ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A normalized column of the lead frame or of the drivers index, made from raw columns by a
+    column-wise normalizer of identity.normalize (one Series per raw column in, one Series out)."""
+
+    column: str
+    raw: tuple[str, ...]
+    normalize: Callable
+
+
+# A lead's match keys, from public.module_ct_cabinet_leads. Dates are used as they are.
+LEAD_SOURCES = (
+    Source("phone", ("phone",), normalize.phones_column),
+    Source("document", ("document",), normalize.documents_column),
+    Source("email", ("email",), normalize.emails_column),
+    Source("plate", ("plate",), normalize.plates_column),
+    Source("name_tokens", ("first_name", "middle_name", "last_name"), normalize.name_tokens_column),
+)
+# A driver record's index columns, from public.drivers (canon.drivers_index holds them).
+INDEX_SOURCES = (
+    Source("phone", ("phone",), normalize.phones_column),
+    Source("document", ("document",), normalize.documents_column),
+    Source("license_document", ("license_number",), normalize.license_documents_column),
+    Source("email", ("email",), normalize.emails_column),
+    Source("plate", ("plate",), normalize.plates_column),
+    Source("given_tokens", ("first_name", "middle_name"), normalize.name_tokens_column),
+    Source("surname_tokens", ("last_name",), normalize.name_tokens_column),
+)
 
 
 # --- Blocking rules ------------------------------------------------------------------------

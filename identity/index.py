@@ -16,6 +16,7 @@ from django.db import connection, transaction
 
 from identity import linking, normalize
 from identity.bulk import frame_copy, frame_read, staging_create
+from identity.fields import INDEX_SOURCES
 from identity.runs import job_run
 
 JOB_NAME = "refresh_drivers_index"
@@ -38,16 +39,8 @@ _NORM_COLUMNS = {
 
 def drivers_normalize(raw: pl.DataFrame) -> pl.DataFrame:
     """Raw driver rows to index entries' keys (identity.normalize's column-wise twins)."""
-    given = normalize.name_tokens_column(raw["first_name"], raw["middle_name"]).rename("given_tokens")
-    surnames = normalize.name_tokens_column(raw["last_name"]).rename("surname_tokens")
     frame = raw.select("driver_id", pl.col("park_id").replace("", None), "birth_date", "hire_date", "updated_at").with_columns(
-        normalize.phones_column(raw["phone"]).rename("phone"),
-        normalize.documents_column(raw["document"]).rename("document"),
-        normalize.license_documents_column(raw["license_number"]).rename("license_document"),
-        normalize.emails_column(raw["email"]).rename("email"),
-        normalize.plates_column(raw["plate"]).rename("plate"),
-        given, surnames,
-    )
+        source.normalize(*(raw[column] for column in source.raw)).rename(source.column) for source in INDEX_SOURCES)
     names = pl.concat_list("given_tokens", "surname_tokens")
     frame = frame.with_columns(pl.coalesce("document", "license_document").alias("doc_key"), names.alias("name_tokens"))
     return frame.with_columns(normalize.name_keys_column(frame["name_tokens"]).rename("name_key"))

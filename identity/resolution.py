@@ -33,14 +33,8 @@ from identity.matching import (
     evidence_json,
     pairs_score,
 )
+from identity.fields import LEAD_SOURCES
 from identity.models import LEADS_TABLE, ReasonCode
-from identity.normalize import (
-    name_tokens,
-    normalize_document,
-    normalize_email,
-    normalize_phone,
-    normalize_plate,
-)
 from identity.runs import LINK_TABLES, job_run, progress_bar, tables_analyze
 
 DEFAULT_BATCH = 1000
@@ -71,21 +65,13 @@ def leads_load(source_pks: list[str] | None = None, *, unlinked_only: bool = Fal
 
 
 def leads_normalize(raw: pl.DataFrame) -> pl.DataFrame:
-    """Raw lead columns to match keys with identity.normalize, once per distinct value."""
-
-    def each(column: str, function) -> pl.Expr:
-        return pl.col(column).map_elements(function, return_dtype=pl.String, skip_nulls=True)
-
+    """Raw lead columns to match keys, column-wise, as identity.fields.LEAD_SOURCES declares."""
+    keys = [source.normalize(*(raw[column] for column in source.raw)).rename(source.column)
+            for source in LEAD_SOURCES]
     return raw.select(
-        pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"), "source_pk",
-        each("phone", normalize_phone).alias("phone"), each("document", normalize_document).alias("document"),
-        each("email", normalize_email).alias("email"), each("plate", normalize_plate).alias("plate"),
-        "birth_date",
-        pl.struct("first_name", "middle_name", "last_name").map_elements(
-            lambda r: list(name_tokens(r["first_name"], r["middle_name"], r["last_name"])),
-            return_dtype=pl.List(pl.String)).alias("name_tokens"),
+        pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"), "source_pk", "birth_date",
         pl.col("park_id").replace("", None), "lead_date",
-    ).cast(LEAD_SCHEMA)
+    ).with_columns(keys).select(list(LEAD_SCHEMA)).cast(LEAD_SCHEMA)
 
 
 def leads_load_keys(source_pks: list[str]) -> list[LeadKeys]:

@@ -118,7 +118,7 @@ leads_st = st.builds(
     st.sampled_from((None, *PHONES)), st.sampled_from((None, "44556677", "44556678")))
 
 
-@settings(deadline=None, max_examples=40)
+@settings(deadline=None, max_examples=25)
 @given(st.lists(st.tuples(leads_st, st.lists(st.lists(records_st, min_size=1, max_size=2), max_size=3)),
                 min_size=1, max_size=4))
 def test_a_batch_decides_each_lead_as_it_would_alone(cases):
@@ -139,7 +139,18 @@ def test_a_batch_decides_each_lead_as_it_would_alone(cases):
         alone_frame = leads_frame([one])
         alone_scores = pairs_score(alone_frame, pairs_frame(alone_rows), FREQ, T)
         alone = decisions_materialize(decisions_make(alone_frame, alone_scores, T), alone_scores)[one.source_pk]
-        assert batch[one.source_pk] == alone
+        assert _rounded(batch[one.source_pk]) == _rounded(alone)
+
+
+def _rounded(value):
+    """A decision with its floats rounded: a batch may add the same weights in another order."""
+    if isinstance(value, float):
+        return round(value, 9)
+    if isinstance(value, tuple):
+        return tuple(_rounded(v) for v in value)
+    if dataclasses.is_dataclass(value):
+        return tuple(_rounded(getattr(value, f.name)) for f in dataclasses.fields(value))
+    return value
 
 
 def test_stored_evidence_is_the_decisions_own():
