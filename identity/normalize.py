@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 import phonenumbers
+import polars as pl
 
 # --- Accent folding ------------------------------------------------------------------------
 # The one accent table. Python uses it through str.translate, SQL through translate()/replace();
@@ -501,3 +503,216 @@ def sql_create_functions() -> list[str]:
 def sql_drop_functions() -> list[str]:
     """DROP statements of the SQL twins, dependents first."""
     return [f"DROP FUNCTION IF EXISTS {signature}" for signature in reversed(SQL_FUNCTION_SIGNATURES)]
+
+
+# --- Column-wise twins (Polars) ------------------------------------------------------------
+# Each twin gives exactly its scalar function mapped over a Series (None as null), for batches.
+# A twin is a few paths, each a sequence of stages: the expressions of a stage (Polars
+# `with_columns`) read the column "raw" and the previous stages' columns, and the last stage
+# leaves "value" and, for a path that decides only some rows, a boolean "decided". A path takes
+# the rows the paths before it left undecided (a cheap path for the common clean spellings first,
+# so the general one runs on few rows); the scalar function decides what is left, once per
+# distinct value. Polars' regular expressions (the Rust regex crate) spell \Z as \z and have no
+# lookahead: the patterns holding (?=) have lookahead-free equivalents here, from the same constants.
+
+_RAW, _VALUE = pl.col("raw"), pl.col("value")
+_FOLD_FROM_CHARACTERS = list(FOLD_FROM + FOLD_DELETE)
+_FOLD_TO_CHARACTERS = list(FOLD_TO) + [""] * len(FOLD_DELETE)
+_BARE_MOBILE = r"\A9[0-9]{8}\z"  # phone_fast's shortcut
+_PHONE_SEPARATOR_CLASS = _PHONE_GAP.removesuffix("*")
+_PHONE_PLACEHOLDER_LIST = sorted(PHONE_PLACEHOLDERS)
+_BARE_NUMBER = r"\A[0-9]+\z"
+# DOCUMENT_PREFIX_PATTERN with its lookahead digit captured, for the replacement to put it back.
+_DOCUMENT_PREFIX_DIGIT = (
+    r"\A(?:" + "|".join(DOCUMENT_TYPE_PREFIXES) + ")(?:" + "|".join(DOCUMENT_NUMBER_WORDS) + r")?([0-9])"
+)
+_DOCUMENT_TO_PAD = r"\A[0-9]{7}\z"  # what DOCUMENT_PAD_PATTERN looks ahead for
+# On an address EMAIL_PATTERN accepts (one '@'), its domain is a placeholder.
+_EMAIL_PLACEHOLDER_DOMAIN = "@(?:" + "|".join(re.escape(domain) for domain in EMAIL_PLACEHOLDER_DOMAINS) + r")\z"
+_NAME_WORDS_ONLY = "[^A-Za-z ]"  # folded name text holding only letters and spaces: most rows
+_NOT_NAME_WORDS = ["", *NAME_PARTICLES]
+
+
+def _rust_regex(pattern: str) -> str:
+    """A shared pattern for Polars: \\Z is \\z there, and a pattern with lookahead is refused."""
+    if "(?=" in pattern:
+        raise ValueError(f"Polars has no lookahead: {pattern}")
+    return pattern.replace(r"\Z", r"\z")
+
+
+def _column_twin(raw: pl.Series, scalar: Callable, *paths, dtype: pl.DataType = pl.String) -> pl.Series:
+    """`scalar` mapped over `raw`: the paths' values (see above), else the scalar function's."""
+    rows = pl.DataFrame({"raw": raw.cast(pl.String)}).with_row_index("row")
+    values, overrides = None, []  # the first path's values of every row; later paths' rows
+    for stages in paths:
+        frame = rows.lazy().with_columns(decided=pl.lit(True))
+        for stage in stages:
+            frame = frame.with_columns(**stage)
+        # A null goes to the scalar function too: one call, which gives None (or no tokens).
+        frame = frame.select(
+            "row", "raw", _VALUE.cast(dtype), decided=pl.col("decided").fill_null(False) & _RAW.is_not_null()
+        ).collect()
+        if values is None:
+            values = frame["value"]
+        elif frame.height:
+            overrides.append(frame.filter("decided").select("row", "value"))
+        rows = frame.filter(~pl.col("decided")).select("row", "raw")
+    distinct = rows["raw"].unique()
+    if distinct.len():
+        by_scalar = pl.DataFrame(
+            {"raw": distinct, "value": pl.Series([scalar(text) for text in distinct], dtype=dtype)}
+        )
+        overrides.append(rows.join(by_scalar, on="raw", nulls_equal=True).select("row", "value"))
+    if overrides:  # row i takes values[i] or its override (gather, unlike scatter, takes lists)
+        changed = pl.concat(overrides)
+        sources = pl.int_range(len(values), eager=True, dtype=pl.UInt32).scatter(
+            changed["row"], pl.int_range(len(values), len(values) + changed.height, eager=True, dtype=pl.UInt32)
+        )
+        values = pl.concat([values, changed["value"]]).gather(sources)
+    return values.rename(raw.name)
+
+
+def _is_ascii(text: pl.Expr) -> pl.Expr:
+    return text.str.len_bytes() == text.str.len_chars()
+
+
+def _fold_expr(text: pl.Expr) -> pl.Expr:
+    return text.str.replace_many(_FOLD_FROM_CHARACTERS, _FOLD_TO_CHARACTERS)
+
+
+def _alnum_upper_expr(text: pl.Expr, *, fold: bool = True) -> pl.Expr:
+    return (_fold_expr(text) if fold else text).str.replace_all(_NOT_ALNUM, "").str.to_uppercase()
+
+
+def _without_junk(pattern: str) -> dict[str, pl.Expr]:
+    return {"value": pl.when(~_VALUE.str.contains(_rust_regex(pattern))).then(_VALUE)}
+
+
+_USABLE_DOCUMENT = (
+    {"value": pl.when(_VALUE.str.contains(_DOCUMENT_TO_PAD)).then("0" + _VALUE).otherwise(_VALUE)},
+    _without_junk(DOCUMENT_JUNK_PATTERN),
+)
+_DOCUMENT_IN_LICENSE = (
+    {"value": pl.when(_VALUE.str.contains(_rust_regex(LICENSE_PATTERN))).then(_VALUE.str.slice(1))},
+    _without_junk(DOCUMENT_JUNK_PATTERN),
+)
+_USABLE_EMAIL = (
+    {"value": _VALUE.str.to_lowercase().str.replace(_rust_regex(EMAIL_PLACEHOLDER_LOCAL_PATTERN), "")},
+    {
+        "value": pl.when(
+            _VALUE.str.contains(_rust_regex(EMAIL_PATTERN)) & ~_VALUE.str.contains(_EMAIL_PLACEHOLDER_DOMAIN)
+        ).then(_VALUE)
+    },
+)
+
+
+def _name_tokens_of_words(words: pl.Expr) -> dict[str, pl.Expr]:
+    # Only ASCII letters and spaces are left, so lower-casing cannot turn 'K' (Kelvin) into 'k'.
+    tokens = words.str.to_lowercase().str.split(" ")
+    return {"value": tokens.list.eval(pl.element().filter(~pl.element().is_in(_NOT_NAME_WORDS)))}
+
+
+def phones_column(raw: pl.Series) -> pl.Series:
+    """normalize_phone (region PE) over a Series. Peruvian mobiles in any spelling and values
+    without a digit are decided here; placeholders, landlines and foreign numbers by phonenumbers."""
+    bare_mobile = _RAW.str.contains(_BARE_MOBILE) & ~_RAW.is_in(_PHONE_PLACEHOLDER_LIST)
+    return _column_twin(
+        raw,
+        normalize_phone,
+        ({"value": "+51" + _RAW, "decided": bare_mobile},),  # most rows
+        (
+            {"value": _RAW.str.replace_all(_PHONE_SEPARATOR_CLASS, "")},
+            {"value": pl.when(_VALUE.str.contains(_rust_regex(PHONE_FAST_PATTERN))).then(_VALUE.str.slice(-9))},
+            {
+                "value": "+51" + _VALUE,
+                "decided": pl.when(_VALUE.is_null())
+                .then(~_RAW.str.contains("[0-9]"))
+                .otherwise(~_VALUE.is_in(_PHONE_PLACEHOLDER_LIST)),
+            },
+        ),
+    )
+
+
+def documents_column(raw: pl.Series) -> pl.Series:
+    """normalize_document over a Series; every value is decided here."""
+    return _column_twin(
+        raw,
+        normalize_document,
+        ({"value": _RAW, "decided": _RAW.str.contains(_BARE_NUMBER)}, *_USABLE_DOCUMENT),  # most rows
+        ({"value": _alnum_upper_expr(_RAW).str.replace(_DOCUMENT_PREFIX_DIGIT, "${1}")}, *_USABLE_DOCUMENT),
+    )
+
+
+def license_documents_column(raw: pl.Series) -> pl.Series:
+    """document_from_license over a Series; every value is decided here."""
+    return _column_twin(
+        raw,
+        document_from_license,
+        ({"value": _RAW, "decided": _RAW.str.contains(_rust_regex(LICENSE_PATTERN))}, *_DOCUMENT_IN_LICENSE),
+        ({"value": _alnum_upper_expr(_RAW)}, *_DOCUMENT_IN_LICENSE),
+    )
+
+
+def emails_column(raw: pl.Series) -> pl.Series:
+    """normalize_email over a Series; every value is decided here."""
+    return _column_twin(
+        raw,
+        normalize_email,
+        ({"value": _RAW.str.strip_chars(EMAIL_TRIM), "decided": _is_ascii(_RAW)}, *_USABLE_EMAIL),  # no folding
+        (
+            {"value": _fold_expr(_RAW).str.strip_chars(EMAIL_TRIM)},
+            {"value": pl.when(_is_ascii(_VALUE)).then(_VALUE)},
+            *_USABLE_EMAIL,
+        ),
+    )
+
+
+def plates_column(raw: pl.Series) -> pl.Series:
+    """normalize_plate over a Series; every value is decided here."""
+    plate = _without_junk(PLATE_JUNK_PATTERN)
+    return _column_twin(
+        raw,
+        normalize_plate,
+        ({"value": _alnum_upper_expr(_RAW, fold=False), "decided": _is_ascii(_RAW)}, plate),  # most rows
+        ({"value": _alnum_upper_expr(_RAW)}, plate),
+    )
+
+
+def name_tokens_column(*parts: pl.Series) -> pl.Series:
+    """name_tokens of each row's parts (joined like concat_ws), as a List(String) Series; every row
+    is decided here."""
+    joined = pl.select(text=pl.concat_str([part.cast(pl.String) for part in parts], separator=" ", ignore_nulls=True))
+    folded = {"text": _fold_expr(_RAW.str.slice(0, NAME_MAX_CHARS))}
+    tokens = _column_twin(
+        joined.to_series(),
+        lambda text: list(name_tokens(text)),
+        (folded, {"decided": ~pl.col("text").str.contains(_NAME_WORDS_ONLY), **_name_tokens_of_words(pl.col("text"))}),
+        (folded, _name_tokens_of_words(pl.col("text").str.replace_all("[^A-Za-z]+", " "))),
+        dtype=pl.List(pl.String),
+    )
+    return tokens.rename(parts[0].name)
+
+
+def name_keys_column(tokens: pl.Series) -> pl.Series:
+    """name_key from name tokens: the distinct tokens sorted and space-joined, null when none."""
+    words = (
+        tokens.rename("token")
+        .to_frame()
+        .with_row_index("row")
+        .explode("token", empty_as_null=False, keep_nulls=False)
+        .drop_nulls("token")
+    )
+    keys = pl.repeat(None, len(tokens), dtype=pl.String, eager=True).rename(tokens.name)
+    if words.is_empty():
+        return keys
+    # Sorting (row, token) as one integer, the token's rank in the sorted vocabulary (an Enum's
+    # code), is several times faster than sorting strings.
+    vocabulary = words["token"].unique().sort()
+    size = len(vocabulary)
+    ranks = (words["row"].cast(pl.UInt64) * size + words["token"].cast(pl.Enum(vocabulary)).to_physical()).sort()
+    ranks = ranks.filter(ranks.ne_missing(ranks.shift()))  # each row's distinct tokens, in order
+    rows = (ranks // size).cast(pl.UInt32).set_sorted()  # grouping by a sorted key is one scan
+    words = pl.DataFrame({"row": rows, "token": vocabulary.gather(ranks % size)})
+    by_row = words.group_by("row", maintain_order=True).agg("token")
+    joined = by_row["token"].list.join(" ").rename(tokens.name)
+    return joined if by_row.height == len(tokens) else keys.scatter(by_row["row"], joined)

@@ -31,134 +31,134 @@ from identity.normalize import (
 E164 = re.compile(r"\A\+[0-9]{8,15}\Z")
 
 # --- Unit tests: the spellings operators actually find in the sheets -------------------------
+# The example tables are module-level: test_normalize_columns.py checks the Polars twins on them.
+
+MOBILE_SPELLINGS = [  # of +51951234567
+    "951234567",
+    "+51 951 234 567",
+    "951-234-567",
+    "51951234567",
+    "0051951234567",
+    "(+51) 951.234.567",
+    " 951 234 567\t",
+]
+PHONENUMBERS_EXAMPLES = [("(01) 555-1234", "+5115551234"), ("+58 412 1234567", "+584121234567")]
+PLACEHOLDER_PHONES = [
+    "987654321",
+    "+51 987 654 321",
+    "987-654-321",
+    "999999999",
+    "900000000",
+    "912345678",
+    "51999999999",
+]
+UNUSABLE_PHONES = [None, "", "   ", "sin telefono", "98765432", "9512345678", "+987654321", "12"]
+DOCUMENT_EXAMPLES = [
+    ("44556677", "44556677"),
+    ("4455667", "04455667"),  # a spreadsheet dropped the leading zero
+    ("DNI 44.556.677", "44556677"),
+    ("dni: 44556677", "44556677"),
+    ("DNI N° 44556677", "44556677"),
+    ("001234567", "001234567"),  # carné de extranjería, 9 digits
+    ("CE 001234567", "001234567"),
+    ("CEX-001234567", "001234567"),
+    ("Pasaporte 118834567", "118834567"),
+    ("pas AB123456", "PASAB123456"),  # a prefix followed by letters stays: it may be the number
+    ("12345678", None),
+    ("1234567", None),
+    ("00000000", None),
+    ("0000000", None),
+    ("77777777", None),
+    ("SINDOC", None),
+    ("NA", None),
+    ("no doc", None),
+    ("12345", None),
+    ("", None),
+    (None, None),
+]
+LICENSE_EXAMPLES = [
+    ("Q44556677", "44556677"),
+    ("q-44556677", "44556677"),
+    ("Q 44556677", "44556677"),
+    ("A-44556677", "44556677"),
+    ("Q4455667", None),
+    ("Q12345678", None),  # the DNI inside is a placeholder
+    ("QA4455667", None),
+    ("44556677", None),
+    (None, None),
+]
+EMAIL_EXAMPLES = [
+    (" Juan.Quispe@Gmail.com ", "juan.quispe@gmail.com"),
+    ("ROSA_MAMANI87@HOTMAIL.COM", "rosa_mamani87@hotmail.com"),
+    ("josé.ñahui@gmail.com", "jose.nahui@gmail.com"),
+    ("maria+uber@outlook.com.pe", "maria+uber@outlook.com.pe"),
+    ("sincorreo@gmail.com", None),
+    ("SIN.CORREO2@hotmail.com", None),
+    ("notiene@gmail.com", None),
+    ("na@na.com", None),
+    ("juan.quispe@correo.com", None),
+    ("juan.quispe@example.com", None),
+    ("juan quispe@gmail.com", None),
+    ("juan.quispe@gmail", None),
+    ("juan@@gmail.com", None),
+    ("@gmail.com", None),
+    ("juan.quispe.gmail.com", None),
+    ("ana@gmail.com", "ana@gmail.com"),
+    (None, None),
+]
+PLATE_EXAMPLES = [
+    ("ABC-123", "ABC123"),
+    ("a1b 234", "A1B234"),
+    ("BHT-941", "BHT941"),
+    ("AB12", None),
+    ("ABCDEF", None),
+    ("123456", None),
+    ("ABCD-12345", None),
+    (None, None),
+]
 
 
-@pytest.mark.parametrize(
-    "raw",
-    [
-        "951234567",
-        "+51 951 234 567",
-        "951-234-567",
-        "51951234567",
-        "0051951234567",
-        "(+51) 951.234.567",
-        " 951 234 567\t",
-    ],
-)
+@pytest.mark.parametrize("raw", MOBILE_SPELLINGS)
 def test_a_mobile_in_any_spelling_is_one_e164(raw):
     assert phone_fast(raw) == "+51951234567"
     assert normalize_phone(raw) == "+51951234567"
 
 
-def test_a_lima_landline_and_a_foreign_mobile_go_through_phonenumbers():
-    assert phone_fast("(01) 555-1234") is None
-    assert normalize_phone("(01) 555-1234") == "+5115551234"
-    assert phone_fast("+58 412 1234567") is None
-    assert normalize_phone("+58 412 1234567") == "+584121234567"
+@pytest.mark.parametrize(("raw", "expected"), PHONENUMBERS_EXAMPLES)
+def test_a_lima_landline_and_a_foreign_mobile_go_through_phonenumbers(raw, expected):
+    assert phone_fast(raw) is None
+    assert normalize_phone(raw) == expected
 
 
-@pytest.mark.parametrize(
-    "raw", ["987654321", "+51 987 654 321", "987-654-321", "999999999", "900000000", "912345678", "51999999999"]
-)
+@pytest.mark.parametrize("raw", PLACEHOLDER_PHONES)
 def test_placeholder_phones_are_no_phone(raw):
     # 987654321 is the sequence people type when they have no number to give.
     assert phone_fast(raw) is None
     assert normalize_phone(raw) is None
 
 
-@pytest.mark.parametrize("raw", [None, "", "   ", "sin telefono", "98765432", "9512345678", "+987654321", "12"])
+@pytest.mark.parametrize("raw", UNUSABLE_PHONES)
 def test_unusable_phones_are_none(raw):
     assert phone_fast(raw) is None
     assert normalize_phone(raw) is None
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("44556677", "44556677"),
-        ("4455667", "04455667"),  # a spreadsheet dropped the leading zero
-        ("DNI 44.556.677", "44556677"),
-        ("dni: 44556677", "44556677"),
-        ("DNI N° 44556677", "44556677"),
-        ("001234567", "001234567"),  # carné de extranjería, 9 digits
-        ("CE 001234567", "001234567"),
-        ("CEX-001234567", "001234567"),
-        ("Pasaporte 118834567", "118834567"),
-        ("pas AB123456", "PASAB123456"),  # a prefix followed by letters stays: it may be the number
-        ("12345678", None),
-        ("1234567", None),
-        ("00000000", None),
-        ("0000000", None),
-        ("77777777", None),
-        ("SINDOC", None),
-        ("NA", None),
-        ("no doc", None),
-        ("12345", None),
-        ("", None),
-        (None, None),
-    ],
-)
+@pytest.mark.parametrize(("raw", "expected"), DOCUMENT_EXAMPLES)
 def test_documents(raw, expected):
     assert normalize_document(raw) == expected
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("Q44556677", "44556677"),
-        ("q-44556677", "44556677"),
-        ("Q 44556677", "44556677"),
-        ("A-44556677", "44556677"),
-        ("Q4455667", None),
-        ("Q12345678", None),  # the DNI inside is a placeholder
-        ("QA4455667", None),
-        ("44556677", None),
-        (None, None),
-    ],
-)
+@pytest.mark.parametrize(("raw", "expected"), LICENSE_EXAMPLES)
 def test_the_dni_inside_a_licence(raw, expected):
     assert document_from_license(raw) == expected
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (" Juan.Quispe@Gmail.com ", "juan.quispe@gmail.com"),
-        ("ROSA_MAMANI87@HOTMAIL.COM", "rosa_mamani87@hotmail.com"),
-        ("josé.ñahui@gmail.com", "jose.nahui@gmail.com"),
-        ("maria+uber@outlook.com.pe", "maria+uber@outlook.com.pe"),
-        ("sincorreo@gmail.com", None),
-        ("SIN.CORREO2@hotmail.com", None),
-        ("notiene@gmail.com", None),
-        ("na@na.com", None),
-        ("juan.quispe@correo.com", None),
-        ("juan.quispe@example.com", None),
-        ("juan quispe@gmail.com", None),
-        ("juan.quispe@gmail", None),
-        ("juan@@gmail.com", None),
-        ("@gmail.com", None),
-        ("juan.quispe.gmail.com", None),
-        ("ana@gmail.com", "ana@gmail.com"),
-        (None, None),
-    ],
-)
+@pytest.mark.parametrize(("raw", "expected"), EMAIL_EXAMPLES)
 def test_emails(raw, expected):
     assert normalize_email(raw) == expected
 
 
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("ABC-123", "ABC123"),
-        ("a1b 234", "A1B234"),
-        ("BHT-941", "BHT941"),
-        ("AB12", None),
-        ("ABCDEF", None),
-        ("123456", None),
-        ("ABCD-12345", None),
-        (None, None),
-    ],
-)
+@pytest.mark.parametrize(("raw", "expected"), PLATE_EXAMPLES)
 def test_plates(raw, expected):
     assert normalize_plate(raw) == expected
 
