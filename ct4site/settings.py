@@ -179,7 +179,10 @@ CT4_MATCHING = {
     "link_bits": float(os.environ.get("CT4_LINK_BITS", "8.0")),
     "margin_bits": float(os.environ.get("CT4_MARGIN_BITS", "6.0")),
     "weak_bits": float(os.environ.get("CT4_WEAK_BITS", "-6.0")),
-    # A record hired in the lead's park 0..N days after the lead date is recruitment evidence
-    # (identity.matching); 0 turns it off.
+    # A record hired in the lead's park 0..N days after the lead date is recruitment evidence,
+    # shown to reviewers and not weighed (identity.fields); 0 turns it off.
     "recruit_window_days": int(os.environ.get("CT4_RECRUIT_WINDOW_DAYS", "7")),
 }
+# A matching run over at least this many leads reads the drivers index into memory once
+# (identity.resolution, docs/engine.md); smaller ones use the database's indexes.
+CT4_IN_MEMORY_MIN_LEADS = int(os.environ.get("CT4_IN_MEMORY_MIN_LEADS", "2000"))

@@ -65,6 +65,9 @@ class Field:
     leading_zeros_equal: bool = False
     # Personal data (SPEC §9): masked in logs and command output unless asked for.
     pii: bool = False
+    # False: the level is computed and shown (evidence, review) but adds no weight, until its m is
+    # estimated from the data or from reviewers' verdicts rather than assumed.
+    weighed: bool = True
 
     def level(self, name: str) -> Level:
         for level in self.levels:
@@ -117,6 +120,9 @@ FIELDS: dict[str, Field] = {
         # Names: u is the frequency of the agreeing tokens (Quispe is common, Ccahuana is not).
         Field("name", "Name", Role.NAME, Kind.NAME, (
             Level("exact", 0.80, None, "same tokens, in any box order", "agree"),
+            # Peruvian names: given names, then the paternal, then the maternal surname. The same
+            # two surnames the other way round are usually another family, rarely a typing slip.
+            Level("surnames_swapped", 0.01, None, "the same surnames in the other order (usually another family)"),
             Level("typo", 0.06, None, "all tokens agree, some with a typo"),
             Level("subset", 0.09, None, "given name and surname agree; one side has extra tokens"),
             Level("partial", 0.03, None, "given name and surname agree; both sides have other tokens"),
@@ -124,13 +130,13 @@ FIELDS: dict[str, Field] = {
             Level("given_only", 0.004, None, "given names agree, surnames do not"),
             Level("different", 0.002, 1.0, "no token in common", "disagree"),
         ), "name_tokens", ("given_tokens", "surname_tokens")),
-        # The partner recruits a lead and hires them in its park days later. u: the share of all
-        # drivers hired in that park in that window, from the data (a busy park's hires say less).
-        # Its absence says nothing (many leads were drivers already, or were hired elsewhere).
+        # A record hired in the lead's park days after the lead. u: the share of all drivers hired
+        # in that park in that window, from the data. Shown to reviewers, not weighed: its m was an
+        # assumption that held only on our own generator (58 wrong links of 65 at 1M on other data).
         Field("recruitment", "Hired in the lead's park", Role.CONTEXT, Kind.RECRUITMENT, (
             Level("hired_after_lead", 0.75, None,
                   "a record hired in the lead's park within the window after the lead date", "agree"),
-        ), None, ("park_id", "hire_date")),
+        ), None, ("park_id", "hire_date"), weighed=False),
     )
 }
 
@@ -165,6 +171,8 @@ LEAD_SOURCES = (
     Source("email", ("email",), normalize.emails_column),
     Source("plate", ("plate",), normalize.plates_column),
     Source("name_tokens", ("first_name", "middle_name", "last_name"), normalize.name_tokens_column),
+    # The surnames in their order, where the lead typed them in the surname box.
+    Source("surname_tokens", ("last_name",), normalize.name_tokens_column),
 )
 # A driver record's index columns, from public.drivers (canon.drivers_index holds them).
 INDEX_SOURCES = (

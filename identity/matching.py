@@ -29,14 +29,13 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v2"  # v2: the vectorized engine (same model as r2)
+RULE_VERSION = "fs-2026.12-v3"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames
 
-# Name levels in which both a given name and a surname agree.
-NAME_CORROBORATES = ("exact", "typo", "subset", "partial")
+# Name levels in which both a given name and a surname agree. Swapped surnames are usually two
+# families ("Cruz Choque" / "Choque Cruz"): only a personal key makes them one person.
+NAME_CORROBORATES = ("exact", "typo", "subset", "partial", "surnames_swapped")
 # ...and with no token on either side contradicting the other.
 NAME_AGREES_WITHOUT_CONFLICT = ("exact", "typo", "subset")
-# The recruitment rule (no key at all) wants every token on both sides to agree.
-RECRUITMENT_NAME_LEVELS = ("exact", "typo")
 FUZZY_TOKEN_MIN = 0.90  # Jaro-Winkler similarity for two name tokens to count as a typo
 FUZZY_TOKEN_WEIGHT = 0.8  # a typo'd token carries this share of an exact token's information
 NEAR_EXACT = 1.0 - 1e-9  # one edit, or three letters swapped: a typo whatever Jaro-Winkler says
@@ -54,7 +53,7 @@ EVIDENCE_TOP = 5  # candidates kept in a decision's evidence
 LEAD_SCHEMA = {
     "lead_i": pl.UInt32, "source_pk": pl.String, "phone": pl.String, "document": pl.String,
     "email": pl.String, "plate": pl.String, "birth_date": pl.Date, "name_tokens": pl.List(pl.String),
-    "park_id": pl.String, "lead_date": pl.Date,
+    "park_id": pl.String, "lead_date": pl.Date, "surname_tokens": pl.List(pl.String),
 }
 RECORD_SCHEMA = {
     "driver_id": pl.String, "person_key": pl.String, "park_id": pl.String, "phone": pl.String,
@@ -82,6 +81,7 @@ class LeadKeys:
     name_tokens: tuple[str, ...] = ()
     park_id: str | None = None
     lead_date: date | None = None  # the calendar day of the lead in Lima
+    surname_tokens: tuple[str, ...] = ()  # the surname box's words, in order (paternal, maternal)
 
     @property
     def has_full_name(self) -> bool:
@@ -125,6 +125,7 @@ def leads_frame(leads: list[LeadKeys]) -> pl.DataFrame:
             "name_tokens": [list(x.name_tokens) for x in leads],
             "park_id": [x.park_id for x in leads],
             "lead_date": [x.lead_date for x in leads],
+            "surname_tokens": [list(x.surname_tokens) for x in leads],
         },
         schema=LEAD_SCHEMA,
     )
@@ -384,6 +385,17 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
              .when(both).then(pl.lit("partial"))
              .when(pl.col("surname_hit")).then(pl.lit("surnames_only"))
              .otherwise(pl.lit("given_only")))
+    # The lead's two surnames are the record's in the other order: another family, usually.
+    order = (records.select("r", "lead_i", pl.col(surnames).alias("record_surnames"))
+             .join(leads.select("lead_i", pl.col("surname_tokens").alias("lead_surnames")), on="lead_i")
+             .filter((pl.col("lead_surnames").list.len() == 2) & (pl.col("record_surnames").list.len() == 2))
+             .filter((pl.col("lead_surnames").list.get(0) != pl.col("lead_surnames").list.get(1))
+                     & (pl.col("lead_surnames").list.get(0) == pl.col("record_surnames").list.get(1))
+                     & (pl.col("lead_surnames").list.get(1) == pl.col("record_surnames").list.get(0)))
+             .select("r", pl.lit(True).alias("swapped")))
+    scored = scored.join(order, on="r", how="left")
+    level = pl.when(pl.col("swapped").fill_null(False) & level.is_in(["exact", "typo", "subset", "partial"])).then(
+        pl.lit("surnames_swapped")).otherwise(level)
     floor = 1 / (freq.drivers + PSEUDO_DRIVERS)
     u = pl.when(pl.col("level") == "different").then(f.level("different").u).otherwise(
         pl.max_horizontal(pl.lit(2.0).pow(pl.col("log_u")), pl.lit(floor)))
@@ -463,6 +475,8 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
         else:
             frame = _compare_recruitment(f, leads, pairs, freq, thresholds.recruit_window_days)
         frame = frame.with_columns(pl.col("lead_i").cast(pl.UInt32), pl.lit(f.name).alias("field"))
+        if not f.weighed:
+            frame = frame.with_columns(pl.lit(0.0).alias("bits"))
         if per_record:
             by_record.append(frame.select("lead_i", "person_key", "driver_id", "field", "level", "bits"))
         frame = _best_per_person(frame, ["order"], [False])
@@ -519,64 +533,39 @@ def _key_agrees() -> pl.Expr:
 
 def decisions_make(leads: pl.DataFrame, scores: Scores, thresholds: Thresholds) -> pl.DataFrame:
     """One decision per lead, by group: the best plausible candidate, its strongest corroborated
-    rival, the margin, then link / conflict / recruitment / weak (see docs/matching.md §5).
+    rival, the margin, then link / conflict / weak (see docs/matching.md §5).
 
     Columns: lead_i, source_pk, outcome, person_key, score, margin, rule, confidence.
     """
     c = (scores.candidates.sort(["lead_i", "bits", "person_key"], descending=[False, True, False])
          .with_columns(
-             (~pl.col("excluded") & (pl.col("key_agrees") | (pl.col("bits") >= thresholds.weak_bits))).alias("plausible"),
-             (~pl.col("excluded") & _is("recruitment", "hired_after_lead") & _is("name", *RECRUITMENT_NAME_LEVELS))
-             .alias("recruited")))
+             (~pl.col("excluded") & (pl.col("key_agrees") | (pl.col("bits") >= thresholds.weak_bits))).alias("plausible")))
     c = c.with_columns(pl.col("plausible").cast(pl.UInt32).cum_sum().over("lead_i").alias("plausible_rank"))
     best = c.filter(pl.col("plausible") & (pl.col("plausible_rank") == 1)).select(
         "lead_i", pl.col("person_key").alias("best_person"), pl.col("bits").alias("best_bits"),
         pl.col("corroborated").alias("best_corroborated"))
+    # Only candidates that could themselves be linked compete: a sibling who shares the family
+    # phone but not the given name is evidence of a family, not a rival.
     rival = (c.filter(pl.col("plausible") & (pl.col("plausible_rank") > 1) & pl.col("corroborated"))
              .group_by("lead_i").agg(pl.col("bits").max().alias("rival_bits")))
-    per_lead = c.group_by("lead_i").agg(
-        (~pl.col("excluded") & pl.col("corroborated")).any().alias("any_corroborated"),
-        pl.col("recruited").sum().alias("n_recruited"),
-    )
-    recruited = c.filter(pl.col("recruited")).select(
-        "lead_i", pl.col("person_key").alias("recruited_person"), pl.col("bits").alias("recruited_bits"),
-        (_is("document", "different") | _is("birth_date", "different")).alias("recruited_contradicted"))
-    # The recruited person's margin: ahead of every other eligible candidate.
-    others = (c.filter(~pl.col("excluded")).join(recruited.select("lead_i", "recruited_person"), on="lead_i")
-              .filter(pl.col("person_key") != pl.col("recruited_person"))
-              .group_by("lead_i").agg(pl.col("bits").max().alias("others_bits")))
     d = (leads.select("lead_i", "source_pk", _has_identifier().alias("has_identifier"))
-         .join(best, on="lead_i", how="left").join(rival, on="lead_i", how="left")
-         .join(per_lead, on="lead_i", how="left")
-         .join(recruited.unique(subset="lead_i", keep="first"), on="lead_i", how="left")
-         .join(others, on="lead_i", how="left"))
-    inf = float("inf")
-    margin = pl.col("best_bits") - pl.col("rival_bits").fill_null(-inf)
+         .join(best, on="lead_i", how="left").join(rival, on="lead_i", how="left"))
+    margin = pl.col("best_bits") - pl.col("rival_bits").fill_null(float("-inf"))
     strong = (pl.col("best_bits") >= thresholds.link_bits) & pl.col("best_corroborated")
-    recruitment = ((~pl.col("any_corroborated").fill_null(False)) & (pl.col("n_recruited") == 1)
-                   & (pl.col("recruited_bits") >= 0) & ~pl.col("recruited_contradicted").fill_null(True))
     outcome = (pl.when(~pl.col("has_identifier")).then(pl.lit(ReasonCode.MISSING_IDENTIFIERS.value))
                .when(pl.col("best_person").is_null()).then(pl.lit(ReasonCode.NO_CANDIDATES.value))
                .when(strong & (margin >= thresholds.margin_bits)).then(pl.lit("link"))
                .when(strong).then(pl.lit(ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value))
-               .when(recruitment).then(pl.lit("link"))
+               # The top scorer is not corroborated (or too weak): a person looks at it.
                .otherwise(pl.lit(ReasonCode.WEAK_MATCH_ONLY.value)))
-    by_recruitment = pl.col("outcome").eq("link") & ~(strong & (margin >= thresholds.margin_bits))
-    d = d.with_columns(outcome.alias("outcome"), margin.alias("fs_margin"))
-    d = d.with_columns(
-        pl.when(by_recruitment).then(pl.lit("recruitment")).otherwise(pl.lit("fellegi_sunter")).alias("rule"))
-    recruited_margin = pl.col("recruited_bits") - pl.col("others_bits").fill_null(-inf)
     undecided = pl.col("outcome").is_in([ReasonCode.MISSING_IDENTIFIERS.value, ReasonCode.NO_CANDIDATES.value])
-    d = d.with_columns(
-        pl.when(pl.col("outcome") != "link").then(None).when(pl.col("rule") == "recruitment")
-        .then(pl.col("recruited_person")).otherwise(pl.col("best_person")).alias("person_key"),
-        pl.when(undecided).then(None).when(pl.col("rule") == "recruitment").then(pl.col("recruited_bits"))
-        .otherwise(pl.col("best_bits")).alias("score"),
-        pl.when(undecided).then(None).when(pl.col("rule") == "recruitment").then(recruited_margin)
-        .otherwise(pl.col("fs_margin")).alias("margin"),
+    d = d.with_columns(outcome.alias("outcome"), margin.alias("margin")).with_columns(
+        pl.when(pl.col("outcome") == "link").then(pl.col("best_person")).alias("person_key"),
+        pl.when(undecided).then(None).otherwise(pl.col("best_bits")).alias("score"),
+        pl.when(undecided).then(None).otherwise(pl.col("margin")).alias("margin"),
+        pl.lit("fellegi_sunter").alias("rule"),
     )
     confidence = (pl.when(pl.col("outcome") != "link").then(pl.lit("low"))
-                  .when(pl.col("rule") == "recruitment").then(pl.lit("medium"))  # a name and a hire, no key
                   .when((pl.col("score") >= 16) & (pl.col("margin") >= 12)).then(pl.lit("high"))
                   .otherwise(pl.lit("medium")))
     return d.with_columns(confidence.alias("confidence")).select(
@@ -683,7 +672,7 @@ class Decision:
     score: float | None
     margin: float | None
     candidates: tuple[Scored, ...]
-    rule: str = "fellegi_sunter"  # or "recruitment"
+    rule: str = "fellegi_sunter"
     confidence_level: str = "low"
 
     @property

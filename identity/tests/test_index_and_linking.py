@@ -198,8 +198,8 @@ def test_shards_split_the_leads_without_overlap():
     assert set.union(*shards) == set(unlinked_leads())
 
 
-def test_recruitment_rule_end_to_end_from_the_drivers_hire_date():
-    """Hire date: drivers -> index (and kept by incremental refreshes) -> matcher -> link."""
+def test_recruitment_evidence_end_to_end_from_the_drivers_hire_date():
+    """Hire date: drivers -> index (and kept by incremental refreshes) -> the evidence a reviewer sees."""
     today = lima_today()
     make_driver(driver_id="D1", first_name="Wilmer", last_name="Ccahuana Huillca", phone="911222333",
                 document=None, email=None, plate=None, birth_date=None, park_id="park-a", hire_date=today)
@@ -207,7 +207,7 @@ def test_recruitment_rule_end_to_end_from_the_drivers_hire_date():
     assert DriverIndexEntry.objects.get(driver_id="D1").hire_date == today
     lead_day = today - timedelta(days=2)
     created = timezone.datetime.combine(lead_day, timezone.datetime.min.time().replace(hour=10), tzinfo=LIMA)
-    # A new phone, nothing else but the name: only the recruitment rule can tie them.
+    # A new phone, nothing else but the name: a reviewer decides, and sees the hire in the lead's park.
     make_lead(id=1, first_name="WILMER", last_name="CCAHUANA HUILLCA", phone="955666777", document=None,
               email=None, plate=None, birth_date=None, park_id="park-b", created_at=created)
     make_lead(id=2, first_name="Wilmer", last_name="Ccahuana Huillca", phone="955666777", document=None,
@@ -215,12 +215,14 @@ def test_recruitment_rule_end_to_end_from_the_drivers_hire_date():
 
     leads_match()
 
-    link = IdentityLink.objects.get(source_table="module_ct_cabinet_leads", source_pk="2")
-    assert link.person_id == DriverIndexEntry.objects.get(driver_id="D1").person_id
-    assert link.match_rule == "recruitment" and link.confidence_level == "medium"
-    assert link.evidence["rule"] == "recruitment"
-    # Lead 1 applied in another park: the same name alone stays in review.
-    assert IdentityUnmatched.objects.get(source_pk="1").reason_code == "WEAK_MATCH_ONLY"
+    assert not IdentityLink.objects.filter(source_table="module_ct_cabinet_leads").exists()
+    in_park = IdentityUnmatched.objects.get(source_pk="2")
+    assert in_park.reason_code == "WEAK_MATCH_ONLY"
+    fields = {f["field"]: f["level"] for f in in_park.details["candidates"][0]["fields"]}
+    assert fields["recruitment"] == "hired_after_lead"
+    # Lead 1 applied in another park: no hire evidence.
+    other = IdentityUnmatched.objects.get(source_pk="1")
+    assert "recruitment" not in {f["field"] for f in other.details["candidates"][0]["fields"]}
 
     Driver.objects.filter(driver_id="D1").update(hire_date=today - timedelta(days=400), updated_at=timezone.now())
     drivers_index_refresh()

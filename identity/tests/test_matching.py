@@ -236,15 +236,15 @@ def hired(driver_id="D7", *, days_after=3, park=PARK, **keys) -> DriverRecord:
                   hire_date=date.fromordinal(LEAD_DAY.toordinal() + days_after), **keys)
 
 
-def test_name_and_a_hire_in_the_leads_park_days_later_link_by_the_recruitment_rule():
+def test_a_name_and_a_hire_in_the_leads_park_are_shown_but_never_link_alone():
+    # On other data a namesake hired in the lead's park within a week was a coincidence 58 times
+    # out of 65: the hire is evidence for a reviewer, not a rule and not (yet) a weight.
     decision = lead_decide(recruit(phone="+51911111111"), [person("P7", hired(phone="+51922222222"))], FREQ, T)
 
-    assert decision.is_link and decision.person_key == "P7"
-    assert decision.rule == "recruitment" and decision.confidence_level == "medium"
-    evidence = decision.evidence(T)
-    assert evidence["rule"] == "recruitment"
-    fields = {f["field"]: f["level"] for f in evidence["candidates"][0]["fields"]}
-    assert fields["recruitment"] == "hired_after_lead" and fields["name"] == "exact"
+    assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY and decision.rule == "fellegi_sunter"
+    fields = {f["field"]: f for f in decision.evidence(T)["candidates"][0]["fields"]}
+    assert fields["recruitment"]["level"] == "hired_after_lead" and fields["recruitment"]["bits"] == 0
+    assert fields["name"]["level"] == "exact"
 
 
 def test_the_same_name_without_that_hire_is_only_a_weak_match():
@@ -292,11 +292,41 @@ def test_when_a_key_corroborates_someone_the_keys_decide_not_the_recruitment_rul
     assert decision.person_key in (None, "P9")
 
 
-def test_a_busy_parks_hires_say_less_than_a_quiet_parks():
-    quiet = candidate_score(recruit(), person("P7", hired()), FREQ, recruit_window_days=7)
-    busy_hires = {PARK: {date.fromordinal(LEAD_DAY.toordinal() + n): 2000 for n in range(8)}}
-    busy = Frequencies(FREQ.persons, FREQ.drivers, FREQ.tokens, hires=busy_hires)
-    crowded = candidate_score(recruit(), person("P7", hired()), busy, recruit_window_days=7)
+def test_a_hire_in_the_leads_park_adds_no_weight():
+    with_hire = candidate_score(recruit(), person("P7", hired()), FREQ, recruit_window_days=7)
+    without = candidate_score(recruit(), person("P7", hired(days_after=30)), FREQ, recruit_window_days=7)
 
-    bits = {s: next(f.bits for f in s.fields if f.field == "recruitment") for s in (quiet, crowded)}
-    assert bits[quiet] > bits[crowded] + 8
+    assert with_hire.level_of("recruitment") == "hired_after_lead" and without.level_of("recruitment") is None
+    assert math.isclose(with_hire.bits, without.bits)
+
+
+# --- Surname order: paternal, then maternal ---------------------------------------------------
+
+
+def peruvian(given, surnames, **keys) -> LeadKeys:
+    """A lead whose surname box held `surnames`, in that order."""
+    return LeadKeys("L1", name_tokens=tuple(f"{given} {surnames}".split()), surname_tokens=tuple(surnames.split()),
+                    **keys)
+
+
+def test_swapped_surnames_with_a_shared_phone_are_another_family():
+    cousin = driver("D1", "lucia", "choque cruz", phone="+51951234567")
+    decision = lead_decide(peruvian("lucia", "cruz choque", phone="+51951234567"), [person("P1", cousin)], FREQ, T)
+
+    assert decision.candidates[0].level_of("name") == "surnames_swapped"
+    assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
+def test_swapped_surnames_with_the_same_document_are_one_person_typed_the_other_way():
+    record = driver("D1", "lucia", "choque cruz", document="44556677")
+    decision = lead_decide(peruvian("lucia", "cruz choque", document="44556677"), [person("P1", record)], FREQ, T)
+
+    assert decision.candidates[0].level_of("name") == "surnames_swapped" and decision.is_link
+
+
+def test_swapped_surnames_weigh_far_less_than_surnames_in_order():
+    record = driver("D1", "lucia", "choque cruz", phone="+51951234567")
+    in_order = candidate_score(peruvian("lucia", "choque cruz", phone="+51951234567"), person("P1", record), FREQ)
+    swapped = candidate_score(peruvian("lucia", "cruz choque", phone="+51951234567"), person("P1", record), FREQ)
+
+    assert in_order.level_of("name") == "exact" and in_order.bits > swapped.bits + 5
