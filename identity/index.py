@@ -135,7 +135,9 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
             """
         )
         result.changed = cursor.rowcount
-    if result.changed:
+    if result.changed and _index_is_empty(cursor):
+        _first_build(cursor, result)
+    elif result.changed:
         bulk = full or result.changed >= BULK_THRESHOLD
         with _phase(result, "normalize"):
             cursor.execute("ALTER TABLE _index_changed ADD PRIMARY KEY (driver_id)")
@@ -168,6 +170,43 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
     if full:
         result.removed = _drop_entries_of_deleted_drivers(cursor)
     return result
+
+
+def _index_is_empty(cursor) -> bool:
+    cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM canon.drivers_index) "
+                   "AND NOT EXISTS (SELECT 1 FROM canon.identity_links WHERE source_table = 'drivers')")
+    return cursor.fetchone()[0]
+
+
+def _first_build(cursor, result: RefreshResult) -> None:
+    """The first build: every driver is new. Normalized column-wise, then persons, index entries
+    and driver links each loaded by one COPY, secondary indexes and foreign keys built after."""
+    with _phase(result, "normalize"):
+        raw = frame_read(
+            "SELECT d.driver_id, d.park_id, d.birth_date, d.hire_date, d.updated_at, d.first_name, d.middle_name, "
+            "d.last_name, d.phone, d.license_number, d.document, d.email, d.plate FROM public.drivers d",
+            schema=_RAW_DRIVER_SCHEMA, cursor=cursor)
+        drivers = drivers_normalize(raw).sort("driver_id")
+        del raw
+    with _bulk_load(cursor, BULK_TABLES, enabled=True, phases=result.phases):
+        with _phase(result, "persons"):
+            persons, registration = linking.drivers_first_build(cursor=cursor, drivers=drivers)
+        with _phase(result, "write_index"):
+            entries = drivers.join(persons, on="driver_id").select(
+                "driver_id", "person_key", "park_id", "phone", "document", "license_document", "doc_key", "email",
+                "plate", "given_tokens", "surname_tokens", "name_tokens", "name_key", "birth_date", "hire_date",
+                pl.col("updated_at").alias("source_updated_at"))
+            frame_copy(cursor, "canon.drivers_index", entries)
+    result.new_persons, result.driver_links = registration.new_persons, registration.driver_links
+    with _phase(result, "token_stats"):
+        cursor.execute("TRUNCATE canon.name_token_stats")
+        counts = (drivers.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
+                  .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
+        frame_copy(cursor, "canon.name_token_stats", counts)
+    with _phase(result, "analyze"):
+        for table in ("canon.drivers_index", "canon.name_token_stats", "canon.identity_registry",
+                      "canon.identity_links"):
+            cursor.execute(f"ANALYZE {table}")
 
 
 # Written row by row on a bulk refresh: their secondary indexes and foreign keys are dropped for

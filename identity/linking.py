@@ -8,6 +8,7 @@ write happens for a whole batch in the caller's transaction.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -101,6 +102,39 @@ def drivers_link(*, cursor, staged: str = "_index_norm") -> int:
         """
     )
     return cursor.rowcount
+
+
+def person_keys_new(count: int) -> pl.Series:
+    """`count` random (version 4) person_keys, made column-wise."""
+    if not count:
+        return pl.Series("person_key", [], dtype=pl.String)
+    hex_digits = os.urandom(16 * count).hex()
+    raw = pl.Series("h", [hex_digits]).str.extract_all(".{32}").explode()
+    variant = raw.str.slice(16, 1).str.replace_many(list("0123456789abcdef"), list("89ab89ab89ab89ab"))
+    return pl.select(pl.concat_str(
+        raw.str.slice(0, 8), pl.lit("-"), raw.str.slice(8, 4), pl.lit("-4"), raw.str.slice(13, 3), pl.lit("-"),
+        variant, raw.str.slice(17, 3), pl.lit("-"), raw.str.slice(20, 12)).alias("person_key")).to_series()
+
+
+def drivers_first_build(*, cursor, drivers: pl.DataFrame) -> tuple[pl.DataFrame, Registration]:
+    """Persons and driver links for a first build of the drivers index (no entry, no driver link
+    yet): one new person per document, or per driver without one; written by COPY. Returns each
+    driver's person (driver_id, person_key) and the counts."""
+    groups = drivers.select(pl.coalesce("doc_key", pl.lit("driver:") + pl.col("driver_id")).alias("grp"),
+                            "driver_id", "doc_key")
+    persons = groups.select("grp").unique()
+    persons = persons.with_columns(person_keys_new(persons.height)).sort("person_key")
+    frame_copy(cursor, "canon.identity_registry", persons.select("person_key"))
+    mapping = groups.join(persons, on="grp").select("driver_id", "person_key", "doc_key").sort("driver_id")
+    links = mapping.select(
+        pl.lit("drivers").alias("source_table"), pl.col("driver_id").alias("source_pk"), "person_key",
+        pl.when(pl.col("doc_key").is_null()).then(pl.lit("driver_registration")).otherwise(pl.lit("driver_same_document"))
+        .alias("match_rule"),
+        pl.lit("high").alias("confidence_level"), pl.lit("{}").alias("evidence"), pl.lit("index-1").alias("rule_version"),
+        pl.lit("system").alias("decided_by"))
+    frame_copy(cursor, "canon.identity_links", links)
+    registration = Registration(new_persons=persons.height, driver_links=links.height)
+    return mapping.select("driver_id", "person_key"), registration
 
 
 @dataclass(frozen=True)
@@ -329,6 +363,7 @@ __all__ = [
     "LeadLink",
     "LeadUnmatched",
     "ReasonCode",
+    "drivers_first_build",
     "drivers_link",
     "drivers_register_persons",
     "judgement_record",

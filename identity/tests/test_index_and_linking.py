@@ -252,3 +252,12 @@ def test_a_bulk_refresh_builds_every_index_and_foreign_key_again():
     assert "rebuild_indexes" in result.phases and result.driver_links == 2
     assert _indexes_and_constraints() == before
     assert _person_of("D1") == _person_of("D2")
+    import uuid
+
+    assert uuid.UUID(_person_of("D1")).version == 4
+    with connection.cursor() as cursor:  # the driver links' trigger kept the unlinked set exact
+        cursor.execute("SELECT count(*) FROM canon.drivers_unlinked")
+        assert cursor.fetchone()[0] == 0
+        cursor.execute("SELECT t, count(*) FROM canon.drivers_index, unnest(name_tokens) t GROUP BY t")
+        direct = dict(cursor.fetchall())
+    assert direct and {s.token: s.drivers for s in NameTokenStat.objects.all()} == direct
