@@ -186,3 +186,7 @@ CT4_MATCHING = {
 # A matching run over at least this many leads reads the drivers index into memory once
 # (identity.resolution, docs/engine.md); smaller ones use the database's indexes.
 CT4_IN_MEMORY_MIN_LEADS = int(os.environ.get("CT4_IN_MEMORY_MIN_LEADS", "2000"))
+
+# A job whose database connection is lost mid-batch rolls the batch back, reconnects with
+# backoff and goes on; past this many seconds without the database it stops (identity.runs).
+CT4_DB_RETRY_SECONDS = float(os.environ.get("CT4_DB_RETRY_SECONDS", "60"))

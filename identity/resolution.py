@@ -35,7 +35,7 @@ from identity.matching import (
 )
 from identity.fields import LEAD_SOURCES
 from identity.models import LEADS_TABLE, ReasonCode
-from identity.runs import LINK_TABLES, job_run, progress_bar, tables_analyze
+from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
 
 DEFAULT_BATCH = 1000
 # With the index in memory, leads are decided this many batches at a time (each batch still
@@ -279,7 +279,10 @@ def leads_match(
         with progress_bar(todo.height, "matching", progress) as bar:
             for batch_no, start in enumerate(range(0, todo.height, chunk), start=1):
                 batch = todo.slice(start, chunk).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
-                counts = leads_resolve_frame(batch, context, write=not dry_run, write_batch=batch_size).counts()
+                # A lost connection rolls back the write in flight; the chunk is decided and written
+                # again (links committed before it come back as already_linked).
+                counts = reconnecting(lambda: leads_resolve_frame(
+                    batch, context, write=not dry_run, write_batch=batch_size).counts(), handle=run)
                 totals.update(counts)
                 run.counts = dict(totals)
                 run.log_batch(batch_no, **counts)

@@ -4,6 +4,8 @@ Services wrap their work in `job_run(...)`; the commands, the schedules and the 
 here, so freshness badges and "a second copy exits at once" hold whatever started the job.
 Each log line also carries its figures as `extra=` fields (job, run_id, event, batch, counts,
 seconds), which the JSON log format (CT4_LOG_FORMAT=json) writes as keys of their own.
+A batch that loses its database connection goes through `reconnecting(...)`: rolled back,
+reconnected with bounded backoff (CT4_DB_RETRY_SECONDS), run again.
 """
 
 from __future__ import annotations
@@ -14,16 +16,40 @@ import socket
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from django.db import connection
+import psycopg
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from identity.models import JobRun, JobRunStatus
 
 logger = logging.getLogger("ct4.jobs")
+T = TypeVar("T")
+
+# A live run holds the session advisory lock (RUN_LOCK_CLASS, its id): the lock ends with its
+# session, so a 'running' row nobody holds it for was left by a dead process (any job, any machine).
+RUN_LOCK_CLASS = zlib.crc32(b"ct4:job_run") & 0x7FFFFFFF
+ABANDONED_PREFIX = "abandoned:"
+ABANDONED = (f"{ABANDONED_PREFIX} its process ended without finishing (killed, crashed or cut off from the "
+             "database); nothing after its last batch was kept")
+# Abandoned runs are no outcome of their job: freshness, the diagnosis and /metrics leave them out.
+ABANDONED_RUNS = Q(status=JobRunStatus.FAILED, error__startswith=ABANDONED_PREFIX)
+ABANDONED_SQL = f"(status = '{JobRunStatus.FAILED}' AND starts_with(error, '{ABANDONED_PREFIX}'))"
+# Connection exceptions (class 08), the server shutting down or starting (57P01..57P03); an
+# OperationalError without SQLSTATE comes from the client library (connection refused or closed).
+_LOST_SQLSTATES = ("57P01", "57P02", "57P03")
+DEFAULT_DB_RETRY_SECONDS = 60
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 8.0
+
+
+class DatabaseUnavailable(Exception):
+    """The database stayed away longer than CT4_DB_RETRY_SECONDS (or the run lost its lock meanwhile)."""
 
 
 class JobLocked(Exception):
@@ -47,6 +73,17 @@ def safe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:500]
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """True when `exc` means the connection or the server went away, not that a statement failed.
+
+    Django wraps psycopg's errors (the original is the cause); COPY raises psycopg's own.
+    """
+    if not isinstance(exc, OperationalError | InterfaceError | psycopg.OperationalError | psycopg.InterfaceError):
+        return False
+    sqlstate = getattr(exc, "sqlstate", None) or getattr(exc.__cause__, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _LOST_SQLSTATES
+
+
 @dataclass
 class RunHandle:
     """What a running job sees: its JobRun row and counters it can bump."""
@@ -55,6 +92,7 @@ class RunHandle:
     counts: dict = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic, repr=False)
     last_batch_at: float | None = field(default=None, repr=False)
+    singleton_key: int | None = field(default=None, repr=False)
 
     def elapsed(self) -> float:
         return round(time.monotonic() - self.started, 3)
@@ -64,7 +102,18 @@ class RunHandle:
             self.counts[key] = self.counts.get(key, 0) + value
 
     def save_progress(self) -> None:
-        JobRun.objects.filter(pk=self.run.pk).update(counts=self.counts)
+        reconnecting(lambda: JobRun.objects.filter(pk=self.run.pk).update(counts=self.counts), handle=self)
+
+    def locks_take(self) -> bool:
+        """On a new connection, take again the session locks the lost one held (the job's singleton
+        lock, the run's own) and put the row back to running should a sweep have closed it meanwhile.
+        False while another session holds one: the old one not yet ended, or another copy of the job."""
+        if self.singleton_key is not None and not _try_lock(self.singleton_key):
+            return False
+        if not _run_lock(self.run.pk):
+            return False
+        JobRun.objects.filter(pk=self.run.pk).update(status=JobRunStatus.RUNNING, finished_at=None, error="")
+        return True
 
     def log_batch(self, batch_no: int, **figures: int) -> None:
         """One line per batch, counts only (never personal data)."""
@@ -94,6 +143,40 @@ def _unlock(key: int) -> None:
         cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
 
 
+def _run_lock(run_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [RUN_LOCK_CLASS, run_id & 0x7FFFFFFF])
+        return bool(cursor.fetchone()[0])
+
+
+def _run_unlock(run_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [RUN_LOCK_CLASS, run_id & 0x7FFFFFFF])
+
+
+def runs_abandoned_close() -> int:
+    """Mark failed ("abandoned: ...") every 'running' run, of any job, whose process is gone.
+
+    A process killed with SIGKILL, a lost machine or a database that never came back leaves its
+    row 'running'; its session, and with it its run lock, ended. Every job run calls this on start
+    (the guardrails too), so a ghost does not outlive the next run of anything.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE ops.job_runs r SET status = %(failed)s, finished_at = now(), error = %(error)s
+            WHERE r.status = %(running)s AND NOT EXISTS (
+                SELECT 1 FROM pg_locks l
+                WHERE l.locktype = 'advisory' AND l.objsubid = 2 AND l.granted
+                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                  AND l.classid = %(lock_class)s::oid AND l.objid = (r.id & 2147483647)::oid)
+            """,
+            {"failed": JobRunStatus.FAILED, "running": JobRunStatus.RUNNING, "error": ABANDONED,
+             "lock_class": RUN_LOCK_CLASS},
+        )
+        return cursor.rowcount
+
+
 @contextmanager
 def job_run(
     name: str, *, params: dict | None = None, trigger: str = "command", singleton: bool = True,
@@ -116,51 +199,107 @@ def job_run(
         else:
             JobRun.objects.create(**skipped, host=socket.gethostname(), pid=os.getpid())
         raise JobLocked(name, holder)
-    if singleton:
-        _close_abandoned(name)
+    runs_abandoned_close()
     fields = dict(name=name, status=JobRunStatus.RUNNING, trigger=trigger, params=params or {},
                   started_at=timezone.now(), host=socket.gethostname(), pid=os.getpid())
-    if run_id:
-        JobRun.objects.filter(pk=run_id).update(**fields)
-        run = JobRun.objects.get(pk=run_id)
-    else:
-        run = JobRun.objects.create(**fields)
-    handle = RunHandle(run=run)
+    # The run lock is taken before the row commits: no sweep ever sees the row without it.
+    with transaction.atomic():
+        if run_id:
+            JobRun.objects.filter(pk=run_id).update(**fields)
+            run = JobRun.objects.get(pk=run_id)
+        else:
+            run = JobRun.objects.create(**fields)
+        _run_lock(run.pk)
+    handle = RunHandle(run=run, singleton_key=key if singleton else None)
     logger.info("%s run=%s started", name, run.pk, extra=log_fields(run, "started", trigger=trigger))
     try:
         yield handle
     except BaseException as exc:
-        JobRun.objects.filter(pk=run.pk).update(
-            status=JobRunStatus.FAILED, finished_at=timezone.now(), counts=handle.counts, error=safe_error(exc)
-        )
+        # Unrecorded (the database is away), the row stays 'running' until a later run marks it abandoned.
+        recorded = _run_failed_record(run, handle, exc)
         logger.error("%s run=%s failed: %s", name, run.pk, safe_error(exc),
                      extra=log_fields(run, "failed", error_type=type(exc).__name__, counts=handle.counts,
-                                      elapsed_seconds=handle.elapsed()))
+                                      elapsed_seconds=handle.elapsed(), recorded=recorded))
         raise
     else:
-        JobRun.objects.filter(pk=run.pk).update(
-            status=JobRunStatus.SUCCEEDED, finished_at=timezone.now(), counts=handle.counts
-        )
+        reconnecting(lambda: JobRun.objects.filter(pk=run.pk).update(
+            status=JobRunStatus.SUCCEEDED, finished_at=timezone.now(), counts=handle.counts), handle=handle)
         figures = " ".join(f"{k}={v}" for k, v in handle.counts.items())
         logger.info("%s run=%s finished %s", name, run.pk, figures,
                     extra=log_fields(run, "finished", counts=handle.counts, elapsed_seconds=handle.elapsed()))
     finally:
-        if singleton:
-            _unlock(key)
+        try:
+            _run_unlock(run.pk)
+            if singleton:
+                _unlock(key)
+        except (DatabaseError, psycopg.Error):
+            pass  # a lost connection took its session's locks with it
 
 
-ABANDONED = "abandoned: its process ended without finishing (killed or crashed); nothing after its last batch was kept"
+def _run_failed_record(run: JobRun, handle: RunHandle, exc: BaseException) -> bool:
+    """Write the run's failure; on a lost connection, once more on a new one. False if it could not."""
+    for attempt in (1, 2):
+        try:
+            JobRun.objects.filter(pk=run.pk).update(
+                status=JobRunStatus.FAILED, finished_at=timezone.now(), counts=handle.counts, error=safe_error(exc))
+            return True
+        except (DatabaseError, psycopg.Error) as error:
+            if attempt == 2 or not connection_lost(error) or connection.in_atomic_block:
+                return False
+            connection.close()
+    return False
 
 
-def _close_abandoned(name: str) -> int:
-    """Mark earlier 'running' rows of a singleton job failed: we hold its lock, so none of them runs.
+def reconnecting(work: Callable[[], T], *, handle: RunHandle | None = None) -> T:
+    """Run `work` (one batch: its own transaction, or a single statement); when the connection is
+    lost it rolled back whole, so reconnect with bounded backoff and run it again.
 
-    A process killed with SIGKILL (or a lost machine) never writes its end; without this its run
-    would show 'running' forever in the API, the dashboard and the diagnosis.
+    The budget (CT4_DB_RETRY_SECONDS, counted from the first loss) ends with DatabaseUnavailable.
+    After a reconnect the run takes its session locks again (RunHandle.locks_take). Inside an
+    outer transaction nothing is retried: its earlier work is gone with the connection.
     """
-    return JobRun.objects.filter(name=name, status=JobRunStatus.RUNNING).update(
-        status=JobRunStatus.FAILED, finished_at=timezone.now(), error=ABANDONED
-    )
+    budget = float(getattr(settings, "CT4_DB_RETRY_SECONDS", DEFAULT_DB_RETRY_SECONDS))
+    deadline = None
+    delay = _BACKOFF_FIRST
+    while True:
+        try:
+            return work()
+        except (DatabaseError, psycopg.Error) as exc:
+            if not connection_lost(exc) or connection.in_atomic_block:
+                raise
+            now = time.monotonic()
+            deadline = deadline or now + budget
+            _log_lost(handle, exc)
+            cause = safe_error(exc)
+            while True:
+                if now >= deadline:
+                    raise DatabaseUnavailable(f"{_who(handle)}: database unreachable for {budget:g} s "
+                                              f"(CT4_DB_RETRY_SECONDS), the batch in flight rolled back: {cause}") from None
+                time.sleep(min(delay, deadline - now))
+                delay = min(2 * delay, _BACKOFF_MAX)
+                connection.close()
+                try:
+                    connection.ensure_connection()
+                    if handle is None or handle.locks_take():
+                        break
+                    cause = "another session still holds the run's lock"
+                except (DatabaseError, psycopg.Error) as again:
+                    if not connection_lost(again):
+                        raise
+                    cause = safe_error(again)
+                now = time.monotonic()
+            logger.warning("%s reconnected; the batch in flight runs again", _who(handle),
+                           extra=log_fields(handle.run, "reconnected") if handle else {})
+
+
+def _who(handle: RunHandle | None) -> str:
+    return f"{handle.run.name} run={handle.run.pk}" if handle else "ct4"
+
+
+def _log_lost(handle: RunHandle | None, exc: BaseException) -> None:
+    logger.warning("%s lost its database connection (%s); the batch in flight rolled back, reconnecting",
+                   _who(handle), safe_error(exc),
+                   extra=log_fields(handle.run, "connection_lost", error_type=type(exc).__name__) if handle else {})
 
 
 def progress_bar(total: int | None, desc: str, enabled: bool | None = None):
@@ -180,6 +319,10 @@ RECOVERY_TABLES = ("ops.identity_matching_jobs", "ops.cabinet_kpi_red_recovery_q
 
 def tables_analyze(*tables: str) -> None:
     """Refresh the planner's statistics of tables a job just changed (sampled: fast at any size)."""
-    with connection.cursor() as cursor:
-        for table in tables:
-            cursor.execute(f"ANALYZE {table}")
+
+    def analyze() -> None:
+        with connection.cursor() as cursor:
+            for table in tables:
+                cursor.execute(f"ANALYZE {table}")
+
+    reconnecting(analyze)

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from identity import linking
 from identity.index import index_changed_at
 from identity.models import LEADS_TABLE
-from identity.runs import job_run, progress_bar
+from identity.runs import job_run, progress_bar, reconnecting
 from recovery.models import WorkStatus
 from recovery.tracking import backoff_sql
 
@@ -128,9 +128,7 @@ def queue_seed(
         batch_no = 0
         after_id = 0
         while True:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(_MATCHED_ELSEWHERE_SQL, {"leads": LEADS_TABLE, "after": after_id, "size": batch_size})
-                ids = [row[0] for row in cursor.fetchall()]
+            ids = reconnecting(lambda: _matched_elsewhere_batch(after_id, batch_size), handle=run)
             if not ids:
                 break
             batch_no += 1
@@ -147,14 +145,10 @@ def queue_seed(
         after = None
         with progress_bar(backlog_count(), "seeding", progress) as bar:
             while True:
-                with transaction.atomic(), connection.cursor() as cursor:
-                    cursor.execute(_BACKLOG_BATCH_SQL, {"after": after, "size": batch_size})
-                    rows = cursor.fetchall()
-                    if not rows:
-                        break
-                    cursor.execute(_SEED_BATCH_SQL, {"pks": [r[0] for r in rows], "created": [r[1] for r in rows],
-                                                     "index_changed_at": changed_at})
-                    inserted, reset, still_failed = cursor.fetchone()
+                rows, (inserted, reset, still_failed) = reconnecting(
+                    lambda: _seed_batch(after, batch_size, changed_at), handle=run)
+                if not rows:
+                    break
                 seen, after = len(rows), rows[-1][0]
                 batch_no += 1
                 unchanged = seen - inserted - reset
@@ -181,6 +175,25 @@ def queue_seed(
         run.add(batches=batch_no)
         run.counts["pending"] = result.pending
     return result
+
+
+def _matched_elsewhere_batch(after_id: int, size: int) -> list[int]:
+    """One transaction: queue rows whose lead was linked elsewhere become matched (their ids)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_MATCHED_ELSEWHERE_SQL, {"leads": LEADS_TABLE, "after": after_id, "size": size})
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _seed_batch(after, size: int, changed_at) -> tuple[list, tuple[int, int, int]]:
+    """One transaction: the next backlog leads after `after`, upserted; (rows, (inserted, reset, still failed))."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_BACKLOG_BATCH_SQL, {"after": after, "size": size})
+        rows = cursor.fetchall()
+        if not rows:
+            return rows, (0, 0, 0)
+        cursor.execute(_SEED_BATCH_SQL, {"pks": [r[0] for r in rows], "created": [r[1] for r in rows],
+                                         "index_changed_at": changed_at})
+        return rows, cursor.fetchone()
 
 
 def backlog_count() -> int:

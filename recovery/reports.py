@@ -14,6 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from identity.models import LEADS_TABLE
+from identity.runs import ABANDONED_SQL
 from recovery.guardrails import (
     identity_links_origins_check,
     identity_origin_creation_verify,
@@ -192,21 +193,23 @@ def jobs_freshness() -> list[dict]:
 def jobs_volume() -> list[dict]:
     """Runs and leads processed / matched per job in the last 24 h and 7 days (from job-run counts)."""
     return _rows(
-        """
+        f"""
         WITH runs AS (
             SELECT name, started_at,
                    coalesce((counts->>'processed')::numeric, 0)::bigint AS processed,
                    -- jobs name their drained leads matched, linked or newly_linked
                    coalesce((counts->>'matched')::numeric, (counts->>'linked')::numeric,
-                            (counts->>'newly_linked')::numeric, 0)::bigint AS matched
+                            (counts->>'newly_linked')::numeric, 0)::bigint AS matched,
+                   {ABANDONED_SQL} AS abandoned
             FROM ops.job_runs
             WHERE started_at >= now() - interval '7 days' AND status <> 'skipped'
         )
         SELECT name,
-               count(*) FILTER (WHERE started_at >= now() - interval '24 hours') AS runs_24h,
+               -- an abandoned run is no run of its job; the batches it committed are work done
+               count(*) FILTER (WHERE started_at >= now() - interval '24 hours' AND NOT abandoned) AS runs_24h,
                coalesce(sum(processed) FILTER (WHERE started_at >= now() - interval '24 hours'), 0) AS processed_24h,
                coalesce(sum(matched) FILTER (WHERE started_at >= now() - interval '24 hours'), 0) AS matched_24h,
-               count(*) AS runs_7d,
+               count(*) FILTER (WHERE NOT abandoned) AS runs_7d,
                coalesce(sum(processed), 0) AS processed_7d,
                coalesce(sum(matched), 0) AS matched_7d
         FROM runs GROUP BY name ORDER BY name

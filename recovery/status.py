@@ -14,6 +14,7 @@ from django.db import connection
 from django.utils import timezone
 
 from identity.models import JobRun, JobRunStatus
+from identity.runs import ABANDONED_RUNS, ABANDONED_SQL
 
 FRESH_HOURS = 24
 SIGNAL_HOURS = 48
@@ -44,7 +45,7 @@ def _run_summary(run: JobRun | None) -> dict | None:
 def matching_freshness(*, now=None) -> dict:
     """The freshness badge of the matching jobs, with their last run and last success."""
     now = now or timezone.now()
-    runs = JobRun.objects.filter(name__in=MATCHING_JOBS).exclude(status=JobRunStatus.SKIPPED)
+    runs = JobRun.objects.filter(name__in=MATCHING_JOBS).exclude(status=JobRunStatus.SKIPPED).exclude(ABANDONED_RUNS)
     last_run = runs.exclude(status=JobRunStatus.QUEUED).order_by("-started_at").first()
     last_success = runs.filter(status=JobRunStatus.SUCCEEDED).order_by("-finished_at").first()
     if last_run is None:
@@ -82,6 +83,8 @@ def leads_matched_since(since) -> int:
 def job_last_outcomes() -> list[dict]:
     """Per job name in ops.job_runs: its last run (start, end, status), last success and last failure.
 
+    Abandoned runs (their process died; a later run closed them) are neither a run nor a failure here.
+
     Index-only work on (name, started_at): the names come from a skip scan and each figure is the
     first matching row of its name, so the cost stays flat however many runs accumulate.
     """
@@ -99,12 +102,13 @@ def job_last_outcomes() -> list[dict]:
                    last.status AS last_status, ok.finished_at AS last_success_at, bad.finished_at AS last_failure_at
             FROM job
             LEFT JOIN LATERAL (SELECT started_at, finished_at, status FROM ops.job_runs r
-                               WHERE r.name = job.name ORDER BY r.started_at DESC LIMIT 1) last ON true
+                               WHERE r.name = job.name AND NOT {ABANDONED_SQL}
+                               ORDER BY r.started_at DESC LIMIT 1) last ON true
             LEFT JOIN LATERAL (SELECT finished_at FROM ops.job_runs r
                                WHERE r.name = job.name AND r.status = '{JobRunStatus.SUCCEEDED}'
                                ORDER BY r.started_at DESC LIMIT 1) ok ON true
             LEFT JOIN LATERAL (SELECT finished_at FROM ops.job_runs r
-                               WHERE r.name = job.name AND r.status = '{JobRunStatus.FAILED}'
+                               WHERE r.name = job.name AND r.status = '{JobRunStatus.FAILED}' AND NOT {ABANDONED_SQL}
                                ORDER BY r.started_at DESC LIMIT 1) bad ON true
             WHERE job.name IS NOT NULL
             ORDER BY job.name

@@ -13,7 +13,7 @@ from django.db import connection, transaction
 
 from identity import linking
 from identity.models import LEADS_TABLE
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, job_run, progress_bar
+from identity.runs import LINK_TABLES, RECOVERY_TABLES, job_run, progress_bar, reconnecting, tables_analyze
 from recovery.queue import DEFAULT_BATCH
 
 JOB = "backfill_identity_origins_for_links"
@@ -63,6 +63,15 @@ def origins_refresh_locked(*, person_keys: list[str]) -> int:
         return linking.origins_refresh(cursor=cursor, person_keys=sorted(person_keys))
 
 
+def _backfill_batch(person_keys: list[str], *, dry_run: bool) -> int:
+    """One batch in one transaction (rolled back on a dry run): the origins written."""
+    with transaction.atomic():
+        written = origins_refresh_locked(person_keys=person_keys)
+        if dry_run:
+            transaction.set_rollback(True)
+    return written
+
+
 def persons_needing_origin() -> list[tuple[str, bool]]:
     """(person_key, origin missing?) of every person whose origin is not its earliest linked lead."""
     with connection.cursor() as cursor:
@@ -88,10 +97,7 @@ def origins_backfill(
         with progress_bar(len(persons), "origins", progress) as bar:
             for start in range(0, len(persons), batch_size):
                 batch = [person_key for person_key, _ in persons[start:start + batch_size]]
-                with transaction.atomic():
-                    written = origins_refresh_locked(person_keys=batch)
-                    if dry_run:
-                        transaction.set_rollback(True)
+                written = reconnecting(lambda: _backfill_batch(batch, dry_run=dry_run), handle=run)
                 result.batches += 1
                 result.origins_written += written
                 run.add(processed=len(batch), origins_written=written)

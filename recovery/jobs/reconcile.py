@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from identity.index import drivers_index_refresh
 from identity.models import ReasonCode
 from identity.resolution import MatchContext
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, JobLocked, job_run, progress_bar
+from identity.runs import LINK_TABLES, RECOVERY_TABLES, JobLocked, job_run, progress_bar, reconnecting, tables_analyze
 from recovery.claims import claims_create_expected
 from recovery.jobs.retry import failure_counts, leads_resolve_tracked
 from recovery.queue import DEFAULT_BATCH
@@ -86,7 +86,7 @@ def pipeline_reconcile(
         with progress_bar(len(todo), "reconciling", progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
-                counts = _reconcile_batch(batch, context)
+                counts = reconnecting(lambda: _reconcile_batch(batch, context), handle=run)
                 result.batches += 1
                 for key, value in counts.items():
                     setattr(result, key, getattr(result, key) + value)

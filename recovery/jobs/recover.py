@@ -21,7 +21,18 @@ from django.db import DatabaseError, connection, transaction
 
 from identity.models import JobRun, ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, RunHandle, job_run, progress_bar, safe_error
+from identity.runs import (
+    LINK_TABLES,
+    RECOVERY_TABLES,
+    DatabaseUnavailable,
+    RunHandle,
+    connection_lost,
+    job_run,
+    progress_bar,
+    reconnecting,
+    safe_error,
+    tables_analyze,
+)
 from recovery.jobs import WorkerSpec, recover_worker_main
 from recovery.models import WorkStatus
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_claim, queue_mark, queue_pending_count
@@ -138,24 +149,23 @@ def queue_recover(
 def worker_drain_in_process(
     *, handle: RunHandle, budget: Budget, batch_size: int, on_batch: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Claim and recover batches until the budget or the unlocked pending rows run out."""
-    context = MatchContext.for_leads(budget.pending.value if budget.remaining.value < 0
-                                     else min(budget.pending.value, budget.remaining.value))
+    """Claim and recover batches until the budget or the unlocked pending rows run out.
+
+    A batch that loses its connection rolled back whole and its rows are pending again:
+    `reconnecting` waits for the database and claims afresh from the same position.
+    """
+    leads = budget.pending.value if budget.remaining.value < 0 else min(budget.pending.value, budget.remaining.value)
+    context = reconnecting(lambda: MatchContext.for_leads(leads), handle=handle)
     deadlocks = 0
     position = None
     while True:
         want = budget.take(batch_size)
         if not want:
             break
-        claimed: list[str] = []
         try:
-            with transaction.atomic():
-                claim = queue_claim(limit=want, after=position)
-                claimed = claim.source_pks
-                if claimed:
-                    counts = _recover_batch(claimed, context)
-                    _test_sleep()
-        except DatabaseError as exc:
+            claimed, next_position, counts = reconnecting(
+                lambda: _claim_and_recover(want=want, position=position, context=context, handle=handle), handle=handle)
+        except Exception as exc:
             budget.give_back(want)
             if _is_deadlock(exc) and deadlocks < MAX_DEADLOCK_RETRIES:
                 # Another job linked the same lead or person at the same time; the batch rolled
@@ -164,12 +174,10 @@ def worker_drain_in_process(
                 logger.warning("%s run=%s deadlock, batch rolled back and retried", JOB, handle.run.pk)
                 continue
             raise
-        except Exception as exc:  # noqa: BLE001 - a matcher failure fails its leads, not the run
-            counts = _fail_batch(claimed, exc, handle)
         budget.give_back(want - len(claimed))
         if not claimed:
             break
-        position = claim.position
+        position = next_position
         deadlocks = 0
         counts["batches"] = 1
         handle.add(**counts)
@@ -182,6 +190,31 @@ def worker_drain_in_process(
         if len(claimed) < want:
             break
     return handle.counts
+
+
+def _claim_and_recover(
+    *, want: int, position: tuple | None, context: MatchContext, handle: RunHandle,
+) -> tuple[list[str], tuple | None, dict]:
+    """One batch in one transaction: claim up to `want` pending rows after `position`, recover them.
+
+    Returns the claimed leads, the position after them and the batch's counts. A matcher failure
+    rolls the batch back and fails its leads with ERROR; a database error (a deadlock, a lost
+    connection) is the caller's.
+    """
+    claimed: list[str] = []
+    counts: dict = {}
+    try:
+        with transaction.atomic():
+            claim = queue_claim(limit=want, after=position)
+            claimed, position = claim.source_pks, claim.position
+            if claimed:
+                counts = _recover_batch(claimed, context)
+                _test_sleep()
+    except Exception as exc:  # noqa: BLE001 - a matcher failure fails its leads, not the run
+        if isinstance(exc, DatabaseError) or connection_lost(exc):
+            raise
+        counts = _fail_batch(claimed, exc, handle)
+    return claimed, position, counts
 
 
 def _recover_batch(source_pks: list[str], context: MatchContext) -> dict:
@@ -244,6 +277,9 @@ class _WorkerHandle(RunHandle):
 
     def save_progress(self) -> None:
         pass
+
+    def locks_take(self) -> bool:
+        return True  # the parent's session holds the run's lock
 
     def log_batch(self, batch_no: int, **figures: int) -> None:
         super().log_batch(batch_no, worker=self.worker_no, **figures)
@@ -317,5 +353,7 @@ def _drain_in_processes(*, run: RunHandle, workers: int, budget: Budget, batch_s
             proc.join()
     failures = {n: error for n, error in ended.items() if error}
     if failures:
-        raise RuntimeError(f"{len(failures)} of {workers} recovery workers failed: "
-                           + "; ".join(f"worker {n}: {error}" for n, error in sorted(failures.items())))
+        lost = any(error.startswith(DatabaseUnavailable.__name__) for error in failures.values())
+        raise (DatabaseUnavailable if lost else RuntimeError)(
+            f"{len(failures)} of {workers} recovery workers failed: "
+            + "; ".join(f"worker {n}: {error}" for n, error in sorted(failures.items())))

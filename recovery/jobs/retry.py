@@ -15,7 +15,7 @@ from django.db import connection, transaction
 
 from identity.models import ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, tables_analyze, job_run, progress_bar
+from identity.runs import LINK_TABLES, RECOVERY_TABLES, job_run, progress_bar, reconnecting, tables_analyze
 from recovery.jobs.backfill import origins_refresh_locked
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_mark_linked
 from recovery.tracking import attempts_record, leads_not_due
@@ -70,6 +70,18 @@ def failure_counts(outcome: BatchOutcome, linked: dict[str, str]) -> Counter:
     return Counter(str(o) for pk, o in outcome.outcomes.items() if pk not in linked and o != "link")
 
 
+def _retry_batch(batch: list[tuple], context: MatchContext | None) -> tuple[BatchOutcome, dict[str, str], int]:
+    """One transaction: match the no_identity leads, refresh the origins of the others' persons."""
+    no_identity = [pk for pk, gap, _ in batch if gap == GapReason.NO_IDENTITY]
+    origin_leads = [pk for pk, gap, _ in batch if gap in ORIGIN_GAPS]
+    with transaction.atomic():
+        outcome, linked = leads_resolve_tracked(source_pks=no_identity, context=context)
+        written = origins_refresh_locked(person_keys=sorted({p for _, gap, p in batch if gap in ORIGIN_GAPS}))
+        # Leads whose origin was fixed are resolved with their link's person.
+        attempts_record(outcomes={}, linked=lead_links(origin_leads))
+    return outcome, linked, written
+
+
 def identity_matching_retry(
     *, limit: int | None = None, risk_level: str | None = None, gap_reason: str | None = None,
     batch_size: int = DEFAULT_BATCH, trigger: str = "command", run_id: int | None = None,
@@ -97,13 +109,8 @@ def identity_matching_retry(
         with progress_bar(len(todo), "retrying", progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]
-                no_identity = [pk for pk, gap, _ in batch if gap == GapReason.NO_IDENTITY]
                 origin_leads = [pk for pk, gap, _ in batch if gap in ORIGIN_GAPS]
-                with transaction.atomic():
-                    outcome, linked = leads_resolve_tracked(source_pks=no_identity, context=context)
-                    written = origins_refresh_locked(person_keys=sorted({p for _, gap, p in batch if gap in ORIGIN_GAPS}))
-                    # Leads whose origin was fixed are resolved with their link's person.
-                    attempts_record(outcomes={}, linked=lead_links(origin_leads))
+                outcome, linked, written = reconnecting(lambda: _retry_batch(batch, context), handle=run)
                 failed = failure_counts(outcome, linked)
                 result.batches += 1
                 result.processed += len(batch)
