@@ -192,10 +192,14 @@ def _first_build(cursor, result: RefreshResult) -> None:
         with _phase(result, "persons"):
             persons, registration = linking.drivers_first_build(cursor=cursor, drivers=drivers)
         with _phase(result, "write_index"):
+            # The transaction's now(), as the incremental path writes it (a column default would be
+            # the statement's time, later than the job's own attempts in the same transaction).
+            cursor.execute("SELECT now()::text")
+            (now,) = cursor.fetchone()
             entries = drivers.join(persons, on="driver_id").select(
                 "driver_id", "person_key", "park_id", "phone", "document", "license_document", "doc_key", "email",
                 "plate", "given_tokens", "surname_tokens", "name_tokens", "name_key", "birth_date", "hire_date",
-                pl.col("updated_at").alias("source_updated_at"))
+                pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at"))
             frame_copy(cursor, "canon.drivers_index", entries)
     result.new_persons, result.driver_links = registration.new_persons, registration.driver_links
     with _phase(result, "token_stats"):

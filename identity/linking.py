@@ -120,18 +120,20 @@ def drivers_first_build(*, cursor, drivers: pl.DataFrame) -> tuple[pl.DataFrame,
     """Persons and driver links for a first build of the drivers index (no entry, no driver link
     yet): one new person per document, or per driver without one; written by COPY. Returns each
     driver's person (driver_id, person_key) and the counts."""
+    cursor.execute("SELECT now()::text")  # the transaction's time, as the set-based path writes
+    (now,) = cursor.fetchone()
     groups = drivers.select(pl.coalesce("doc_key", pl.lit("driver:") + pl.col("driver_id")).alias("grp"),
                             "driver_id", "doc_key")
     persons = groups.select("grp").unique()
     persons = persons.with_columns(person_keys_new(persons.height)).sort("person_key")
-    frame_copy(cursor, "canon.identity_registry", persons.select("person_key"))
+    frame_copy(cursor, "canon.identity_registry", persons.select("person_key", pl.lit(now).alias("created_at")))
     mapping = groups.join(persons, on="grp").select("driver_id", "person_key", "doc_key").sort("driver_id")
     links = mapping.select(
         pl.lit("drivers").alias("source_table"), pl.col("driver_id").alias("source_pk"), "person_key",
         pl.when(pl.col("doc_key").is_null()).then(pl.lit("driver_registration")).otherwise(pl.lit("driver_same_document"))
         .alias("match_rule"),
         pl.lit("high").alias("confidence_level"), pl.lit("{}").alias("evidence"), pl.lit("index-1").alias("rule_version"),
-        pl.lit("system").alias("decided_by"))
+        pl.lit(now).alias("linked_at"), pl.lit("system").alias("decided_by"))
     frame_copy(cursor, "canon.identity_links", links)
     registration = Registration(new_persons=persons.height, driver_links=links.height)
     return mapping.select("driver_id", "person_key"), registration
