@@ -110,7 +110,7 @@ class IndexFrame:
     def _carrying(self, columns: tuple[str, ...], values: pl.Series) -> pl.DataFrame:
         """(value, person_key) of every record holding one of `values` in one of `columns`."""
         return pl.concat([
-            self.records.filter(pl.col(column).is_in(values)).select(pl.col(column).alias("value"), "person_key")
+            self.records.filter(pl.col(column).is_in(values.implode())).select(pl.col(column).alias("value"), "person_key")
             for column in columns
         ])
 
@@ -156,7 +156,7 @@ class IndexFrame:
         return kept.select("lead_i").with_columns(persons.alias("person_key")).unique()
 
     def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
-        return self.records.filter(pl.col("person_key").is_in(person_keys.unique()))
+        return self.records.filter(pl.col("person_key").is_in(person_keys.unique().implode()))
 
 
 class SqlIndex:
