@@ -45,6 +45,8 @@ VIEW_QUERIES = {
     "funnel last 8 weeks": f"""
         SELECT * FROM ops.v_cabinet_14d_funnel_audit_weekly
         WHERE week_start >= date_trunc('week', {TODAY}::timestamp)::date - 49 ORDER BY week_start DESC""",
+    "funnel runbook (all weeks)": """
+        SELECT * FROM ops.v_cabinet_14d_funnel_audit_weekly ORDER BY week_start DESC LIMIT 4""",
     "financial last 30 days": f"""
         SELECT count(*), sum(trips_14d), sum(expected_amount), sum(claimed_amount), sum(paid_amount)
         FROM ops.v_cabinet_financial_14d WHERE lead_date > {TODAY} - 30""",

@@ -22,7 +22,6 @@ from identity import fields as registry
 from identity.fields import AGREEING_FIELDS, shown_as
 from identity.matching import RULE_VERSION, Scored, Thresholds
 from identity.models import (
-    DRIVERS_TABLE,
     LEADS_TABLE,
     CabinetLead,
     Driver,
@@ -147,13 +146,12 @@ candidate AS (
                         AND j.person_key = (c->>'person_key')::uuid AND j.verdict = %(rejected)s)
 ),
 candidate_trips AS (
-    -- trips of each candidate's driver records in the lead's {window}-day window
-    SELECT c.source_pk, c.person_key, c.score, coalesce(sum(t.trips), 0) AS trips
+    -- trips of each candidate's driver records in the lead's claim window (ops.person_window_trips,
+    -- the one definition, installed by recovery.lead_window)
+    SELECT c.source_pk, c.person_key, c.score, coalesce(sum(w.trips), 0)::bigint AS trips
     FROM candidate c
     JOIN review r ON r.source_pk = c.source_pk
-    LEFT JOIN canon.identity_links dl ON dl.source_table = %(drivers)s AND dl.person_key = c.person_key
-    LEFT JOIN public.driver_trips t
-           ON t.driver_id = dl.source_pk AND t.date >= r.lead_date AND t.date < r.lead_date + {window}
+    LEFT JOIN LATERAL ops.person_window_trips(c.person_key, r.lead_date) w ON true
     GROUP BY c.source_pk, c.person_key, c.score
 ),
 per_lead AS (
@@ -202,7 +200,6 @@ ORDER BY (deferred_until IS NOT NULL),
 def _params(**extra) -> dict:
     return {
         "leads": LEADS_TABLE,
-        "drivers": DRIVERS_TABLE,
         "reasons": list(REVIEW_REASONS),
         "weak": Thresholds.from_settings().weak_bits,
         "key_fields": list(AGREEING_KEY_FIELDS),
@@ -431,24 +428,23 @@ def review_lead(source_pk: str) -> LeadReview | None:
 
 
 def _driver_trips(driver_ids: list[str], lead_date: date) -> dict[str, tuple[int, int]]:
-    """Per driver: trips in the last 14 days (today included) and in the lead's claim window."""
+    """Per driver: trips in the last 14 days (today included) and in the lead's claim window
+    (ops.in_claim_window, installed by recovery.lead_window)."""
     if not driver_ids:
         return {}
-    window = _claim_window_days()
     today = linking.lima_today()
     with connection.cursor() as cursor:
         cursor.execute(
             """
             SELECT driver_id,
                    coalesce(sum(trips) FILTER (WHERE date > %(today)s - 14 AND date <= %(today)s), 0),
-                   coalesce(sum(trips) FILTER (WHERE date >= %(lead_date)s AND date < %(lead_date)s + %(window)s), 0)
+                   coalesce(sum(trips) FILTER (WHERE ops.in_claim_window(date, %(lead_date)s)), 0)
             FROM public.driver_trips
             WHERE driver_id = ANY(%(ids)s)
-              AND ((date > %(today)s - 14 AND date <= %(today)s)
-                   OR (date >= %(lead_date)s AND date < %(lead_date)s + %(window)s))
+              AND ((date > %(today)s - 14 AND date <= %(today)s) OR ops.in_claim_window(date, %(lead_date)s))
             GROUP BY driver_id
             """,
-            {"ids": driver_ids, "today": today, "lead_date": lead_date, "window": window},
+            {"ids": driver_ids, "today": today, "lead_date": lead_date},
         )
         return {row[0]: (int(row[1]), int(row[2])) for row in cursor.fetchall()}
 

@@ -1,4 +1,15 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _lead_window_after_migrate(sender, app_config=None, using="default", **kwargs) -> None:
+    """After every migrate: the functions of ops.lead_window_14d as recovery.lead_window defines them now
+    (a changed definition or claim window also rebuilds the figure)."""
+    if app_config is None or app_config.label != "recovery":
+        return
+    from recovery.lead_window import lead_window_sync  # noqa: PLC0415 - needs the app registry
+
+    lead_window_sync(using=using)
 
 
 class RecoveryConfig(AppConfig):
@@ -12,3 +23,4 @@ class RecoveryConfig(AppConfig):
 
         # Each django-q2 worker process, once spawned, keeps a heartbeat row fresh (/readyz reads it).
         post_spawn.connect(worker_heartbeat_start, dispatch_uid="recovery.qcluster_heartbeat")
+        post_migrate.connect(_lead_window_after_migrate, dispatch_uid="recovery.lead_window_sync")

@@ -9,24 +9,21 @@ from __future__ import annotations
 
 from django.db import connection
 
-from identity.models import DRIVERS_TABLE, LEADS_TABLE, ClaimStatus
-from recovery.views import CLAIM_WINDOW_DAYS, MILESTONE_AMOUNTS
+from identity.models import LEADS_TABLE, ClaimStatus
+from recovery.views import MILESTONE_AMOUNTS
 
 CREATED_BY = "reconcile"
 
-# Per lead: its person's drivers with their trips in [lead_date, lead_date + 14); the lead's
-# total decides the milestones (as in v_cabinet_financial_14d), the busiest driver is named.
-_CREATE_EXPECTED_SQL = f"""
+# Per lead: its person's drivers with their trips in the claim window (ops.person_window_trips, the
+# definition recovery.lead_window installs); the lead's total decides the milestones (it equals
+# ops.lead_window_14d.trips_14d, as in v_cabinet_financial_14d), the busiest driver is named.
+_CREATE_EXPECTED_SQL = """
 WITH lead_driver AS (
-    SELECT l.source_pk, dl.source_pk AS driver_id, coalesce(sum(dt.trips), 0) AS trips
+    SELECT l.source_pk, w.driver_id, w.trips
     FROM public.module_ct_cabinet_leads l
     JOIN canon.identity_links il ON il.source_table = %(leads)s AND il.source_pk = l.source_pk
-    JOIN canon.identity_links dl ON dl.person_key = il.person_key AND dl.source_table = %(drivers)s
-    LEFT JOIN public.driver_trips dt
-           ON dt.driver_id = dl.source_pk
-          AND dt.date >= l.lead_date AND dt.date < l.lead_date + {CLAIM_WINDOW_DAYS}
+    CROSS JOIN LATERAL ops.person_window_trips(il.person_key, l.lead_date) w
     WHERE %(all)s OR l.source_pk = ANY(%(source_pks)s::text[])
-    GROUP BY l.source_pk, dl.source_pk
 ), lead_total AS (
     SELECT source_pk, sum(trips) AS trips_14d,
            (array_agg(driver_id ORDER BY trips DESC, driver_id))[1] AS driver_id
@@ -59,7 +56,6 @@ def claims_create_expected(*, source_pks: list[str] | None = None) -> int:
             _CREATE_EXPECTED_SQL,
             {
                 "leads": LEADS_TABLE,
-                "drivers": DRIVERS_TABLE,
                 "all": source_pks is None,
                 "source_pks": source_pks or [],
                 "status": ClaimStatus.EXPECTED.value,

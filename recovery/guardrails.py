@@ -19,6 +19,7 @@ from django.db.migrations.state import ProjectState
 
 from identity.models import DRIVERS_TABLE, LEADS_TABLE
 from identity.runs import job_run
+from recovery import lead_window
 
 JOB_NAME = "guardrails"
 # Offenders listed per check; the total is always counted in full.
@@ -89,6 +90,10 @@ LABELS = {
     "matched_queue_without_link": "matched queue rows without a link",
     "unlinked_driver_not_listed": "drivers with no link missing from canon.drivers_unlinked",
     "listed_driver_not_unlinked": "canon.drivers_unlinked rows whose driver is linked or gone",
+    "lead_window_missing": "linked leads missing from ops.lead_window_14d",
+    "lead_window_stray": "ops.lead_window_14d rows whose lead is gone or has no link",
+    "lead_window_wrong": "ops.lead_window_14d rows whose person, drivers, trips or claimed milestones differ "
+                         "from the direct computation",
     "queue_matched_in_backlog": "matched queue rows still in ops.v_cabinet_kpi_red_backlog",
     "multiple_leaf_nodes": "apps with more than one leaf migration",
     "unapplied": "unapplied migrations",
@@ -335,8 +340,9 @@ WHERE j.status = 'matched'
 
 def identity_links_origins_check() -> CheckResult:
     """Links name registered persons, lead links have origins, matched jobs and queue rows have links,
-    and canon.drivers_unlinked lists exactly the drivers no link names."""
-    sql = """
+    canon.drivers_unlinked lists exactly the drivers no link names, and ops.lead_window_14d holds exactly
+    the direct computation of each linked lead's person, drivers, trips in its window and claimed milestones."""
+    sql = f"""
         -- the foreign key makes this impossible; counted anyway, as the runbook asks
         SELECT 'link_person_missing', il.source_pk, il.source_table || ':' || il.source_pk
         FROM canon.identity_links il
@@ -372,15 +378,19 @@ def identity_links_origins_check() -> CheckResult:
         WHERE EXISTS (SELECT 1 FROM canon.identity_links il
                       WHERE il.source_table = %(drivers)s AND il.source_pk = du.driver_id)
            OR NOT EXISTS (SELECT 1 FROM public.drivers d WHERE d.driver_id = du.driver_id)
+        UNION ALL
+        -- ops.lead_window_14d (trigger-kept; the money, limbo and funnel views read it) in step
+        SELECT category, lead_source_pk, display FROM ({lead_window.DIFFERENCES_SQL}) lead_window
     """
     categories = ["link_person_missing", "lead_link_without_origin", "matched_job_without_link",
-                  "matched_queue_without_link", "unlinked_driver_not_listed", "listed_driver_not_unlinked"]
+                  "matched_queue_without_link", "unlinked_driver_not_listed", "listed_driver_not_unlinked",
+                  "lead_window_missing", "lead_window_stray", "lead_window_wrong"]
     counts, samples, offenders = _problems(sql, categories, {"drivers": DRIVERS_TABLE})
     ((matched_no_link,),) = _fetch(RUNBOOK_MATCHED_NO_LINK)
     return _result(
         "check_identity_links_origins", counts, samples, offenders, runbook_matched_no_link=matched_no_link,
-        ok_summary="links, origins and matched rows agree",
-        fail_summary="{total} links or matched rows break link/origin integrity",
+        ok_summary="links, origins, matched rows and the tables kept from links agree",
+        fail_summary="{total} links, matched rows or kept rows break link/origin integrity",
     )
 
 

@@ -11,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django_pgviews import view as pg
 
-from identity.models import DRIVERS_TABLE, LEADS_TABLE, PARK_TIME_ZONE, Claim
+from identity.models import LEADS_TABLE, PARK_TIME_ZONE, Claim
 
 # "Today" is the park's calendar day. Django runs sessions in UTC, so current_date would be
 # wrong for five hours every evening.
@@ -262,44 +262,9 @@ def _milestone_columns() -> str:
     )
 
 
+# Subqueries, not CTEs: a view with a WITH clause is not merged into the limbo and funnel views that
+# read it, which then compute every column below (the missing milestones' array too) for every lead.
 CABINET_FINANCIAL_14D_SQL = f"""
-WITH lead_claims AS (
-    -- per lead: its claim rows, the milestones they cover and their money by status
-    SELECT
-        c.lead_source_pk,
-        count(*) AS claims_count,
-        array_agg(c.milestone ORDER BY c.milestone) AS claimed_milestones,
-        sum(c.amount) FILTER (WHERE c.status IN ('claimed', 'paid')) AS claimed_amount,
-        sum(c.amount) FILTER (WHERE c.status = 'paid') AS paid_amount
-    FROM public.cabinet_milestone_claims c
-    GROUP BY c.lead_source_pk
-),
-lead_totals AS (
-    -- each lead with its person, the person's drivers, their trips in the window, and its claims
-    SELECT
-        l.source_pk, l.id, l.lead_date, l.park_id, il.person_key,
-        coalesce(ld.driver_ids, '{{}}'::text[]) AS driver_ids,
-        coalesce(ld.trips_14d, 0) AS trips_14d,
-        coalesce(lc.claims_count, 0) AS claims_count,
-        coalesce(lc.claimed_milestones, '{{}}'::smallint[]) AS claimed_milestones,
-        coalesce(lc.claimed_amount, 0) AS claimed_amount,
-        coalesce(lc.paid_amount, 0) AS paid_amount
-    FROM public.module_ct_cabinet_leads l
-    LEFT JOIN {LEAD_LINK_JOIN}
-    -- Per lead (not a grouped CTE) so a filter on the lead, e.g. recent lead_date, stays cheap.
-    LEFT JOIN LATERAL (
-        SELECT array_agg(dl.source_pk ORDER BY dl.source_pk) AS driver_ids, sum(w.trips)::bigint AS trips_14d
-        FROM canon.identity_links dl
-        CROSS JOIN LATERAL (
-            SELECT coalesce(sum(dt.trips), 0) AS trips
-            FROM public.driver_trips dt
-            WHERE dt.driver_id = dl.source_pk
-              AND dt.date >= l.lead_date AND dt.date < l.lead_date + {CLAIM_WINDOW_DAYS}
-        ) w
-        WHERE dl.person_key = il.person_key AND dl.source_table = '{DRIVERS_TABLE}'
-    ) ld ON true
-    LEFT JOIN lead_claims lc ON lc.lead_source_pk = l.source_pk
-)
 SELECT
     lt.source_pk AS lead_source_pk,
     lt.id AS lead_id,
@@ -315,7 +280,33 @@ SELECT
     lt.claimed_amount::numeric(12, 2) AS claimed_amount,
     lt.paid_amount::numeric(12, 2) AS paid_amount,
     lt.claims_count
-FROM lead_totals lt
+FROM (
+    -- each lead with its person, the person's drivers, their trips in the window, and its claims
+    SELECT
+        l.source_pk, l.id, l.lead_date, l.park_id, lw.person_key,
+        coalesce(lw.driver_ids, '{{}}'::text[]) AS driver_ids,
+        coalesce(lw.trips_14d, 0) AS trips_14d,
+        coalesce(lc.claims_count, 0) AS claims_count,
+        coalesce(lw.claimed_milestones, '{{}}'::smallint[]) AS claimed_milestones,
+        coalesce(lc.claimed_amount, 0) AS claimed_amount,
+        coalesce(lc.paid_amount, 0) AS paid_amount
+    FROM public.module_ct_cabinet_leads l
+    -- A row per linked lead, kept by triggers (recovery/lead_window.py, the home of "a person's trips
+    -- in the claim window"): its link's person, that person's driver records, their trips in the
+    -- window, and the milestones with a claim row. The limbo and funnel views need nothing else, so
+    -- the claims aggregate below drops out of their plans (an unused LEFT JOIN on a unique key).
+    LEFT JOIN ops.lead_window_14d lw ON lw.lead_source_pk = l.source_pk
+    LEFT JOIN (
+        -- per lead: its claim rows and their money by status
+        SELECT
+            c.lead_source_pk,
+            count(*) AS claims_count,
+            sum(c.amount) FILTER (WHERE c.status IN ('claimed', 'paid')) AS claimed_amount,
+            sum(c.amount) FILTER (WHERE c.status = 'paid') AS paid_amount
+        FROM public.cabinet_milestone_claims c
+        GROUP BY c.lead_source_pk
+    ) lc ON lc.lead_source_pk = l.source_pk
+) lt
 """
 
 
@@ -324,7 +315,8 @@ class CabinetFinancial14d(pg.ReadOnlyView):
 
     Amounts come from settings.CT4["MILESTONES"] (the SQL is generated at import). Claims count
     whatever their status; claimed_amount is claimed + paid, paid_amount is paid only.
-    Relies on identity_links (person_key) and driver_trips (driver_id, date).
+    Person, drivers, trips and claimed milestones come from ops.lead_window_14d (trigger-kept,
+    recovery/lead_window.py): one hash join instead of a probe of each lead's window.
     """
 
     sql = CABINET_FINANCIAL_14D_SQL
@@ -402,18 +394,32 @@ class CabinetLeadsLimbo(pg.ReadOnlyView):
 
 # --- 6. Weekly funnel audit -------------------------------------------------------------
 
+def _stage_count(stage: str) -> str:
+    return f"coalesce(sum(ws.leads) FILTER (WHERE ws.limbo_stage = '{stage}'), 0)::bigint"
+
+
 FUNNEL_AUDIT_WEEKLY_SQL = f"""
+WITH week_stage AS (
+    -- leads per week and limbo stage: each lead's stage is computed once, where five FILTERs over
+    -- the limbo view would evaluate its CASE five times per lead
+    SELECT
+        -- ::timestamp (not timestamptz) so the Monday does not depend on the session time zone.
+        date_trunc('week', lb.lead_date::timestamp)::date AS week_start,
+        lb.limbo_stage,
+        count(*) AS leads
+    FROM ops.v_cabinet_leads_limbo lb
+    GROUP BY 1, 2
+)
 SELECT
-    -- ::timestamp (not timestamptz) so the Monday does not depend on the session time zone.
-    date_trunc('week', lb.lead_date::timestamp)::date AS week_start,
-    count(*) AS leads_total,
-    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.NO_IDENTITY}') AS limbo_no_identity,
-    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.NO_DRIVER}') AS limbo_no_driver,
-    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.NO_TRIPS_14D}') AS limbo_no_trips_14d,
-    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.TRIPS_NO_CLAIM}') AS limbo_trips_no_claim,
-    count(*) FILTER (WHERE lb.limbo_stage = '{LimboStage.OK}') AS limbo_ok
-FROM ops.v_cabinet_leads_limbo lb
-GROUP BY 1
+    ws.week_start,
+    sum(ws.leads)::bigint AS leads_total,
+    {_stage_count(LimboStage.NO_IDENTITY)} AS limbo_no_identity,
+    {_stage_count(LimboStage.NO_DRIVER)} AS limbo_no_driver,
+    {_stage_count(LimboStage.NO_TRIPS_14D)} AS limbo_no_trips_14d,
+    {_stage_count(LimboStage.TRIPS_NO_CLAIM)} AS limbo_trips_no_claim,
+    {_stage_count(LimboStage.OK)} AS limbo_ok
+FROM week_stage ws
+GROUP BY ws.week_start
 """
 
 

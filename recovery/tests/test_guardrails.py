@@ -241,6 +241,28 @@ def leak_linked_driver_left_on_the_list(park):
     return driver.driver_id
 
 
+def leak_wrong_trips_figure(park):
+    # ops.lead_window_14d drifts (a hand-made UPDATE): the money, limbo and funnel views would show it.
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE ops.lead_window_14d SET trips_14d = trips_14d + 25 WHERE lead_source_pk = %s",
+                       [park.lead_rosa.source_pk])
+    return park.lead_rosa.source_pk
+
+
+def leak_linked_lead_dropped_from_the_window_table(park):
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM ops.lead_window_14d WHERE lead_source_pk = %s", [park.lead_new.source_pk])
+    return park.lead_new.source_pk
+
+
+def leak_window_row_for_an_unlinked_lead(park):
+    with connection.cursor() as cursor:
+        cursor.execute("INSERT INTO ops.lead_window_14d (lead_source_pk, person_key, driver_ids, trips_14d, "
+                       "claimed_milestones) VALUES (%s, %s, '{D-ROSA}', 3, '{}')",
+                       [park.lead_nomatch.source_pk, park.rosa.person_key])
+    return park.lead_nomatch.source_pk
+
+
 LEAKS = [
     ("verify_kpi_red_drain", leak_matched_row_still_in_backlog, "queue_matched_in_backlog"),
     ("verify_source_pk_consistency", leak_link_on_the_leads_id, "identity_links:wrong_cast"),
@@ -254,6 +276,9 @@ LEAKS = [
     ("check_identity_links_origins", leak_matched_row_still_in_backlog, "matched_queue_without_link"),
     ("check_identity_links_origins", leak_unlinked_driver_dropped_from_the_list, "unlinked_driver_not_listed"),
     ("check_identity_links_origins", leak_linked_driver_left_on_the_list, "listed_driver_not_unlinked"),
+    ("check_identity_links_origins", leak_wrong_trips_figure, "lead_window_wrong"),
+    ("check_identity_links_origins", leak_linked_lead_dropped_from_the_window_table, "lead_window_missing"),
+    ("check_identity_links_origins", leak_window_row_for_an_unlinked_lead, "lead_window_stray"),
 ]
 
 

@@ -7,8 +7,9 @@ from recovery.guardrails import identity_links_origins_check, results_output
 
 class Command(BaseCommand):
     help = (
-        "Check links name registered persons, lead links have origins, and matched jobs / queue rows have "
-        "links (the runbook's matched_no_link query). Exit 0 when clean, 1 with the offenders listed."
+        "Check links name registered persons, lead links have origins, matched jobs / queue rows have "
+        "links (the runbook's matched_no_link query), and the trigger-kept tables canon.drivers_unlinked and "
+        "ops.lead_window_14d equal their direct computation. Exit 0 when clean, 1 with the offenders listed."
     )
 
     def add_arguments(self, parser):
