@@ -46,7 +46,10 @@ def migrations_check() -> Check:
     if time.monotonic() < _migrations_ok_until:
         return Check("migrations", True, {"unapplied": 0})
     executor = MigrationExecutor(connections[DEFAULT_DB_ALIAS])
-    unapplied = len(executor.migration_plan(executor.loader.graph.leaf_nodes()))
+    # Every node of the graph, not only the leaves: an applied leaf hides a missing ancestor from
+    # migration_plan(), and a half-rolled-back database is exactly what this check must catch.
+    applied = executor.loader.applied_migrations
+    unapplied = sum(1 for node in executor.loader.graph.nodes if node not in applied)
     if unapplied:
         return Check("migrations", False, {"unapplied": unapplied})
     _migrations_ok_until = time.monotonic() + MIGRATIONS_OK_SECONDS
