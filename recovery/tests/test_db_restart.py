@@ -191,6 +191,15 @@ def test_inside_an_outer_transaction_nothing_is_retried_and_past_the_budget_the_
 # --- a whole recovery run, its backends cut from outside ----------------------------------------
 
 
+def _cut(app: str) -> int:
+    """Terminate every backend of the job process `app` from a side connection; how many."""
+    side = _side_connection()
+    try:
+        return _terminate(side, "application_name = %s", [app])
+    finally:
+        side.close()
+
+
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_recovery_whose_backend_is_terminated_mid_batch_reconnects_and_finishes():
@@ -201,11 +210,7 @@ def test_recovery_whose_backend_is_terminated_mid_batch_reconnects_and_finishes(
     # Two batches of 500, each holding its transaction open 2 s before committing.
     proc = _job_process(JOB, app=app, sleep=2.0)
     _wait_for_open_batches(proc, app, committed=500)
-    side = _side_connection()
-    try:
-        assert _terminate(side, "application_name = %s", [app]) == 1
-    finally:
-        side.close()
+    assert _cut(app) == 1
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == 0, err[-3000:]
     _assert_recovered_everything(out, err, leads=1000, matchable=matchable)
@@ -220,11 +225,7 @@ def test_two_workers_and_their_parent_all_cut_at_once_reconnect_and_finish():
     app = _app_name()
     proc = _job_process(JOB, "--workers", "2", app=app, sleep=2.0)
     _wait_for_open_batches(proc, app, committed=500, open_batches=2)
-    side = _side_connection()
-    try:
-        assert _terminate(side, "application_name = %s", [app]) == 3  # the parent and both workers
-    finally:
-        side.close()
+    assert _cut(app) == 3  # the parent and both workers
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]
     _assert_recovered_everything(out, err, leads=2000, matchable=matchable)
