@@ -32,7 +32,6 @@ from identity.fields import (
 from identity.matching import KEYS_SCHEMA, RECORD_SCHEMA, TOKENS_SCHEMA, Frequencies
 
 HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "rule": pl.String}
-BLOCKS_SCHEMA = {"lead_i": pl.UInt32, "block": pl.List(pl.String)}
 _RECORD_COLUMNS = ", ".join(RECORD_SCHEMA)
 
 

@@ -152,13 +152,6 @@ class LeadLink:
     rule_version: str
 
 
-@dataclass(frozen=True)
-class LeadUnmatched:
-    source_pk: str
-    reason_code: str
-    details: dict = field(default_factory=dict)
-
-
 @dataclass
 class LinkOutcome:
     linked: list[str] = field(default_factory=list)
@@ -257,15 +250,9 @@ def origins_refresh(*, cursor, person_keys: list[str] | None = None) -> int:
     return cursor.rowcount
 
 
-def leads_record_unmatched(*, outcomes: list[LeadUnmatched], snapshot_date=None) -> int:
-    """Upsert each unlinked lead's reason and candidates into canon.identity_unmatched."""
-    frame = pl.DataFrame({"source_pk": [o.source_pk for o in outcomes], "reason_code": [str(o.reason_code) for o in outcomes],
-                          "details": [_json(o.details) for o in outcomes]}, schema={n: pl.String for n in UNMATCHED_COLUMNS})
-    return leads_record_unmatched_frame(outcomes=frame, snapshot_date=snapshot_date)
-
-
 def leads_record_unmatched_frame(*, outcomes: pl.DataFrame, snapshot_date=None) -> int:
-    """leads_record_unmatched for a frame of UNMATCHED_COLUMNS (details as JSON text)."""
+    """Upsert each unlinked lead's reason and candidates (a frame of UNMATCHED_COLUMNS, details as JSON
+    text) into canon.identity_unmatched."""
     if not outcomes.height:
         return 0
     snapshot_date = snapshot_date or lima_today()
@@ -319,14 +306,6 @@ def rejected_frame(*, source_pks: list[str]) -> pl.DataFrame:
         [LEADS_TABLE, source_pks, Verdict.NOT_THIS_PERSON.value], schema=schema)
 
 
-def rejected_persons(*, source_pks: list[str]) -> dict[str, set[str]]:
-    """For each lead, the persons a reviewer said it is not (negative judgements)."""
-    rejected: dict[str, set[str]] = {}
-    for source_pk, person_key in rejected_frame(source_pks=source_pks).iter_rows():
-        rejected.setdefault(source_pk, set()).add(person_key)
-    return rejected
-
-
 def lead_links(*, source_pks: list[str]) -> dict[str, str]:
     """The person each of these leads is linked to (leads without a link are left out)."""
     if not source_pks:
@@ -363,7 +342,6 @@ def _json_default(value):
 
 __all__ = [
     "LeadLink",
-    "LeadUnmatched",
     "ReasonCode",
     "drivers_first_build",
     "drivers_link",
@@ -372,9 +350,7 @@ __all__ = [
     "lead_links",
     "leads_link",
     "leads_link_frame",
-    "leads_record_unmatched",
     "leads_record_unmatched_frame",
     "origins_refresh",
     "rejected_frame",
-    "rejected_persons",
 ]

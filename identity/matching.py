@@ -193,11 +193,6 @@ class Frequencies:
             hires = {(park, day): n for park, days in hires.items() for day, n in days.items()}
         return _frame(hires, HIRES_SCHEMA)
 
-    def token_count(self, token: str) -> int:
-        if isinstance(self.tokens, dict):
-            return self.tokens.get(token, 0)
-        hit = self.tokens.filter(pl.col("token") == token)
-        return int(hit["drivers"][0]) if hit.height else 0
 
 
 @dataclass(frozen=True)
@@ -222,8 +217,6 @@ class Thresholds:
 # --- Comparisons, column-wise ---------------------------------------------------------------
 
 PERSON = ["lead_i", "person_key"]
-# Every comparison hands back one row per candidate person with these columns.
-EVIDENCE_COLUMNS = ["lead_i", "person_key", "level", "bits", "driver_id", "shared_by"]
 
 
 def _log2(expr: pl.Expr) -> pl.Expr:
