@@ -155,10 +155,14 @@ FUNCTIONS: list[tuple[str, str, str, str]] = [
       AND NOT EXISTS (SELECT 1 FROM public.module_ct_cabinet_leads l
                       JOIN canon.identity_links il ON il.source_table = '{LEADS_TABLE}' AND il.source_pk = l.source_pk
                       WHERE l.source_pk = s.lead_source_pk);
-    -- the others recomputed; a row is rewritten only when a value changed
+    -- the others recomputed; a row is rewritten only when a value changed. Driven lead by lead from
+    -- the array (LATERAL, and OFFSET 0 so the subquery is not flattened): the links table's statistics
+    -- are stale while a run writes its links (they said "no lead link" at the start of a match run,
+    -- and a plan scanning every lead link per call grew with the square of the run).
     INSERT INTO {TABLE} AS s ({COLUMNS})
-    {DIRECT_SQL}
-    WHERE l.source_pk = ANY(lead_pks)
+    SELECT x.* FROM (SELECT DISTINCT unnest(lead_pks) AS pk) k
+    CROSS JOIN LATERAL ({DIRECT_SQL}
+        WHERE l.source_pk = k.pk OFFSET 0) x
     ORDER BY 1
     ON CONFLICT (lead_source_pk) DO UPDATE
         SET person_key = EXCLUDED.person_key, driver_ids = EXCLUDED.driver_ids, trips_14d = EXCLUDED.trips_14d,
