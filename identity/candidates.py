@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 from django.db import connection
 
@@ -31,7 +32,9 @@ from identity.fields import (
 )
 from identity.matching import KEYS_SCHEMA, RECORD_SCHEMA, TOKENS_SCHEMA, Frequencies
 
-HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "rule": pl.String}
+# person_i: the person's position in IndexFrame.records (null from SqlIndex), so its records are a slice.
+HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "person_i": pl.UInt32, "rule": pl.String}
+PERSON_HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "person_i": pl.UInt32}
 _RECORD_COLUMNS = ", ".join(RECORD_SCHEMA)
 
 
@@ -79,24 +82,33 @@ def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
 
 @dataclass
 class IndexFrame:
-    """The drivers index in memory: its records (sorted by person), their name tokens as integer
-    codes, and every pair of tokens a record carries (the name blocks' own index: a block is
-    looked up by its pair, at the cost of the block's size, not of its tokens' popularity)."""
+    """The drivers index in memory: its records (sorted by person, so a person's records are one
+    slice), their name tokens as integer codes, and every pair of tokens a record carries (the name
+    blocks' own index: a block is looked up by its pair, at the cost of the block's size, not of its
+    tokens' popularity)."""
 
     records: pl.DataFrame
     freq: Frequencies
     vocabulary: pl.DataFrame = field(init=False)  # (token, code)
     tokens: pl.DataFrame = field(init=False)  # (code, driver_i): one row per distinct token of a record
     token_pairs: pl.DataFrame = field(init=False)  # (pair, driver_i): pair = low code << 32 | high code
+    # person_i -> its first row in records; person_starts[-1] = len(records)
+    person_starts: np.ndarray = field(init=False)
+    # driver_i << 32 | code of every (record, token), sorted: "does record r carry token t?" by bisection
+    token_keys: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.records = self.records.sort("person_key")
+        first = (self.records["person_key"] != self.records["person_key"].shift(1)).fill_null(True).to_numpy()
+        self.person_starts = np.append(np.flatnonzero(first), self.records.height).astype(np.int64)
+        self.records = self.records.with_columns(pl.Series("person_i", np.cumsum(first) - 1, dtype=pl.UInt32))
         words = (self.records.select(pl.int_range(pl.len(), dtype=pl.UInt32).alias("driver_i"),
                                      pl.concat_list("given_tokens", "surname_tokens").alias("token"))
                  .explode("token").drop_nulls("token"))
         self.vocabulary = (words.select("token").unique().sort("token")
                            .with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("code")))
         self.tokens = words.join(self.vocabulary, on="token").select("code", "driver_i").unique()
+        self.token_keys = np.sort(_token_key(self.tokens["driver_i"].to_numpy(), self.tokens["code"].to_numpy()))
         self.token_pairs = (self.tokens.join(self.tokens, on="driver_i", suffix="_b")
                             .filter(pl.col("code") < pl.col("code_b"))
                             .select(_pair("code", "code_b").alias("pair"), "driver_i").sort("pair"))
@@ -107,9 +119,10 @@ class IndexFrame:
         return cls(records=records, freq=frequencies_load(records=records))
 
     def _carrying(self, columns: tuple[str, ...], values: pl.Series) -> pl.DataFrame:
-        """(value, person_key) of every record holding one of `values` in one of `columns`."""
+        """(value, person_key, person_i) of every record holding one of `values` in one of `columns`."""
         return pl.concat([
-            self.records.filter(pl.col(column).is_in(values.implode())).select(pl.col(column).alias("value"), "person_key")
+            self.records.filter(pl.col(column).is_in(values.implode()))
+            .select(pl.col(column).alias("value"), "person_key", "person_i")
             for column in columns
         ])
 
@@ -127,13 +140,13 @@ class IndexFrame:
 
     def equal_hits(self, rule: BlockingRule, wanted: pl.DataFrame) -> pl.DataFrame:
         found = self._carrying((rule.index_column,), wanted["value"].unique())
-        return wanted.join(found, on="value").select("lead_i", "person_key")
+        return wanted.join(found, on="value").select("lead_i", "person_key", "person_i")
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
         """Records carrying every token of a block: the records holding its first two tokens (one
         lookup in token_pairs), and for a triple, the third token too."""
         if not blocks.height:
-            return pl.DataFrame(schema={"lead_i": pl.UInt32, "person_key": pl.String})
+            return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
         coded = (blocks.with_row_index("block_i").explode("block").rename({"block": "token"})
                  .with_columns(pl.int_range(pl.len()).over("block_i").alias("position"))
                  .join(self.vocabulary, on="token", how="left"))
@@ -146,16 +159,30 @@ class IndexFrame:
         third = coded.filter(pl.col("position") == 2).select("block_i", "code")
         if third.height:
             triple = carried.join(third, on="block_i")
-            keep = triple.join(self.tokens, on=["code", "driver_i"], how="semi").select("block_i", "driver_i")
-            carried = pl.concat([carried.join(third, on="block_i", how="anti"),
-                                 carried.join(keep, on=["block_i", "driver_i"], how="semi")])
+            wanted = _token_key(triple["driver_i"].to_numpy(), triple["code"].to_numpy())
+            at = np.minimum(np.searchsorted(self.token_keys, wanted), len(self.token_keys) - 1)
+            keep = triple.filter(pl.Series(self.token_keys[at] == wanted)).select("block_i", "lead_i", "driver_i")
+            carried = pl.concat([carried.join(third, on="block_i", how="anti"), keep])
         small = carried.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
         kept = carried.join(small, on="block_i", how="semi")
-        persons = self.records["person_key"].gather(kept["driver_i"])
-        return kept.select("lead_i").with_columns(persons.alias("person_key")).unique()
+        persons = self.records.select("person_key", "person_i")[kept["driver_i"]]
+        return kept.select("lead_i").with_columns(persons).unique()
 
     def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
-        return self.records.filter(pl.col("person_key").is_in(person_keys.unique().implode()))
+        return self.records.filter(pl.col("person_key").is_in(person_keys.unique().implode())).drop("person_i")
+
+    def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
+        """(lead_i, record columns...): every record of each (lead_i, person_i), by slicing."""
+        person_i = persons["person_i"].to_numpy().astype(np.int64)
+        starts, ends = self.person_starts[person_i], self.person_starts[person_i + 1]
+        counts = ends - starts
+        rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        return (self.records.drop("person_i")[rows]
+                .with_columns(pl.Series("lead_i", np.repeat(persons["lead_i"].to_numpy(), counts), dtype=pl.UInt32)))
+
+
+def _token_key(driver_i: np.ndarray, code: np.ndarray) -> np.ndarray:
+    return (driver_i.astype(np.uint64) << np.uint64(32)) | code.astype(np.uint64)
 
 
 class SqlIndex:
@@ -191,7 +218,7 @@ class SqlIndex:
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
         if not blocks.height:
-            return pl.DataFrame(schema={"lead_i": pl.UInt32, "person_key": pl.String})
+            return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
         numbered = blocks.with_row_index("block_i")
         with connection.cursor() as cursor:
             cursor.execute(
@@ -214,6 +241,9 @@ class SqlIndex:
         return frame_read(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index WHERE person_key = ANY(%s::uuid[])",
                           [keys], schema=RECORD_SCHEMA)
 
+    def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
+        return persons.select("lead_i", "person_key").join(self.persons_records(persons["person_key"]), on="person_key")
+
 
 def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
     """(lead_i, person_key, rule): the candidates every rule of a stage finds for these leads.
@@ -229,7 +259,10 @@ def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, f
         else:
             found = source.name_hits(name_blocks(leads, freq), rule.cap)
         if found is not None and found.height:
-            parts.append(found.select(pl.col("lead_i").cast(pl.UInt32), "person_key", pl.lit(rule.name).alias("rule")))
+            if "person_i" not in found.columns:
+                found = found.with_columns(pl.lit(None, pl.UInt32).alias("person_i"))
+            parts.append(found.select(pl.col("lead_i").cast(pl.UInt32), "person_key", pl.col("person_i").cast(pl.UInt32),
+                                      pl.lit(rule.name).alias("rule")))
     return pl.concat(parts) if parts else pl.DataFrame(schema=HITS_SCHEMA)
 
 

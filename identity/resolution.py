@@ -123,13 +123,12 @@ class Resolved:
 
 
 def _pairs(leads: pl.DataFrame, hits: pl.DataFrame, source, rejected: pl.DataFrame) -> pl.DataFrame:
-    persons = hits.select("lead_i", "person_key").unique()
+    persons = hits.select("lead_i", "person_key", "person_i").unique(subset=["lead_i", "person_key"])
     if not persons.height:
         return pl.DataFrame(schema=PAIR_SCHEMA)
-    records = source.persons_records(persons["person_key"])
     excluded = rejected.join(leads.select("lead_i", "source_pk"), on="source_pk").select(
         "lead_i", "person_key", pl.lit(True).alias("excluded"))
-    pairs = persons.join(records, on="person_key").join(excluded, on=["lead_i", "person_key"], how="left")
+    pairs = source.pairs_records(persons).join(excluded, on=["lead_i", "person_key"], how="left")
     return pairs.with_columns(pl.col("excluded").fill_null(False)).select(list(PAIR_SCHEMA)).cast(PAIR_SCHEMA)
 
 
