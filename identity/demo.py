@@ -47,6 +47,8 @@ RATES: dict[str, tuple[float | dict[str, float], str]] = {
     "name_error_on_given": (0.70, "dropped, inserted and lost letters that land on the first given name"),
     "case_document_two_digits": (0.015, "two digits of the document wrong (changed or swapped)"),
     "case_new_phone": (0.040, "converted humans' leads showing a new phone that no driver record carries"),
+    "case_new_plate": (0.025, "converted humans' leads showing a car none of their records carries (sold, rented)"),
+    "case_typo_birth_date": (0.010, "birth date with day and month swapped, or one digit of it wrong"),
     "case_swapped_namesake": (0.020, "lead humans with a different driver whose surnames are theirs swapped"),
     "case_family_phone": (0.030, "lead humans who give a relative driver's phone (same surname)"),
     "case_shared_car": (0.025, "lead humans (drivers) whose car is also on another driver's record"),
@@ -158,9 +160,10 @@ FILES = {
     "ground_truth.csv": TRUTH_COLUMNS,
     "drivers_truth.csv": DRIVER_TRUTH_COLUMNS,
 }
-CASE_TYPES = ("typo_phone", "typo_document", "document_two_digits", "typo_email", "typo_plate", "typo_name",
-              "name_dropped_letter", "name_inserted_letter", "name_lost_first_letter", "one_surname",
-              "family_phone", "shared_car", "recycled_phone", "new_phone", "common_name", "swapped_namesake",
+CASE_TYPES = ("typo_phone", "typo_document", "document_two_digits", "typo_email", "typo_plate", "typo_birth_date",
+              "typo_name", "name_dropped_letter", "name_inserted_letter", "name_lost_first_letter", "one_surname",
+              "family_phone", "shared_car", "recycled_phone", "new_phone", "new_plate",
+              "common_name", "swapped_namesake",
               "two_parks", "applied_twice", "no_identifier", "names_only", "not_a_driver")
 
 # --- Name pools --------------------------------------------------------------------------
@@ -867,14 +870,21 @@ class _Generator:
         pool = [lead for lead in leads if lead.phone_kind == "own" and lead.human.is_driver]
         for lead in r.sample(pool, min(round(rate("case_new_phone") * L), len(pool))):
             lead.phone, lead.phone_kind = self.keys.extra_phone(), "new"
+        # A car none of the human's records carries (the shared-car case keeps its shared plate).
+        pool = [lead for lead in leads if lead.plate is not None and lead.human.is_driver
+                and "shared_car" not in lead.human.cases]
+        for lead in r.sample(pool, min(round(rate("case_new_plate") * L), len(pool))):
+            lead.plate = self.keys.extra_plate()
+            lead.typos.add("new_plate")
         typo_fields = (("phone", "case_typo_phone"), ("document", "case_typo_document"),
                        ("document_two", "case_document_two_digits"),
-                       ("email", "case_typo_email"), ("plate", "case_typo_plate"))
+                       ("email", "case_typo_email"), ("plate", "case_typo_plate"),
+                       ("birth", "case_typo_birth_date"))
         for field, name in typo_fields:
             value = field.removesuffix("_two")
             pool = [lead for lead in leads if getattr(lead, value) is not None and lead.no_id_kind is None
                     and (value != "phone" or lead.phone_kind == "own") and value not in lead.typos
-                    and field not in lead.typos]
+                    and field not in lead.typos and "new_plate" not in lead.typos]
             for lead in r.sample(pool, min(round(rate(name) * L), len(pool))):
                 lead.typos.add(field)
         # One name error per lead: a changed letter, or a dropped, inserted or lost first letter.
@@ -1137,7 +1147,10 @@ class _Generator:
                 lead.cases.append("typo_email")
             email = _email_format(value, pools.lead_email_format.draw(rnd))
         if lead.plate is not None:
-            own.append("plate")
+            if "new_plate" in lead.typos:
+                lead.cases.append("new_plate")
+            else:
+                own.append("plate")
             value = lead.plate
             if "plate" in lead.typos:
                 value = _typo_key(r, value, keys.plate_taken, _typo_plate)
@@ -1145,7 +1158,11 @@ class _Generator:
             plate = _plate_format(value, pools.lead_plate_format.draw(rnd))
         if lead.birth is not None:
             own.append("birth_date")
-            birth = self.iso(lead.birth)
+            day = lead.birth
+            if "birth" in lead.typos:
+                day = _typo_birth(r, day)
+                lead.cases.append("typo_birth_date")
+            birth = self.iso(day)
         garbage = lead.garbage
         if garbage:
             phone, document = garbage.get("phone", phone), garbage.get("document", document)
@@ -1157,40 +1174,38 @@ class _Generator:
 
     def lead_names(self, r: Random, lead: _Lead) -> tuple[str, str, str]:
         h, rnd = lead.human, r.random
-        parts = [h.g1, h.g2, h.pat, h.mat]
+        parts = [h.g1, h.g2, h.pat, h.mat]  # given names, paternal and maternal surname
         layout = self.pools.lead_name_layout.draw(rnd)
-        # Errors land on parts the lead shows (a dropped second given name or surname shows none).
-        hidden = {"drop_second_given": 1, "one_surname": 3}.get(layout)
+        # Which parts go in the first, middle and last name boxes.
+        if layout == "boxes":
+            boxes = ((0,), (1,), (2, 3))
+        elif layout == "givens_in_first":
+            boxes = ((0, 1), (), (2, 3))
+        elif layout == "drop_second_given":
+            boxes = ((0,), (), (2, 3))
+        elif layout == "one_surname":
+            boxes = ((0, 1), (), (2,)) if rnd() < 0.5 else ((0,), (1,), (2,))
+            lead.cases.append("one_surname")
+        elif layout == "wrong_boxes":
+            boxes = (((2, 3), (), (0, 1)), ((0,), (2,), (3,)), ((2,), (3,), (0, 1)),
+                     ((0, 1), (2, 3), ()))[int(rnd() * 4)]
+        else:
+            whole = (2, 3, 0, 1) if rnd() < 0.6 else (0, 1, 2, 3)
+            boxes = (whole, (), ()) if rnd() < 0.8 else ((), (), whole)
+        # Errors land on parts the lead shows.
+        shown = [k for box in boxes for k in box if len(parts[k]) >= 3]
         if "name" in lead.typos:
-            candidates = [k for k, part in enumerate(parts) if len(part) >= 3 and k != hidden]
-            k = candidates[int(rnd() * len(candidates))]
+            k = shown[int(rnd() * len(shown))]
             parts[k] = _typo_name(r, parts[k])
             lead.cases.append("typo_name")
         for kind in NAME_ERRORS:
             if kind in lead.typos:
-                # Mostly the first given name (the issue's 'Javir', 'Lui', 'lor'); else any part.
-                others = [k for k, part in enumerate(parts) if k and k != hidden and len(part) >= 3]
+                # Mostly the first given name (the issue's 'Javir', 'Lui', 'lor'); else another shown part.
+                others = [k for k in shown if k]
                 k = 0 if rnd() < rate("name_error_on_given") or not others else others[int(rnd() * len(others))]
                 parts[k] = _name_error(r, parts[k], kind)
                 lead.cases.append(f"name_{kind}")
-        g1, g2, pat, mat = parts
-        givens = f"{g1} {g2}".strip()
-        if layout == "one_surname":
-            lead.cases.append("one_surname")
-        if layout == "boxes":
-            names = (g1, g2, f"{pat} {mat}")
-        elif layout == "givens_in_first":
-            names = (givens, "", f"{pat} {mat}")
-        elif layout == "drop_second_given":
-            names = (g1, "", f"{pat} {mat}")
-        elif layout == "one_surname":
-            names = (givens, "", pat) if rnd() < 0.5 else (g1, g2, pat)
-        elif layout == "wrong_boxes":
-            names = ((f"{pat} {mat}", "", givens), (g1, pat, mat), (pat, mat, givens),
-                     (givens, f"{pat} {mat}", ""))[int(rnd() * 4)]
-        else:
-            whole = f"{pat} {mat} {givens}" if rnd() < 0.6 else f"{givens} {pat} {mat}"
-            names = (whole, "", "") if rnd() < 0.8 else ("", "", whole)
+        names = tuple(" ".join(parts[k] for k in box if parts[k]) for box in boxes)
         if rnd() < rate("lead_name_no_accents"):
             names = tuple(_ascii(n) for n in names)
         roll = rnd()
@@ -1276,6 +1291,17 @@ def _name_error(r: Random, name: str, kind: str) -> str:
     i = 1 + int(r.random() * len(word))
     letters = _COMMON_LETTERS if r.random() < 0.7 else _LETTERS.lower()
     return prefix + word[:i] + letters[int(r.random() * len(letters))] + word[i:]
+
+
+def _typo_birth(r: Random, ordinal: int) -> int:
+    """Day and month swapped when the day could be a month, else the year or the day one off."""
+    day = date.fromordinal(ordinal)
+    roll = r.random()
+    if roll < 0.5 and day.day <= 12 and day.day != day.month:
+        return date(day.year, day.day, day.month).toordinal()
+    if roll < 0.75 and (day.month, day.day) != (2, 29):
+        return date(day.year + (1 if r.random() < 0.5 else -1), day.month, day.day).toordinal()
+    return ordinal + (1 if day.day < 28 else -1)
 
 
 def _typo_email(r: Random, email: str) -> str:

@@ -27,9 +27,9 @@ HEADERS = {
     "ground_truth.csv": "lead_source_pk,human_id,true_driver_ids,case_types,has_identifier",
     "drivers_truth.csv": "driver_id,human_id",
 }
-CASES = ("typo_phone", "typo_document", "document_two_digits", "typo_email", "typo_plate", "typo_name",
-         "name_dropped_letter", "name_inserted_letter", "name_lost_first_letter", "one_surname", "family_phone",
-         "shared_car", "recycled_phone", "new_phone", "common_name", "swapped_namesake", "two_parks",
+CASES = ("typo_phone", "typo_document", "document_two_digits", "typo_email", "typo_plate", "typo_birth_date",
+         "typo_name", "name_dropped_letter", "name_inserted_letter", "name_lost_first_letter", "one_surname",
+         "family_phone", "shared_car", "recycled_phone", "new_phone", "new_plate", "common_name", "swapped_namesake", "two_parks",
          "applied_twice", "no_identifier", "names_only", "not_a_driver")
 
 
@@ -378,9 +378,9 @@ def test_name_errors_are_dropped_inserted_or_lost_first_letters(park):
                  if truth["human_id"] and "typo_name" not in truth["case_types"]]
         assert leads, case
         for lead, truth in leads:
-            typed = set(_words(lead["first_name"], lead["middle_name"], lead["last_name"]))
-            real = set(_words(*(park.records_of[truth["human_id"]][0][k]
-                                for k in ("first_name", "middle_name", "last_name"))))
+            typed = Counter(_words(lead["first_name"], lead["middle_name"], lead["last_name"]))
+            real = Counter(_words(*(park.records_of[truth["human_id"]][0][k]
+                                    for k in ("first_name", "middle_name", "last_name"))))
             assert any(check(t, w) for t in typed - real for w in real - typed), (case, typed, real)
 
 
@@ -408,7 +408,7 @@ def test_swapped_namesake_is_another_driver_with_the_surnames_swapped(park):
             assert by_name[(given, (surnames[1], surnames[0]))] - {truth["human_id"]}
 
 
-def test_document_two_digits_and_new_phones(park):
+def test_documents_two_digits_off_new_phones_new_plates_and_birth_date_typos(park):
     documents = {r["document"].zfill(8) for r in park.drivers.values() if r["document"]}
     leads = [(lead, truth) for lead, truth in park.tagged("document_two_digits") if truth["human_id"]]
     assert leads
@@ -425,3 +425,18 @@ def test_document_two_digits_and_new_phones(park):
     assert leads and all(truth["human_id"] for _, truth in leads)
     for lead, truth in leads:
         assert _digits(lead["phone"]) and not park.humans_by_phone.get(_digits(lead["phone"]))
+    leads = park.tagged("new_plate")
+    assert leads and all(truth["human_id"] for _, truth in leads)
+    for lead, truth in leads:
+        assert not park.humans_by_plate.get(_plate(lead["plate"])) and truth["has_identifier"] in ("0", "1")
+    leads = [(lead, truth) for lead, truth in park.tagged("typo_birth_date") if truth["human_id"]]
+    assert leads
+    for lead, truth in leads:
+        typed = date.fromisoformat(lead["birth_date"])
+        real = next((date.fromisoformat(r["birth_date"]) for r in park.records_of[truth["human_id"]]
+                     if r["birth_date"]), None)
+        if real is None:
+            continue  # no record shows the birth date
+        same = (typed.year == real.year) + (typed.month == real.month) + (typed.day == real.day)
+        swapped = (typed.year, typed.month, typed.day) == (real.year, real.day, real.month)
+        assert typed != real and (same == 2 or swapped)
