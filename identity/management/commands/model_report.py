@@ -36,9 +36,9 @@ class Command(JobCommand):
 
     def summary(self, report) -> str:
         estimate = report.estimate
-        lines = [f"{report.leads} leads, {report.pairs} candidate pairs scored",
-                 f"{'field':<12}{'level':<18}{'declared m':>11}{'estimated m':>12}{'pairs':>8}{'judged':>7}"
-                 f"{'count':>7}  {'99% interval':<15}{'range':<16}{'u':>15}{'bits':>7}{'declared':>9}  status"]
+        header = (f"{'field':<12}{'level':<18}{'declared m':>11}{'estimated m':>12}{'pairs':>8}{'judged':>7}"
+                  f"{'count':>7}  {'99% interval':<15}{'range':<16}{'u':>15}{'bits':>7}{'declared':>9}  status")
+        lines = [f"{report.leads} leads, {report.pairs} candidate pairs scored", header]
         for e in estimate.levels:
             interval = "-" if e.interval is None else f"{e.interval[0]:.4f}-{e.interval[1]:.4f}"
             u = "term frequency" if e.u is None else f"{e.u:.3g}"
