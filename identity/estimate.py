@@ -26,6 +26,9 @@ MIN_PAIRS = 100
 Z = 2.576
 # The strong keys an anchor counts, exact agreement only.
 ANCHOR_KEYS = ("document", "phone", "email", "birth_date")
+# Keys one human's own: with the whole name exact, one of them is enough. A phone is not (a father
+# and a son "Juan Quispe" share the family's number).
+PERSONAL_KEYS = ("document", "email", "birth_date")
 # The name agrees with no token contradicting a given name and a surname (swapped surnames excluded).
 NAME_AGREES = ("exact", "typo", "subset", "partial")
 
@@ -33,30 +36,43 @@ NAME_AGREES = ("exact", "typo", "subset", "partial")
 @dataclass(frozen=True)
 class Anchor:
     """Which pairs are matches beyond doubt when estimating one field's m: at least `at_least` of
-    `keys` agree exactly and, when `name` is set, the name agrees. Never mentions its own field."""
+    `keys` agree exactly (and the name agrees, when `name` is set), or the whole name is exact and
+    one of `personal` keys agrees exactly. Never mentions its own field."""
 
     keys: tuple[str, ...]
     at_least: int = 2
     name: bool = True
+    personal: tuple[str, ...] = ()
 
     def fields(self) -> tuple[str, ...]:
-        return (*self.keys, "name") if self.name else self.keys
+        return tuple(dict.fromkeys((*self.keys, *self.personal, *(("name",) if self.name else ()))))
 
     def expr(self, columns: list[str]) -> pl.Expr:
-        exact = [(pl.col(k) == "exact").fill_null(False).cast(pl.Int8) for k in self.keys if k in columns]
-        agreed = pl.sum_horizontal(exact) >= self.at_least if exact else pl.lit(False)
+        def exact(keys):
+            return [(pl.col(k) == "exact").fill_null(False).cast(pl.Int8) for k in keys if k in columns]
+
+        keys = exact(self.keys)
+        agreed = pl.sum_horizontal(keys) >= self.at_least if keys else pl.lit(False)
         if self.name:
             agreed = agreed & pl.col("name").is_in(list(NAME_AGREES)).fill_null(False)
+        personal = exact(self.personal)
+        if self.name and personal:
+            agreed = agreed | ((pl.col("name") == "exact").fill_null(False) & (pl.sum_horizontal(personal) >= 1))
         return agreed
 
     def describe(self) -> str:
-        keys = ", ".join(self.keys)
-        text = f"{self.at_least} of {keys} exact"
-        return f"name agrees and {text}" if self.name else text
+        text = f"{self.at_least} of {', '.join(self.keys)} exact"
+        if not self.name:
+            return text
+        text = f"name agrees and {text}"
+        return f"{text}, or name exact and one of {', '.join(self.personal)} exact" if self.personal else text
 
 
 def _anchor(field_name: str) -> Anchor:
-    return Anchor(keys=tuple(k for k in ANCHOR_KEYS if k != field_name), name=field_name != "name")
+    others = lambda keys: tuple(k for k in keys if k != field_name)  # noqa: E731
+    if field_name == "name":
+        return Anchor(keys=ANCHOR_KEYS, name=False)
+    return Anchor(keys=others(ANCHOR_KEYS), personal=others(PERSONAL_KEYS))
 
 
 ANCHORS: dict[str, Anchor] = {name: _anchor(name) for name in FIELDS}
