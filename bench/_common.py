@@ -27,10 +27,12 @@ TABLES = (
 )
 
 
-def bench_env() -> dict:
-    env = dict(os.environ, CT4_DB_NAME=BENCH_DB, PYTHONUNBUFFERED="1")
+def bench_env(database: str | None = None) -> dict:
+    """The environment of the manage.py runs: this benchmark's database (created on DATABASE_URL's server)."""
+    database = database or BENCH_DB
+    env = dict(os.environ, CT4_DB_NAME=database, PYTHONUNBUFFERED="1")
     if env.get("DATABASE_URL"):
-        _create_database_on_server(env["DATABASE_URL"], BENCH_DB)
+        _create_database_on_server(env["DATABASE_URL"], database)
     return env
 
 

@@ -34,13 +34,22 @@ RATES: dict[str, tuple[float | dict[str, float], str]] = {
     "lead_birth_date": (0.30, "leads that show a birth date"),
     "lead_other_park": (0.10, "second applications made in another park"),
     "lead_working_hours": (0.90, "leads registered between 08:00 and 21:00 Lima time"),
-    "hired_after_lead": (0.85, "converted humans hired on or after their first lead (the rest were drivers already)"),
     # hard cases, exact shares of leads
     "case_typo_phone": (0.040, "one digit changed or two adjacent digits swapped (own phone only)"),
     "case_typo_document": (0.030, "one digit changed or swapped in the document"),
     "case_typo_email": (0.025, "one letter changed/dropped/doubled in the e-mail, or a misspelt domain"),
     "case_typo_plate": (0.020, "one character changed or two digits swapped in the plate"),
     "case_typo_name": (0.040, "one letter changed in one name (b/v, s/z, y/i, dropped h, ...)"),
+    # How typists and forms mangle names and keys beyond one changed letter (issue 12 item 5).
+    "case_name_dropped_letter": (0.020, "a letter dropped inside a name ('Javir' for Javier, 'Lui' for Luis)"),
+    "case_name_inserted_letter": (0.015, "a letter inserted into a name ('Jorje' -> 'Jorjre', 'Marioa')"),
+    "case_name_lost_first_letter": (0.015, "a name's first letter lost ('lor' for Flor, 'avier' for Javier)"),
+    "name_error_on_given": (0.70, "dropped, inserted and lost letters that land on the first given name"),
+    "case_document_two_digits": (0.015, "two digits of the document wrong (changed or swapped)"),
+    "case_new_phone": (0.040, "converted humans' leads showing a new phone that no driver record carries"),
+    "case_new_plate": (0.025, "converted humans' leads showing a car none of their records carries (sold, rented)"),
+    "case_typo_birth_date": (0.010, "birth date with day and month swapped, or one digit of it wrong"),
+    "case_swapped_namesake": (0.020, "lead humans with a different driver whose surnames are theirs swapped"),
     "case_family_phone": (0.030, "lead humans who give a relative driver's phone (same surname)"),
     "case_shared_car": (0.025, "lead humans (drivers) whose car is also on another driver's record"),
     "case_recycled_phone": (0.025, "lead humans whose old phone now belongs to another driver"),
@@ -132,10 +141,14 @@ CLAIM_COLUMNS = ("lead_source_pk", "driver_id", "milestone", "amount", "status",
 # - true_driver_ids: every driver record of that human (two for two_parks), ';'-separated;
 # - case_types: CASE_TYPES tags that hold for this lead's own content (a typo tag only when the typo
 #   is in this lead; common_name when another driver human has the same given names and both
-#   surnames as the lead's human; shared_car when the lead shows the shared plate);
+#   surnames as the lead's human; swapped_namesake when another driver human has the same given
+#   names and the lead human's surnames in the other order; one_surname when the lead gives only
+#   the paternal surname; new_phone when the lead's phone is a new number of the human's that no
+#   driver record carries; shared_car when the lead shows the shared plate);
 # - has_identifier: 1 when the lead shows a phone, document, e-mail, plate or birth date that is its
 #   human's own (as on their records, possibly reformatted or typo'd). A relative's phone, a recycled
-#   number that is someone else's now, and placeholders like "000000000" do not count.
+#   number that is someone else's now, a new number no record carries, and placeholders like
+#   "000000000" do not count.
 # Typos never land on another human's key: that would be a different, unlabelled case.
 TRUTH_COLUMNS = ("lead_source_pk", "human_id", "true_driver_ids", "case_types", "has_identifier")
 DRIVER_TRUTH_COLUMNS = ("driver_id", "human_id")
@@ -147,9 +160,11 @@ FILES = {
     "ground_truth.csv": TRUTH_COLUMNS,
     "drivers_truth.csv": DRIVER_TRUTH_COLUMNS,
 }
-CASE_TYPES = ("typo_phone", "typo_document", "typo_email", "typo_plate", "typo_name", "family_phone",
-              "shared_car", "recycled_phone", "common_name", "two_parks", "applied_twice", "no_identifier",
-              "names_only", "not_a_driver")
+CASE_TYPES = ("typo_phone", "typo_document", "document_two_digits", "typo_email", "typo_plate", "typo_birth_date",
+              "typo_name", "name_dropped_letter", "name_inserted_letter", "name_lost_first_letter", "one_surname",
+              "family_phone", "shared_car", "recycled_phone", "new_phone", "new_plate",
+              "common_name", "swapped_namesake",
+              "two_parks", "applied_twice", "no_identifier", "names_only", "not_a_driver")
 
 # --- Name pools --------------------------------------------------------------------------
 # Peruvian surnames, most frequent first. The first block carries rough national shares
@@ -276,6 +291,8 @@ GARBAGE = {
     "birth_date": ("1900-01-01",),
 }
 # Typists' Spanish confusions, tried before a plain one-letter slip.
+# Name errors beyond a changed letter, each a hard-case tag of its own (name_<kind>).
+NAME_ERRORS = ("dropped_letter", "inserted_letter", "lost_first_letter")
 NAME_TYPO_SWAPS = (("v", "b"), ("b", "v"), ("z", "s"), ("s", "z"), ("c", "s"), ("y", "i"), ("i", "y"),
                    ("ll", "y"), ("j", "g"), ("g", "j"), ("n", "m"), ("m", "n"), ("qu", "k"))
 LICENCE_OTHER_LETTERS = "ABCDFHIJKLMNPUVWY"
@@ -283,6 +300,7 @@ LIMA_OFFSET = "-05:00"  # Lima has no daylight saving time
 
 _ACCENTS = str.maketrans("áéíóúüñÁÉÍÓÚÜÑ", "aeiouunAEIOUUN")
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_COMMON_LETTERS = "aeioulnrs"  # what a slipping finger adds to a Spanish name, mostly
 _PLATE_LLL = 26 * 26 * 26 * 1000
 _PLATE_SPACE = _PLATE_LLL + 26 * 10 * 26 * 1000
 _DNI_SPACE = 80_000_000  # DNIs handed out so far start with 0-7
@@ -696,7 +714,8 @@ class _Generator:
         n_family, n_recycled = count("case_family_phone"), count("case_recycled_phone")
         n_shared, n_common = min(count("case_shared_car"), n_conv), count("case_common_name")
         twins = [1 + int(r.random() * 2) for _ in range(n_common)]
-        n_partners = n_family + n_recycled + n_shared + sum(twins)
+        n_swapped = count("case_swapped_namesake")
+        n_partners = n_family + n_recycled + n_shared + sum(twins) + n_swapped
         self.n_driver_humans = self.n_drivers - n_two_parks - n_bg2
         need = n_conv + n_partners + n_bg2
         if need > self.n_driver_humans or n_family + n_recycled > n_humans:
@@ -734,8 +753,16 @@ class _Generator:
             h.cases.add("common_name")
         for h in r.sample(lead_humans, n_pairs):
             h.cases.add("applied_twice")
+        # Namesake traps: another driver with the same given names and the surnames the other way round.
+        two_surnames = [h for h in lead_humans if h.pat != h.mat and "common_name" not in h.cases]
+        swapped = r.sample(two_surnames, min(n_swapped, len(two_surnames)))
+        for h in swapped:
+            h.cases.add("swapped_namesake")
 
-        # Lead dates, parks and hire dates.
+        # Lead dates and parks. A converted human's hire date is drawn like any driver's, apart
+        # from the lead's date: "hired in the lead's park days after the lead" is then as rare for
+        # the true driver as for a namesake, so no rule can lean on it here (issue 12: such a
+        # rule made 58 wrong links of 65 on data where the coupling did not hold).
         for h in lead_humans:
             h.park = self.park_mix.draw(r.random)
             first_day = self.start + int(r.random() * self.days)
@@ -749,10 +776,7 @@ class _Generator:
                     else self.other_park(r, h.park)
                 h.leads.append(_Lead(h, day, self.lead_second(r), park))
             if id(h) in converted:
-                if r.random() < rate("hired_after_lead"):
-                    h.hire = min(days[0] + min(int(r.expovariate(1 / 3)), 20), self.end)
-                else:
-                    h.hire = days[0] - 1 - int(r.random() * 600)
+                h.hire = self.end - int(r.random() * 365 * BACKGROUND_HIRE_YEARS)
 
         # Partners: drivers whose data make the lead humans' hard cases.
         partners: list[_Human] = []
@@ -784,6 +808,9 @@ class _Generator:
                 j = self.human_make(r, next(partner_idx), female=h.female, foreign=h.foreign,
                                     given=(h.g1, h.g2), pat=h.pat, mat=h.mat)
                 partners.append(j)
+        for h in swapped:
+            partners.append(self.human_make(r, next(partner_idx), female=h.female, foreign=h.foreign,
+                                            given=(h.g1, h.g2), pat=h.mat, mat=h.pat))
 
         # Driver records of the converted lead humans and of the partners.
         for h in conv:
@@ -839,16 +866,34 @@ class _Generator:
             lead.no_id_kind = self.pools.no_identifier_kind.draw(r.random)
         for lead in leads:
             self.lead_values(r, lead)
+        # A new number on a converted human's lead: the human's own, on none of their records.
+        pool = [lead for lead in leads if lead.phone_kind == "own" and lead.human.is_driver]
+        for lead in r.sample(pool, min(round(rate("case_new_phone") * L), len(pool))):
+            lead.phone, lead.phone_kind = self.keys.extra_phone(), "new"
+        # A car none of the human's records carries (the shared-car case keeps its shared plate).
+        pool = [lead for lead in leads if lead.plate is not None and lead.human.is_driver
+                and "shared_car" not in lead.human.cases]
+        for lead in r.sample(pool, min(round(rate("case_new_plate") * L), len(pool))):
+            lead.plate = self.keys.extra_plate()
+            lead.typos.add("new_plate")
         typo_fields = (("phone", "case_typo_phone"), ("document", "case_typo_document"),
-                       ("email", "case_typo_email"), ("plate", "case_typo_plate"))
+                       ("document_two", "case_document_two_digits"),
+                       ("email", "case_typo_email"), ("plate", "case_typo_plate"),
+                       ("birth", "case_typo_birth_date"))
         for field, name in typo_fields:
-            pool = [lead for lead in leads if getattr(lead, field) is not None and lead.no_id_kind is None
-                    and (field != "phone" or lead.phone_kind == "own")]
+            value = field.removesuffix("_two")
+            pool = [lead for lead in leads if getattr(lead, value) is not None and lead.no_id_kind is None
+                    and (value != "phone" or lead.phone_kind == "own") and value not in lead.typos
+                    and field not in lead.typos and "new_plate" not in lead.typos]
             for lead in r.sample(pool, min(round(rate(name) * L), len(pool))):
                 lead.typos.add(field)
+        # One name error per lead: a changed letter, or a dropped, inserted or lost first letter.
         named = [lead for lead in leads if lead.no_id_kind != "nothing"]
-        for lead in r.sample(named, min(round(rate("case_typo_name") * L), len(named))):
-            lead.typos.add("name")
+        for kind in ("name", *NAME_ERRORS):
+            share = rate("case_typo_name" if kind == "name" else f"case_name_{kind}")
+            pool = [lead for lead in named if not lead.typos & {"name", *NAME_ERRORS}]
+            for lead in r.sample(pool, min(round(share * L), len(pool))):
+                lead.typos.add(kind)
         leads.sort(key=lambda lead: (lead.timestamp, lead.human.idx))
         base = 100_000 + int(r.random() * 50_000)
         per_year: Counter = Counter()
@@ -1040,10 +1085,14 @@ class _Generator:
                 cases.append("family_phone")
             if lead.phone_kind == "recycled":
                 cases.append("recycled_phone")
+            if lead.phone_kind == "new":
+                cases.append("new_phone")
             if lead.plate is not None and "shared_car" in h.cases:
                 cases.append("shared_car")
             if lead.no_id_kind != "nothing" and self.name_keys[h.name_key] - (1 if h.is_driver else 0) > 0:
                 cases.append("common_name")
+            if lead.no_id_kind != "nothing" and "swapped_namesake" in h.cases:
+                cases.append("swapped_namesake")
             if len(h.records) > 1:
                 cases.append("two_parks")
             if len(h.leads) > 1:
@@ -1086,6 +1135,9 @@ class _Generator:
             if "document" in lead.typos:
                 digits = _typo_key(r, digits, keys.document_taken, _typo_digits, keep=2 if h.foreign else 0)
                 lead.cases.append("typo_document")
+            elif "document_two" in lead.typos:
+                digits = _typo_key(r, digits, keys.document_taken, _typo_two_digits, keep=2 if h.foreign else 0)
+                lead.cases.append("document_two_digits")
             document = _document_format(r, digits, pools.lead_document_format.draw(rnd), h.foreign)
         if lead.email is not None:
             own.append("email")
@@ -1095,7 +1147,10 @@ class _Generator:
                 lead.cases.append("typo_email")
             email = _email_format(value, pools.lead_email_format.draw(rnd))
         if lead.plate is not None:
-            own.append("plate")
+            if "new_plate" in lead.typos:
+                lead.cases.append("new_plate")
+            else:
+                own.append("plate")
             value = lead.plate
             if "plate" in lead.typos:
                 value = _typo_key(r, value, keys.plate_taken, _typo_plate)
@@ -1103,7 +1158,11 @@ class _Generator:
             plate = _plate_format(value, pools.lead_plate_format.draw(rnd))
         if lead.birth is not None:
             own.append("birth_date")
-            birth = self.iso(lead.birth)
+            day = lead.birth
+            if "birth" in lead.typos:
+                day = _typo_birth(r, day)
+                lead.cases.append("typo_birth_date")
+            birth = self.iso(day)
         garbage = lead.garbage
         if garbage:
             phone, document = garbage.get("phone", phone), garbage.get("document", document)
@@ -1115,29 +1174,38 @@ class _Generator:
 
     def lead_names(self, r: Random, lead: _Lead) -> tuple[str, str, str]:
         h, rnd = lead.human, r.random
-        parts = [h.g1, h.g2, h.pat, h.mat]
+        parts = [h.g1, h.g2, h.pat, h.mat]  # given names, paternal and maternal surname
+        layout = self.pools.lead_name_layout.draw(rnd)
+        # Which parts go in the first, middle and last name boxes.
+        if layout == "boxes":
+            boxes = ((0,), (1,), (2, 3))
+        elif layout == "givens_in_first":
+            boxes = ((0, 1), (), (2, 3))
+        elif layout == "drop_second_given":
+            boxes = ((0,), (), (2, 3))
+        elif layout == "one_surname":
+            boxes = ((0, 1), (), (2,)) if rnd() < 0.5 else ((0,), (1,), (2,))
+            lead.cases.append("one_surname")
+        elif layout == "wrong_boxes":
+            boxes = (((2, 3), (), (0, 1)), ((0,), (2,), (3,)), ((2,), (3,), (0, 1)),
+                     ((0, 1), (2, 3), ()))[int(rnd() * 4)]
+        else:
+            whole = (2, 3, 0, 1) if rnd() < 0.6 else (0, 1, 2, 3)
+            boxes = (whole, (), ()) if rnd() < 0.8 else ((), (), whole)
+        # Errors land on parts the lead shows.
+        shown = [k for box in boxes for k in box if len(parts[k]) >= 3]
         if "name" in lead.typos:
-            candidates = [k for k, part in enumerate(parts) if len(part) >= 3]
-            k = candidates[int(rnd() * len(candidates))]
+            k = shown[int(rnd() * len(shown))]
             parts[k] = _typo_name(r, parts[k])
             lead.cases.append("typo_name")
-        g1, g2, pat, mat = parts
-        givens = f"{g1} {g2}".strip()
-        layout = self.pools.lead_name_layout.draw(rnd)
-        if layout == "boxes":
-            names = (g1, g2, f"{pat} {mat}")
-        elif layout == "givens_in_first":
-            names = (givens, "", f"{pat} {mat}")
-        elif layout == "drop_second_given":
-            names = (g1, "", f"{pat} {mat}")
-        elif layout == "one_surname":
-            names = (givens, "", pat) if rnd() < 0.5 else (g1, g2, pat)
-        elif layout == "wrong_boxes":
-            names = ((f"{pat} {mat}", "", givens), (g1, pat, mat), (pat, mat, givens),
-                     (givens, f"{pat} {mat}", ""))[int(rnd() * 4)]
-        else:
-            whole = f"{pat} {mat} {givens}" if rnd() < 0.6 else f"{givens} {pat} {mat}"
-            names = (whole, "", "") if rnd() < 0.8 else ("", "", whole)
+        for kind in NAME_ERRORS:
+            if kind in lead.typos:
+                # Mostly the first given name (the issue's 'Javir', 'Lui', 'lor'); else another shown part.
+                others = [k for k in shown if k]
+                k = 0 if rnd() < rate("name_error_on_given") or not others else others[int(rnd() * len(others))]
+                parts[k] = _name_error(r, parts[k], kind)
+                lead.cases.append(f"name_{kind}")
+        names = tuple(" ".join(parts[k] for k in box if parts[k]) for box in boxes)
         if rnd() < rate("lead_name_no_accents"):
             names = tuple(_ascii(n) for n in names)
         roll = rnd()
@@ -1199,6 +1267,41 @@ def _typo_digits(r: Random, digits: str, keep: int = 0) -> str:
         i = keep + int(r.random() * (len(chars) - keep))
         chars[i] = str((int(chars[i]) + 1 + int(r.random() * 9)) % 10)
     return "".join(chars)
+
+
+def _typo_two_digits(r: Random, digits: str, keep: int = 0) -> str:
+    """Two different digits changed (a misread form, a number copied from a blurred photo)."""
+    chars = list(digits)
+    first, second = r.sample(range(keep, len(chars)), 2)
+    for i in (first, second):
+        chars[i] = str((int(chars[i]) + 1 + int(r.random() * 9)) % 10)
+    return "".join(chars)
+
+
+def _name_error(r: Random, name: str, kind: str) -> str:
+    """A name with a letter dropped (never the first), a letter inserted, or its first letter lost.
+    Compound parts ('del Pilar') are hit in their last word."""
+    head, _, word = name.rpartition(" ")
+    prefix = f"{head} " if head else ""
+    if kind == "lost_first_letter":
+        return prefix + word[1:]
+    if kind == "dropped_letter":
+        i = 1 + int(r.random() * (len(word) - 1))
+        return prefix + word[:i] + word[i + 1:]
+    i = 1 + int(r.random() * len(word))
+    letters = _COMMON_LETTERS if r.random() < 0.7 else _LETTERS.lower()
+    return prefix + word[:i] + letters[int(r.random() * len(letters))] + word[i:]
+
+
+def _typo_birth(r: Random, ordinal: int) -> int:
+    """Day and month swapped when the day could be a month, else the year or the day one off."""
+    day = date.fromordinal(ordinal)
+    roll = r.random()
+    if roll < 0.5 and day.day <= 12 and day.day != day.month:
+        return date(day.year, day.day, day.month).toordinal()
+    if roll < 0.75 and (day.month, day.day) != (2, 29):
+        return date(day.year + (1 if r.random() < 0.5 else -1), day.month, day.day).toordinal()
+    return ordinal + (1 if day.day < 28 else -1)
 
 
 def _typo_email(r: Random, email: str) -> str:

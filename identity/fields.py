@@ -44,6 +44,9 @@ class Level:
     description: str
     # How a reviewer sees it beside the lead's value: agree, near or disagree.
     shown_as: str = "near"
+    # The prior range of m: an estimate from the data outside it is an error, never a silent weight
+    # (identity.estimate). Declared from what the field is, not from any generator's output.
+    m_range: tuple[float, float] = (0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -84,11 +87,13 @@ class Field:
         return tuple(level.name for level in self.levels)
 
 
-def _key_levels(exact_m: float, typo_m: float, typo_u: float, different_m: float) -> tuple[Level, ...]:
+def _key_levels(exact_m: float, typo_m: float, typo_u: float, different_m: float,
+                ranges: tuple[tuple[float, float], tuple[float, float], tuple[float, float]]) -> tuple[Level, ...]:
+    exact_range, typo_range, different_range = ranges
     return (
-        Level("exact", exact_m, None, "same normalized value", "agree"),
-        Level("one_typo", typo_m, typo_u, "one character changed, or two swapped"),
-        Level("different", different_m, 1.0, "both present and different", "disagree"),
+        Level("exact", exact_m, None, "same normalized value", "agree", exact_range),
+        Level("one_typo", typo_m, typo_u, "one character changed, or two swapped", m_range=typo_range),
+        Level("different", different_m, 1.0, "both present and different", "disagree", different_range),
     )
 
 
@@ -97,45 +102,54 @@ FIELDS: dict[str, Field] = {
     for f in (
         # A DNI is personal; typed wrong now and then; rarely different for the same person.
         Field("document", "Document (DNI / CE)", Role.PERSONAL_ID, Kind.KEY,
-              _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02),
+              _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02,
+                          ranges=((0.80, 0.995), (0.002, 0.08), (0.002, 0.12))),
               "document", ("document", "license_document"), share_rate=0.02, leading_zeros_equal=True, pii=True),
         # People change phones; families and recycled numbers make phones shareable.
         Field("phone", "Phone", Role.SHAREABLE_KEY, Kind.KEY,
-              _key_levels(exact_m=0.85, typo_m=0.03, typo_u=1e-6, different_m=0.12),
+              _key_levels(exact_m=0.85, typo_m=0.03, typo_u=1e-6, different_m=0.12,
+                          ranges=((0.50, 0.98), (0.002, 0.08), (0.02, 0.45))),
               "phone", ("phone",), share_rate=0.5, pii=True),
         # E-mails are built from names (percy.ccama@, percyeccama@): namesakes' addresses are
         # often one typo apart, so an e-mail typo says far less than a DNI or phone typo.
         Field("email", "E-mail", Role.PERSONAL_ID, Kind.KEY,
-              _key_levels(exact_m=0.80, typo_m=0.04, typo_u=1e-3, different_m=0.16),
+              _key_levels(exact_m=0.80, typo_m=0.04, typo_u=1e-3, different_m=0.16,
+                          ranges=((0.40, 0.98), (0.002, 0.15), (0.02, 0.55))),
               "email", ("email",), share_rate=0.1, pii=True),
         # Cars are lent and sold: a plate is weak and shareable.
         Field("plate", "Plate", Role.SHAREABLE_KEY, Kind.KEY,
-              _key_levels(exact_m=0.60, typo_m=0.03, typo_u=1e-5, different_m=0.37),
+              _key_levels(exact_m=0.60, typo_m=0.03, typo_u=1e-5, different_m=0.37,
+                          ranges=((0.20, 0.95), (0.002, 0.08), (0.05, 0.80))),
               "plate", ("plate",), share_rate=1.0),
         Field("birth_date", "Birth date", Role.DATE, Kind.DATE, (
-            Level("exact", 0.95, 1 / 14600, "same day (40 years of birth dates)", "agree"),
-            Level("near", 0.03, 1 / 500, "day and month swapped, or one part differs"),
-            Level("different", 0.02, 1.0, "both present and different", "disagree"),
+            Level("exact", 0.95, 1 / 14600, "same day (40 years of birth dates)", "agree", (0.75, 0.995)),
+            Level("near", 0.03, 1 / 500, "day and month swapped, or one part differs", m_range=(0.002, 0.12)),
+            Level("different", 0.02, 1.0, "both present and different", "disagree", (0.002, 0.15)),
         ), "birth_date", ("birth_date",), pii=True),
         # Names: u is the frequency of the agreeing tokens (Quispe is common, Ccahuana is not).
         Field("name", "Name", Role.NAME, Kind.NAME, (
-            Level("exact", 0.80, None, "same tokens, in any box order", "agree"),
+            Level("exact", 0.80, None, "same tokens, in any box order", "agree", (0.40, 0.95)),
             # Peruvian names: given names, then the paternal, then the maternal surname. The same
             # two surnames the other way round are usually another family, rarely a typing slip.
-            Level("surnames_swapped", 0.01, None, "the same surnames in the other order (usually another family)"),
-            Level("typo", 0.06, None, "all tokens agree, some with a typo"),
-            Level("subset", 0.09, None, "given name and surname agree; one side has extra tokens"),
-            Level("partial", 0.03, None, "given name and surname agree; both sides have other tokens"),
-            Level("surnames_only", 0.01, None, "surnames agree, given names do not"),
-            Level("given_only", 0.004, None, "given names agree, surnames do not"),
-            Level("different", 0.002, 1.0, "no token in common", "disagree"),
+            Level("surnames_swapped", 0.01, None, "the same surnames in the other order (usually another family)",
+                  m_range=(0.0005, 0.05)),
+            Level("typo", 0.06, None, "all tokens agree, some with a typo", m_range=(0.01, 0.25)),
+            Level("subset", 0.09, None, "given name and surname agree; one side has extra tokens",
+                  m_range=(0.02, 0.40)),
+            Level("partial", 0.03, None, "given name and surname agree; both sides have other tokens",
+                  m_range=(0.002, 0.15)),
+            Level("surnames_only", 0.01, None, "surnames agree, given names do not", m_range=(0.001, 0.10)),
+            Level("given_only", 0.004, None, "given names agree, surnames do not", m_range=(0.0005, 0.05)),
+            Level("different", 0.002, 1.0, "no token in common", "disagree", (0.0001, 0.02)),
         ), "name_tokens", ("given_tokens", "surname_tokens")),
         # A record hired in the lead's park days after the lead. u: the share of all drivers hired
         # in that park in that window, from the data. Shown to reviewers, not weighed: its m was an
         # assumption that held only on our own generator (58 wrong links of 65 at 1M on other data).
         Field("recruitment", "Hired in the lead's park", Role.CONTEXT, Kind.RECRUITMENT, (
+            # Nobody knows this m yet: the widest range, so only the data can say.
             Level("hired_after_lead", 0.75, None,
-                  "a record hired in the lead's park within the window after the lead date", "agree"),
+                  "a record hired in the lead's park within the window after the lead date", "agree",
+                  (0.0001, 0.95)),
         ), None, ("park_id", "hire_date"), weighed=False),
     )
 }

@@ -27,9 +27,10 @@ HEADERS = {
     "ground_truth.csv": "lead_source_pk,human_id,true_driver_ids,case_types,has_identifier",
     "drivers_truth.csv": "driver_id,human_id",
 }
-CASES = ("typo_phone", "typo_document", "typo_email", "typo_plate", "typo_name", "family_phone", "shared_car",
-         "recycled_phone", "common_name", "two_parks", "applied_twice", "no_identifier", "names_only",
-         "not_a_driver")
+CASES = ("typo_phone", "typo_document", "document_two_digits", "typo_email", "typo_plate", "typo_birth_date",
+         "typo_name", "name_dropped_letter", "name_inserted_letter", "name_lost_first_letter", "one_surname",
+         "family_phone", "shared_car", "recycled_phone", "new_phone", "new_plate", "common_name", "swapped_namesake", "two_parks",
+         "applied_twice", "no_identifier", "names_only", "not_a_driver")
 
 
 def _rows(path):
@@ -248,8 +249,13 @@ def test_every_case_type_occurs_about_as_declared(park):
             assert 0.8 * declared[0] <= counts[case] / n <= 1.25 * declared[0], case
     assert counts["common_name"] / n >= RATES["case_common_name"][0]
     assert 0.22 <= counts["not_a_driver"] / n <= 0.28
+    # one_surname is a name layout, not a planted case: its share of the leads that show a name.
+    named = sum(1 for t in park.truth if "no_identifier" not in t["case_types"] or "names_only" in t["case_types"])
+    layout = RATES["lead_name_layout"][0]["one_surname"]
+    assert 0.8 * layout <= counts["one_surname"] / named <= 1.25 * layout
+    # Almost half the leads carry a hard case since the corruptions of issue 12 item 5 (0.30-0.40 before).
     hard = sum(1 for t in park.truth if set(t["case_types"].split(";")) - {"", "not_a_driver"})
-    assert 0.30 <= hard / n <= 0.40
+    assert 0.42 <= hard / n <= 0.55
 
 
 def test_field_presence_follows_the_declared_rates(park):
@@ -301,17 +307,29 @@ def test_people_keys_are_unique_outside_the_hard_cases(park):
     assert shared_phones < 0.01 * len(park.records_of)
 
 
-def test_dates_fit_the_window_and_recruits_come_before_hiring(park):
+def test_dates_fit_the_window_and_hire_dates_do_not_follow_the_leads(park):
+    """A converted human is hired whenever any driver is: "hired in the lead's park within a week
+    of the lead" must not be true by construction (issue 12: a rule fitted to that made 58 wrong
+    links of 65 on other data)."""
     first_day = date.fromordinal(END.toordinal() - 119)
-    before_hire = converted = 0
+    recruited = converted = 0
+    lead_humans = set()
     for lead, truth in park.pairs:
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d-05:00", lead["created_at"])
-        assert first_day <= date.fromisoformat(lead["created_at"][:10]) <= END
-        if truth["human_id"] and "applied_twice" not in truth["case_types"]:
+        lead_day = date.fromisoformat(lead["created_at"][:10])
+        assert first_day <= lead_day <= END
+        if truth["human_id"]:
             converted += 1
-            hire = min(date.fromisoformat(r["hire_date"]) for r in park.records_of[truth["human_id"]])
-            before_hire += date.fromisoformat(lead["created_at"][:10]) <= hire
-    assert 0.75 <= before_hire / converted <= 0.95
+            lead_humans.add(truth["human_id"])
+            recruited += any(r["park_id"] == lead["park_id"]
+                             and 0 <= (date.fromisoformat(r["hire_date"]) - lead_day).days <= 7
+                             for r in park.records_of[truth["human_id"]])
+    assert recruited / converted < 0.02
+    def recent(humans):  # share of these humans' first records hired in the leads' 120 days
+        hires = [date.fromisoformat(park.records_of[h][0]["hire_date"]) for h in humans]
+        return sum(first_day <= d for d in hires) / len(hires)
+    others = [h for h in park.records_of if h not in lead_humans]
+    assert abs(recent(lead_humans) - recent(others)) < 0.03
     assert all(date.fromisoformat(r["hire_date"]) <= END for r in park.drivers.values())
 
 
@@ -343,3 +361,82 @@ def test_command_writes_files_and_a_json_summary(tmp_path, capsys):
     assert summary["files"]["drivers.csv"] == 1500 and summary["end_date"] == "2026-02-15"
     assert len(summary["parks"]) == 2
     assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == sorted(HEADERS)
+
+
+def _drop_one(word):
+    return {word[:i] + word[i + 1:] for i in range(len(word))}
+
+
+def test_name_errors_are_dropped_inserted_or_lost_first_letters(park):
+    checks = {
+        "name_dropped_letter": lambda typed, real: typed in _drop_one(real) and typed[:1] == real[:1],
+        "name_inserted_letter": lambda typed, real: real in _drop_one(typed),
+        "name_lost_first_letter": lambda typed, real: typed == real[1:],
+    }
+    for case, check in checks.items():
+        leads = [(lead, truth) for lead, truth in park.tagged(case)
+                 if truth["human_id"] and "typo_name" not in truth["case_types"]]
+        assert leads, case
+        for lead, truth in leads:
+            typed = Counter(_words(lead["first_name"], lead["middle_name"], lead["last_name"]))
+            real = Counter(_words(*(park.records_of[truth["human_id"]][0][k]
+                                    for k in ("first_name", "middle_name", "last_name"))))
+            assert any(check(t, w) for t in typed - real for w in real - typed), (case, typed, real)
+
+
+def test_one_surname_leads_give_the_paternal_surname_only(park):
+    leads = [(lead, truth) for lead, truth in park.tagged("one_surname") if truth["human_id"]]
+    assert leads
+    for lead, truth in leads:
+        pat_mat = _words(park.records_of[truth["human_id"]][0]["last_name"])
+        typed = _words(lead["last_name"])
+        assert typed and len(typed) < len(pat_mat)
+
+
+def test_swapped_namesake_is_another_driver_with_the_surnames_swapped(park):
+    by_name = defaultdict(set)
+    for human, records in park.records_of.items():
+        r = records[0]
+        by_name[(tuple(_words(r["first_name"], r["middle_name"])), tuple(_words(r["last_name"])))].add(human)
+    leads = [(lead, truth) for lead, truth in park.tagged("swapped_namesake") if truth["human_id"]]
+    assert leads
+    for _, truth in leads:
+        r = park.records_of[truth["human_id"]][0]
+        given, surnames = tuple(_words(r["first_name"], r["middle_name"])), _words(r["last_name"])
+        # Compound surnames ("De la Cruz") swap as wholes; check the two-word ones.
+        if len(surnames) == 2:
+            assert by_name[(given, (surnames[1], surnames[0]))] - {truth["human_id"]}
+
+
+def test_documents_two_digits_off_new_phones_new_plates_and_birth_date_typos(park):
+    documents = {r["document"].zfill(8) for r in park.drivers.values() if r["document"]}
+    leads = [(lead, truth) for lead, truth in park.tagged("document_two_digits") if truth["human_id"]]
+    assert leads
+    for lead, truth in leads:
+        typed = re.sub(r"\D", "", lead["document"])
+        records = park.records_of[truth["human_id"]]
+        real = next((r["document"] or r["license_number"][1:] for r in records
+                     if r["document"] or r["license_number"]), "")
+        if not real:
+            continue  # no record shows the human's document
+        typed, real = typed.zfill(len(real)), real.zfill(len(typed))
+        assert sum(a != b for a, b in zip(typed, real, strict=True)) == 2 and typed not in documents
+    leads = park.tagged("new_phone")
+    assert leads and all(truth["human_id"] for _, truth in leads)
+    for lead, truth in leads:
+        assert _digits(lead["phone"]) and not park.humans_by_phone.get(_digits(lead["phone"]))
+    leads = park.tagged("new_plate")
+    assert leads and all(truth["human_id"] for _, truth in leads)
+    for lead, truth in leads:
+        assert not park.humans_by_plate.get(_plate(lead["plate"])) and truth["has_identifier"] in ("0", "1")
+    leads = [(lead, truth) for lead, truth in park.tagged("typo_birth_date") if truth["human_id"]]
+    assert leads
+    for lead, truth in leads:
+        typed = date.fromisoformat(lead["birth_date"])
+        real = next((date.fromisoformat(r["birth_date"]) for r in park.records_of[truth["human_id"]]
+                     if r["birth_date"]), None)
+        if real is None:
+            continue  # no record shows the birth date
+        same = (typed.year == real.year) + (typed.month == real.month) + (typed.day == real.day)
+        swapped = (typed.year, typed.month, typed.day) == (real.year, real.day, real.month)
+        assert typed != real and (same == 2 or swapped)

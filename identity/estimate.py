@@ -1,0 +1,320 @@
+"""m probabilities from the data (issue 12 item 3): each comparison level's P(level | same person), counted
+over candidate pairs that other, independent fields settle beyond doubt and over reviewers' judgements,
+bounded by the registry's prior ranges, and failing loudly when the data cannot support an estimate.
+
+A field's levels are counted over its *anchor* pairs: pairs where fields other than this one say
+"same person" beyond doubt (`ANCHORS`), plus pairs a reviewer linked. Under the model's own
+assumption (fields agree independently given the pair is a match) and blocking's (the anchor
+pairs were found whatever this field says), the share of each level among the anchor pairs
+estimates its m. u is not estimated here: it stays the registry's (declared, or term frequency).
+docs/matching.md, "How m is estimated".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import polars as pl
+
+from identity.fields import FIELDS, Field, Kind
+
+# Fewer anchor pairs than this behind a field and its levels are not estimated: an error.
+MIN_PAIRS = 100
+# Width of the interval that decides whether the data contradict a level's declared range
+# (Wilson score interval, 99 %): a rare level seen 0 times in 150 pairs does not contradict m = .01.
+Z = 2.576
+# The strong keys an anchor counts, exact agreement only.
+ANCHOR_KEYS = ("document", "phone", "email", "birth_date")
+# Keys one human's own: with the whole name exact, one of them is enough. A phone is not (a father
+# and a son "Juan Quispe" share the family's number).
+PERSONAL_KEYS = ("document", "email", "birth_date")
+# The name agrees with no token contradicting a given name and a surname (swapped surnames excluded).
+NAME_AGREES = ("exact", "typo", "subset", "partial")
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """Which pairs are matches beyond doubt when estimating one field's m: at least `at_least` of
+    `keys` agree exactly (and the name agrees, when `name` is set), or the whole name is exact and
+    one of `personal` keys agrees exactly. Never mentions its own field."""
+
+    keys: tuple[str, ...]
+    at_least: int = 2
+    name: bool = True
+    personal: tuple[str, ...] = ()
+
+    def fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.keys, *self.personal, *(("name",) if self.name else ()))))
+
+    def expr(self, columns: list[str]) -> pl.Expr:
+        def exact(keys):
+            return [(pl.col(k) == "exact").fill_null(False).cast(pl.Int8) for k in keys if k in columns]
+
+        keys = exact(self.keys)
+        agreed = pl.sum_horizontal(keys) >= self.at_least if keys else pl.lit(False)
+        if self.name:
+            agreed = agreed & pl.col("name").is_in(list(NAME_AGREES)).fill_null(False)
+        personal = exact(self.personal)
+        if self.name and personal:
+            agreed = agreed | ((pl.col("name") == "exact").fill_null(False) & (pl.sum_horizontal(personal) >= 1))
+        return agreed
+
+    def describe(self) -> str:
+        text = f"{self.at_least} of {', '.join(self.keys)} exact"
+        if not self.name:
+            return text
+        text = f"name agrees and {text}"
+        return f"{text}, or name exact and one of {', '.join(self.personal)} exact" if self.personal else text
+
+
+def _anchor(field_name: str) -> Anchor:
+    others = lambda keys: tuple(k for k in keys if k != field_name)  # noqa: E731
+    if field_name == "name":
+        return Anchor(keys=ANCHOR_KEYS, name=False)
+    return Anchor(keys=others(ANCHOR_KEYS), personal=others(PERSONAL_KEYS))
+
+
+ANCHORS: dict[str, Anchor] = {name: _anchor(name) for name in FIELDS}
+
+
+class MEstimateError(Exception):
+    """An m the data cannot support. The message names the field, the level, the estimate, the
+    declared range and the pairs behind it (counts only: no personal data)."""
+
+    def __init__(self, estimate: LevelEstimate, message: str):
+        super().__init__(message)
+        self.estimate = estimate
+        self.field = estimate.field
+        self.level = estimate.level
+
+
+class EstimateOutOfRange(MEstimateError):
+    pass
+
+
+class TooFewPairs(MEstimateError):
+    pass
+
+
+@dataclass(frozen=True)
+class LevelEstimate:
+    field: str
+    level: str
+    declared_m: float
+    m_range: tuple[float, float]
+    pairs: int  # anchor and judged pairs where both sides carry the field
+    judged_pairs: int  # of which a reviewer linked
+    count: int  # of those pairs, how many are at this level
+    raw: float | None  # count / pairs
+    interval: tuple[float, float] | None  # Wilson interval of raw at Z
+    m: float | None  # raw bounded by m_range; None when the estimate failed
+    status: str  # ok | bounded (raw outside the range, interval inside) | out_of_range | too_few_pairs
+    u: float | None  # the registry's u; None = term frequency
+    weighed: bool
+    min_pairs: int = MIN_PAIRS
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("out_of_range", "too_few_pairs")
+
+    @property
+    def weight_bits(self) -> float | None:
+        """log2(m / u) with the estimated m; None for term-frequency levels (the weight depends on the value)."""
+        return None if self.m is None or self.u is None else math.log2(self.m / self.u)
+
+    @property
+    def declared_weight_bits(self) -> float | None:
+        return None if self.u is None else math.log2(self.declared_m / self.u)
+
+    def error(self) -> MEstimateError | None:
+        lo, hi = self.m_range
+        where = f"m of {self.field}.{self.level}"
+        if self.status == "too_few_pairs":
+            return TooFewPairs(self, f"{where} rests on {self.pairs} pairs, fewer than the {self.min_pairs} required "
+                                     f"(declared range {lo:g}-{hi:g}, estimate {_fmt(self.raw)})")
+        if self.status == "out_of_range":
+            ilo, ihi = self.interval
+            return EstimateOutOfRange(self, f"{where} estimated {self.raw:.4f} from {self.pairs} pairs (99% interval "
+                                            f"{ilo:.4f}-{ihi:.4f}) is outside its declared range {lo:g}-{hi:g}")
+        return None
+
+    def as_dict(self) -> dict:
+        data = asdict(self)
+        data.update(weight_bits=self.weight_bits, declared_weight_bits=self.declared_weight_bits,
+                    u="term frequency" if self.u is None else self.u)
+        return data
+
+
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.4f}"
+
+
+@dataclass
+class ModelEstimate:
+    """Every level's estimate, in registry order, and each field's anchor."""
+
+    levels: list[LevelEstimate] = field(default_factory=list)
+    anchors: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # field -> why it was not estimated
+
+    @property
+    def failures(self) -> list[LevelEstimate]:
+        return [e for e in self.levels if e.failed]
+
+    def raise_for_failures(self) -> ModelEstimate:
+        failures = self.failures
+        if failures:
+            first = failures[0].error()
+            more = f" (and {len(failures) - 1} more level(s) failed)" if len(failures) > 1 else ""
+            raise type(first)(first.estimate, str(first) + more)
+        return self
+
+    def m(self) -> dict[str, dict[str, float]]:
+        """Bounded m by field and level; raises when any estimate failed."""
+        self.raise_for_failures()
+        result: dict[str, dict[str, float]] = {}
+        for e in self.levels:
+            result.setdefault(e.field, {})[e.level] = e.m
+        return result
+
+    def as_dict(self) -> dict:
+        return {"levels": [e.as_dict() for e in self.levels], "anchors": self.anchors, "skipped": self.skipped,
+                "failures": [str(e.error()) for e in self.failures]}
+
+
+def wilson(count: int, n: int, z: float = Z) -> tuple[float, float]:
+    if not n:
+        return (0.0, 1.0)
+    p = count / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _field_estimate(f: Field, observed: pl.DataFrame, *, min_pairs: int, z: float) -> list[LevelEstimate]:
+    n = observed.height
+    judged = int(observed["judged_match"].sum()) if n else 0
+    counts = dict(observed.group_by(f.name).len().iter_rows()) if n else {}
+    estimates = []
+    for level in f.levels:
+        count = counts.get(level.name, 0)
+        lo, hi = level.m_range
+        raw = count / n if n else None
+        interval = wilson(count, n, z) if n else None
+        if n < min_pairs:
+            status, m = "too_few_pairs", None
+        elif interval[1] < lo or interval[0] > hi:
+            status, m = "out_of_range", None
+        else:
+            m = min(max(raw, lo), hi)
+            status = "ok" if m == raw else "bounded"
+        estimates.append(LevelEstimate(
+            field=f.name, level=level.name, declared_m=level.m, m_range=level.m_range, pairs=n,
+            judged_pairs=judged, count=count, raw=raw, interval=interval, m=m, status=status, u=level.u,
+            weighed=f.weighed, min_pairs=min_pairs))
+    return estimates
+
+
+def m_estimate(pairs: pl.DataFrame, *, min_pairs: int = MIN_PAIRS, z: float = Z,
+               fields: dict[str, Field] | None = None) -> ModelEstimate:
+    """Estimate every level's m from scored candidate pairs (identity.matching `Scores.candidates`:
+    one level column per field, null where either side lacks the value; optional `excluded`, a
+    reviewer's "not this person", and `judged_match`, a reviewer's link). Never raises for the data:
+    failures are in the result (`raise_for_failures`, `m`)."""
+    fields = FIELDS if fields is None else fields
+    columns = pairs.columns
+    frame = pairs.with_columns(
+        (pl.col("judged_match").fill_null(False) if "judged_match" in columns else pl.lit(False)).alias("judged_match"))
+    if "excluded" in columns:
+        frame = frame.filter(~pl.col("excluded").fill_null(False))
+    result = ModelEstimate()
+    for f in fields.values():
+        if f.name not in columns:
+            result.skipped[f.name] = "not compared in these pairs"
+            continue
+        anchor = ANCHORS.get(f.name) or _anchor(f.name)
+        result.anchors[f.name] = anchor.describe() + ", or a reviewer linked the pair"
+        chosen = frame.filter(anchor.expr(columns) | pl.col("judged_match"))
+        if f.kind == Kind.RECRUITMENT:
+            # Computed only where it agrees (every lead has a park and a date, every record a hire date):
+            # a missing level is "not hired in the lead's park within the window".
+            observed = chosen.select(pl.col(f.name).fill_null("__not__"), "judged_match")
+        else:
+            observed = chosen.select(f.name, "judged_match").drop_nulls(f.name)
+        result.levels.extend(_field_estimate(f, observed, min_pairs=min_pairs, z=z))
+    return result
+
+
+def m_probabilities(pairs: pl.DataFrame, *, min_pairs: int = MIN_PAIRS, z: float = Z) -> dict[str, dict[str, float]]:
+    """Bounded m by field and level, for the scorer; raises MEstimateError when any estimate fails."""
+    return m_estimate(pairs, min_pairs=min_pairs, z=z).m()
+
+
+# --- From the database: a match run's pairs and reviewers' judgements -----------------------------
+
+
+def judged_matches_load() -> pl.DataFrame:
+    """(source_pk, person_key) pairs a reviewer said are one person: the latest judgement on the pair
+    is a link, or a person linked the lead by hand."""
+    from identity.bulk import frame_read  # noqa: PLC0415
+    from identity.models import LEADS_TABLE, Verdict  # noqa: PLC0415
+
+    return frame_read(
+        """
+        SELECT source_pk, person_key FROM (
+            SELECT DISTINCT ON (source_pk, person_key) source_pk, person_key::text AS person_key, verdict
+            FROM canon.identity_judgements
+            WHERE source_table = %(leads)s AND person_key IS NOT NULL
+            ORDER BY source_pk, person_key, decided_at DESC, id DESC
+        ) latest WHERE verdict = %(link)s
+        UNION
+        SELECT source_pk, person_key::text FROM canon.identity_links
+        WHERE source_table = %(leads)s AND decided_by <> 'system'
+        """,
+        {"leads": LEADS_TABLE, "link": Verdict.LINK.value},
+        schema={"source_pk": pl.String, "person_key": pl.String})
+
+
+def run_pairs_load(*, limit: int | None = None, chunk: int = 10_000) -> pl.DataFrame:
+    """Every lead's scored candidate pairs, as a match run makes them (nothing is written), with
+    `judged_match` set where a reviewer linked the pair."""
+    from identity.resolution import MatchContext, leads_decide_frame, leads_load  # noqa: PLC0415
+
+    leads = leads_load()
+    if limit:
+        leads = leads.head(limit)
+    context = MatchContext.load(in_memory=True)
+    frames = []
+    for start in range(0, leads.height, chunk):
+        batch = leads.slice(start, chunk).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
+        resolved = leads_decide_frame(batch, context)
+        frames.append(resolved.scores.candidates.join(batch.select("lead_i", "source_pk"), on="lead_i"))
+    if not frames:
+        return pl.DataFrame()
+    pairs = pl.concat(frames, how="diagonal_relaxed")
+    judged = judged_matches_load().with_columns(pl.lit(True).alias("judged_match"))
+    pairs = pairs.join(judged, on=["source_pk", "person_key"], how="left")
+    pairs = pairs.with_columns(pl.col("judged_match").fill_null(False))
+    if not context.thresholds.recruit_window_days:
+        pairs = pairs.drop("recruitment", strict=False)  # not compared: nothing to estimate
+    return pairs
+
+
+@dataclass
+class ModelReport:
+    leads: int
+    pairs: int
+    estimate: ModelEstimate
+
+    def as_dict(self) -> dict:
+        return {"leads": self.leads, "pairs": self.pairs, **self.estimate.as_dict()}
+
+
+def model_report(*, limit: int | None = None, min_pairs: int = MIN_PAIRS) -> ModelReport:
+    pairs = run_pairs_load(limit=limit)
+    if not pairs.height:  # no pairs: every field rests on none
+        pairs = pl.DataFrame(schema={"source_pk": pl.String, **{name: pl.String for name in FIELDS}})
+    return ModelReport(leads=pairs["source_pk"].n_unique(), pairs=pairs.height,
+                       estimate=m_estimate(pairs, min_pairs=min_pairs))

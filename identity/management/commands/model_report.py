@@ -1,0 +1,60 @@
+"""Print each comparison level's declared m, its m estimated from the data, u and weight; exit 1 when an estimate fails."""
+
+from django.core.management.base import CommandError
+
+from identity.estimate import MIN_PAIRS, model_report
+from identity.management.commands._common import EXIT_FAILED, JobCommand
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+class Command(JobCommand):
+    help = ("The matching model, level by level: declared m, m estimated from candidate pairs that other fields "
+            "settle beyond doubt and from reviewers' links (the pairs behind it, its 99 percent interval, its declared "
+            "range), u, and the weight in bits. Scores every lead as match_leads would; writes nothing. Exits 1 "
+            "when an estimate is outside its range or rests on too few pairs (docs/matching.md).")
+
+    def add_arguments(self, parser):
+        super().add_arguments(parser)
+        parser.add_argument("--limit", type=int, help="only this many leads, newest first")
+        parser.add_argument("--min-pairs", type=int, default=MIN_PAIRS,
+                            help=f"fewest pairs an estimate may rest on (default {MIN_PAIRS})")
+
+    def handle(self, *args, **options):
+        super().handle(*args, **options)
+        failures = self.report.estimate.failures
+        if failures:
+            first = failures[0].error()
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise CommandError(f"m estimate failed: {first}{more}", returncode=EXIT_FAILED)
+
+    def run(self, **options):
+        self.report = model_report(limit=options["limit"], min_pairs=options["min_pairs"])
+        return self.report
+
+    def summary(self, report) -> str:
+        estimate = report.estimate
+        header = (f"{'field':<12}{'level':<18}{'declared m':>11}{'estimated m':>12}{'pairs':>8}{'judged':>7}"
+                  f"{'count':>7}  {'99% interval':<15}{'range':<16}{'u':>15}{'bits':>7}{'declared':>9}  status")
+        lines = [f"{report.leads} leads, {report.pairs} candidate pairs scored", header]
+        for e in estimate.levels:
+            interval = "-" if e.interval is None else f"{e.interval[0]:.4f}-{e.interval[1]:.4f}"
+            u = "term frequency" if e.u is None else f"{e.u:.3g}"
+            flag = e.status.upper() if e.failed else e.status
+            flag += "" if e.weighed else " (not weighed)"
+            lines.append(
+                f"{e.field:<12}{e.level:<18}{e.declared_m:>11.4f}{_number(e.raw, '.4f'):>12}{e.pairs:>8}"
+                f"{e.judged_pairs:>7}{e.count:>7}  {interval:<15}{f'{e.m_range[0]:g}-{e.m_range[1]:g}':<16}{u:>15}"
+                f"{_number(e.weight_bits, '.2f'):>7}{_number(e.declared_weight_bits, '.2f'):>9}  {flag}")
+        lines.append("pairs behind each field's estimate (besides the pairs a reviewer linked):")
+        lines.extend(f"  {name}: {anchor}" for name, anchor in estimate.anchors.items())
+        lines.extend(f"  {name}: skipped, {why}" for name, why in estimate.skipped.items())
+        bounded = [e for e in estimate.levels if e.status == "bounded"]
+        if bounded:
+            lines.append("bounded (the raw share is outside the range, but within sampling noise of it): "
+                         + ", ".join(f"{e.field}.{e.level} {e.raw:.4f} -> {e.m:.4f}" for e in bounded))
+        lines.append(f"{len(estimate.failures)} estimate(s) failed" if estimate.failures
+                     else "every estimate within its declared range")
+        return "\n".join(lines)

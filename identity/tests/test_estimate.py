@@ -1,0 +1,217 @@
+"""m estimated from the data (identity.estimate) and `manage.py model_report`: known m recovered within its
+bound, too few pairs and a source whose ID is often wrong failing loudly, reviewers' links counted."""
+
+import json
+import math
+from datetime import date
+
+import numpy as np
+import polars as pl
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from identity.estimate import (
+    ANCHORS,
+    EstimateOutOfRange,
+    MEstimateError,
+    TooFewPairs,
+    m_estimate,
+    m_probabilities,
+)
+from identity.fields import FIELDS, Kind
+
+# The true m of every level in the synthetic pairs below: inside each declared range, and away from
+# the declared m, so an estimate equal to the truth cannot be the registry's value handed back.
+TRUE_M = {
+    "document": {"exact": 0.90, "one_typo": 0.06, "different": 0.04},
+    "phone": {"exact": 0.70, "one_typo": 0.05, "different": 0.25},
+    "email": {"exact": 0.88, "one_typo": 0.05, "different": 0.07},
+    "plate": {"exact": 0.75, "one_typo": 0.05, "different": 0.20},
+    "birth_date": {"exact": 0.90, "near": 0.06, "different": 0.04},
+    "name": {"exact": 0.70, "surnames_swapped": 0.005, "typo": 0.08, "subset": 0.15, "partial": 0.03,
+             "surnames_only": 0.02, "given_only": 0.01, "different": 0.005},
+}
+# How often each side carries the field (a missing value is a null level).
+PRESENT = {"document": 0.6, "phone": 0.9, "email": 0.3, "plate": 0.2, "birth_date": 0.25, "name": 1.0}
+
+
+def _draw(rng, distribution: dict[str, float], n: int, present: float) -> list[str | None]:
+    levels = rng.choice(list(distribution), size=n, p=np.array(list(distribution.values())))
+    return [str(level) if keep else None for level, keep in zip(levels, rng.random(n) < present, strict=True)]
+
+
+def _pairs(n_matches: int, *, true_m=TRUE_M, n_others: int = 0, seed: int = 5) -> pl.DataFrame:
+    """Scored candidate pairs as identity.matching makes them: matches drawn from `true_m`, and
+    candidates that are other persons (namesakes, a relative's phone, a shared car)."""
+    rng = np.random.default_rng(seed)
+    columns = {name: _draw(rng, true_m[name], n_matches, PRESENT[name]) for name in true_m}
+    matches = pl.DataFrame(columns, schema={name: pl.String for name in true_m})
+    u = {"document": {"exact": 0.001, "one_typo": 0.001, "different": 0.998},
+         "phone": {"exact": 0.3, "one_typo": 0.001, "different": 0.699},
+         "email": {"exact": 0.001, "one_typo": 0.01, "different": 0.989},
+         "plate": {"exact": 0.2, "one_typo": 0.001, "different": 0.799},
+         "birth_date": {"exact": 0.001, "near": 0.01, "different": 0.989},
+         "name": {"exact": 0.2, "surnames_swapped": 0.05, "typo": 0.05, "subset": 0.05, "partial": 0.05,
+                  "surnames_only": 0.3, "given_only": 0.2, "different": 0.1}}
+    others = pl.DataFrame({name: _draw(rng, u[name], n_others, PRESENT[name]) for name in u},
+                          schema={name: pl.String for name in u})
+    return pl.concat([matches, others]).with_columns(pl.lit(False).alias("excluded"))
+
+
+def test_every_declared_level_has_a_prior_range_around_its_declared_m():
+    for f in FIELDS.values():
+        for level in f.levels:
+            lo, hi = level.m_range
+            assert 0 < lo <= level.m <= hi <= 1, (f.name, level.name)
+            assert (lo, hi) != (0.0, 1.0), f"{f.name}.{level.name} keeps the default range"
+
+
+def test_an_anchor_never_uses_the_field_it_estimates():
+    for name in FIELDS:
+        assert name not in ANCHORS[name].fields()
+
+
+def test_known_m_is_recovered_within_its_bound():
+    estimate = m_estimate(_pairs(40_000, n_others=60_000))
+    assert not estimate.failures
+    for e in estimate.levels:
+        if e.field not in TRUE_M:
+            continue
+        truth = TRUE_M[e.field][e.level]
+        lo, hi = e.interval
+        assert lo <= truth <= hi, (e.field, e.level, e.raw, truth)
+        assert e.m_range[0] <= e.m <= e.m_range[1]
+        # Far from the declared m when the truth is: estimated, not the registry's value back.
+        if abs(truth - e.declared_m) > 0.05:
+            assert abs(e.m - truth) < abs(e.m - e.declared_m)
+    m = m_probabilities(_pairs(40_000, n_others=60_000))
+    assert m["phone"]["exact"] == pytest.approx(0.70, abs=0.02)
+    assert m["document"]["one_typo"] == pytest.approx(0.06, abs=0.01)
+
+
+def test_a_rare_level_seen_zero_times_is_bounded_to_its_range_not_zero():
+    true_m = {**TRUE_M, "name": {**TRUE_M["name"], "surnames_swapped": 0.0,
+                                 "exact": TRUE_M["name"]["exact"] + TRUE_M["name"]["surnames_swapped"]}}
+    estimate = m_estimate(_pairs(3_000, true_m=true_m))
+    swapped = next(e for e in estimate.levels if (e.field, e.level) == ("name", "surnames_swapped"))
+    assert swapped.count == 0 and swapped.status == "bounded" and swapped.m == swapped.m_range[0] > 0
+
+
+def test_too_few_pairs_fail_loudly_instead_of_keeping_a_default():
+    pairs = _pairs(60)
+    estimate = m_estimate(pairs)
+    document = [e for e in estimate.levels if e.field == "document"]
+    assert all(e.status == "too_few_pairs" and e.m is None for e in document)
+    with pytest.raises(TooFewPairs) as failure:
+        m_probabilities(pairs)
+    message = str(failure.value)
+    assert failure.value.field == "document" and failure.value.level == "exact"
+    assert f"rests on {document[0].pairs} pairs, fewer than the 100 required" in message
+    assert f"declared range 0.8-0.995, estimate {document[0].raw:.4f}" in message
+
+
+def test_a_source_whose_id_is_often_wrong_says_so():
+    """FEBRL-like: the document disagrees for a third of true matches. A fixed m of .02 for
+    'document differs' would punish the field for this source's errors; the estimator must refuse."""
+    true_m = {**TRUE_M, "document": {"exact": 0.55, "one_typo": 0.10, "different": 0.35}}
+    estimate = m_estimate(_pairs(5_000, true_m=true_m, n_others=5_000))
+    different = next(e for e in estimate.levels if (e.field, e.level) == ("document", "different"))
+    assert different.status == "out_of_range" and different.m is None
+    assert different.raw == pytest.approx(0.35, abs=0.04) and different.raw > different.m_range[1]
+    assert {(e.field, e.level) for e in estimate.failures} == {("document", "exact"), ("document", "different")}
+    with pytest.raises(EstimateOutOfRange) as failure:
+        m_probabilities(_pairs(5_000, true_m=true_m, n_others=5_000))
+    message = str(failure.value)
+    assert message.startswith("m of document.exact estimated 0.5")
+    assert "is outside its declared range 0.8-0.995" in message and "(and 1 more level(s) failed)" in message
+    assert isinstance(failure.value, MEstimateError)
+    # The other fields still have their estimates, for the report.
+    assert all(e.status in ("ok", "bounded") for e in estimate.levels if e.field != "document")
+
+
+def test_reviewers_links_count_and_rejections_never_do():
+    base = _pairs(2_000)
+    # Pairs no anchor reaches (only a name and a phone): half linked by a reviewer, half rejected.
+    lonely = pl.DataFrame({"phone": ["different"] * 40, "name": ["typo"] * 40}).with_columns(
+        pl.Series("judged_match", [True] * 20 + [False] * 20), pl.Series("excluded", [False] * 20 + [True] * 20))
+    estimate = m_estimate(pl.concat([base.with_columns(pl.lit(False).alias("judged_match")), lonely],
+                                    how="diagonal_relaxed"))
+    plain = m_estimate(base)
+    phone = {e.level: e for e in estimate.levels if e.field == "phone"}
+    phone_plain = {e.level: e for e in plain.levels if e.field == "phone"}
+    assert phone["different"].judged_pairs == 20
+    assert phone["different"].pairs == phone_plain["different"].pairs + 20
+    assert phone["different"].count == phone_plain["different"].count + 20
+
+
+def test_recruitment_counts_missing_as_not_hired():
+    """The recruitment comparison yields a level only where it agrees; its m is the share of anchor
+    pairs hired in the lead's park within the window."""
+    pairs = _pairs(2_000).with_columns(
+        pl.Series("recruitment", ["hired_after_lead" if i % 50 == 0 else None for i in range(2_000)]))
+    assert FIELDS["recruitment"].kind == Kind.RECRUITMENT
+    hired = next(e for e in m_estimate(pairs).levels if e.field == "recruitment")
+    assert hired.raw == pytest.approx(0.02, abs=0.01) and hired.pairs > 1_000
+
+
+# --- model_report on a generated park, on PostgreSQL ----------------------------------------------
+
+
+@pytest.fixture
+def matched_park(db, tmp_path, settings):
+    from identity.demo import demo_data_generate  # noqa: PLC0415
+    from identity.importing import source_import  # noqa: PLC0415
+    from identity.index import drivers_index_refresh  # noqa: PLC0415
+    from identity.resolution import leads_match  # noqa: PLC0415
+
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    demo_data_generate(out_dir=tmp_path, end_date=date(2026, 3, 1), drivers=4_000, leads=1_000, seed=3)
+    for kind, name in (("drivers", "drivers.csv"), ("cabinet_leads", "cabinet_leads.csv")):
+        assert source_import(kind=kind, path=tmp_path / name).rejected == 0
+    drivers_index_refresh()
+    leads_match()
+
+
+def _weak_lead_and_candidate() -> tuple[str, str]:
+    from identity.models import IdentityUnmatched, ReasonCode  # noqa: PLC0415
+
+    row = IdentityUnmatched.objects.filter(reason_code=ReasonCode.WEAK_MATCH_ONLY).order_by("source_pk").first()
+    return row.source_pk, row.details["candidates"][0]["person_key"]
+
+
+def test_model_report_prints_every_level_and_the_pairs_behind_it(matched_park, capsys):
+    from identity import linking  # noqa: PLC0415
+    from identity.models import Verdict  # noqa: PLC0415
+
+    source_pk, person_key = _weak_lead_and_candidate()
+    linking.judgement_record(source_pk=source_pk, person_key=person_key, verdict=Verdict.LINK,
+                             decided_by_name="ana.revisora")
+    call_command("model_report", "--json", "--min-pairs", "30")
+    report = json.loads(capsys.readouterr().out)
+    assert report["leads"] > 900 and not report["failures"]
+    levels = {(e["field"], e["level"]): e for e in report["levels"]}
+    assert set(levels) == {(f.name, level.name) for f in FIELDS.values() for level in f.levels}
+    name_exact = levels[("name", "exact")]
+    assert name_exact["pairs"] >= 30 and name_exact["judged_pairs"] == 1
+    assert name_exact["m_range"][0] <= name_exact["m"] <= name_exact["m_range"][1]
+    assert name_exact["u"] == "term frequency" and name_exact["weight_bits"] is None
+    typo = levels[("document", "one_typo")]
+    assert typo["weight_bits"] == pytest.approx(math.log2(typo["m"] / typo["u"]))
+
+    call_command("model_report", "--min-pairs", "30")
+    text = capsys.readouterr().out
+    assert "declared m" in text and "estimated m" in text and "term frequency" in text
+    assert "name: 2 of document, phone, email, birth_date exact, or a reviewer linked the pair" in text
+    assert text.rstrip().endswith("every estimate within its declared range")
+
+
+def test_model_report_exits_1_with_one_line_when_an_estimate_fails(matched_park, capsys):
+    with pytest.raises(CommandError) as failure:
+        call_command("model_report", "--min-pairs", "1000000")
+    assert failure.value.returncode == 1
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message.startswith("m estimate failed: m of document.exact rests on ")
+    assert "fewer than the 1000000 required" in message
+    assert "TOO_FEW_PAIRS" in capsys.readouterr().out  # the table is still printed, the failure flagged
