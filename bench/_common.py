@@ -22,7 +22,7 @@ BENCH_DB = os.environ.get("CT4_BENCH_DB", "ct4_bench")
 TABLES = (
     "public.module_ct_cabinet_leads", "public.drivers", "public.driver_trips", "public.cabinet_milestone_claims",
     "canon.identity_judgements", "canon.identity_links", "canon.identity_origin", "canon.identity_unmatched",
-    "canon.drivers_index", "canon.name_token_stats", "ops.cabinet_kpi_red_recovery_queue",
+    "canon.drivers_index", "canon.name_token_stats", "canon.match_models", "ops.cabinet_kpi_red_recovery_queue",
     "ops.identity_matching_jobs", "ops.job_runs", "canon.identity_registry",
 )
 

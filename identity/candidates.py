@@ -25,6 +25,7 @@ from identity.fields import (
     BLOCKING_RULES,
     FIELDS,
     KEY_FIELDS,
+    INITIALS_MIN_SHARED,
     NAME_BLOCK_MAX_EXPECTED,
     NAME_BLOCK_MIN_TOKEN,
     BlockingRule,
@@ -171,6 +172,11 @@ class IndexFrame:
     def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
         return self.records.filter(pl.col("person_key").is_in(person_keys.unique().implode())).drop("person_i")
 
+    def records_with(self, column: str, values: pl.Series) -> pl.DataFrame:
+        """Every record whose `column` is one of `values` (value, person_key, person_i, name tokens)."""
+        return self.records.filter(pl.col(column).is_in(values.implode())).select(
+            pl.col(column).alias("value"), "person_key", "person_i", "given_tokens", "surname_tokens")
+
     def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
         """(lead_i, record columns...): every record of each (lead_i, person_i), by slicing."""
         person_i = persons["person_i"].to_numpy().astype(np.int64)
@@ -244,6 +250,15 @@ class SqlIndex:
     def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
         return persons.select("lead_i", "person_key").join(self.persons_records(persons["person_key"]), on="person_key")
 
+    def records_with(self, column: str, values: pl.Series) -> pl.DataFrame:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {column}, person_key::text, given_tokens, surname_tokens FROM canon.drivers_index "
+                           f"WHERE {column} = ANY(%s)", [values.to_list()])
+            rows = cursor.fetchall()
+        schema = {"value": values.dtype, "person_key": pl.String, "given_tokens": pl.List(pl.String),
+                  "surname_tokens": pl.List(pl.String)}
+        return pl.DataFrame(rows, schema=schema, orient="row")
+
 
 def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
     """(lead_i, person_key, rule): the candidates every rule of a stage finds for these leads.
@@ -256,6 +271,8 @@ def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, f
             usable = counts.filter((pl.col("field") == field_name) & (pl.col("persons") <= rule.cap)).select("value")
             wanted = _lead_values(leads, rule.lead_column).join(usable, on="value", how="semi")
             found = source.equal_hits(rule, wanted) if wanted.height else None
+        elif rule.kind == BlockKind.EQUAL_AND_INITIALS:
+            found = initials_hits(source, rule, leads)
         else:
             found = source.name_hits(name_blocks(leads, freq), rule.cap)
         if found is not None and found.height:
@@ -264,6 +281,28 @@ def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, f
             parts.append(found.select(pl.col("lead_i").cast(pl.UInt32), "person_key", pl.col("person_i").cast(pl.UInt32),
                                       pl.lit(rule.name).alias("rule")))
     return pl.concat(parts) if parts else pl.DataFrame(schema=HITS_SCHEMA)
+
+
+def _initials(tokens: pl.Expr) -> pl.Expr:
+    return tokens.list.eval(pl.element().str.slice(0, 1)).list.unique()
+
+
+def initials_hits(source: IndexFrame | SqlIndex, rule: BlockingRule, leads: pl.DataFrame) -> pl.DataFrame:
+    """(lead_i, person_key[, person_i]): records with the lead's value in rule.index_column whose name
+    tokens' initials include at least INITIALS_MIN_SHARED of the lead's (all of them when the lead has
+    fewer); a lead finding more persons than the rule's cap this way finds none."""
+    wanted = (leads.select("lead_i", pl.col(rule.lead_column).alias("value"), _initials(pl.col("name_tokens")).alias("lead_initials"))
+              .drop_nulls("value").filter(pl.col("lead_initials").list.len() > 0))
+    if not wanted.height:
+        return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
+    found = source.records_with(rule.index_column, wanted["value"].unique())
+    found = found.with_columns(_initials(pl.concat_list("given_tokens", "surname_tokens")).alias("initials"))
+    shared = pl.col("lead_initials").list.set_intersection(pl.col("initials")).list.len()
+    need = pl.min_horizontal(pl.col("lead_initials").list.len(), pl.lit(INITIALS_MIN_SHARED))
+    hits = (wanted.join(found.drop("given_tokens", "surname_tokens"), on="value").filter(shared >= need)
+            .drop("lead_initials", "initials", "value").unique(subset=["lead_i", "person_key"]))
+    small = hits.group_by("lead_i").agg(pl.len().alias("persons")).filter(pl.col("persons") <= rule.cap)
+    return hits.join(small.select("lead_i"), on="lead_i", how="semi")
 
 
 def frequencies_load(*, records: pl.DataFrame | None = None) -> Frequencies:

@@ -206,6 +206,9 @@ INDEX_SOURCES = (
 class BlockKind(StrEnum):
     EQUAL = "equal"  # the lead's value equals the index column
     NAME_TOKENS = "name_tokens"  # the record carries every token of one of the lead's name blocks
+    # The same value in lead_column and index_column, and at least INITIALS_MIN_SHARED of the lead's
+    # name tokens' first letters among the record's: one typo in every key and name token survives it.
+    EQUAL_AND_INITIALS = "equal_and_initials"
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,13 @@ BLOCKING_RULES: tuple[BlockingRule, ...] = (
     BlockingRule("plate", BlockKind.EQUAL, "plate", "plate"),
     # The lead's rarest known name tokens, in pairs and one triple (identity.candidates).
     BlockingRule("name_tokens", BlockKind.NAME_TOKENS, "name_tokens", "name_tokens", stage=2, cap=100),
+    # A document and a name token both typed wrong leave no exact key and no known name pair; the
+    # birth date with the name's initials still finds the record (FEBRL-style typos, docs/engine.md).
+    BlockingRule("birth_date_initials", BlockKind.EQUAL_AND_INITIALS, "birth_date", "birth_date", stage=2, cap=20),
 )
+# Initials the lead's name and the record's must share for birth_date_initials (fewer when the
+# lead gives fewer name tokens).
+INITIALS_MIN_SHARED = 2
 
 # Name blocks: tokens known to the index, at least this long; a block expected (were tokens
 # independent) to hold more drivers than this is skipped: "Juan Carlos Quispe Mamani" blocks nothing.

@@ -29,7 +29,8 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v3"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames
+RULE_VERSION = "fs-2026.12-v4"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+# v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule
 
 # Name levels in which both a given name and a surname agree. Swapped surnames are usually two
 # families ("Cruz Choque" / "Choque Cruz"): only a personal key makes them one person.
@@ -176,6 +177,9 @@ class Frequencies:
     tokens: dict | pl.DataFrame = field(default_factory=dict)
     keys: dict | pl.DataFrame = field(default_factory=dict)
     hires: dict | pl.DataFrame = field(default_factory=dict)
+    # m estimated from the data (identity.estimate), {field: {level: m}}, bounded by each level's
+    # m_range; a level not here keeps the registry's declared m.
+    m: dict = field(default_factory=dict)
 
     @property
     def population(self) -> int:
@@ -303,15 +307,18 @@ def _compare_date(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
 
 def _token_similarity(pairs: pl.DataFrame) -> pl.Series:
     """Similarity of each distinct (lead token, record token) pair that may be a typo:
-    Jaro-Winkler for tokens of four letters or more (one edit counts as NEAR_EXACT), and NEAR_EXACT
-    for three-letter tokens with the same letters (luz / lzu); -1 where no typo is possible."""
+    Jaro-Winkler for tokens of four letters or more (one edit counts as NEAR_EXACT), NEAR_EXACT
+    for three-letter tokens with the same letters (luz / lzu) and for a three-letter token one letter
+    short of a four-letter one (lui / luis, lor / flor, jse / jose); -1 where no typo is possible."""
     a, b = pairs["lead_token"].to_list(), pairs["token"].to_list()
     long_ = (pairs["lead_token"].str.len_chars() >= 4) & (pairs["token"].str.len_chars() >= 4)
     jaro = process.cpdist(a, b, scorer=JaroWinkler.similarity, workers=-1, dtype=np.float64) if a else np.zeros(0)
     one_edit = _distances(pairs["lead_token"], pairs["token"]) <= 1
     three = [len(x) == len(y) == 3 and sorted(x) == sorted(y) for x, y in zip(a, b, strict=True)]
+    short = np.array([{len(x), len(y)} == {3, 4} for x, y in zip(a, b, strict=True)], dtype=bool) & one_edit
     long_np = long_.to_numpy()
-    similarity = np.where(long_np, np.where(one_edit, NEAR_EXACT, jaro), np.where(three, NEAR_EXACT, -1.0))
+    similarity = np.where(long_np, np.where(one_edit, NEAR_EXACT, jaro),
+                          np.where(np.array(three, dtype=bool) | short, NEAR_EXACT, -1.0))
     return pl.Series("similarity", similarity, dtype=pl.Float64)
 
 
@@ -345,8 +352,9 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
     exact = wanted.join(pool_tokens, left_on=["r", "lead_token"], right_on=["r", "token"], how="semi")
     missing = wanted.join(pool_tokens, left_on=["r", "lead_token"], right_on=["r", "token"], how="anti")
     fuzzy = missing.join(pool.select("r", "token", "position"), on="r")
-    fuzzy = fuzzy.filter(((pl.col("lead_token").str.len_chars() >= 4) & (pl.col("token").str.len_chars() >= 4))
-                         | ((pl.col("lead_token").str.len_chars() == 3) & (pl.col("token").str.len_chars() == 3)))
+    lead_len, token_len = pl.col("lead_token").str.len_chars(), pl.col("token").str.len_chars()
+    fuzzy = fuzzy.filter(((lead_len >= 4) & (token_len >= 4))
+                         | (pl.min_horizontal(lead_len, token_len) == 3) & (pl.max_horizontal(lead_len, token_len) <= 4))
     distinct = fuzzy.select("lead_token", "token").unique()
     distinct = distinct.with_columns(_token_similarity(distinct))
     fuzzy = (fuzzy.join(distinct, on=["lead_token", "token"]).filter(pl.col("similarity") >= FUZZY_TOKEN_MIN)
@@ -468,6 +476,12 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
         else:
             frame = _compare_recruitment(f, leads, pairs, freq, thresholds.recruit_window_days)
         frame = frame.with_columns(pl.col("lead_i").cast(pl.UInt32), pl.lit(f.name).alias("field"))
+        if freq.m.get(f.name):
+            # bits = log2(m / u): an estimated m moves each level's bits by log2(m_estimated / m_declared),
+            # whatever u (term frequency included) the pair's value has.
+            shift = {lv.name: math.log2(freq.m[f.name][lv.name] / lv.m) for lv in f.levels if lv.name in freq.m[f.name]}
+            frame = frame.with_columns(
+                pl.col("bits") + pl.col("level").replace_strict(shift, default=0.0, return_dtype=pl.Float64))
         if not f.weighed:
             frame = frame.with_columns(pl.lit(0.0).alias("bits"))
         if per_record:

@@ -404,6 +404,8 @@ class DriverIndexEntry(models.Model):
             models.Index(fields=["email"], name="drivers_index_email_idx"),
             models.Index(fields=["plate"], name="drivers_index_plate_idx"),
             models.Index(fields=["indexed_at"], name="drivers_index_indexed_at_idx"),
+            # The birth_date_initials blocking rule's lookups (identity.fields.BLOCKING_RULES).
+            models.Index(fields=["birth_date"], name="drivers_index_birth_date_idx"),
             GinIndex(fields=["name_tokens"], name="drivers_index_name_gin"),
         ]
 
@@ -416,3 +418,24 @@ class NameTokenStat(models.Model):
 
     class Meta:
         db_table = 'canon"."name_token_stats'
+
+
+class MatchModel(models.Model):
+    """The m probabilities a match run estimated from its own pairs (identity.estimate): every
+    matching path (batch, a lead arriving now, explain, review) scores with the latest row's, and
+    with the registry's declared m for a level it does not hold."""
+
+    estimated_at = models.DateTimeField(db_default=Now())
+    run = models.ForeignKey(JobRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    leads = models.IntegerField()  # leads whose candidate pairs were counted
+    pairs = models.IntegerField()
+    # {field: {level: m}}: the estimates that passed (within their range, on enough pairs)
+    m = models.JSONField(default=dict)
+    # one line per level the data could not support: it keeps its declared m
+    failures = models.JSONField(default=list)
+
+    class Meta:
+        db_table = 'canon"."match_models'
+
+    def __str__(self) -> str:
+        return f"match model #{self.pk} ({self.pairs} pairs)"

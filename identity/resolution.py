@@ -7,6 +7,7 @@ in batches (the recovery jobs call `leads_resolve` for their own batches).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,8 +35,10 @@ from identity.matching import (
     pairs_score,
 )
 from identity.fields import LEAD_SOURCES
-from identity.models import LEADS_TABLE, ReasonCode
+from identity.models import LEADS_TABLE, MatchModel, ReasonCode
 from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
+
+log = logging.getLogger("ct4.matching")
 
 DEFAULT_BATCH = 1000
 # With the index in memory, leads are decided this many batches at a time (each batch still
@@ -99,8 +102,8 @@ class MatchContext:
         thresholds = Thresholds.from_settings()
         if in_memory:
             index = IndexFrame.load()
-            return cls(freq=index.freq, thresholds=thresholds, index=index)
-        return cls(freq=frequencies_load(), thresholds=thresholds)
+            return cls(freq=dataclasses.replace(index.freq, m=match_model_m()), thresholds=thresholds, index=index)
+        return cls(freq=dataclasses.replace(frequencies_load(), m=match_model_m()), thresholds=thresholds)
 
     @classmethod
     def for_leads(cls, count: int) -> MatchContext:
@@ -110,6 +113,45 @@ class MatchContext:
     @property
     def source(self) -> IndexFrame | SqlIndex:
         return self.index if self.index is not None else SqlIndex(self.freq)
+
+
+def match_model_m() -> dict:
+    """The latest estimated m ({field: {level: m}}; empty: the registry's declared m everywhere)."""
+    latest = MatchModel.objects.order_by("-estimated_at", "-id").values_list("m", flat=True).first()
+    return latest or {}
+
+
+# A run over at least this many leads estimates m from its own pairs first (identity.estimate), on
+# at most ESTIMATE_SAMPLE of them; fewer leads would leave most levels on too few pairs.
+ESTIMATE_MIN_LEADS = 2000
+ESTIMATE_SAMPLE = 10_000
+
+
+def match_model_estimate(leads: pl.DataFrame, context: MatchContext, *, run_id: int | None = None) -> MatchContext:
+    """Estimate m from these leads' candidate pairs (with the context's current m: levels do not
+    depend on it), store it as the latest match model, and return the context scoring with it.
+    A level the data cannot support (too few pairs, outside its declared range) keeps its declared
+    m, and the model row and the log say which and why."""
+    from identity.estimate import judged_matches_load, m_estimate  # noqa: PLC0415 - estimate reads resolution
+
+    sample = leads.head(ESTIMATE_SAMPLE).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
+    resolved = leads_decide_frame(sample, context)
+    pairs = resolved.scores.candidates.join(sample.select("lead_i", "source_pk"), on="lead_i")
+    judged = judged_matches_load().with_columns(pl.lit(True).alias("judged_match"))
+    pairs = pairs.join(judged, on=["source_pk", "person_key"], how="left")
+    if not context.thresholds.recruit_window_days:
+        pairs = pairs.drop("recruitment", strict=False)
+    estimate = m_estimate(pairs)
+    usable: dict[str, dict[str, float]] = {}
+    for level in estimate.levels:
+        if not level.failed:
+            usable.setdefault(level.field, {})[level.level] = level.m
+    # A field no pair compares (no lead or no record carries it) has no estimate and needs none.
+    failures = [str(level.error()) for level in estimate.failures if level.pairs]
+    MatchModel.objects.create(run_id=run_id, leads=sample.height, pairs=pairs.height, m=usable, failures=failures)
+    for failure in failures:
+        log.warning("match model: %s; the declared m is kept", failure)
+    return dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=usable))
 
 
 @dataclass
@@ -273,6 +315,9 @@ def leads_match(
         else:
             todo = leads_load(source_pks, unlinked_only=True)
         context = MatchContext.for_leads(todo.height)
+        if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run:
+            context = match_model_estimate(todo, context, run_id=run.run.pk)
+            totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         totals["load_seconds"] = round(time.monotonic() - started, 2)
         chunk = batch_size * (DECIDE_BATCHES if context.index is not None else 1)
         with progress_bar(todo.height, "matching", progress) as bar:

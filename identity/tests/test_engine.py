@@ -85,6 +85,9 @@ def test_birth_date_levels(lead_day, record_day, expected):
     ("quispe mamani juan carlos", "juan carlos", "quispe mamani", "exact"),  # box order does not matter
     ("juan carlso quispe mamani", "juan carlos", "quispe mamani", "typo"),  # two letters swapped
     ("gutierrez salazar lzu", "luz", "gutierrez salazar", "typo"),  # three-letter anagram
+    ("lui quispe mamani", "luis", "quispe mamani", "typo"),  # a four-letter name one letter short
+    ("lor quispe mamani", "flor", "quispe mamani", "typo"),  # its first letter lost
+    ("ana quispe mamani", "ada", "quispe mamani", "surnames_only"),  # three letters, one changed: another name
     ("juan quispe mamani", "juan carlos", "quispe mamani", "subset"),
     ("juan alberto quispe mamani", "juan carlos", "quispe mamani", "partial"),
     ("rosa quispe mamani", "juan carlos", "quispe mamani", "surnames_only"),
@@ -269,3 +272,41 @@ def test_frequencies_from_the_index_in_memory_and_from_sql_agree(park):
     assert in_sql.hires_frame().sort(sort).equals(in_memory.hires_frame().sort(sort))
     assert dataclasses.replace(in_sql, keys={}).tokens_frame().sort("token").equals(in_memory.tokens_frame().sort("token"))
     assert isinstance(in_memory.tokens, pl.DataFrame)
+
+
+@pytest.fixture
+def typo_park(db):
+    """A lead whose document and two name tokens are each one typo off its driver's: no exact key, no
+    known pair of name tokens; only the birth date with the name's initials finds the driver."""
+    make_driver(driver_id="T1", first_name="Marisol", last_name="Huamani Ttito", phone="951000111",
+                document="70112233", birth_date=date(1970, 2, 3))
+    # Same birth date, initials in common with the lead's but one: not a candidate of the rule.
+    make_driver(driver_id="T2", first_name="Rosa", last_name="Huamani Quispe", birth_date=date(1970, 2, 3))
+    drivers_index_refresh()
+    _make_lead(external_id="TYPO", first_name="Marsiol", last_name="Huamani Titto", document="70112234",
+               phone=None, email=None, birth_date=date(1970, 2, 3))
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_birth_date_initials_blocking_finds_a_lead_with_a_typo_in_every_key(typo_park, in_memory):
+    context = MatchContext.load(in_memory=in_memory)
+    resolved = leads_decide_frame(leads_load(), context)
+    rules = resolved.hits.group_by("person_key").agg(pl.col("rule").unique())
+    found = {tuple(sorted(r)) for r in rules["rule"].to_list()}
+    assert found == {("birth_date_initials",)}  # T1 only: T2 shares the date and one initial ("h")
+    decision = decisions_materialize(resolved.decisions, resolved.scores)["TYPO"]
+    assert decision.is_link
+    assert {f.field: f.level for f in decision.candidates[0].fields}["document"] == "one_typo"
+
+
+def test_birth_date_initials_blocking_needs_the_initials(typo_park):
+    from identity.candidates import initials_hits
+
+    rule = next(r for r in registry.BLOCKING_RULES if r.name == "birth_date_initials")
+    leads = leads_load()
+    assert initials_hits(IndexFrame.load(), rule, leads).height == 1
+    other = leads.with_columns(pl.lit(["rosa", "quispe"]).alias("name_tokens"))  # initials r, q: T2 shares both
+    hits = initials_hits(IndexFrame.load(), rule, other)
+    assert hits.height == 1 and hits["person_key"][0] != initials_hits(IndexFrame.load(), rule, leads)["person_key"][0]
+    no_date = leads.with_columns(pl.lit(None, pl.Date).alias("birth_date"))
+    assert initials_hits(IndexFrame.load(), rule, no_date).height == 0
