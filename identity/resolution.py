@@ -34,7 +34,7 @@ from identity.matching import (
     evidence_json,
     pairs_score,
 )
-from identity.fields import LEAD_SOURCES
+from identity.fields import FIELDS, LEAD_SOURCES
 from identity.models import LEADS_TABLE, MatchModel, ReasonCode
 from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
 
@@ -147,7 +147,8 @@ def match_model_estimate(leads: pl.DataFrame, context: MatchContext, *, run_id: 
         if not level.failed:
             usable.setdefault(level.field, {})[level.level] = level.m
     # A field no pair compares (no lead or no record carries it) has no estimate and needs none.
-    failures = [str(level.error()) for level in estimate.failures if level.pairs]
+    compared = {name for name in pairs.columns if name in FIELDS and pairs[name].null_count() < pairs.height}
+    failures = [str(level.error()) for level in estimate.failures if level.field in compared]
     MatchModel.objects.create(run_id=run_id, leads=sample.height, pairs=pairs.height, m=usable, failures=failures)
     for failure in failures:
         log.warning("match model: %s; the declared m is kept", failure)

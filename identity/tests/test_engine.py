@@ -310,3 +310,46 @@ def test_birth_date_initials_blocking_needs_the_initials(typo_park):
     assert hits.height == 1 and hits["person_key"][0] != initials_hits(IndexFrame.load(), rule, leads)["person_key"][0]
     no_date = leads.with_columns(pl.lit(None, pl.Date).alias("birth_date"))
     assert initials_hits(IndexFrame.load(), rule, no_date).height == 0
+
+
+# --- m estimated from the data, used by the scorer ------------------------------------------------
+
+
+def test_an_estimated_m_moves_its_levels_bits_by_log2_of_the_ratio():
+    the_lead = lead(document="44556677", birth_date=date(1990, 1, 2))
+    the_record = record(document="44556677", birth_date=date(1990, 1, 3))
+    declared = lead_decide(the_lead, [Candidate("P1", (the_record,))], FREQ, T).candidates[0]
+    halved = {"document": {"exact": FIELDS["document"].level("exact").m / 2},
+              "birth_date": {"near": FIELDS["birth_date"].level("near").m * 4}}
+    estimated = lead_decide(the_lead, [Candidate("P1", (the_record,))], dataclasses.replace(FREQ, m=halved), T).candidates[0]
+    bits = lambda scored: {f.field: f.bits for f in scored.fields}  # noqa: E731
+    assert bits(estimated)["document"] == pytest.approx(bits(declared)["document"] - 1.0)
+    assert bits(estimated)["birth_date"] == pytest.approx(bits(declared)["birth_date"] + 2.0)
+    assert bits(estimated)["name"] == pytest.approx(bits(declared)["name"])
+    assert estimated.bits == pytest.approx(declared.bits + 1.0)
+
+
+@pytest.mark.django_db
+def test_every_matching_path_scores_with_the_latest_match_model():
+    from identity.models import MatchModel
+
+    assert MatchContext.load().freq.m == {}
+    MatchModel.objects.create(leads=10, pairs=500, m={"document": {"exact": 0.5}})
+    MatchModel.objects.create(leads=10, pairs=900, m={"document": {"exact": 0.9}})
+    assert MatchContext.load().freq.m == {"document": {"exact": 0.9}}
+    assert MatchContext.load(in_memory=True).freq.m == {"document": {"exact": 0.9}}
+
+
+def test_a_match_run_estimates_its_model_and_says_what_the_data_cannot_support(park, settings, monkeypatch, caplog):
+    from identity import resolution
+    from identity.models import MatchModel
+
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    monkeypatch.setattr(resolution, "ESTIMATE_MIN_LEADS", 1)
+    totals = leads_match()
+    model = MatchModel.objects.get()
+    assert model.leads == 6 and model.pairs >= 5 and model.run_id is not None
+    # Six leads: every compared field rests on fewer pairs than an estimate needs; each keeps its declared m.
+    assert model.m == {} and totals["m_levels_estimated"] == 0
+    assert model.failures and all("fewer than the 100 required" in line for line in model.failures)
+    assert any("the declared m is kept" in r.getMessage() for r in caplog.records)
