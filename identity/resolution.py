@@ -35,6 +35,7 @@ from identity.matching import (
     pairs_score,
 )
 from identity.fields import FIELDS, LEAD_SOURCES
+from identity.index import index_changed_at
 from identity.models import LEADS_TABLE, MatchModel, ReasonCode
 from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
 
@@ -52,8 +53,13 @@ _RAW_LEAD_COLUMNS = ("source_pk", "phone", "document", "email", "plate", "birth_
                      "last_name", "park_id", "lead_date")
 
 
-def leads_load(source_pks: list[str] | None = None, *, unlinked_only: bool = False) -> pl.DataFrame:
-    """Leads (the named ones, or all) as a frame of normalized keys (LEAD_SCHEMA), newest first."""
+def leads_load(source_pks: list[str] | None = None, *, unlinked_only: bool = False, undecided_since=None,
+               limit: int | None = None) -> pl.DataFrame:
+    """Leads (the named ones, or all) as a frame of normalized keys (LEAD_SCHEMA), newest first.
+
+    `undecided_since` (a time) leaves out the leads whose open unmatched row was written after it by
+    this rule version, after the lead last changed and after any judgement on it: deciding them
+    again against the same index and model would say the same."""
     where, params = [], []
     if source_pks is not None:
         where.append("c.source_pk = ANY(%s)")
@@ -63,8 +69,17 @@ def leads_load(source_pks: list[str] | None = None, *, unlinked_only: bool = Fal
         # re-planned per batch while the run writes the links it anti-joins against.
         where.append(f"NOT EXISTS (SELECT 1 FROM canon.identity_links l WHERE l.source_table = '{LEADS_TABLE}' "
                      "AND l.source_pk = c.source_pk)")
+    if undecided_since is not None:
+        where.append(
+            f"""NOT EXISTS (SELECT 1 FROM canon.identity_unmatched u
+                WHERE u.source_table = '{LEADS_TABLE}' AND u.source_pk = c.source_pk AND u.status = 'open'
+                  AND u.updated_at >= %s AND u.updated_at >= c.updated_at AND u.details->>'rule_version' = %s
+                  AND NOT EXISTS (SELECT 1 FROM canon.identity_judgements j WHERE j.source_table = u.source_table
+                                  AND j.source_pk = u.source_pk AND j.decided_at >= u.updated_at))""")
+        params += [undecided_since, RULE_VERSION]
     query = (f"SELECT {', '.join('c.' + c for c in _RAW_LEAD_COLUMNS)} FROM public.module_ct_cabinet_leads c"
-             + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY c.created_at DESC, c.source_pk")
+             + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY c.created_at DESC, c.source_pk"
+             + (f" LIMIT {int(limit)}" if limit else ""))
     raw_schema = {name: pl.String for name in _RAW_LEAD_COLUMNS} | {"birth_date": pl.Date, "lead_date": pl.Date}
     raw = frame_read(query, params or None, schema=raw_schema)
     return leads_normalize(raw)
@@ -121,20 +136,36 @@ def match_model_m() -> dict:
     return latest or {}
 
 
+def match_inputs_changed_at():
+    """When what decides a lead last changed: the drivers index, or the match model (None: never)."""
+    model_at = MatchModel.objects.order_by("-estimated_at").values_list("estimated_at", flat=True).first()
+    times = [t for t in (index_changed_at(), model_at) if t is not None]
+    return max(times) if times else None
+
+
+def match_model_stale() -> bool:
+    """No model yet, or the drivers index changed after the latest one was estimated."""
+    model_at = MatchModel.objects.order_by("-estimated_at").values_list("estimated_at", flat=True).first()
+    index_at = index_changed_at()
+    return model_at is None or (index_at is not None and index_at > model_at)
+
+
 # A run over at least this many leads estimates m from its own pairs first (identity.estimate), on
 # at most ESTIMATE_SAMPLE of them; fewer leads would leave most levels on too few pairs.
 ESTIMATE_MIN_LEADS = 2000
 ESTIMATE_SAMPLE = 10_000
 
 
-def match_model_estimate(leads: pl.DataFrame, context: MatchContext, *, run_id: int | None = None) -> MatchContext:
-    """Estimate m from these leads' candidate pairs (with the context's current m: levels do not
+def match_model_estimate(leads: pl.DataFrame | None, context: MatchContext, *, run_id: int | None = None) -> MatchContext:
+    """Estimate m from these leads' (None: the newest ESTIMATE_SAMPLE leads') candidate pairs (with the context's current m: levels do not
     depend on it), store it as the latest match model, and return the context scoring with it.
     A level the data cannot support (too few pairs, outside its declared range) keeps its declared
     m, and the model row and the log say which and why."""
     from identity.estimate import judged_matches_load, m_estimate  # noqa: PLC0415 - estimate reads resolution
 
-    sample = leads.head(ESTIMATE_SAMPLE).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
+    # Every lead, linked or not, newest first: the leftovers of earlier runs alone are the hard cases.
+    sample = leads_load(limit=ESTIMATE_SAMPLE) if leads is None else leads.head(ESTIMATE_SAMPLE)
+    sample = sample.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
     resolved = leads_decide_frame(sample, context)
     pairs = resolved.scores.candidates.join(sample.select("lead_i", "source_pk"), on="lead_i")
     judged = judged_matches_load().with_columns(pl.lit(True).alias("judged_match"))
@@ -299,25 +330,32 @@ def unlinked_leads(
 def leads_match(
     *, limit: int | None = None, source_pks: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
     dry_run: bool = False, progress: bool | None = None, shard: tuple[int, int] | None = None,
+    redecide: bool = False,
 ) -> Counter:
     """Match every unlinked lead (or the ones named), batch by batch, as a recorded job run.
 
     The unlinked leads are read once, in one statement; with many of them the drivers index is
     read into memory once too, and every batch is blocked and scored column-wise against it.
     With `shard=(i, n)` only the i-th of n disjoint slices of the leads: n processes, each with its
-    own shard, match in parallel without ever deciding the same lead."""
+    own shard, match in parallel without ever deciding the same lead.
+
+    A lead already decided (an open unmatched row) after the index and the match model last changed,
+    by this rule version, and not changed or judged since, is not decided again unless `redecide`:
+    the same inputs would give the same decision. The match model is estimated anew (from the newest
+    leads, linked or not) when there is none or the index changed after it."""
     started = time.monotonic()
     totals: Counter = Counter()
     name = "match_leads" if shard is None else f"match_leads[{shard[0]}/{shard[1]}]"
-    params = {"limit": limit, "dry_run": dry_run, "named": bool(source_pks), "shard": shard}
+    params = {"limit": limit, "dry_run": dry_run, "named": bool(source_pks), "shard": shard, "redecide": redecide}
     with job_run(name, params=params) as run:
         if shard or limit:
             todo = leads_load(unlinked_leads(limit=limit, source_pks=source_pks, shard=shard))
         else:
-            todo = leads_load(source_pks, unlinked_only=True)
+            since = None if (source_pks or redecide) else match_inputs_changed_at()
+            todo = leads_load(source_pks, unlinked_only=True, undecided_since=since)
         context = MatchContext.for_leads(todo.height)
-        if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run:
-            context = match_model_estimate(todo, context, run_id=run.run.pk)
+        if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run and match_model_stale():
+            context = match_model_estimate(None, context, run_id=run.run.pk)
             totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         totals["load_seconds"] = round(time.monotonic() - started, 2)
         chunk = batch_size * (DECIDE_BATCHES if context.index is not None else 1)

@@ -38,7 +38,7 @@ PERSONAL["birth_date"] += ["1988-12-02", "02/12/1988", "19881202"]
 EVERY_VALUE = [value for values in PERSONAL.values() for value in values]
 JOBS = (
     ("refresh_drivers_index",), ("seed_kpi_red_queue",), ("recover_kpi_red_leads",), ("retry_identity_matching",),
-    ("reconcile_cabinet_leads_pipeline",), ("match_leads",), ("run_guardrails",),
+    ("reconcile_cabinet_leads_pipeline",), ("match_leads", "--redecide"), ("run_guardrails",),
 )
 # The names the jobs' runs carry in ops.job_runs (run_guardrails records "guardrails").
 RUN_NAMES = {"refresh_drivers_index", "seed_kpi_red_queue", "recover_kpi_red_leads", "retry_identity_matching",

@@ -8,6 +8,7 @@ from datetime import date
 import polars as pl
 import pytest
 from django.core.management import call_command
+from django.db.models.functions import Now
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -260,7 +261,7 @@ def test_leads_match_writes_links_and_unmatched_rows_with_evidence_in_bulk(park,
     link = IdentityLink.objects.get(source_pk="A")
     assert link.evidence["rule_version"] and link.evidence["candidates"][0]["fields"]
     assert IdentityUnmatched.objects.get(source_pk="F").reason_code == ReasonCode.NO_CANDIDATES
-    assert leads_match()["processed"] == 6 - totals["linked"]  # linked leads are not decided again
+    assert leads_match(redecide=True)["processed"] == 6 - totals["linked"]  # linked leads are not decided again
 
 
 def test_frequencies_from_the_index_in_memory_and_from_sql_agree(park):
@@ -353,3 +354,23 @@ def test_a_match_run_estimates_its_model_and_says_what_the_data_cannot_support(p
     assert model.m == {} and totals["m_levels_estimated"] == 0
     assert model.failures and all("fewer than the 100 required" in line for line in model.failures)
     assert any("the declared m is kept" in r.getMessage() for r in caplog.records)
+
+
+def test_a_lead_decided_since_the_index_and_the_model_last_changed_is_not_decided_again(transactional_db, park,
+                                                                                         settings):
+    """Committed runs, as in production (inside one test transaction every row has the same now())."""
+    from identity.models import CabinetLead
+
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    first = leads_match()
+    undecided = 6 - first["linked"]
+    assert undecided >= 2
+    assert leads_match()["processed"] == 0  # same index, same model, same leads: same decisions
+    assert leads_match(redecide=True)["processed"] == undecided
+    CabinetLead.objects.filter(external_id="F").update(updated_at=Now())  # the lead changed
+    assert leads_match()["processed"] == 1
+    drivers_index_refresh(full=True)  # nothing changed in the drivers: nothing to decide again
+    assert leads_match()["processed"] == 0
+    make_driver(driver_id="D9", first_name="Pedro", last_name="Nadie Nunca")
+    drivers_index_refresh()  # the index changed: every unlinked lead is decided again
+    assert leads_match()["processed"] == undecided

@@ -17,6 +17,9 @@ class Command(JobCommand):
         parser.add_argument("--dry-run", action="store_true", help="decide but write nothing")
         parser.add_argument("--workers", type=int, default=1, help="processes matching in parallel (one shard each)")
         parser.add_argument("--shard", type=_shard, help="I/N: only the I-th of N disjoint slices of the leads")
+        parser.add_argument("--redecide", action="store_true",
+                            help="decide again the leads already decided since the index and the match model "
+                                 "last changed (by default they are skipped: the same inputs give the same decision)")
 
     def run(self, **options):
         if options["workers"] > 1:
@@ -24,7 +27,7 @@ class Command(JobCommand):
                                         batch_size=options["batch_size"], dry_run=options["dry_run"])
         return leads_match(
             limit=options["limit"], source_pks=options["source_pks"], batch_size=options["batch_size"],
-            dry_run=options["dry_run"], shard=options["shard"],
+            dry_run=options["dry_run"], shard=options["shard"], redecide=options["redecide"],
         )
 
 
