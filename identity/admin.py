@@ -33,7 +33,7 @@ from identity.models import (
     Person,
 )
 from identity.normalize import normalize_document, normalize_email, normalize_phone, normalize_plate
-from identity.review import REVIEW_REASONS
+from identity.models import REVIEW_REASONS
 
 admin.site.site_header = "ct4 identity recovery"
 admin.site.site_title = "ct4 admin"

@@ -14,8 +14,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Cast, Coalesce, Now
 
-# The park's time zone: a lead's date is the calendar day of its creation in Lima.
-PARK_TIME_ZONE = "America/Lima"
+from identity.domain import MILESTONES, PARK_TIME_ZONE
 
 LEADS_TABLE = "module_ct_cabinet_leads"
 DRIVERS_TABLE = "drivers"
@@ -29,6 +28,10 @@ class ReasonCode(models.TextChoices):
     WEAK_MATCH_ONLY = "WEAK_MATCH_ONLY", "Best candidate is plausible but below the link threshold"
     CONFLICT_MULTIPLE_CANDIDATES = "CONFLICT_MULTIPLE_CANDIDATES", "Two or more strong candidates are close"
     ERROR = "ERROR", "The matcher failed on this lead"
+
+
+# The reasons a human decides: the matcher found someone, but would not link alone.
+REVIEW_REASONS = (ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value, ReasonCode.WEAK_MATCH_ONLY.value)
 
 
 class SourceTable(models.TextChoices):
@@ -149,7 +152,7 @@ class ClaimStatus(models.TextChoices):
 class Claim(models.Model):
     """Money claimed from the platform for a lead's milestone (1, 5 or 25 trips in 14 days)."""
 
-    MILESTONES = (1, 5, 25)
+    MILESTONES = MILESTONES
 
     lead_source_pk = models.TextField()
     driver_id = models.TextField(null=True, blank=True)

@@ -314,7 +314,6 @@ def progress_bar(total: int | None, desc: str, enabled: bool | None = None):
 # 40,000 lead links among a million driver links never get there, and plans built on "there are
 # no lead links" turn the runbooks' queries from milliseconds into minutes.
 LINK_TABLES = ("canon.identity_links", "canon.identity_origin", "canon.identity_unmatched")
-RECOVERY_TABLES = ("ops.identity_matching_jobs", "ops.cabinet_kpi_red_recovery_queue")
 
 
 def tables_analyze(*tables: str) -> None:

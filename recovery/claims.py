@@ -10,7 +10,7 @@ from __future__ import annotations
 from django.db import connection
 
 from identity.models import LEADS_TABLE, ClaimStatus
-from recovery.views import MILESTONE_AMOUNTS
+from identity.domain import MILESTONE_AMOUNTS
 
 CREATED_BY = "reconcile"
 
@@ -46,7 +46,7 @@ ON CONFLICT (lead_source_pk, milestone) DO NOTHING
 def claims_create_expected(*, source_pks: list[str] | None = None) -> int:
     """Insert the missing 'expected' claims of these leads (every lead when None); returns rows inserted.
 
-    Amount from settings.CT4["MILESTONES"] (recovery.views.MILESTONE_AMOUNTS); driver_id is the person's driver with the most trips
+    Amount from settings.CT4["MILESTONES"] (identity.domain.MILESTONE_AMOUNTS); driver_id is the person's driver with the most trips
     in the window. A milestone that already has a row, whatever its status, is left alone.
     """
     if source_pks is not None and not source_pks:

@@ -12,15 +12,13 @@ from decimal import Decimal
 from django.db import connection
 from django.utils import timezone
 
-from identity.models import ReasonCode
+from identity.domain import TODAY
+from identity.models import REVIEW_REASONS
 from recovery import reports, status
-from recovery.views import TODAY
 
 TREND_DAYS = 30
 FUNNEL_WEEKS = 12
 TOP_DRIVERS = 10
-# The reasons a human settles in the review screen.
-REVIEW_REASONS = (ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value, ReasonCode.WEAK_MATCH_ONLY.value)
 # The funnel's stages, in funnel order: (column of ops.v_cabinet_14d_funnel_audit_weekly, label).
 FUNNEL_STAGES = (
     ("limbo_no_identity", "No identity"),

@@ -10,7 +10,7 @@ This module is the one home of "a person's trips in the claim window". It define
 
 - `ops.in_claim_window(trip_date, lead_date)`: the claim window, the CLAIM_WINDOW_DAYS days from lead_date;
 - `ops.person_window_trips(person_key, lead_date)`: each driver record of a person with its trips in that
-  window. The reconcile job (recovery.claims) and the review screen (identity.review) call it too;
+  window. The reconcile job (recovery.claims) and the review screen (recovery.review.screen) call it too;
 - DIRECT_SQL, the table's rows computed from the sources; triggers keep the table equal to it.
 
 The rows depend on four tables. Statement-level triggers with transition tables recompute, once per
@@ -39,7 +39,7 @@ from __future__ import annotations
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from identity.models import DRIVERS_TABLE, LEADS_TABLE
-from recovery.views import CLAIM_WINDOW_DAYS
+from identity.domain import CLAIM_WINDOW_DAYS
 
 TABLE = "ops.lead_window_14d"
 LOCK = "ct4.lead_window_14d"

@@ -7,6 +7,10 @@ from django.db.models.functions import Now
 from identity.models import Person, ReasonCode, SourceTable, choices_check
 
 
+# What the recovery jobs write besides identity.runs.LINK_TABLES; they re-analyze both after a run.
+RECOVERY_TABLES = ("ops.identity_matching_jobs", "ops.cabinet_kpi_red_recovery_queue")
+
+
 class WorkStatus(models.TextChoices):
     PENDING = "pending"
     MATCHED = "matched"

@@ -13,6 +13,7 @@ from datetime import timedelta
 from django.db import connection
 from django.utils import timezone
 
+from identity.domain import TODAY
 from identity.models import LEADS_TABLE
 from identity.runs import ABANDONED_SQL
 from recovery.guardrails import (
@@ -237,10 +238,10 @@ def red_kpi_now() -> dict:
     by_risk = {r["risk_level"]: r["n"] for r in _rows(
         "SELECT risk_level, count(*) AS n FROM ops.v_cabinet_kpi_red_backlog GROUP BY risk_level ORDER BY risk_level")}
     last_7_days = _rows(
-        """
+        f"""
         SELECT metric_date, backlog_start, new_backlog_in, matched_out, backlog_end, net_change, top_fail_reason
         FROM ops.v_cabinet_kpi_red_recovery_metrics_daily
-        WHERE metric_date > (now() AT TIME ZONE 'America/Lima')::date - 7
+        WHERE metric_date > {TODAY} - 7
         ORDER BY metric_date
         """
     )

@@ -12,13 +12,14 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from identity import review
 from identity.index import drivers_index_refresh
 from identity.models import Driver, DriverIndexEntry, IdentityLink, IdentityOrigin, JobRun
-from identity.review import Action, review_decide
 from identity.tests.factories import lima_today, make_claim, make_driver, make_lead, make_trips
-from identity.tests.test_review import conflict, person_of, recover, weak
+from recovery.tests.test_review import conflict, person_of, recover, weak
 from recovery.heartbeat import heartbeat_beat
+from recovery.review.decide import review_decide
+from recovery.review.listing import review_queue
+from recovery.review.rules import REVIEWER_GROUP, Action
 from recovery.models import KpiRedRecoveryQueue
 
 pytestmark = pytest.mark.django_db
@@ -60,7 +61,7 @@ def park():
     recover()
     make_claim(twin, milestone=1, status="expected")
     reviewer = get_user_model().objects.create_user("ana.revisora", password="lima-review-2026", is_staff=True)
-    reviewer.groups.add(Group.objects.get(name=review.REVIEWER_GROUP))
+    reviewer.groups.add(Group.objects.get(name=REVIEWER_GROUP))
     review_decide(source_pk=decided.source_pk, action=Action.LINK, person_key=person_of(a), user=reviewer)
     review_decide(source_pk=still_open.source_pk, action=Action.DEFER, user=reviewer)
     heartbeat_beat(host="ops-1", pid=4242, cluster="ct4")
@@ -235,4 +236,4 @@ def test_the_review_screen_is_reachable_from_an_open_conflict_in_the_admin(clien
     assert reverse("review:lead", args=[park["open"].source_pk]).encode() in response.content
     # The deferral is recorded (who, when) and the lead stays open for review.
     assert KpiRedRecoveryQueue.objects.get(lead_source_pk=park["open"].source_pk).status == "failed"
-    assert timezone.now() - timedelta(minutes=5) < review.review_queue().rows[-1].deferred_until - timedelta(hours=24)
+    assert timezone.now() - timedelta(minutes=5) < review_queue().rows[-1].deferred_until - timedelta(hours=24)

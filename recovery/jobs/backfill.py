@@ -13,7 +13,8 @@ from django.db import connection, transaction
 
 from identity import linking
 from identity.models import LEADS_TABLE
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, job_run, progress_bar, reconnecting, tables_analyze
+from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
+from recovery.models import RECOVERY_TABLES
 from recovery.queue import DEFAULT_BATCH
 
 JOB = "backfill_identity_origins_for_links"

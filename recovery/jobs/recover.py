@@ -23,7 +23,6 @@ from identity.models import JobRun, ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
 from identity.runs import (
     LINK_TABLES,
-    RECOVERY_TABLES,
     DatabaseUnavailable,
     RunHandle,
     connection_lost,
@@ -34,7 +33,7 @@ from identity.runs import (
     tables_analyze,
 )
 from recovery.jobs import WorkerSpec, recover_worker_main
-from recovery.models import WorkStatus
+from recovery.models import RECOVERY_TABLES, WorkStatus
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_claim, queue_mark, queue_pending_count
 from recovery.tracking import attempts_record
 

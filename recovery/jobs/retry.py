@@ -15,11 +15,13 @@ from django.db import connection, transaction
 
 from identity.models import ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, job_run, progress_bar, reconnecting, tables_analyze
+from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
+from recovery.models import RECOVERY_TABLES
 from recovery.jobs.backfill import origins_refresh_locked
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_mark_linked
 from recovery.tracking import attempts_record, leads_not_due
-from recovery.views import GapReason, RiskLevel
+from identity.domain import RiskLevel
+from recovery.views import GapReason
 
 JOB = "retry_identity_matching"
 ORIGIN_GAPS = (GapReason.NO_ORIGIN.value, GapReason.INCONSISTENT_ORIGIN.value)

@@ -29,7 +29,8 @@ from identity.tests.factories import (
 )
 from recovery import lead_window
 from recovery.claims import claims_create_expected
-from recovery.views import CLAIM_WINDOW_DAYS, CabinetFinancial14d
+from identity.domain import CLAIM_WINDOW_DAYS
+from recovery.views import CabinetFinancial14d
 
 pytestmark = pytest.mark.django_db
 

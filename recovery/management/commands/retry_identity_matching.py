@@ -4,7 +4,8 @@ from django.core.management.base import CommandError
 
 from identity.management.commands._common import JobCommand
 from recovery.jobs.retry import identity_matching_retry
-from recovery.views import GapReason, RiskLevel
+from identity.domain import RiskLevel
+from recovery.views import GapReason
 
 
 class Command(JobCommand):

@@ -14,10 +14,16 @@ from django.db import connections
 from django.urls import reverse
 from django.utils import timezone
 
-from identity import review
+from identity.domain import milestone_total
 from identity.index import drivers_index_refresh
+from identity.matching import RULE_VERSION
 from identity.models import IdentityJudgement, IdentityLink, IdentityOrigin, IdentityUnmatched
-from identity.review import Action, review_decide, review_lead, review_queue
+from recovery.review import decide as decide_module
+from recovery.review.decide import review_decide
+from recovery.review.groups import reviewer_group_ensure
+from recovery.review.listing import review_queue
+from recovery.review.rules import REVIEWER_GROUP, Action
+from recovery.review.screen import review_lead
 from identity.tests.factories import lima_today, make_driver, make_lead, make_trips
 from recovery.jobs.recover import queue_recover
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
@@ -96,7 +102,7 @@ def ana(db):
 
 def reviewer(username: str):
     user = get_user_model().objects.create_user(username, password="lima-review-2026", is_staff=True)
-    user.groups.add(Group.objects.get(name=review.REVIEWER_GROUP))
+    user.groups.add(Group.objects.get(name=REVIEWER_GROUP))
     return user
 
 
@@ -131,10 +137,10 @@ def test_list_is_high_risk_first_then_money_at_stake():
     assert [r.source_pk for r in rows] == [high.source_pk, medium_earning.source_pk, medium_idle.source_pk,
                                            low.source_pk]
     by_pk = {r.source_pk: r for r in rows}
-    amounts = review.milestone_total(), Decimal("60.00"), Decimal("0.00"), Decimal("0.00")
+    amounts = milestone_total(), Decimal("60.00"), Decimal("0.00"), Decimal("0.00")
     assert [by_pk[pk].at_stake for pk in (high.source_pk, medium_earning.source_pk, medium_idle.source_pk,
                                           low.source_pk)] == list(amounts)
-    assert review.milestone_total() == Decimal("160.00")
+    assert milestone_total() == Decimal("160.00")
     assert [r.risk_level for r in rows] == ["high", "medium", "medium", "low"]
     assert review_queue(risk="medium").total == 2
     assert review_queue(limit=2, offset=2).total == 4
@@ -148,7 +154,7 @@ def test_review_screen_puts_the_lead_beside_each_candidate_field_by_field():
     recover()
     screen = review_lead(lead.source_pk)
     assert screen.in_review and screen.reason_code == "CONFLICT_MULTIPLE_CANDIDATES"
-    assert screen.rule_version == review.RULE_VERSION and screen.score is not None
+    assert screen.rule_version == RULE_VERSION and screen.score is not None
     assert {c.person_key for c in screen.candidates} == {person_of(a), person_of(b)}
     first = next(c for c in screen.candidates if c.person_key == person_of(a))
     rows = {row.field: row for row in first.rows}
@@ -180,7 +186,7 @@ def test_link_decision_drains_the_lead_like_an_automatic_match(ana):
     assert outcome.status == "linked"
     link = IdentityLink.objects.get(source_table=LEADS, source_pk=lead.source_pk)
     assert (str(link.person_id), link.decided_by, link.confidence_level) == (person_of(a), "ana.revisora", "manual")
-    assert link.match_rule == "manual_review" and link.rule_version == review.RULE_VERSION
+    assert link.match_rule == "manual_review" and link.rule_version == RULE_VERSION
     assert link.evidence["review"]["decided_by"] == "ana.revisora" and link.evidence["candidates"]
     assert IdentityOrigin.objects.get(person_id=person_of(a)).origin_source_id == lead.source_pk
     row = KpiRedRecoveryQueue.objects.get(lead_source_pk=lead.source_pk)
@@ -331,14 +337,14 @@ def test_two_reviewers_at_the_same_moment_serialize_on_the_lead(monkeypatch):
     ana, bob = reviewer("ana.revisora"), reviewer("bob.revisor")
     # Widen the window between the checks and the writes: without the lead's row lock both
     # decisions would pass the checks and both would be applied.
-    explain = review.lead_explain
+    explain = decide_module.lead_explain
 
     def slow_explain(source_pk):
         result = explain(source_pk)
         time.sleep(0.5)
         return result
 
-    monkeypatch.setattr(review, "lead_explain", slow_explain)
+    monkeypatch.setattr(decide_module, "lead_explain", slow_explain)
     barrier = threading.Barrier(2)
     outcomes = {}
 
@@ -436,7 +442,7 @@ def test_a_reviewer_sees_the_list_and_decides_through_the_screen(client, ana):
     response = client.get(reverse("review:lead", args=[lead.source_pk]))
     text = response.content.decode()
     assert response.status_code == 200
-    assert review.RULE_VERSION in text and person_of(a) in text and 'data-status="agree"' in text
+    assert RULE_VERSION in text and person_of(a) in text and 'data-status="agree"' in text
     assert lead.phone in text  # staff see personal data in full on the review screen
     response = client.post(reverse("review:lead", args=[lead.source_pk]),
                            {"action": "link", "person_key": person_of(a), "seen": 0}, follow=True)
@@ -458,15 +464,15 @@ def test_any_source_pk_has_a_review_screen(client, ana):
 
 
 def test_the_reviewer_group_can_review_and_view_and_nothing_else():
-    group = Group.objects.get(name=review.REVIEWER_GROUP)
+    group = Group.objects.get(name=REVIEWER_GROUP)
     codenames = set(group.permissions.values_list("content_type__app_label", "codename"))
     assert ("identity", "review_lead") in codenames
     assert ("identity", "view_identitylink") in codenames and ("recovery", "view_kpiredrecoveryqueue") in codenames
     assert all(c == "review_lead" or c.startswith("view_") for _, c in codenames)
     assert {app for app, _ in codenames} == {"identity", "recovery"}
     # Idempotent: running it again changes nothing.
-    review.reviewer_group_ensure()
-    assert set(Group.objects.get(name=review.REVIEWER_GROUP).permissions.values_list(
+    reviewer_group_ensure()
+    assert set(Group.objects.get(name=REVIEWER_GROUP).permissions.values_list(
         "content_type__app_label", "codename")) == codenames
 
 

@@ -6,7 +6,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError
 
-from identity.review import REVIEWER_GROUP, reviewer_group_ensure
+from recovery.review.groups import reviewer_group_ensure
+from recovery.review.rules import REVIEWER_GROUP
 
 
 class Command(BaseCommand):
