@@ -1,9 +1,13 @@
 """What every job command shares (identity.runs.JobCommand): singletons exit 3 and record a skipped run,
-abandoned runs are closed, the exit status of a real process."""
+abandoned runs are closed, the exit status of a real process, and each data-changing job's --dry-run
+(it reports what the job did, and nothing is kept)."""
 
+import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
+from io import StringIO
 
 import psycopg
 import pytest
@@ -11,9 +15,13 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from identity.models import JobRun
+from identity.index import drivers_index_refresh
+from identity.models import Claim, IdentityLink, JobRun
 from identity.runs import lock_key
-from recovery.tests.factories import job_database_url, recover_process
+from identity.tests.factories import lima_today, make_trips
+from recovery.models import KpiRedRecoveryQueue
+from recovery.queue import queue_seed
+from recovery.tests.factories import job_database_url, recover_process, snapshot, stranger, twin
 
 pytestmark = pytest.mark.django_db
 
@@ -77,3 +85,62 @@ def test_singleton_process_exit_code_and_recover_is_not_a_singleton():
     finally:
         _release(holder)
         _release(recover_holder)
+
+
+# --- --dry-run: the job runs in one transaction, reports what it did, and everything is rolled back ---
+
+
+def _dry_run(name: str, *args: str) -> dict:
+    """Run a command with --dry-run --json; its figures, after checking nothing was kept (its run row neither)."""
+    before, runs = snapshot(), JobRun.objects.count()
+    out = StringIO()
+    call_command(name, "--dry-run", "--json", *args, stdout=out)
+    assert snapshot() == before
+    assert JobRun.objects.count() == runs
+    figures = json.loads(out.getvalue())
+    assert figures["dry_run"] is True
+    return figures
+
+
+def test_seed_dry_run_reports_the_backlog_it_would_queue_and_queues_nothing():
+    stranger(days_ago=2), stranger(days_ago=20)
+    assert _dry_run("seed_kpi_red_queue")["inserted"] == 2
+    assert not KpiRedRecoveryQueue.objects.exists()
+    out = StringIO()
+    call_command("seed_kpi_red_queue", "--dry-run", stdout=out)
+    assert out.getvalue().startswith("dry run, rolled back: seeded 2 backlog leads: 2 new")
+
+
+def test_recover_dry_run_reports_the_match_it_would_make_and_links_nothing():
+    driver, lead = twin(days_ago=3)
+    stranger(days_ago=3)
+    drivers_index_refresh()
+    queue_seed()
+    figures = _dry_run("recover_kpi_red_leads")
+    assert (figures["processed"], figures["matched"], figures["failed"]) == (2, 1, 1)
+    assert set(KpiRedRecoveryQueue.objects.values_list("status", flat=True)) == {"pending"}
+    assert not IdentityLink.objects.filter(source_pk=lead.source_pk).exists()
+
+
+def test_recover_dry_run_refuses_worker_processes():
+    with pytest.raises(CommandError) as error:
+        call_command("recover_kpi_red_leads", "--dry-run", "--workers", "2")
+    assert error.value.returncode == 2
+
+
+def test_retry_dry_run_reports_the_link_it_would_create_and_creates_none():
+    driver, lead = twin(days_ago=5)
+    drivers_index_refresh()
+    figures = _dry_run("retry_identity_matching")
+    assert (figures["processed"], figures["newly_linked"]) == (1, 1)
+    assert not IdentityLink.objects.filter(source_pk=lead.source_pk).exists()
+
+
+def test_reconcile_dry_run_reports_links_and_claims_it_would_create_and_keeps_none():
+    driver, lead = twin(days_ago=4)
+    make_trips(driver, {lima_today() - timedelta(days=2): 6})
+    drivers_index_refresh()
+    figures = _dry_run("reconcile_cabinet_leads_pipeline")
+    assert figures["newly_linked"] == 1 and figures["claims_created"] == 2  # milestones 1 and 5
+    assert not IdentityLink.objects.filter(source_pk=lead.source_pk).exists()
+    assert not Claim.objects.exists()

@@ -1,7 +1,7 @@
 """Print, per blocking rule, the candidate pairs it produces and how many no earlier rule produced."""
 
 from identity.candidates import IndexFrame, blocking_report
-from identity.management.commands._common import JobCommand
+from identity.runs import JobCommand
 from identity.resolution import leads_load
 
 

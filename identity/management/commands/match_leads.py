@@ -2,7 +2,7 @@
 
 import argparse
 
-from identity.management.commands._common import JobCommand
+from identity.runs import JobCommand
 from identity.resolution import DEFAULT_BATCH, leads_match, leads_match_parallel
 
 
