@@ -8,11 +8,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check-migrations check-schema bench bench-setup clean-data help
+.PHONY: install demo test lint check-migrations check-schema bench bench-setup clean-data help
 
 help:
 	@echo "make demo   - set up, then run the whole pipeline on a generated demo park"
 	@echo "make test   - set up, then run the whole test suite"
+	@echo "make lint   - ruff: the rules in pyproject.toml (the layers included: identity never imports recovery)"
 	@echo "make serve  - try the production set-up: gunicorn + WhiteNoise, DEBUG off, http://localhost:8000/"
 	@echo "make check-alerts - promtool: the alert rules and their unit tests"
 	@echo "make bench  - run the benchmarks in bench/ (minutes; prints figures)"
@@ -33,6 +34,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Ruff with the rules of pyproject.toml: unused code, import order, local imports that give no reason,
+# and the layers (identity never imports recovery).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 # A try-out of the production set-up on the embedded database (or DATABASE_URL): the production
 # settings (DEBUG off) with a generated secret key, gunicorn, static files from WhiteNoise. Plain

@@ -39,7 +39,8 @@ class SourceTable(models.TextChoices):
     DRIVERS = DRIVERS_TABLE, "Driver"
 
 
-def choices_check(field: str, choices: type[models.TextChoices], name: str, nullable: bool = False) -> models.CheckConstraint:
+def choices_check(field: str, choices: type[models.TextChoices], name: str,
+                  nullable: bool = False) -> models.CheckConstraint:
     condition = Q(**{f"{field}__in": choices.values})
     if nullable:
         condition |= Q(**{f"{field}__isnull": True})
@@ -136,7 +137,8 @@ class DriverTrips(models.Model):
         verbose_name_plural = "driver trips"
         constraints = [
             # INCLUDE trips: a driver's trips in a date window are summed from the index alone.
-            models.UniqueConstraint(fields=["driver_id", "date"], include=["trips"], name="driver_trips_driver_date_uniq"),
+            models.UniqueConstraint(fields=["driver_id", "date"], include=["trips"],
+                                    name="driver_trips_driver_date_uniq"),
             models.CheckConstraint(condition=Q(trips__gte=0), name="driver_trips_nonnegative"),
         ]
         indexes = [models.Index(fields=["date"], name="driver_trips_date_idx")]
@@ -226,7 +228,8 @@ class IdentityLink(models.Model):
             models.Index(fields=["linked_at"], name="identity_link_linked_at_idx"),
             # "A person's driver records" (the 14-day money, limbo and funnel views, per lead):
             # answered from the index alone, without visiting a million-row heap.
-            models.Index(fields=["person", "source_table"], include=["source_pk"], name="identity_link_person_cover_idx"),
+            models.Index(fields=["person", "source_table"], include=["source_pk"],
+                         name="identity_link_person_cover_idx"),
         ]
 
     @property

@@ -29,7 +29,6 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
-
 from tqdm import tqdm
 
 from identity.models import JobRun, JobRunStatus
@@ -278,8 +277,9 @@ def reconnecting(work: Callable[[], T], *, handle: RunHandle | None = None) -> T
             cause = safe_error(exc)
             while True:
                 if now >= deadline:
-                    raise DatabaseUnavailable(f"{_who(handle)}: database unreachable for {budget:g} s "
-                                              f"(CT4_DB_RETRY_SECONDS), the batch in flight rolled back: {cause}") from None
+                    raise DatabaseUnavailable(
+                        f"{_who(handle)}: database unreachable for {budget:g} s (CT4_DB_RETRY_SECONDS), "
+                        f"the batch in flight rolled back: {cause}") from None
                 time.sleep(min(delay, deadline - now))
                 delay = min(2 * delay, _BACKOFF_MAX)
                 connection.close()

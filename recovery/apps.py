@@ -32,7 +32,7 @@ class RecoveryConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn  # noqa: PLC0415 - needs the app registry
 
-        from recovery.heartbeat import worker_heartbeat_start  # noqa: PLC0415
+        from recovery.heartbeat import worker_heartbeat_start  # noqa: PLC0415 - needs the app registry
 
         # Each django-q2 worker process, once spawned, keeps a heartbeat row fresh (/readyz reads it).
         post_spawn.connect(worker_heartbeat_start, dispatch_uid="recovery.qcluster_heartbeat")

@@ -21,6 +21,8 @@ from recovery.guardrails import (
     identity_origin_creation_verify,
     origin_missing_check,
 )
+from recovery.jobs.recover import queue_recover
+from recovery.jobs.seed import queue_seed
 from recovery.status import job_last_outcomes
 
 # The jobs whose freshness the diagnosis always shows (NEVER when they have not run yet),
@@ -32,13 +34,13 @@ EXPECTED_JOBS = (
 FRESH_HOURS = 24
 
 # The identity gap runbook's queries (../shared/seeds), verbatim.
-RUNBOOK_FRESHNESS = """SELECT 
+RUNBOOK_FRESHNESS = """SELECT
     MAX(last_attempt_at) as last_run,
     COUNT(*) FILTER (WHERE last_attempt_at >= NOW() - INTERVAL '24 hours') as jobs_last_24h,
     COUNT(*) FILTER (WHERE status = 'matched' AND last_attempt_at >= NOW() - INTERVAL '24 hours') as matched_last_24h
 FROM ops.identity_matching_jobs;"""
 
-RUNBOOK_MATCHED_LAST_24H = """SELECT 
+RUNBOOK_MATCHED_LAST_24H = """SELECT
     COUNT(*) as matched_last_24h,
     COUNT(DISTINCT matched_person_key) as unique_persons_matched
 FROM ops.identity_matching_jobs
@@ -94,8 +96,6 @@ def impact_validate(*, limit: int | None, trigger: str = "command") -> dict:
 
     A real run by definition (it writes links, origins and queue rows, like the jobs it calls).
     """
-    from recovery.jobs.recover import queue_recover  # noqa: PLC0415 - the jobs import the views' app
-    from recovery.jobs.seed import queue_seed  # noqa: PLC0415
 
     started = time.monotonic()
     before = backlog_count()

@@ -131,7 +131,7 @@ def test_ground_truth_names_existing_drivers_of_one_human(park):
     source_pks = [lead["external_id"] or lead["id"] for lead in park.leads]
     assert [t["lead_source_pk"] for t in park.truth] == source_pks
     assert len(set(source_pks)) == len(source_pks)
-    for lead, truth in park.pairs:
+    for _lead, truth in park.pairs:
         driver_ids = [d for d in truth["true_driver_ids"].split(";") if d]
         is_driver = "not_a_driver" not in truth["case_types"].split(";")
         assert bool(truth["human_id"]) == bool(driver_ids) == is_driver
@@ -223,7 +223,7 @@ def test_leads_without_identifier_carry_nothing_usable(park):
         assert lead["document"] not in keys - {""}
         assert "@" not in lead["email"] or lead["email"] in ("notiene@gmail.com", "x@x.com", "correo@correo.com")
         assert lead["birth_date"] in ("", "1900-01-01")
-    for lead, truth in park.tagged("names_only"):
+    for lead, _truth in park.tagged("names_only"):
         assert lead["first_name"] + lead["last_name"]
         assert not (lead["phone"] or lead["document"] or lead["email"] or lead["plate"] or lead["birth_date"])
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from identity import fields as registry
-from identity.candidates import IndexFrame, blocking_report
+from identity.candidates import IndexFrame, blocking_report, frequencies_load
 from identity.fields import FIELDS, Field, Kind, Role
 from identity.index import drivers_index_refresh
 from identity.matching import (
@@ -29,7 +29,7 @@ from identity.matching import (
     pairs_frame,
     pairs_score,
 )
-from identity.models import ReasonCode
+from identity.models import IdentityLink, IdentityUnmatched, ReasonCode
 from identity.resolution import MatchContext, leads_decide_frame, leads_load, leads_match
 from identity.tests.factories import make_driver, make_lead
 from identity.tests.factories import make_lead as _make_lead
@@ -161,7 +161,8 @@ def test_stored_evidence_is_the_decisions_own():
     frame = leads_frame(leads)
     scores = pairs_score(frame, pairs_frame(rows), FREQ, T)
     decisions = decisions_make(frame, scores, T)
-    stored = {row["lead_i"]: json.loads(row["evidence"]) for row in evidence_json(decisions, scores, T).iter_rows(named=True)}
+    evidence = evidence_json(decisions, scores, T)
+    stored = {row["lead_i"]: json.loads(row["evidence"]) for row in evidence.iter_rows(named=True)}
     objects = decisions_materialize(decisions, scores)
     for i, one in enumerate(leads):
         assert _without_nulls(stored[i]) == objects[one.source_pk].evidence(T)
@@ -252,8 +253,6 @@ def test_leads_match_writes_links_and_unmatched_rows_with_evidence_in_bulk(park,
     settings.CT4_IN_MEMORY_MIN_LEADS = 1  # the in-memory path even for this small park
     totals = leads_match()
     assert totals["processed"] == 6 and totals["linked"] >= 2
-    from identity.models import IdentityLink, IdentityUnmatched
-
     link = IdentityLink.objects.get(source_pk="A")
     assert link.evidence["rule_version"] and link.evidence["candidates"][0]["fields"]
     assert IdentityUnmatched.objects.get(source_pk="F").reason_code == ReasonCode.NO_CANDIDATES
@@ -261,11 +260,10 @@ def test_leads_match_writes_links_and_unmatched_rows_with_evidence_in_bulk(park,
 
 
 def test_frequencies_from_the_index_in_memory_and_from_sql_agree(park):
-    from identity.candidates import frequencies_load
-
     in_sql, in_memory = frequencies_load(), IndexFrame.load().freq
     assert (in_sql.persons, in_sql.drivers) == (in_memory.persons, in_memory.drivers)
     sort = ["park_id", "hire_date"]
     assert in_sql.hires_frame().sort(sort).equals(in_memory.hires_frame().sort(sort))
-    assert dataclasses.replace(in_sql, keys={}).tokens_frame().sort("token").equals(in_memory.tokens_frame().sort("token"))
+    tokens_in_sql = dataclasses.replace(in_sql, keys={}).tokens_frame().sort("token")
+    assert tokens_in_sql.equals(in_memory.tokens_frame().sort("token"))
     assert isinstance(in_memory.tokens, pl.DataFrame)

@@ -26,7 +26,8 @@ T = Thresholds()
 
 
 def driver(driver_id, given, surnames, **keys) -> DriverRecord:
-    return DriverRecord(driver_id=driver_id, given_tokens=tuple(given.split()), surname_tokens=tuple(surnames.split()), **keys)
+    return DriverRecord(driver_id=driver_id, given_tokens=tuple(given.split()), surname_tokens=tuple(surnames.split()),
+                        **keys)
 
 
 def person(key, *records) -> Candidate:
@@ -140,7 +141,8 @@ def test_person_with_two_driver_records_is_one_candidate():
 
 
 def test_common_values_weigh_less_than_rare_ones():
-    rare = candidate_score(lead("wilmer ccahuana huillca"), person("P1", driver("D1", "wilmer", "ccahuana huillca")), FREQ)
+    rare = candidate_score(lead("wilmer ccahuana huillca"), person("P1", driver("D1", "wilmer", "ccahuana huillca")),
+                           FREQ)
     common = candidate_score(lead("juan quispe mamani"), person("P2", driver("D2", "juan", "quispe mamani")), FREQ)
     # A rare name can say at most 'one person in N' (u is floored at 1/N): ~19.6 bits vs ~14.1.
     assert rare.bits > common.bits + 5

@@ -13,14 +13,14 @@ from dataclasses import asdict, dataclass, field
 
 from django.db import connection, transaction
 
+from identity.domain import RiskLevel
 from identity.models import ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
 from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
-from recovery.models import RECOVERY_TABLES
 from recovery.jobs.backfill import origins_refresh_locked
+from recovery.models import RECOVERY_TABLES
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_mark_linked
 from recovery.tracking import attempts_record, leads_not_due
-from identity.domain import RiskLevel
 from recovery.views import GapReason
 
 JOB = "retry_identity_matching"

@@ -85,12 +85,14 @@ def review_decide(
                 linking.judgement_record(source_pk=source_pk, person_key=key, verdict=Verdict.NOT_THIS_PERSON,
                                          user=user, note=note)
             return ReviewOutcome(
-                "rejected", f"Lead {source_pk}: {len(standing)} candidate(s) rejected; none will be linked automatically.",
+                "rejected",
+                f"Lead {source_pk}: {len(standing)} candidate(s) rejected; none will be linked automatically.",
                 source_pk, standing,
             )
 
         person_key = str(person_key or "")
-        if person_key not in live and not (action == Action.NOT_THIS_PERSON and person_key in _stored_candidates(source_pk)):
+        stored_only = action == Action.NOT_THIS_PERSON and person_key in _stored_candidates(source_pk)
+        if person_key not in live and not stored_only:
             return ReviewOutcome("invalid", f"That person is not a standing candidate of lead {source_pk}.", source_pk)
 
         if action == Action.NOT_THIS_PERSON:

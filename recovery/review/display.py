@@ -36,7 +36,8 @@ def _rows_shown() -> tuple[tuple[str, str], ...]:
     return (*((f.name, f.label) for f in fields), ("park_id", "Park"))
 
 
-def field_rows(lead: CabinetLead, keys, scored: Scored, person_records, raw: dict, record_levels: dict) -> list[FieldRow]:
+def field_rows(lead: CabinetLead, keys, scored: Scored, person_records, raw: dict,
+               record_levels: dict) -> list[FieldRow]:
     """The screen's rows for one candidate: the lead's value, each driver record's, the engine's level."""
     evidence = {f.field: f for f in scored.fields}
     rows = []

@@ -94,7 +94,8 @@ def review_lead(source_pk: str) -> LeadReview | None:
     for j in reversed(judgements):
         if j.verdict == Verdict.NOT_THIS_PERSON and j.person_id:
             rejections[str(j.person_id)] = j
-    shown = [s for s in decision.candidates if not s.excluded and scored_plausible(s, thresholds)][:MAX_CANDIDATES_SHOWN]
+    plausible = [s for s in decision.candidates if not s.excluded and scored_plausible(s, thresholds)]
+    shown = plausible[:MAX_CANDIDATES_SHOWN]
     excluded = [s for s in decision.candidates if s.excluded]
     records = explanation.records
     driver_ids = [r.driver_id for s in shown + excluded for r in records.get(s.person_key, [])]

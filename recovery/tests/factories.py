@@ -35,7 +35,8 @@ SNAPSHOT_SQL = {
     "links": "SELECT xmin::text, source_table, source_pk, person_key FROM canon.identity_links",
     "origins": "SELECT xmin::text, person_key, origin_source_id FROM canon.identity_origin",
     "unmatched": "SELECT xmin::text, source_pk, reason_code, status FROM canon.identity_unmatched",
-    "claims": "SELECT xmin::text, lead_source_pk, milestone, status, amount, driver_id FROM public.cabinet_milestone_claims",
+    "claims": "SELECT xmin::text, lead_source_pk, milestone, status, amount, driver_id "
+              "FROM public.cabinet_milestone_claims",
 }
 
 

@@ -24,7 +24,7 @@ from identity.tests.factories import (
 )
 from recovery import charts
 from recovery.dashboard import FUNNEL_STAGES, dashboard_read
-from recovery.demo import demo_user_instructions, demo_user_reset
+from recovery.demo import demo_run, demo_user_instructions, demo_user_reset
 from recovery.models import KpiRedRecoveryQueue
 from recovery.views import KpiRedBacklog
 
@@ -290,8 +290,6 @@ def test_demo_instructions_name_the_server_the_urls_and_the_password():
 
 
 def test_make_demo_ends_with_the_demo_user_and_where_to_open_the_dashboard(tmp_path):
-    from recovery.demo import demo_run  # noqa: PLC0415
-
     lines = []
     demo_run(out_dir=tmp_path, drivers=300, leads=80, seed=7, echo=lines.append)
 

@@ -178,9 +178,9 @@ def test_inside_an_outer_transaction_nothing_is_retried_and_past_the_budget_the_
         with pytest.raises(OperationalError), transaction.atomic():
             reconnecting(lost)  # its earlier work went with the connection: not ours to redo
         connection.close()
-        with override_settings(CT4_DB_RETRY_SECONDS=0), pytest.raises(DatabaseUnavailable) as stopped:
-            with job_run("seed_kpi_red_queue") as run:
-                reconnecting(lost, handle=run)
+        with (override_settings(CT4_DB_RETRY_SECONDS=0), pytest.raises(DatabaseUnavailable) as stopped,
+              job_run("seed_kpi_red_queue") as run):
+            reconnecting(lost, handle=run)
     finally:
         side.close()
     assert "database unreachable for 0 s (CT4_DB_RETRY_SECONDS)" in str(stopped.value)

@@ -163,7 +163,8 @@ def test_recovery_killed_mid_batch_then_rerun_loses_nothing_and_does_nothing_twi
     assert set(IdentityMatchingJob.objects.values_list("attempt_count", flat=True)) == {1}
     assert IdentityLink.objects.filter(source_table=LEADS).count() == matchable
     assert_nothing_half_written()
-    assert backlog() == set(KpiRedRecoveryQueue.objects.filter(status="failed").values_list("lead_source_pk", flat=True))
+    assert backlog() == set(KpiRedRecoveryQueue.objects.filter(status="failed").values_list("lead_source_pk",
+                                                                                            flat=True))
     # The killed run could not record its end; the rerun saw no session holding its lock.
     killed = JobRun.objects.filter(name="recover_kpi_red_leads").order_by("started_at").first()
     assert (killed.status, killed.error.split(":")[0]) == ("failed", "abandoned")

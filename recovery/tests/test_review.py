@@ -6,10 +6,12 @@ import threading
 import time
 from datetime import timedelta
 from decimal import Decimal
+from io import StringIO
 
 import pytest
-from django.contrib.auth import get_user_model
+from django.contrib.auth import authenticate, get_user_model
 from django.contrib.auth.models import Group
+from django.core.management import call_command
 from django.db import connections
 from django.urls import reverse
 from django.utils import timezone
@@ -18,16 +20,16 @@ from identity.domain import milestone_total
 from identity.index import drivers_index_refresh
 from identity.matching import RULE_VERSION
 from identity.models import IdentityJudgement, IdentityLink, IdentityOrigin, IdentityUnmatched
+from identity.tests.factories import lima_today, make_driver, make_lead, make_trips
+from recovery.jobs.recover import queue_recover
+from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
+from recovery.queue import queue_seed
 from recovery.review import decide as decide_module
 from recovery.review.decide import review_decide
 from recovery.review.groups import reviewer_group_ensure
 from recovery.review.listing import review_queue
 from recovery.review.rules import REVIEWER_GROUP, Action
 from recovery.review.screen import review_lead
-from identity.tests.factories import lima_today, make_driver, make_lead, make_trips
-from recovery.jobs.recover import queue_recover
-from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
-from recovery.queue import queue_seed
 from recovery.views import KpiRedBacklog, KpiRedRecoveryMetricsDaily
 
 pytestmark = pytest.mark.django_db
@@ -313,7 +315,7 @@ def test_second_decision_with_a_stale_page_changes_nothing_and_says_why(client, 
     text = response.content.decode()
     assert "already linked" in text and "ana.revisora" in text and "Your decision was not applied" in text
     links = IdentityLink.objects.filter(source_table=LEADS, source_pk=lead.source_pk)
-    assert [str(l.person_id) for l in links] == [person_of(a)]
+    assert [str(link.person_id) for link in links] == [person_of(a)]
     assert IdentityJudgement.objects.filter(source_pk=lead.source_pk).count() == 1
 
     # A rejection made after the page was drawn also stops a stale decision.
@@ -478,11 +480,6 @@ def test_the_reviewer_group_can_review_and_view_and_nothing_else():
 
 @pytest.mark.django_db
 def test_add_reviewer_command_makes_a_staff_reviewer_with_a_random_password():
-    from io import StringIO  # noqa: PLC0415
-
-    from django.contrib.auth import authenticate  # noqa: PLC0415
-    from django.core.management import call_command  # noqa: PLC0415
-
     out = StringIO()
     call_command("add_reviewer", "rosa.revisora", stdout=out)
     password = out.getvalue().split("password (shown only now): ")[1].strip()

@@ -32,7 +32,7 @@ SOURCE_PK_EXPRESSION = """COALESCE(external_id::text, id::text)
 
 # 002_ab125b5c50d93d62.txt (Identity Gap Recovery runbook): freshness.
 RUNBOOK_FRESHNESS = """-- Verificar último run del job
-SELECT 
+SELECT
     MAX(last_attempt_at) as last_run,
     COUNT(*) FILTER (WHERE last_attempt_at >= NOW() - INTERVAL '24 hours') as jobs_last_24h,
     COUNT(*) FILTER (WHERE status = 'matched' AND last_attempt_at >= NOW() - INTERVAL '24 hours') as matched_last_24h
@@ -40,7 +40,7 @@ FROM ops.identity_matching_jobs;
 """
 
 # 002_ab125b5c50d93d62.txt: matched in the last 24 h.
-RUNBOOK_MATCHED_LAST_24H = """SELECT 
+RUNBOOK_MATCHED_LAST_24H = """SELECT
     COUNT(*) as matched_last_24h,
     COUNT(DISTINCT matched_person_key) as unique_persons_matched
 FROM ops.identity_matching_jobs

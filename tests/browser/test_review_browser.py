@@ -8,10 +8,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from identity.matching import RULE_VERSION
-from recovery.review.rules import REVIEWER_GROUP
 from identity.index import drivers_index_refresh
+from identity.matching import RULE_VERSION
 from identity.models import IdentityJudgement, IdentityLink
+from recovery.review.rules import REVIEWER_GROUP
 from recovery.tests.test_review import conflict, make_due, person_of, recover
 from tests.browser.conftest import screenshot
 

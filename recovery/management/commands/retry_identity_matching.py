@@ -1,8 +1,8 @@
 """Retry unresolved leads of the identity gap analysis: missing links and missing origins."""
 
+from identity.domain import RiskLevel
 from identity.runs import EXIT_USAGE, JobCommand, command_exit
 from recovery.jobs.retry import identity_matching_retry
-from identity.domain import RiskLevel
 from recovery.views import GapReason
 
 

@@ -3,7 +3,7 @@
 from django.core.management.base import BaseCommand
 
 from identity.runs import EXIT_PROBLEMS, command_exit
-from recovery.guardrails import source_pk_consistency_verify, results_output
+from recovery.guardrails import results_output, source_pk_consistency_verify
 
 
 class Command(BaseCommand):
