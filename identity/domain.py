@@ -1,6 +1,7 @@
-"""The business calendar and money every layer reads: the park's time zone and day, the claim window,
-the milestone schedule and its amounts, and a lead's risk level. One home: identity, recovery's views,
-jobs and review screens all import these; nothing here imports the rest of the project.
+"""The business definitions every layer reads: the park's time zone and day, the claim window, the
+milestone schedule and its amounts, a lead's risk level, and the earliest lead linked to a person.
+One home: identity, recovery's views, jobs and review screens all import these; nothing here
+imports the rest of the project.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.utils import timezone
+
+# The source tables' names in canon.identity_links.source_table (SPEC §2).
+LEADS_TABLE = "module_ct_cabinet_leads"
+DRIVERS_TABLE = "drivers"
 
 # The park's time zone: a lead's date is the calendar day of its creation in Lima.
 PARK_TIME_ZONE = "America/Lima"
@@ -78,3 +83,14 @@ def risk_level_sql(lead_date: str) -> str:
         f" WHEN {TODAY} - {lead_date} <= {MEDIUM_RISK_MAX_DAYS} THEN '{RiskLevel.MEDIUM}'"
         f" ELSE '{RiskLevel.LOW}' END"
     )
+
+
+# The earliest lead linked to each person, the lead its origin must name (SPEC §2): the lead's
+# created_at, ties broken by source_pk. Rows (person_key, source_pk); identity.linking.origins_refresh
+# writes origins in the same order, and the guardrail checks them with a copy of its own.
+EARLIEST_LEAD_SQL = f"""
+    SELECT DISTINCT ON (il.person_key) il.person_key, il.source_pk
+    FROM canon.identity_links il
+    JOIN public.module_ct_cabinet_leads c ON c.source_pk = il.source_pk
+    WHERE il.source_table = '{LEADS_TABLE}'
+    ORDER BY il.person_key, c.created_at, il.source_pk"""

@@ -14,10 +14,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Cast, Coalesce, Now
 
-from identity.domain import MILESTONES, PARK_TIME_ZONE
-
-LEADS_TABLE = "module_ct_cabinet_leads"
-DRIVERS_TABLE = "drivers"
+from identity.domain import DRIVERS_TABLE, LEADS_TABLE, MILESTONES, PARK_TIME_ZONE
 
 
 class ReasonCode(models.TextChoices):

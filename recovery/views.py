@@ -9,6 +9,7 @@ from django_pgviews import view as pg
 
 from identity.domain import (
     CLAIM_WINDOW_DAYS,
+    EARLIEST_LEAD_SQL,
     MILESTONE_AMOUNTS,
     PARK_TIME_ZONE,
     TODAY,
@@ -94,11 +95,10 @@ WITH lead_person AS (
     LEFT JOIN {LEAD_LINK_JOIN}
 ),
 person_first_lead AS (
-    -- each person's earliest linked lead (min created_at, ties by source_pk): what its origin must name
-    SELECT DISTINCT ON (lp.person_key) lp.person_key, lp.source_pk AS first_lead_source_pk
-    FROM lead_person lp
-    WHERE lp.person_key IS NOT NULL
-    ORDER BY lp.person_key, lp.created_at, lp.source_pk
+    -- each person's earliest linked lead (identity.domain.EARLIEST_LEAD_SQL): what its origin must name
+    SELECT f.person_key, f.source_pk AS first_lead_source_pk
+    FROM ({EARLIEST_LEAD_SQL}
+    ) f
 )
 SELECT
     lp.source_pk AS lead_source_pk,

@@ -10,6 +10,7 @@ from django.db import connection
 
 from identity.domain import earned_sql, milestone_total, risk_level_sql, window_open_sql
 from identity.models import LEADS_TABLE, REVIEW_REASONS, Verdict
+from recovery.db import sql_rows
 from recovery.review.money import at_stake_sql
 from recovery.review.rules import DEFER_HOURS, STORED_PLAUSIBLE_SQL, plausible_params
 
@@ -152,10 +153,7 @@ def review_queue(
         params["source_pks"] = source_pks
     where = "".join(f" AND {c}" for c in conditions)
     sql = _review_sql(where, REVIEW_ORDER + " LIMIT %(limit)s OFFSET %(offset)s")
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        columns = [c.name for c in cursor.description]
-        rows = [dict(zip(columns, row)) for row in cursor.fetchall()]
+    rows = sql_rows(sql, params)
     total = rows[0]["total"] if rows else (0 if offset == 0 else review_count(reason=reason, risk=risk, park=park))
     return ReviewPage(
         rows=[ReviewRow(**{k: v for k, v in row.items() if k != "total"}) for row in rows], total=total

@@ -25,8 +25,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.throttling import ScopedRateThrottle
 from werkzeug.test import Client
 
+from identity.domain import lima_today
 from identity.index import drivers_index_refresh
-from identity.linking import lima_today
 from identity.models import JobRun, JobRunStatus
 from identity.tests.factories import make_driver, make_lead
 from recovery.models import KpiRedRecoveryQueue, WorkStatus

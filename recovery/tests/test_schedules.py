@@ -6,7 +6,6 @@ import json
 import time
 from datetime import timedelta
 from io import StringIO
-from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -16,6 +15,7 @@ from django.db import connection
 from django.utils import timezone
 from django_q.models import Schedule
 
+from identity.domain import PARK_ZONE
 from identity.models import JobRun, JobRunStatus
 from identity.runs import lock_key
 from identity.tests.factories import link_lead, make_lead, make_person
@@ -45,7 +45,7 @@ def test_setup_schedules_creates_the_spec_schedules_once():
         "guardrails": "40 * * * *",
     }
     # Cron is read in Lima time: the daily retry's next run is at 02:00 there.
-    retry_next = by_job["retry_identity_matching"].next_run.astimezone(ZoneInfo("America/Lima"))
+    retry_next = by_job["retry_identity_matching"].next_run.astimezone(PARK_ZONE)
     assert (retry_next.hour, retry_next.minute) == (2, 0)
     assert all(s.func == "recovery.tasks.job_task" for s in by_job.values())
     again = json.loads(run_command("setup_schedules", "--json"))
