@@ -104,4 +104,4 @@ class ClusterHeartbeat(models.Model):
 
 # The SQL views are unmanaged models; importing them here is what makes Django (and
 # django-pgviews' post-migrate sync) see them.
-from recovery.views import *  # noqa: E402, F403
+from recovery.sql_views import *  # noqa: E402, F403

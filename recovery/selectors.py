@@ -14,8 +14,8 @@ from identity.models import JobRun
 from recovery.db import sql_rows
 from recovery.queue import backlog_by_risk, queue_failed_by_reason
 from recovery.reports import RUNBOOK_MATCHED_LAST_24H, gap_summary
+from recovery.sql_views import CabinetFinancial14d, CabinetLeadsLimbo, FunnelAuditWeekly, KpiRedRecoveryMetricsDaily
 from recovery.status import matching_freshness, recovery_status
-from recovery.views import CabinetFinancial14d, CabinetLeadsLimbo, FunnelAuditWeekly, KpiRedRecoveryMetricsDaily
 
 DEFAULT_METRICS_DAYS = 30
 

@@ -12,7 +12,7 @@ from django.core.management import call_command
 from identity.models import LEADS_TABLE, IdentityLink, JobRun
 from recovery.guardrails import JOB_NAME as GUARDRAILS_JOB
 from recovery.models import KpiRedRecoveryQueue
-from recovery.views import KpiRedBacklog
+from recovery.sql_views import KpiRedBacklog
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 

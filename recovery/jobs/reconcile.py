@@ -22,8 +22,8 @@ from recovery.claims import claims_create_expected
 from recovery.jobs.retry import failure_counts, leads_resolve_tracked
 from recovery.models import RECOVERY_TABLES
 from recovery.queue import DEFAULT_BATCH
+from recovery.sql_views import LimboStage
 from recovery.tracking import leads_not_due
-from recovery.views import LimboStage
 
 JOB = "reconcile_cabinet_leads_pipeline"
 DEFAULT_LIMBO_STAGES = (LimboStage.NO_IDENTITY.value, LimboStage.NO_DRIVER.value, LimboStage.TRIPS_NO_CLAIM.value)

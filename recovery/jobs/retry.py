@@ -20,8 +20,8 @@ from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tabl
 from recovery.jobs.backfill import origins_refresh_locked
 from recovery.models import RECOVERY_TABLES
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_mark_linked
+from recovery.sql_views import GapReason
 from recovery.tracking import attempts_record, leads_not_due
-from recovery.views import GapReason
 
 JOB = "retry_identity_matching"
 ORIGIN_GAPS = (GapReason.NO_ORIGIN.value, GapReason.INCONSISTENT_ORIGIN.value)

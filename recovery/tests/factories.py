@@ -20,7 +20,7 @@ from identity.tests.factories import (
     make_lead,
 )
 from recovery.models import KpiRedRecoveryQueue
-from recovery.views import KpiRedBacklog
+from recovery.sql_views import KpiRedBacklog
 
 LEADS = "module_ct_cabinet_leads"
 _n = itertools.count(1)

@@ -26,7 +26,7 @@ from recovery import charts
 from recovery.dashboard import FUNNEL_STAGES, dashboard_read
 from recovery.demo import demo_user_instructions, demo_user_reset
 from recovery.models import KpiRedRecoveryQueue
-from recovery.views import KpiRedBacklog
+from recovery.sql_views import KpiRedBacklog
 
 pytestmark = pytest.mark.django_db
 

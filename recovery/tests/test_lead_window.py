@@ -30,7 +30,7 @@ from identity.tests.factories import (
 )
 from recovery import lead_window
 from recovery.claims import claims_create_expected
-from recovery.views import CabinetFinancial14d
+from recovery.sql_views import CabinetFinancial14d
 
 pytestmark = pytest.mark.django_db
 

@@ -15,8 +15,8 @@ from identity.tests.factories import (
 from recovery.jobs.recover import queue_recover
 from recovery.models import KpiRedRecoveryQueue
 from recovery.queue import queue_seed
+from recovery.sql_views import KpiRedBacklog, KpiRedRecoveryMetricsDaily
 from recovery.tests.factories import backlog, faceless, shift_current_step, stranger
-from recovery.views import KpiRedBacklog, KpiRedRecoveryMetricsDaily
 
 pytestmark = pytest.mark.django_db
 

@@ -30,7 +30,7 @@ from recovery.review.groups import reviewer_group_ensure
 from recovery.review.listing import review_queue
 from recovery.review.rules import REVIEWER_GROUP, Action
 from recovery.review.screen import review_lead
-from recovery.views import KpiRedBacklog, KpiRedRecoveryMetricsDaily
+from recovery.sql_views import KpiRedBacklog, KpiRedRecoveryMetricsDaily
 
 pytestmark = pytest.mark.django_db
 

@@ -1,6 +1,6 @@
 """Every SQL query of the operators' runbooks (../shared/seeds) runs verbatim on a matched park and agrees with it.
 
-The limbo, weekly-audit and today-vs-yesterday queries are copied in test_views.py (checked there on hand-made
+The limbo, weekly-audit and today-vs-yesterday queries are copied in test_sql_views.py (checked there on hand-made
 data); here they run again on the pipeline's data, and a last test proves no runbook query is left out.
 """
 
@@ -18,9 +18,9 @@ from identity.models import LEADS_TABLE, CabinetLead, IdentityLink, IdentityUnma
 from identity.tests.factories import lima_today, make_person
 from recovery import guardrails, reports
 from recovery.models import IdentityMatchingJob
-from recovery.tests import test_views
+from recovery.sql_views import CabinetLeadsLimbo, IdentityGapAnalysis, KpiRedBacklog
+from recovery.tests import test_sql_views
 from recovery.tests.test_guardrails import clean_park
-from recovery.views import CabinetLeadsLimbo, IdentityGapAnalysis, KpiRedBacklog
 
 pytestmark = pytest.mark.django_db
 
@@ -71,9 +71,9 @@ WHERE source_table = 'module_ct_cabinet_leads'
 GROUP BY reason_code;
 """
 
-# Copied verbatim in test_views.py (002 today-vs-yesterday; 003 limbo, weekly audit, post-05).
+# Copied verbatim in test_sql_views.py (002 today-vs-yesterday; 003 limbo, weekly audit, post-05).
 RUNBOOK_FROM_TEST_VIEWS = {
-    name: getattr(test_views, name)
+    name: getattr(test_sql_views, name)
     for name in ("RUNBOOK_LIMBO_DISTRIBUTION", "RUNBOOK_WEEKLY_AUDIT", "RUNBOOK_POST_05_COUNT",
                  "RUNBOOK_POST_05_DISTRIBUTION", "RUNBOOK_UNRESOLVED_TODAY_VS_YESTERDAY")
 }

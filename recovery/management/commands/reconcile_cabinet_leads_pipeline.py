@@ -2,7 +2,7 @@
 
 from identity.runs import JobCommand
 from recovery.jobs.reconcile import DEFAULT_LIMBO_STAGES, pipeline_reconcile
-from recovery.views import LimboStage
+from recovery.sql_views import LimboStage
 
 
 class Command(JobCommand):

@@ -3,7 +3,7 @@
 from identity.domain import RiskLevel
 from identity.runs import EXIT_USAGE, JobCommand, command_exit
 from recovery.jobs.retry import identity_matching_retry
-from recovery.views import GapReason
+from recovery.sql_views import GapReason
 
 
 class Command(JobCommand):

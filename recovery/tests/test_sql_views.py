@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-import recovery.views  # noqa: F401 - registers the view models, so migrate creates the views
+import recovery.sql_views  # noqa: F401 - registers the view models, so migrate creates the views
 from identity.models import DRIVERS_TABLE
 from identity.tests.factories import (
     lima_datetime,
@@ -24,7 +24,7 @@ from identity.tests.factories import (
     set_origin,
 )
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
-from recovery.views import (
+from recovery.sql_views import (
     CabinetFinancial14d,
     CabinetLeadsLimbo,
     DriverUnlinkedActivity,
