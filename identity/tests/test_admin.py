@@ -29,7 +29,7 @@ from recovery.models import CabinetLeadsLimbo, KpiRedBacklog, KpiRedRecoveryQueu
 from recovery.review.decide import review_decide
 from recovery.review.listing import review_queue
 from recovery.review.rules import REVIEWER_GROUP, Action
-from recovery.tests.test_review import conflict, person_of, recover, weak
+from recovery.tests.factories import conflict, person_of, recover, weak
 
 pytestmark = pytest.mark.django_db
 

@@ -1,4 +1,5 @@
-"""Recovery test data that looks like a Lima park's, and snapshots of what the jobs write."""
+"""Recovery test data that looks like a Lima park's (backlog leads, twins of drivers, doubtful leads for
+the review screens), snapshots of what the jobs write, and the jobs run as real processes."""
 
 import itertools
 import os
@@ -8,19 +9,19 @@ from datetime import timedelta
 from urllib.parse import quote
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import connection
 from django.utils import timezone
 
-from identity.models import (
-    CabinetLead,
-)
-from identity.tests.factories import (
-    lima_datetime,
-    make_driver,
-    make_lead,
-)
+from identity.models import CabinetLead, IdentityLink
+from identity.tests.factories import lima_datetime, lima_today, make_driver, make_lead
+from recovery.jobs.recover import queue_recover
 from recovery.models import KpiRedRecoveryQueue
-from recovery.sql_views import KpiRedBacklog
+from recovery.queue import queue_seed
+from recovery.review.listing import review_queue
+from recovery.review.rules import REVIEWER_GROUP
+from recovery.sql_views import KpiRedBacklog, KpiRedRecoveryMetricsDaily
 
 LEADS = "module_ct_cabinet_leads"
 _n = itertools.count(1)
@@ -177,3 +178,70 @@ def assert_nothing_half_written() -> None:
     # every lead link belongs to a matched queue row
     assert scalar("SELECT count(*) FROM canon.identity_links WHERE source_table = %s", [LEADS]) == \
         KpiRedRecoveryQueue.objects.filter(status="matched").count()
+
+
+# --- doubtful leads for the review screens ---------------------------------------------------
+
+_review_n = itertools.count(1)
+REVIEW_GIVEN = ("Wilmer", "Yessenia", "Teófilo", "Maritza", "Edgar", "Nélida", "Abdón", "Filomena")
+RARE = ("Ccahuana", "Huillca", "Quillahuamán", "Ccorimanya", "Añamuro", "Callañaupa", "Chambilla", "Soncco",
+        "Tintaya", "Arotinco", "Cjuro", "Achahui", "Pumacahua", "Sullca", "Huaylla", "Chuquimia")
+
+
+def _blank(**fields) -> dict:
+    """Only what is given: every other identifier empty, so nothing else agrees by accident."""
+    return {"email": None, "birth_date": None, "plate": None, "document": None, "phone": None, **fields}
+
+
+def conflict(*, days_ago: int = 2, park: str = "park-lima-norte", external_id: str | None = None):
+    """Two drivers (two persons: different DNIs, two parks) with the lead's full name and a shared
+    mobile: both strong, neither ahead. Returns (lead, driver_a, driver_b)."""
+    n = next(_review_n)
+    name = {"first_name": REVIEW_GIVEN[n % len(REVIEW_GIVEN)],
+            "last_name": f"{RARE[n % 16]} {RARE[(n * 5 + 3) % 16]}"}
+    phone = f"94{n:07d}"
+    a = make_driver(**_blank(**name, phone=phone, document=f"{41_000_000 + n:08d}"), license_number=None,
+                    park_id="park-lima-norte")
+    b = make_driver(**_blank(**name, phone=phone, document=f"{42_000_000 + n:08d}"), license_number=None,
+                    park_id="park-lima-sur")
+    lead = make_lead(days_ago=days_ago, park_id=park, external_id=external_id, **_blank(**name, phone=phone))
+    return lead, a, b
+
+
+def weak(*, days_ago: int = 3, park: str = "park-lima-norte"):
+    """A lead whose mobile a driver of another name carries (a recycled number): WEAK_MATCH_ONLY."""
+    n = next(_review_n)
+    phone = f"93{n:07d}"
+    driver = make_driver(**_blank(first_name="Rosa", last_name="Flores Huamán", phone=phone,
+                                document=f"{43_000_000 + n:08d}"), license_number=None)
+    lead = make_lead(days_ago=days_ago, park_id=park, **_blank(first_name="Pedro", last_name="Ramos Soto", phone=phone))
+    return lead, driver
+
+
+def person_of(driver) -> str:
+    return str(IdentityLink.objects.get(source_table="drivers", source_pk=driver.driver_id).person_id)
+
+
+def recover() -> None:
+    """The jobs as scheduled: seed the queue from the backlog, then recover."""
+    queue_seed()
+    queue_recover()
+
+
+def make_due() -> None:
+    """Time passes: every failed queue row's backoff is over."""
+    KpiRedRecoveryQueue.objects.filter(status="failed").update(next_attempt_at=timezone.now() - timedelta(hours=1))
+
+
+def listed() -> list[str]:
+    return [row.source_pk for row in review_queue(limit=500).rows]
+
+
+def matched_out_today() -> int:
+    return KpiRedRecoveryMetricsDaily.objects.get(metric_date=lima_today()).matched_out
+
+
+def reviewer(username: str):
+    user = get_user_model().objects.create_user(username, password="lima-review-2026", is_staff=True)
+    user.groups.add(Group.objects.get(name=REVIEWER_GROUP))
+    return user

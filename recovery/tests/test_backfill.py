@@ -4,12 +4,7 @@
 import pytest
 
 from identity.models import IdentityOrigin
-from identity.tests.factories import (
-    link_lead,
-    make_lead,
-    make_person,
-    set_origin,
-)
+from identity.tests.factories import link_lead, make_lead, make_person, set_origin
 from recovery.jobs.backfill import origins_backfill
 from recovery.tests.factories import snapshot
 

@@ -5,15 +5,7 @@ from datetime import timedelta
 import pytest
 
 from identity.models import Claim
-from identity.tests.factories import (
-    link_driver,
-    link_lead,
-    make_claim,
-    make_driver,
-    make_lead,
-    make_person,
-    make_trips,
-)
+from identity.tests.factories import link_driver, link_lead, make_claim, make_driver, make_lead, make_person, make_trips
 from recovery.claims import claims_create_expected
 
 pytestmark = pytest.mark.django_db

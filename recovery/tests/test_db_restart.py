@@ -30,13 +30,7 @@ from django.utils import timezone
 
 from identity.index import drivers_index_refresh
 from identity.models import IdentityLink, JobRun
-from identity.runs import (
-    RUN_LOCK_CLASS,
-    DatabaseUnavailable,
-    connection_lost,
-    job_run,
-    reconnecting,
-)
+from identity.runs import RUN_LOCK_CLASS, DatabaseUnavailable, connection_lost, job_run, reconnecting
 from recovery.guardrails import guardrails_run_all
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
 from recovery.queue import queue_seed

@@ -5,13 +5,7 @@ from datetime import timedelta
 import pytest
 
 from identity.index import drivers_index_refresh
-from identity.tests.factories import (
-    lima_datetime,
-    lima_today,
-    make_claim,
-    make_driver,
-    make_lead,
-)
+from identity.tests.factories import lima_datetime, lima_today, make_claim, make_driver, make_lead
 from recovery.jobs.recover import queue_recover
 from recovery.models import KpiRedRecoveryQueue
 from recovery.queue import queue_seed

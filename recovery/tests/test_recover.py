@@ -13,11 +13,7 @@ from django.utils import timezone
 
 from identity.index import drivers_index_refresh
 from identity.models import CabinetLead, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun
-from identity.tests.factories import (
-    link_lead,
-    make_driver,
-    make_person,
-)
+from identity.tests.factories import link_lead, make_driver, make_person
 from recovery.jobs.recover import queue_recover
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
 from recovery.queue import queue_seed

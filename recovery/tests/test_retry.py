@@ -6,12 +6,7 @@ from django.core.management import call_command
 
 from identity.index import drivers_index_refresh
 from identity.models import IdentityLink, IdentityOrigin
-from identity.tests.factories import (
-    link_lead,
-    make_lead,
-    make_person,
-    set_origin,
-)
+from identity.tests.factories import link_lead, make_lead, make_person, set_origin
 from recovery.jobs.retry import identity_matching_retry
 from recovery.models import IdentityMatchingJob
 from recovery.tests.factories import snapshot, stranger, twin

@@ -7,12 +7,7 @@ from django.utils import timezone
 
 from identity.index import drivers_index_refresh
 from identity.models import DriverIndexEntry, JobRun
-from identity.tests.factories import (
-    link_lead,
-    make_driver,
-    make_lead,
-    make_person,
-)
+from identity.tests.factories import link_lead, make_driver, make_lead, make_person
 from recovery.jobs.recover import queue_recover
 from recovery.models import KpiRedRecoveryQueue
 from recovery.queue import queue_seed

@@ -12,7 +12,7 @@ from identity.index import drivers_index_refresh
 from identity.matching import RULE_VERSION
 from identity.models import IdentityJudgement, IdentityLink
 from recovery.review.rules import REVIEWER_GROUP
-from recovery.tests.test_review import conflict, make_due, person_of, recover
+from recovery.tests.factories import conflict, make_due, person_of, recover
 from tests.browser.conftest import screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
