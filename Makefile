@@ -36,9 +36,11 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 # Ruff with the rules of pyproject.toml: unused code, import order, local imports that give no reason,
-# and the layers (identity never imports recovery).
+# and the layers (identity never imports recovery); then no import cycles between the product's
+# modules (ruff's import graph, checked by .ci/import_cycles.py: ruff has no lint rule for cycles).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff analyze graph ct4site identity recovery 2>/dev/null | $(PY) .ci/import_cycles.py
 
 # A try-out of the production set-up on the embedded database (or DATABASE_URL): the production
 # settings (DEBUG off) with a generated secret key, gunicorn, static files from WhiteNoise. Plain
