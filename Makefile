@@ -8,11 +8,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test check-migrations check-schema bench bench-setup clean-data help
+.PHONY: install demo test lint check-migrations check-schema bench bench-setup clean-data help
 
 help:
 	@echo "make demo   - set up, then run the whole pipeline on a generated demo park"
 	@echo "make test   - set up, then run the whole test suite"
+	@echo "make lint   - ruff: the rules in pyproject.toml (the layers included: identity never imports recovery)"
 	@echo "make serve  - try the production set-up: gunicorn + WhiteNoise, DEBUG off, http://localhost:8000/"
 	@echo "make check-alerts - promtool: the alert rules and their unit tests"
 	@echo "make bench  - run the benchmarks in bench/ (minutes; prints figures)"
@@ -33,6 +34,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Ruff with the rules of pyproject.toml: unused code, import order, local imports that give no reason,
+# and the layers (identity never imports recovery); then no import cycles between the product's
+# modules (ruff's import graph, checked by .ci/import_cycles.py: ruff has no lint rule for cycles).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff analyze graph ct4site identity recovery 2>/dev/null | $(PY) .ci/import_cycles.py
 
 # A try-out of the production set-up on the embedded database (or DATABASE_URL): the production
 # settings (DEBUG off) with a generated secret key, gunicorn, static files from WhiteNoise. Plain

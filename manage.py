@@ -6,8 +6,9 @@ import sys
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ct4site.settings")
-    from django.core.exceptions import ImproperlyConfigured
-    from django.core.management import execute_from_command_line
+    # Django's own manage.py layout: Django is imported once the settings module is named.
+    from django.core.exceptions import ImproperlyConfigured  # noqa: PLC0415 - after DJANGO_SETTINGS_MODULE
+    from django.core.management import execute_from_command_line  # noqa: PLC0415 - after DJANGO_SETTINGS_MODULE
 
     try:
         execute_from_command_line(sys.argv)

@@ -6,6 +6,7 @@ Benchmarks run against their own database (CT4_BENCH_DB, default ct4_bench_<scri
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -37,8 +38,8 @@ def bench_env(database: str | None = None) -> dict:
 
 
 def _create_database_on_server(url: str, name: str) -> None:
-    import psycopg  # noqa: PLC0415
-    from psycopg import sql  # noqa: PLC0415
+    import psycopg  # noqa: PLC0415 - from the project's venv, which the caller may not run in
+    from psycopg import sql  # noqa: PLC0415 - same
 
     admin = url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -76,6 +77,4 @@ def sql_rows(query: str, env: dict) -> list[tuple]:
         "print(json.dumps([[None if v is None else str(v) for v in r] for r in c.fetchall()]))"
     )
     _, _, out = manage("shell", "-c", code, env=env)
-    import json  # noqa: PLC0415
-
     return [tuple(r) for r in json.loads(out.strip().splitlines()[-1])]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("CT4_BENCH_DB", "ct4_bench_diff")
-from bench._common import PY, ROOT, bench_env, manage, reset_database  # noqa: E402
-from bench._truth import lead_cases, truth_load  # noqa: E402
+from bench._common import PY, ROOT, bench_env, manage, reset_database, sql_rows
+from bench._truth import lead_cases, truth_load
 
 # Both revisions expose leads_decide(list[LeadKeys], MatchContext) -> {source_pk: Decision} and
 # leads_load_keys; each prints {source_pk: [outcome, person_key]} for every lead.
@@ -100,8 +100,6 @@ def main() -> None:
 
 
 def _persons_of_drivers(env: dict) -> dict:
-    from bench._common import sql_rows  # noqa: PLC0415
-
     return dict(sql_rows("SELECT driver_id, person_key::text FROM canon.drivers_index", env))
 
 

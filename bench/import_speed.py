@@ -151,7 +151,7 @@ _bench = {}
 
 def bench_database() -> str:
     """Create `<name>_bench` next to the project's database and return its URL."""
-    import psycopg  # noqa: PLC0415 - after sys.path is set
+    import psycopg  # noqa: PLC0415 - from the project's venv, after sys.path is set
 
     settings = project_database()
     name = f"{settings['NAME']}_bench"
@@ -174,7 +174,7 @@ def bench_database() -> str:
 
 
 def drop_bench_database() -> None:
-    import psycopg  # noqa: PLC0415
+    import psycopg  # noqa: PLC0415 - from the project's venv, after sys.path is set
 
     if not _bench:
         return
@@ -185,7 +185,7 @@ def drop_bench_database() -> None:
 def project_database() -> dict:
     sys.path.insert(0, str(ROOT))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ct4site.settings")
-    from django.conf import settings  # noqa: PLC0415
+    from django.conf import settings  # noqa: PLC0415 - after DJANGO_SETTINGS_MODULE is set
 
     return settings.DATABASES["default"]
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("CT4_BENCH_DB", "ct4_bench_quality")
-from bench._common import BENCH_DB, bench_env, manage, reset_database  # noqa: E402
-from bench._truth import evaluate_links, lead_cases, truth_load  # noqa: E402
+from bench._common import BENCH_DB, bench_env, manage, reset_database
+from bench._truth import evaluate_links, lead_cases, truth_load
 
 TARGET_PRECISION = 0.9995
 TARGET_RECALL = 0.99
@@ -78,7 +78,7 @@ def use_database(name: str) -> None:
 
 def evaluate(out: Path) -> dict:
     """Compare the database's links and outcomes with the generator's ground truth."""
-    from django.db import connection  # noqa: PLC0415
+    from django.db import connection  # noqa: PLC0415 - after the settings module and the bench database are chosen
 
     truth = truth_load(out)
     with connection.cursor() as cursor:
@@ -86,7 +86,8 @@ def evaluate(out: Path) -> dict:
         humans_of_person: dict[str, set] = defaultdict(set)
         for driver_id, person_key in cursor.fetchall():
             humans_of_person[person_key].add(truth.human_of_driver.get(driver_id))
-        cursor.execute("SELECT source_pk, person_key::text, match_rule || ' ' || rule_version || ' ' || confidence_level "
+        cursor.execute("SELECT source_pk, person_key::text, "
+                       "match_rule || ' ' || rule_version || ' ' || confidence_level "
                        "FROM canon.identity_links WHERE source_table = %s", [LEADS_TABLE])
         rows = cursor.fetchall()
         link = {pk: person for pk, person, _ in rows}
@@ -137,7 +138,7 @@ def _true_key_agreement(cursor, truth) -> dict[str, str]:
     """For each lead, how it overlaps with its true driver records: 'exact' when a normalized key
     (phone, document, e-mail, plate) is equal, 'shared' when one is within a typo or the birth
     date is equal, absent when nothing but the name could tell."""
-    from rapidfuzz.distance import DamerauLevenshtein  # noqa: PLC0415
+    from rapidfuzz.distance import DamerauLevenshtein  # noqa: PLC0415 - only the evaluation needs it
 
     pairs = [(r["lead_source_pk"], d) for r in truth for d in r["true_driver_ids"].split(";") if d]
     if not pairs:
@@ -244,7 +245,7 @@ def main() -> None:
         parser.error("nothing to run: give --seeds, --febrl or both")
     os.environ.update(CT4_DB_NAME=BENCH_DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ct4site.settings")
-    import django  # noqa: PLC0415
+    import django  # noqa: PLC0415 - after the settings module and the bench database are chosen
 
     django.setup()
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("CT4_BENCH_DB", "ct4_bench_speed")
-from bench._common import BENCH_DB, PY, ROOT, bench_env, manage, reset_database, sql_rows  # noqa: E402
-from bench._truth import evaluate_links  # noqa: E402
+from bench._common import BENCH_DB, PY, ROOT, bench_env, manage, reset_database, sql_rows
+from bench._truth import evaluate_links, truth_load
 
 SINGLE_LEAD_SCRIPT = """
 import json, random, time
@@ -101,8 +101,9 @@ def main() -> None:
     print(f"match_leads         {match:7.1f}s  peak_rss={rss_match}MB  {_load()}  processed={counts.get('processed')} "
           f"linked={counts.get('linked')} (reading leads and index {counts.get('load_seconds')}s)")
     ours = refresh + match
-    print(f"OURS refresh+match  {ours:7.1f}s [{'PASS' if ours < 20 else 'FAIL'} < 20s]  peak_rss={max(rss_refresh, rss_match)}MB "
-          f"[{'PASS' if max(rss_refresh, rss_match) < 1536 else 'FAIL'} < 1536MB]")
+    peak = max(rss_refresh, rss_match)
+    print(f"OURS refresh+match  {ours:7.1f}s [{'PASS' if ours < 20 else 'FAIL'} < 20s]  peak_rss={peak}MB "
+          f"[{'PASS' if peak < 1536 else 'FAIL'} < 1536MB]")
 
     manage("import_source", "cabinet_leads", str(later), env=env, check=False)
     inc_refresh, _, _ = manage("refresh_drivers_index", env=env)
@@ -121,8 +122,8 @@ def main() -> None:
         if timings:
             p = lambda q: timings[min(len(timings) - 1, int(q * len(timings)))]  # noqa: E731
             print(f"single lead         p50={p(0.50):.1f}ms p95={p(0.95):.1f}ms p99={p(0.99):.1f}ms "
-                  f"mean={statistics.mean(timings):.1f}ms over {len(timings)} leads [{'PASS' if p(0.95) < 50 else 'FAIL'} "
-                  f"p95 < 50ms] {_load()}")
+                  f"mean={statistics.mean(timings):.1f}ms over {len(timings)} leads "
+                  f"[{'PASS' if p(0.95) < 50 else 'FAIL'} p95 < 50ms] {_load()}")
 
     if args.splink != "none":
         figures = work / "splink.json"
@@ -152,8 +153,6 @@ def _as_person_links(env: dict) -> dict:
 
 
 def _humans_of_persons(env: dict, out: Path) -> dict:
-    from bench._truth import truth_load  # noqa: PLC0415
-
     human_of_driver = truth_load(out).human_of_driver
     humans: dict[str, set] = {}
     for driver_id, person_key in sql_rows("SELECT driver_id, person_key::text FROM canon.drivers_index", env):

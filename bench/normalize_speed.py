@@ -75,7 +75,7 @@ def python_values(rows: int) -> dict[str, list[str]]:
 
 
 def time_python(rows: int) -> None:
-    from identity.normalize import name_key, normalize_document, normalize_phone, phone_fast  # noqa: PLC0415
+    from identity.normalize import name_key, normalize_document, normalize_phone, phone_fast  # noqa: PLC0415 - after django.setup()
 
     values = python_values(rows)
     for label, function, inputs in (
@@ -92,9 +92,9 @@ def time_python(rows: int) -> None:
 
 
 def time_polars(rows: int) -> None:
-    import polars as pl  # noqa: PLC0415
+    import polars as pl  # noqa: PLC0415 - after django.setup(), like identity.normalize
 
-    from identity import normalize  # noqa: PLC0415
+    from identity import normalize  # noqa: PLC0415 - after django.setup()
 
     values = {label: pl.Series(label, inputs) for label, inputs in python_values(rows).items()}
     # Drivers keep a name in boxes: the first name, and the surnames in the last box.
@@ -125,10 +125,10 @@ def time_polars(rows: int) -> None:
 
 
 def time_sql(rows: int) -> None:
-    import django  # noqa: PLC0415
+    import django  # noqa: PLC0415 - after the settings module and the bench database are chosen
 
     django.setup()
-    from django.db import connection  # noqa: PLC0415
+    from django.db import connection  # noqa: PLC0415 - after django.setup()
 
     with connection.cursor() as cursor:
         cursor.execute("SELECT to_regprocedure('canon.norm_name_key(text)') IS NOT NULL")

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import BENCH_DB, bench_env, manage, reset_database  # noqa: E402
+from bench._common import BENCH_DB, bench_env, manage, reset_database
 
 TARGET_RECOVERY_SECONDS = 40.0
 TARGET_VIEW_MS = 500.0

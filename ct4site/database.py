@@ -81,7 +81,7 @@ def embedded_database_config(data_dir: Path, dbname: str = EMBEDDED_DB_NAME) -> 
 
 
 def _restart(server, pgdata: Path) -> None:
-    from pgserver._commands import pg_ctl  # noqa: PLC0415
+    from pgserver._commands import pg_ctl  # noqa: PLC0415 - pgserver only when the embedded server is wanted
 
     pg_ctl(["-w", "stop"], pgdata=pgdata, user=server.system_user)
     type(server)._instances.pop(pgdata.resolve(), None)

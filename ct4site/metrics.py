@@ -105,7 +105,8 @@ def business_families(snapshot: dict) -> list[GaugeMetricFamily]:
     jobs = snapshot["jobs"]
     guardrails = snapshot["guardrails"]
     return [
-        _gauge("ct4_kpi_red_backlog_leads", "Red-KPI backlog (leads with no identity link and no claim), by risk level.",
+        _gauge("ct4_kpi_red_backlog_leads",
+               "Red-KPI backlog (leads with no identity link and no claim), by risk level.",
                ("risk_level",), snapshot["backlog_by_risk"]),
         _gauge("ct4_leads_matched_last_24h", "Leads the recovery and retry jobs matched in the last 24 hours.",
                value=snapshot["matched_last_24h"]),

@@ -7,7 +7,7 @@ from django.views.generic import RedirectView
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="ops:dashboard", permanent=False)),
     path("admin/", admin.site.urls),
-    path("review/", include("identity.review_urls")),
+    path("review/", include("recovery.review.urls")),
     path("ops/", include("recovery.dashboard_urls")),
     path("api/", include("recovery.api.urls", namespace="api")),
 ]

@@ -19,6 +19,7 @@ from django.utils.html import format_html
 from identity.models import (
     DRIVERS_TABLE,
     LEADS_TABLE,
+    REVIEW_REASONS,
     CabinetLead,
     Claim,
     Driver,
@@ -33,7 +34,6 @@ from identity.models import (
     Person,
 )
 from identity.normalize import normalize_document, normalize_email, normalize_phone, normalize_plate
-from identity.review import REVIEW_REASONS
 
 admin.site.site_header = "ct4 identity recovery"
 admin.site.site_title = "ct4 admin"
@@ -90,7 +90,8 @@ class LeadParkFilter(admin.SimpleListFilter):
     parameter_name = "park_id"
 
     def lookups(self, request, model_admin):
-        parks = CabinetLead.objects.exclude(park_id=None).order_by("park_id").values_list("park_id", flat=True).distinct()
+        parks = (CabinetLead.objects.exclude(park_id=None).order_by("park_id")
+                 .values_list("park_id", flat=True).distinct())
         return [(p, p) for p in parks]
 
     def queryset(self, request, queryset):
@@ -179,7 +180,8 @@ def lead_key_hits(term: str) -> Q | None:
     keys = normalized_keys(term)
     q = Q()
     if "phone" in keys:
-        q |= Q(pk__in=CabinetLead.objects.annotate(n=norm("norm_phone_fast", "phone")).filter(n=keys["phone"]).values("pk"))
+        phones = CabinetLead.objects.annotate(n=norm("norm_phone_fast", "phone")).filter(n=keys["phone"])
+        q |= Q(pk__in=phones.values("pk"))
     if "document" in keys:
         q |= Q(pk__in=CabinetLead.objects.annotate(n=norm("norm_document", "document"))
                .filter(n=keys["document"]).values("pk"))
@@ -212,7 +214,8 @@ class CabinetLeadAdmin(NormalizedSearchMixin, SourceAdmin):
     def extra_search(self, term):
         q = lead_key_hits(term) or Q()
         if key := as_uuid(term):
-            q |= Q(source_pk__in=IdentityLink.objects.filter(source_table=LEADS_TABLE, person_id=key).values("source_pk"))
+            linked = IdentityLink.objects.filter(source_table=LEADS_TABLE, person_id=key)
+            q |= Q(source_pk__in=linked.values("source_pk"))
         return q or None
 
     @admin.display(description="name")

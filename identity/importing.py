@@ -230,7 +230,7 @@ def detect_encoding(path: Path) -> str:
 
 def _open_binary(path: Path):
     try:
-        return open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed by the caller
+        return open(path, "rb", buffering=1 << 20)
     except FileNotFoundError:
         raise ImportFileError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -704,7 +704,7 @@ def _quoted(model) -> str:
 def _merge_rejects(path: Path, encoding: str, rejects, header: list[str]):
     """Rejects found in SQL carry only their line: read the file again to attach each one's
     original fields, and merge them with the rejects found while streaming, in line order."""
-    merged = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")
+    merged = tempfile.TemporaryFile("w+", encoding="utf-8", newline="")  # noqa: SIM115 - returned; the caller closes it
     rejects.seek(0)
     streamed = csv.reader(rejects)
     next(streamed)

@@ -14,11 +14,7 @@ from django.db import models
 from django.db.models import Q
 from django.db.models.functions import Cast, Coalesce, Now
 
-# The park's time zone: a lead's date is the calendar day of its creation in Lima.
-PARK_TIME_ZONE = "America/Lima"
-
-LEADS_TABLE = "module_ct_cabinet_leads"
-DRIVERS_TABLE = "drivers"
+from identity.domain import DRIVERS_TABLE, LEADS_TABLE, MILESTONES, PARK_TIME_ZONE
 
 
 class ReasonCode(models.TextChoices):
@@ -31,12 +27,17 @@ class ReasonCode(models.TextChoices):
     ERROR = "ERROR", "The matcher failed on this lead"
 
 
+# The reasons a human decides: the matcher found someone, but would not link alone.
+REVIEW_REASONS = (ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value, ReasonCode.WEAK_MATCH_ONLY.value)
+
+
 class SourceTable(models.TextChoices):
     CABINET_LEADS = LEADS_TABLE, "Cabinet lead"
     DRIVERS = DRIVERS_TABLE, "Driver"
 
 
-def choices_check(field: str, choices: type[models.TextChoices], name: str, nullable: bool = False) -> models.CheckConstraint:
+def choices_check(field: str, choices: type[models.TextChoices], name: str,
+                  nullable: bool = False) -> models.CheckConstraint:
     condition = Q(**{f"{field}__in": choices.values})
     if nullable:
         condition |= Q(**{f"{field}__isnull": True})
@@ -133,7 +134,8 @@ class DriverTrips(models.Model):
         verbose_name_plural = "driver trips"
         constraints = [
             # INCLUDE trips: a driver's trips in a date window are summed from the index alone.
-            models.UniqueConstraint(fields=["driver_id", "date"], include=["trips"], name="driver_trips_driver_date_uniq"),
+            models.UniqueConstraint(fields=["driver_id", "date"], include=["trips"],
+                                    name="driver_trips_driver_date_uniq"),
             models.CheckConstraint(condition=Q(trips__gte=0), name="driver_trips_nonnegative"),
         ]
         indexes = [models.Index(fields=["date"], name="driver_trips_date_idx")]
@@ -149,7 +151,7 @@ class ClaimStatus(models.TextChoices):
 class Claim(models.Model):
     """Money claimed from the platform for a lead's milestone (1, 5 or 25 trips in 14 days)."""
 
-    MILESTONES = (1, 5, 25)
+    MILESTONES = MILESTONES
 
     lead_source_pk = models.TextField()
     driver_id = models.TextField(null=True, blank=True)
@@ -223,7 +225,8 @@ class IdentityLink(models.Model):
             models.Index(fields=["linked_at"], name="identity_link_linked_at_idx"),
             # "A person's driver records" (the 14-day money, limbo and funnel views, per lead):
             # answered from the index alone, without visiting a million-row heap.
-            models.Index(fields=["person", "source_table"], include=["source_pk"], name="identity_link_person_cover_idx"),
+            models.Index(fields=["person", "source_table"], include=["source_pk"],
+                         name="identity_link_person_cover_idx"),
         ]
 
     @property

@@ -1,4 +1,5 @@
-"""How every job runs: a row in ops.job_runs, an optional singleton advisory lock, batch logs.
+"""How every job runs: a row in ops.job_runs, an optional singleton advisory lock, batch logs,
+and how its command ends (JobCommand: --json, --dry-run, the exit statuses 0/1/2/3).
 
 Services wrap their work in `job_run(...)`; the commands, the schedules and the API all end up
 here, so freshness badges and "a second copy exits at once" hold whatever started the job.
@@ -10,6 +11,7 @@ reconnected with bounded backoff (CT4_DB_RETRY_SECONDS), run again.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -19,13 +21,15 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import psycopg
 from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from tqdm import tqdm
 
 from identity.models import JobRun, JobRunStatus
 
@@ -273,8 +277,9 @@ def reconnecting(work: Callable[[], T], *, handle: RunHandle | None = None) -> T
             cause = safe_error(exc)
             while True:
                 if now >= deadline:
-                    raise DatabaseUnavailable(f"{_who(handle)}: database unreachable for {budget:g} s "
-                                              f"(CT4_DB_RETRY_SECONDS), the batch in flight rolled back: {cause}") from None
+                    raise DatabaseUnavailable(
+                        f"{_who(handle)}: database unreachable for {budget:g} s (CT4_DB_RETRY_SECONDS), "
+                        f"the batch in flight rolled back: {cause}") from None
                 time.sleep(min(delay, deadline - now))
                 delay = min(2 * delay, _BACKOFF_MAX)
                 connection.close()
@@ -304,8 +309,6 @@ def _log_lost(handle: RunHandle | None, exc: BaseException) -> None:
 
 def progress_bar(total: int | None, desc: str, enabled: bool | None = None):
     """A tqdm bar on a terminal, a silent stand-in otherwise (cron, CI, the API)."""
-    from tqdm import tqdm  # noqa: PLC0415
-
     show = sys.stderr.isatty() if enabled is None else enabled
     return tqdm(total=total, desc=desc, unit="lead", disable=not show, leave=False)
 
@@ -314,7 +317,6 @@ def progress_bar(total: int | None, desc: str, enabled: bool | None = None):
 # 40,000 lead links among a million driver links never get there, and plans built on "there are
 # no lead links" turn the runbooks' queries from milliseconds into minutes.
 LINK_TABLES = ("canon.identity_links", "canon.identity_origin", "canon.identity_unmatched")
-RECOVERY_TABLES = ("ops.identity_matching_jobs", "ops.cabinet_kpi_red_recovery_queue")
 
 
 def tables_analyze(*tables: str) -> None:
@@ -326,3 +328,81 @@ def tables_analyze(*tables: str) -> None:
                 cursor.execute(f"ANALYZE {table}")
 
     reconnecting(analyze)
+
+
+def rolled_back(work: Callable[[], T]) -> T:
+    """Run `work` in one transaction and roll back everything it wrote (its job run row too): the
+    dry run of a job that changes data. Its result says what the job did before the rollback. The
+    job holds its locks for the whole run and nothing is retried after a lost connection."""
+    with transaction.atomic():
+        result = work()
+        transaction.set_rollback(True)
+    return result
+
+
+# --- How a command ends ---------------------------------------------------------------------
+
+# 0 done; 1 done with problems (a failed check, rejected rows) or the database stayed away;
+# 2 bad arguments or unusable input; 3 another copy of this singleton holds its lock (nothing done).
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+def command_exit(status: int, message: str = "") -> NoReturn:
+    """The one way a ct4 command ends with a non-zero status. With a message, Django prints it on
+    stderr as a CommandError (one line, no traceback); without, the command printed its report already."""
+    if message:
+        raise CommandError(message, returncode=status)
+    raise SystemExit(status)
+
+
+class JobCommand(BaseCommand):
+    """A thin command over one service call; subclasses implement run() and summary(), and
+    exit_status() when a result can mean "done with problems".
+
+    `rollback_dry_run = True` adds --dry-run: the job runs as usual inside one transaction that is
+    then rolled back (rolled_back), and the summary says what it did and that nothing was kept.
+    """
+
+    rollback_dry_run = False
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true", help="print a machine-readable summary")
+        if self.rollback_dry_run:
+            parser.add_argument("--dry-run", action="store_true",
+                                help="run the job in one transaction, report what it did, then roll it all back "
+                                     "(nothing is written, not even its job run)")
+
+    def handle(self, *args, **options):
+        dry_run = self.rollback_dry_run and options.get("dry_run")
+        try:
+            result = rolled_back(lambda: self.run(**options)) if dry_run else self.run(**options)
+        except JobLocked as exc:
+            command_exit(EXIT_LOCKED, str(exc))
+        except DatabaseUnavailable as exc:
+            command_exit(EXIT_PROBLEMS, str(exc))
+        except (DatabaseError, psycopg.Error) as exc:
+            # Lost outside a batch (before the first, say): nothing to retry, one line to say why.
+            if not connection_lost(exc):
+                raise
+            command_exit(EXIT_PROBLEMS, f"database unreachable: {safe_error(exc)}")
+        if options["json"]:
+            figures = self.as_json(result)
+            if dry_run:
+                figures = {**figures, "dry_run": True}
+            self.stdout.write(json.dumps(figures, default=str, sort_keys=True))
+        else:
+            self.stdout.write(("dry run, rolled back: " if dry_run else "") + self.summary(result))
+        if status := self.exit_status(result):
+            command_exit(status)
+
+    def run(self, **options):
+        raise NotImplementedError
+
+    def as_json(self, result):
+        return result.as_dict() if hasattr(result, "as_dict") else result
+
+    def summary(self, result) -> str:
+        return " ".join(f"{key}={value}" for key, value in dict(result).items())
+
+    def exit_status(self, result) -> int:
+        return EXIT_OK

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from django.db import connection
 
+from identity.domain import MILESTONE_AMOUNTS
 from identity.models import LEADS_TABLE, ClaimStatus
-from recovery.views import MILESTONE_AMOUNTS
 
 CREATED_BY = "reconcile"
 
@@ -46,8 +46,8 @@ ON CONFLICT (lead_source_pk, milestone) DO NOTHING
 def claims_create_expected(*, source_pks: list[str] | None = None) -> int:
     """Insert the missing 'expected' claims of these leads (every lead when None); returns rows inserted.
 
-    Amount from settings.CT4["MILESTONES"] (recovery.views.MILESTONE_AMOUNTS); driver_id is the person's driver with the most trips
-    in the window. A milestone that already has a row, whatever its status, is left alone.
+    Amount from settings.CT4["MILESTONES"] (identity.domain.MILESTONE_AMOUNTS); driver_id is the person's
+    driver with the most trips in the window. A milestone that already has a row, whatever its status, is left alone.
     """
     if source_pks is not None and not source_pks:
         return 0

@@ -9,18 +9,16 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from django.db import connection
 from django.utils import timezone
 
-from identity.models import ReasonCode
+from identity.domain import TODAY
+from identity.models import REVIEW_REASONS
 from recovery import reports, status
-from recovery.views import TODAY
+from recovery.db import sql_rows
 
 TREND_DAYS = 30
 FUNNEL_WEEKS = 12
 TOP_DRIVERS = 10
-# The reasons a human settles in the review screen.
-REVIEW_REASONS = (ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value, ReasonCode.WEAK_MATCH_ONLY.value)
 # The funnel's stages, in funnel order: (column of ops.v_cabinet_14d_funnel_audit_weekly, label).
 FUNNEL_STAGES = (
     ("limbo_no_identity", "No identity"),
@@ -31,16 +29,9 @@ FUNNEL_STAGES = (
 )
 
 
-def _rows(sql: str, params=None) -> list[dict]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        names = [column.name for column in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def kpi_trend(*, days: int = TREND_DAYS) -> list[dict]:
     """The last `days` Lima days of ops.v_cabinet_kpi_red_recovery_metrics_daily, oldest first."""
-    return _rows(
+    return sql_rows(
         f"""
         SELECT metric_date, backlog_start, new_backlog_in, matched_out, backlog_end, net_change, top_fail_reason
         FROM ops.v_cabinet_kpi_red_recovery_metrics_daily
@@ -55,7 +46,7 @@ def funnel_weekly(*, weeks: int = FUNNEL_WEEKS) -> list[dict]:
     """The last `weeks` weeks (Mondays, up to this one) of ops.v_cabinet_14d_funnel_audit_weekly, oldest
     first; a week without leads is a row of zeros, so the chart's time axis has no holes."""
     stages = ", ".join(f"coalesce(f.{column}, 0) AS {column}" for column, _ in FUNNEL_STAGES)
-    return _rows(
+    return sql_rows(
         f"""
         WITH week AS (
             -- the Mondays of the last `weeks` weeks, this one included
@@ -77,7 +68,7 @@ def funnel_weekly(*, weeks: int = FUNNEL_WEEKS) -> list[dict]:
 
 def money_recovered() -> dict:
     """Expected, claimed and paid money (14-day window) of the leads the recovery queue matched."""
-    row = _rows(
+    row = sql_rows(
         """
         SELECT count(*) AS leads,
                coalesce(sum(f.expected_amount), 0) AS expected_amount,
@@ -93,7 +84,7 @@ def money_recovered() -> dict:
 
 def unlinked_active_drivers(*, top: int = TOP_DRIVERS) -> dict:
     """Drivers with trips and no identity link: how many, how many drove today / this week, the busiest."""
-    totals = _rows(
+    totals = sql_rows(
         """
         SELECT count(*) AS drivers,
                count(*) FILTER (WHERE active_today) AS active_today,
@@ -102,7 +93,7 @@ def unlinked_active_drivers(*, top: int = TOP_DRIVERS) -> dict:
         FROM ops.v_identity_driver_unlinked_activity
         """
     )[0]
-    busiest = _rows(
+    busiest = sql_rows(
         """
         SELECT driver_id, park_id, last_trip_date, trips_today, trips_last_7d, trips_total
         FROM ops.v_identity_driver_unlinked_activity
@@ -116,7 +107,7 @@ def unlinked_active_drivers(*, top: int = TOP_DRIVERS) -> dict:
 
 def matched_last_24h(*, now) -> dict:
     """Leads matched in 24 h (queue and tracking rows), and the runbook's figures from the tracking table."""
-    runbook = _rows(reports.RUNBOOK_MATCHED_LAST_24H)[0]
+    runbook = sql_rows(reports.RUNBOOK_MATCHED_LAST_24H)[0]
     return {
         "leads": status.leads_matched_since(now - timedelta(hours=24)),
         "tracked_leads": runbook["matched_last_24h"],

@@ -19,9 +19,13 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 
 from identity.demo import demo_data_generate
+from identity.domain import lima_today
 from identity.importing import source_import
 from identity.index import drivers_index_refresh
-from identity.linking import lima_today
+from recovery.guardrails import guardrails_run_all
+from recovery.jobs.reconcile import pipeline_reconcile
+from recovery.jobs.recover import queue_recover
+from recovery.jobs.seed import queue_seed
 
 IMPORT_ORDER = (("drivers", "drivers.csv"), ("cabinet_leads", "cabinet_leads.csv"), ("trips", "trips.csv"),
                 ("claims", "claims.csv"))
@@ -86,10 +90,6 @@ def demo_user_instructions(*, username: str, password: str, base_url: str = "htt
 def demo_run(*, out_dir: Path | None = None, drivers: int = 20_000, leads: int = 5_000, seed: int = 42,
              echo: Callable[[str], None] = print, demo_user: bool = True) -> DemoReport:
     """Run the whole pipeline on a fresh demo park; the report's lines are printed as they come."""
-    from recovery.guardrails import guardrails_run_all  # noqa: PLC0415
-    from recovery.jobs.reconcile import pipeline_reconcile  # noqa: PLC0415
-    from recovery.jobs.recover import queue_recover  # noqa: PLC0415
-    from recovery.jobs.seed import queue_seed  # noqa: PLC0415
 
     report = DemoReport()
     out_dir = out_dir or Path(settings.BASE_DIR) / ".data" / "demo"

@@ -1,6 +1,9 @@
 """Guardrails (SPEC §4.7): set-based checks that what the product reports about leads, links and origins is true.
 
 Each check returns a CheckResult naming its offenders by source_pk or person_key only (never personal data).
+The checks keep their own SQL for the rules they verify (the earliest lead, a person's trips in the claim
+window): independent copies on purpose, so a bug in the one home (identity.domain, recovery.lead_window)
+cannot hide itself from the check.
 """
 
 from __future__ import annotations
@@ -266,7 +269,8 @@ def identity_origin_creation_verify() -> CheckResult:
     """Every person with a lead link has an origin, naming the earliest linked lead (created_at, then source_pk)."""
     sql = """
         WITH first_lead AS (
-            -- each person's earliest linked lead, as identity.linking.origins_refresh picks it
+            -- each person's earliest linked lead, as identity.linking.origins_refresh picks it: an independent
+            -- copy of identity.domain.EARLIEST_LEAD_SQL on purpose, so the check does not share a bug it checks
             SELECT DISTINCT ON (il.person_key) il.person_key, il.source_pk
             FROM canon.identity_links il
             JOIN public.module_ct_cabinet_leads l ON l.source_pk = il.source_pk

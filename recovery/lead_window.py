@@ -10,7 +10,7 @@ This module is the one home of "a person's trips in the claim window". It define
 
 - `ops.in_claim_window(trip_date, lead_date)`: the claim window, the CLAIM_WINDOW_DAYS days from lead_date;
 - `ops.person_window_trips(person_key, lead_date)`: each driver record of a person with its trips in that
-  window. The reconcile job (recovery.claims) and the review screen (identity.review) call it too;
+  window. The reconcile job (recovery.claims) and the review screen (recovery.review.screen) call it too;
 - DIRECT_SQL, the table's rows computed from the sources; triggers keep the table equal to it.
 
 The rows depend on four tables. Statement-level triggers with transition tables recompute, once per
@@ -38,8 +38,8 @@ from __future__ import annotations
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
+from identity.domain import CLAIM_WINDOW_DAYS
 from identity.models import DRIVERS_TABLE, LEADS_TABLE
-from recovery.views import CLAIM_WINDOW_DAYS
 
 TABLE = "ops.lead_window_14d"
 LOCK = "ct4.lead_window_14d"
@@ -67,7 +67,8 @@ CROSS JOIN LATERAL (
 
 # Rows of the table that differ from DIRECT_SQL: (category, lead_source_pk, display); display names the
 # lead and both figures only (never personal data). The guardrail reads it.
-_FIGURE = "{t}.trips_14d || ' trips over ' || cardinality({t}.driver_ids) || ' drivers, claimed ' || {t}.claimed_milestones::text"
+_FIGURE = ("{t}.trips_14d || ' trips over ' || cardinality({t}.driver_ids) || ' drivers, claimed ' "
+           "|| {t}.claimed_milestones::text")
 DIFFERENCES_SQL = f"""
 SELECT CASE WHEN k.lead_source_pk IS NULL THEN 'lead_window_missing'
             WHEN d.lead_source_pk IS NULL THEN 'lead_window_stray'
@@ -120,7 +121,7 @@ def _moved(columns: str) -> str:
 
 _HAS_ROW_OR_LINK = f"""
     EXISTS (SELECT 1 FROM canon.identity_links il WHERE il.source_table = '{LEADS_TABLE}' AND il.source_pk = c.source_pk)
-    OR EXISTS (SELECT 1 FROM {TABLE} s WHERE s.lead_source_pk = c.source_pk)"""
+    OR EXISTS (SELECT 1 FROM {TABLE} s WHERE s.lead_source_pk = c.source_pk)"""  # noqa: E501 - installed SQL, kept as it is
 
 # (name, arguments, declaration, body): CREATE OR REPLACE FUNCTION ops.<name>(<arguments>) <declaration> AS $$<body>$$
 FUNCTIONS: list[tuple[str, str, str, str]] = [
@@ -169,7 +170,7 @@ FUNCTIONS: list[tuple[str, str, str, str]] = [
             claimed_milestones = EXCLUDED.claimed_milestones
         WHERE (s.person_key, s.driver_ids, s.trips_14d, s.claimed_milestones)
               IS DISTINCT FROM (EXCLUDED.person_key, EXCLUDED.driver_ids, EXCLUDED.trips_14d, EXCLUDED.claimed_milestones);
-""",
+""",  # noqa: E501 - installed SQL, kept as it is
     ),
     (
         "lead_window_14d_rebuild", "", "RETURNS void LANGUAGE sql",

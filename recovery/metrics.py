@@ -17,12 +17,11 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
-from identity.models import JobRun, JobRunStatus, ReasonCode
-from identity.review import REVIEW_REASONS
+from identity.domain import RiskLevel
+from identity.models import REVIEW_REASONS, JobRun, JobRunStatus, ReasonCode
 from recovery import heartbeat, reports, schedules, selectors, status
 from recovery.guardrails import JOB_NAME as GUARDRAILS_JOB
 from recovery.models import WorkStatus
-from recovery.views import RiskLevel
 
 CACHE_KEY = "ct4:metrics:snapshot"
 # Keys of a guardrails run's counts that are not one check's offenders.

@@ -1,10 +1,14 @@
-"""Operational tables of the recovery jobs (schema ops): the red-KPI queue, per-lead job tracking, cluster heartbeats."""
+"""Operational tables of the recovery jobs (schema ops): the red-KPI queue, per-lead job tracking, cluster
+heartbeats."""
 
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Now
 
 from identity.models import Person, ReasonCode, SourceTable, choices_check
+
+# What the recovery jobs write besides identity.runs.LINK_TABLES; they re-analyze both after a run.
+RECOVERY_TABLES = ("ops.identity_matching_jobs", "ops.cabinet_kpi_red_recovery_queue")
 
 
 class WorkStatus(models.TextChoices):
@@ -100,4 +104,4 @@ class ClusterHeartbeat(models.Model):
 
 # The SQL views are unmanaged models; importing them here is what makes Django (and
 # django-pgviews' post-migrate sync) see them.
-from recovery.views import *  # noqa: E402, F403
+from recovery.sql_views import *  # noqa: E402, F403

@@ -197,9 +197,32 @@ def _seed_batch(after, size: int, changed_at) -> tuple[list, tuple[int, int, int
 
 
 def backlog_count() -> int:
+    """The red KPI now: leads in ops.v_cabinet_kpi_red_backlog (no identity link, no claim)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM ops.v_cabinet_kpi_red_backlog")
         return cursor.fetchone()[0]
+
+
+def backlog_by_risk() -> dict[str, int]:
+    """The red KPI now by risk level (levels with no lead left out)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT risk_level, count(*) FROM ops.v_cabinet_kpi_red_backlog GROUP BY 1 ORDER BY 1")
+        return dict(cursor.fetchall())
+
+
+def queue_failed_by_reason() -> dict[str, int]:
+    """Failed queue rows by fail reason, most frequent first (UNKNOWN for a row without one)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT coalesce(fail_reason, 'UNKNOWN') AS reason, count(*) AS n
+            FROM ops.cabinet_kpi_red_recovery_queue
+            WHERE status = %s
+            GROUP BY 1 ORDER BY n DESC, reason
+            """,
+            [WorkStatus.FAILED],
+        )
+        return dict(cursor.fetchall())
 
 
 def queue_pending_count() -> int:

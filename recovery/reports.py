@@ -10,16 +10,20 @@ import time
 from collections.abc import Mapping
 from datetime import timedelta
 
-from django.db import connection
 from django.utils import timezone
 
+from identity.domain import TODAY
 from identity.models import LEADS_TABLE
 from identity.runs import ABANDONED_SQL
+from recovery.db import sql_rows
 from recovery.guardrails import (
     identity_links_origins_check,
     identity_origin_creation_verify,
     origin_missing_check,
 )
+from recovery.jobs.recover import queue_recover
+from recovery.jobs.seed import queue_seed
+from recovery.queue import backlog_by_risk, backlog_count, queue_failed_by_reason
 from recovery.status import job_last_outcomes
 
 # The jobs whose freshness the diagnosis always shows (NEVER when they have not run yet),
@@ -31,25 +35,18 @@ EXPECTED_JOBS = (
 FRESH_HOURS = 24
 
 # The identity gap runbook's queries (../shared/seeds), verbatim.
-RUNBOOK_FRESHNESS = """SELECT 
+RUNBOOK_FRESHNESS = """SELECT
     MAX(last_attempt_at) as last_run,
     COUNT(*) FILTER (WHERE last_attempt_at >= NOW() - INTERVAL '24 hours') as jobs_last_24h,
     COUNT(*) FILTER (WHERE status = 'matched' AND last_attempt_at >= NOW() - INTERVAL '24 hours') as matched_last_24h
 FROM ops.identity_matching_jobs;"""
 
-RUNBOOK_MATCHED_LAST_24H = """SELECT 
+RUNBOOK_MATCHED_LAST_24H = """SELECT
     COUNT(*) as matched_last_24h,
     COUNT(DISTINCT matched_person_key) as unique_persons_matched
 FROM ops.identity_matching_jobs
 WHERE status = 'matched'
   AND last_attempt_at >= NOW() - INTERVAL '24 hours';"""
-
-
-def _rows(sql: str, params=None) -> list[dict]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        names = [column.name for column in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
 
 
 def _as_dict(result) -> dict:
@@ -63,26 +60,9 @@ def _as_dict(result) -> dict:
     return dict(vars(result))
 
 
-def backlog_count() -> int:
-    return _rows("SELECT count(*) AS n FROM ops.v_cabinet_kpi_red_backlog")[0]["n"]
-
-
 def queue_status_counts() -> dict[str, int]:
-    return {r["status"]: r["n"] for r in _rows(
+    return {r["status"]: r["n"] for r in sql_rows(
         "SELECT status, count(*) AS n FROM ops.cabinet_kpi_red_recovery_queue GROUP BY status ORDER BY status")}
-
-
-def _failed_by_reason() -> dict[str, int]:
-    """Failed queue rows by reason, most frequent first."""
-    rows = _rows(
-        """
-        SELECT coalesce(fail_reason, 'UNKNOWN') AS reason, count(*) AS n
-        FROM ops.cabinet_kpi_red_recovery_queue
-        WHERE status = 'failed'
-        GROUP BY 1 ORDER BY n DESC, reason
-        """
-    )
-    return {r["reason"]: r["n"] for r in rows}
 
 
 # --- validate_kpi_red_impact ------------------------------------------------------------
@@ -93,8 +73,6 @@ def impact_validate(*, limit: int | None, trigger: str = "command") -> dict:
 
     A real run by definition (it writes links, origins and queue rows, like the jobs it calls).
     """
-    from recovery.jobs.recover import queue_recover  # noqa: PLC0415 - the jobs import the views' app
-    from recovery.jobs.seed import queue_seed  # noqa: PLC0415
 
     started = time.monotonic()
     before = backlog_count()
@@ -112,7 +90,7 @@ def impact_validate(*, limit: int | None, trigger: str = "command") -> dict:
         "failed_this_run": recovered.get("failed", 0),
         "failed_by_reason": dict(sorted(recovered.get("by_reason", {}).items(), key=lambda kv: (-kv[1], kv[0]))),
         "queue_now": queue_status_counts(),
-        "queue_failed_by_reason": _failed_by_reason(),
+        "queue_failed_by_reason": queue_failed_by_reason(),
         "seconds": round(time.monotonic() - started, 2),
     }
 
@@ -153,7 +131,7 @@ def impact_render(report: dict) -> str:
 
 def gap_summary() -> dict:
     """Leads by gap_reason x risk_level (ops.v_identity_gap_analysis) and the share unresolved."""
-    cells = _rows(
+    cells = sql_rows(
         """
         SELECT gap_reason, risk_level, count(*) AS leads
         FROM ops.v_identity_gap_analysis GROUP BY gap_reason, risk_level ORDER BY gap_reason, risk_level
@@ -192,7 +170,7 @@ def jobs_freshness() -> list[dict]:
 
 def jobs_volume() -> list[dict]:
     """Runs and leads processed / matched per job in the last 24 h and 7 days (from job-run counts)."""
-    return _rows(
+    return sql_rows(
         f"""
         WITH runs AS (
             SELECT name, started_at,
@@ -219,7 +197,7 @@ def jobs_volume() -> list[dict]:
 
 def unmatched_open_by_reason() -> dict[str, int]:
     """Open canon.identity_unmatched rows of leads by reason code, most frequent first."""
-    return {r["reason_code"]: r["n"] for r in _rows(
+    return {r["reason_code"]: r["n"] for r in sql_rows(
         """
         SELECT reason_code, count(*) AS n FROM canon.identity_unmatched
         WHERE source_table = %s AND status = 'open'
@@ -230,17 +208,16 @@ def unmatched_open_by_reason() -> dict[str, int]:
 
 
 def top_fail_reasons() -> dict:
-    return {"queue": _failed_by_reason(), "identity_unmatched": unmatched_open_by_reason()}
+    return {"queue": queue_failed_by_reason(), "identity_unmatched": unmatched_open_by_reason()}
 
 
 def red_kpi_now() -> dict:
-    by_risk = {r["risk_level"]: r["n"] for r in _rows(
-        "SELECT risk_level, count(*) AS n FROM ops.v_cabinet_kpi_red_backlog GROUP BY risk_level ORDER BY risk_level")}
-    last_7_days = _rows(
-        """
+    by_risk = backlog_by_risk()
+    last_7_days = sql_rows(
+        f"""
         SELECT metric_date, backlog_start, new_backlog_in, matched_out, backlog_end, net_change, top_fail_reason
         FROM ops.v_cabinet_kpi_red_recovery_metrics_daily
-        WHERE metric_date > (now() AT TIME ZONE 'America/Lima')::date - 7
+        WHERE metric_date > {TODAY} - 7
         ORDER BY metric_date
         """
     )
@@ -253,8 +230,8 @@ def gap_diagnose() -> dict:
     return {
         "generated_at": timezone.now(),
         "gap": gap_summary(),
-        "freshness": {"jobs": jobs_freshness(), "identity_matching_jobs": _rows(RUNBOOK_FRESHNESS)[0]},
-        "matched_last_24h": _rows(RUNBOOK_MATCHED_LAST_24H)[0],
+        "freshness": {"jobs": jobs_freshness(), "identity_matching_jobs": sql_rows(RUNBOOK_FRESHNESS)[0]},
+        "matched_last_24h": sql_rows(RUNBOOK_MATCHED_LAST_24H)[0],
         "fail_reasons": top_fail_reasons(),
         "volume": jobs_volume(),
         "integrity": [

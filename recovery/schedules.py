@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django_q.models import Schedule
 
 PREFIX = "ct4: "
 FUNC = "recovery.tasks.job_task"
@@ -52,8 +53,6 @@ class ScheduleChange:
 
 
 def _wanted_fields(spec: ScheduleSpec) -> dict:
-    from django_q.models import Schedule  # noqa: PLC0415
-
     return {
         "func": FUNC,
         "args": repr(spec.job),
@@ -66,8 +65,6 @@ def _wanted_fields(spec: ScheduleSpec) -> dict:
 
 def schedules_sync(*, dry_run: bool = False) -> list[ScheduleChange]:
     """Make the database's ct4 schedules match the declared ones; return what changed (or would)."""
-    from django_q.models import Schedule  # noqa: PLC0415
-
     changes: list[ScheduleChange] = []
     declared = {spec.name: spec for spec in declared_schedules()}
     with transaction.atomic():
@@ -103,13 +100,9 @@ def schedules_sync(*, dry_run: bool = False) -> list[ScheduleChange]:
 
 def job_schedule(job: str):
     """The django-q2 schedule that runs `job`, or None when it is not scheduled."""
-    from django_q.models import Schedule  # noqa: PLC0415
-
     return Schedule.objects.filter(name=f"{PREFIX}{job}").exclude(repeats=0).first()
 
 
 def schedules_count() -> int:
     """How many ct4 schedules are active (0: nothing runs the jobs unattended)."""
-    from django_q.models import Schedule  # noqa: PLC0415
-
     return Schedule.objects.filter(name__startswith=PREFIX).exclude(repeats=0).count()

@@ -7,42 +7,28 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
-from django.db import connection
 from django.db.models import QuerySet
 
-from identity.linking import lima_today
+from identity.domain import lima_today
 from identity.models import JobRun
+from recovery.db import sql_rows
+from recovery.queue import backlog_by_risk, queue_failed_by_reason
 from recovery.reports import RUNBOOK_MATCHED_LAST_24H, gap_summary
+from recovery.sql_views import CabinetFinancial14d, CabinetLeadsLimbo, FunnelAuditWeekly, KpiRedRecoveryMetricsDaily
 from recovery.status import matching_freshness, recovery_status
-from recovery.views import CabinetFinancial14d, CabinetLeadsLimbo, FunnelAuditWeekly, KpiRedRecoveryMetricsDaily
 
 DEFAULT_METRICS_DAYS = 30
 
 
-def _rows(sql: str, params=None) -> list[dict]:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        names = [column.name for column in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-
 def backlog_now() -> dict:
     """The red KPI now: leads in ops.v_cabinet_kpi_red_backlog, in total and by risk level."""
-    by_risk = {r["risk_level"]: r["n"] for r in _rows(
-        "SELECT risk_level, count(*) AS n FROM ops.v_cabinet_kpi_red_backlog GROUP BY risk_level ORDER BY risk_level")}
+    by_risk = backlog_by_risk()
     return {"total": sum(by_risk.values()), "by_risk": by_risk}
 
 
 def fail_reasons_top(*, limit: int = 5) -> list[dict]:
     """Why queued leads failed, most frequent first (failed rows of the red-KPI queue)."""
-    return _rows(
-        """
-        SELECT coalesce(fail_reason, 'UNKNOWN') AS reason, count(*) AS leads
-        FROM ops.cabinet_kpi_red_recovery_queue WHERE status = 'failed'
-        GROUP BY 1 ORDER BY leads DESC, reason LIMIT %s
-        """,
-        [limit],
-    )
+    return [{"reason": reason, "leads": n} for reason, n in list(queue_failed_by_reason().items())[:limit]]
 
 
 def metrics_daily(*, date_from: date | None = None, date_to: date | None = None) -> dict:
@@ -62,7 +48,7 @@ def metrics_daily(*, date_from: date | None = None, date_to: date | None = None)
 
 def unlinked_activity_counts() -> dict:
     """Drivers with trips and no identity: active today and in the last 7 days."""
-    return _rows(
+    return sql_rows(
         """
         SELECT count(*) FILTER (WHERE active_today) AS today, count(*) FILTER (WHERE active_last_7d) AS last_7_days
         FROM ops.v_identity_driver_unlinked_activity
@@ -83,7 +69,7 @@ def identity_gaps() -> dict:
         "freshness": freshness["badge"],
         "last_run": freshness["last_run"],
         "last_success_at": freshness["last_success_at"],
-        "matched_last_24h": _rows(RUNBOOK_MATCHED_LAST_24H)[0],
+        "matched_last_24h": sql_rows(RUNBOOK_MATCHED_LAST_24H)[0],
         "recovery": recovery_status(),
         "drivers_unlinked_activity": unlinked_activity_counts(),
     }

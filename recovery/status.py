@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from identity.models import JobRun, JobRunStatus
 from identity.runs import ABANDONED_RUNS, ABANDONED_SQL
+from recovery.schedules import job_schedule
 
 FRESH_HOURS = 24
 SIGNAL_HOURS = 48
@@ -120,8 +121,6 @@ def job_last_outcomes() -> list[dict]:
 
 def recovery_status(*, now=None) -> dict:
     """ACTIVE / NO_SIGNAL / NOT_CONFIGURED for the red-KPI recovery, with what it was read from."""
-    from recovery.schedules import job_schedule  # noqa: PLC0415
-
     now = now or timezone.now()
     schedule = job_schedule(RECOVERY_JOB)
     matched = leads_matched_since(now - timedelta(hours=SIGNAL_HOURS))

@@ -11,8 +11,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from django_q.tasks import async_task
+
+from identity.index import drivers_index_refresh
 from identity.models import JobRun, JobRunStatus
 from identity.runs import JobLocked, safe_error
+from recovery.guardrails import guardrails_run_all
+from recovery.jobs.reconcile import pipeline_reconcile
+from recovery.jobs.recover import queue_recover
+from recovery.jobs.retry import identity_matching_retry
+from recovery.queue import queue_seed
 
 logger = logging.getLogger("ct4.jobs")
 
@@ -27,40 +35,28 @@ class TaskJob:
 
 
 def _seed(**kwargs):
-    from recovery.queue import queue_seed  # noqa: PLC0415
-
     return queue_seed(progress=False, **kwargs)
 
 
 def _recover(**kwargs):
-    from recovery.jobs.recover import queue_recover  # noqa: PLC0415
-
     # One process: a django-q2 worker is itself a child process and scales by cluster workers.
     return queue_recover(progress=False, workers=1, **kwargs)
 
 
 def _retry(**kwargs):
-    from recovery.jobs.retry import identity_matching_retry  # noqa: PLC0415
-
     return identity_matching_retry(progress=False, **kwargs)
 
 
 def _reconcile(**kwargs):
-    from recovery.jobs.reconcile import pipeline_reconcile  # noqa: PLC0415
-
     return pipeline_reconcile(progress=False, **kwargs)
 
 
 def _guardrails(**kwargs):
-    from recovery.guardrails import guardrails_run_all  # noqa: PLC0415
-
     results = guardrails_run_all(**kwargs)
     return {"ok": all(r.ok for r in results), "failed": [r.name for r in results if not r.ok]}
 
 
 def _index_refresh(**kwargs):
-    from identity.index import drivers_index_refresh  # noqa: PLC0415
-
     return drivers_index_refresh(**kwargs)
 
 
@@ -108,8 +104,6 @@ def job_task(job: str, *, run_id: int | None = None, trigger: str = "schedule", 
 
 def job_enqueue(job: str, *, params: dict, trigger: str = "api") -> JobRun:
     """Record a queued run of `job` and hand it to the task queue; the caller follows the run's id."""
-    from django_q.tasks import async_task  # noqa: PLC0415
-
     if job not in TASK_JOBS:
         raise ValueError(f"unknown job {job!r}")
     run = JobRun.objects.create(name=job, status=JobRunStatus.QUEUED, trigger=trigger, params=params)

@@ -46,7 +46,7 @@ if _own_metrics_dir:
 _metrics_dir = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 if os.environ.get("CT4_LOG_FORMAT", "").strip().lower() == "json":
-    from ct4site.logs import json_formatter  # noqa: E402 - needs the project on sys.path
+    from ct4site.logs import json_formatter
 
     # gunicorn's own lines (boot, worker start and exit) as JSON too, like the application's.
     logconfig_dict = {

@@ -7,6 +7,8 @@ transactional tests and constraint changes would silently skip those tables.
 
 from django.db.backends.postgresql import base
 
+from ct4site.pgbackend.introspection import DatabaseIntrospection
+
 
 class DatabaseWrapper(base.DatabaseWrapper):
-    from ct4site.pgbackend.introspection import DatabaseIntrospection as introspection_class
+    introspection_class = DatabaseIntrospection

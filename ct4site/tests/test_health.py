@@ -70,7 +70,8 @@ def test_readyz_needs_a_recent_qcluster_heartbeat_once_schedules_exist():
 @pytest.mark.django_db
 def test_readyz_503_when_a_migration_is_not_applied():
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM django_migrations WHERE app = 'recovery' AND name = '0004_heartbeats_and_matched_index'")
+        cursor.execute("DELETE FROM django_migrations "
+                       "WHERE app = 'recovery' AND name = '0004_heartbeats_and_matched_index'")
     response = Client().get("/readyz")
     assert response.status_code == 503
     body = response.json()

@@ -30,7 +30,8 @@ PERSONAL = {
     "birth_date": ["1991-04-23", "23/04/1991", "19910423", "1991/04/23"],
 }
 # A second lead nobody resembles (it fails, so its values reach the unmatched rows' evidence).
-STRANGER = {"phone": "913 572 468", "document": "70314295", "email": "w.ccahua.t@inbox.pe", "birth_date": date(1988, 12, 2)}
+STRANGER = {"phone": "913 572 468", "document": "70314295", "email": "w.ccahua.t@inbox.pe",
+            "birth_date": date(1988, 12, 2)}
 PERSONAL["phone"] += ["913 572 468", "913572468", "+51913572468"]
 PERSONAL["document"] += ["70314295"]
 PERSONAL["email"] += ["w.ccahua.t@inbox.pe"]

@@ -42,7 +42,8 @@ def test_loopback_callers_read_metrics_and_every_name_starts_with_ct4():
     assert {"ct4_http_requests", "ct4_http_request_duration_seconds", "ct4_kpi_red_backlog_leads",
             "ct4_leads_matched_last_24h", "ct4_job_last_success_timestamp_seconds",
             "ct4_job_last_failure_timestamp_seconds", "ct4_recovery_queue_rows", "ct4_review_waiting_leads",
-            "ct4_identity_unmatched_open_leads", "ct4_guardrail_offenders", "ct4_qcluster_last_heartbeat_timestamp_seconds",
+            "ct4_identity_unmatched_open_leads", "ct4_guardrail_offenders",
+            "ct4_qcluster_last_heartbeat_timestamp_seconds",
             } <= names
     assert Client(REMOTE_ADDR="::1").get("/metrics").status_code == 200
 

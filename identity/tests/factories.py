@@ -9,15 +9,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.utils import timezone
 
+from identity.domain import PARK_ZONE
+from identity.domain import lima_today as lima_today  # the tests' "today" is the product's
 from identity.models import (
     DRIVERS_TABLE,
     LEADS_TABLE,
-    PARK_TIME_ZONE,
     CabinetLead,
     Claim,
     Driver,
@@ -27,7 +27,7 @@ from identity.models import (
     Person,
 )
 
-LIMA = ZoneInfo(PARK_TIME_ZONE)
+LIMA = PARK_ZONE
 DEFAULT_PARK = "park-lima-norte"
 
 FIRST_NAMES = ("José", "María", "Lucía", "Jesús", "Ángel", "Rocío", "Martín", "Sofía", "Raúl", "Inés")
@@ -35,11 +35,6 @@ SURNAMES = ("Quispe", "Mamani", "Huamán", "Flores", "Ñahui", "Condori", "Rodr�
 
 # One sequence for every factory: ids, phones and DNIs never collide inside a test database.
 _sequence = itertools.count(1)
-
-
-def lima_today() -> date:
-    """Today in the park's time zone (what the views call today)."""
-    return timezone.now().astimezone(LIMA).date()
 
 
 def lima_datetime(day: date, hour: int = 10, minute: int = 0) -> datetime:

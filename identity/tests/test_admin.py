@@ -12,14 +12,24 @@ from django.contrib.auth.models import Group
 from django.urls import reverse
 from django.utils import timezone
 
-from identity import review
 from identity.index import drivers_index_refresh
-from identity.models import Driver, DriverIndexEntry, IdentityLink, IdentityOrigin, JobRun
-from identity.review import Action, review_decide
+from identity.models import (
+    CabinetLead,
+    Driver,
+    DriverIndexEntry,
+    IdentityLink,
+    IdentityOrigin,
+    IdentityUnmatched,
+    JobRun,
+    Person,
+)
 from identity.tests.factories import lima_today, make_claim, make_driver, make_lead, make_trips
-from identity.tests.test_review import conflict, person_of, recover, weak
 from recovery.heartbeat import heartbeat_beat
-from recovery.models import KpiRedRecoveryQueue
+from recovery.models import CabinetLeadsLimbo, KpiRedBacklog, KpiRedRecoveryQueue
+from recovery.review.decide import review_decide
+from recovery.review.listing import review_queue
+from recovery.review.rules import REVIEWER_GROUP, Action
+from recovery.tests.factories import conflict, person_of, recover, weak
 
 pytestmark = pytest.mark.django_db
 
@@ -60,7 +70,7 @@ def park():
     recover()
     make_claim(twin, milestone=1, status="expected")
     reviewer = get_user_model().objects.create_user("ana.revisora", password="lima-review-2026", is_staff=True)
-    reviewer.groups.add(Group.objects.get(name=review.REVIEWER_GROUP))
+    reviewer.groups.add(Group.objects.get(name=REVIEWER_GROUP))
     review_decide(source_pk=decided.source_pk, action=Action.LINK, person_key=person_of(a), user=reviewer)
     review_decide(source_pk=still_open.source_pk, action=Action.DEFER, user=reviewer)
     heartbeat_beat(host="ops-1", pid=4242, cluster="ct4")
@@ -108,9 +118,6 @@ def _found(client, model, term) -> list:
 
 
 def test_search_by_source_pk_person_key_and_normalized_phone_or_document(client, boss, park):
-    from identity.models import CabinetLead, Person  # noqa: PLC0415
-    from recovery.models import CabinetLeadsLimbo  # noqa: PLC0415
-
     twin = park["twin"]
     person = IdentityLink.objects.get(source_table="module_ct_cabinet_leads", source_pk=twin.source_pk).person_id
     # The lead was typed "987 123 456" and "DNI 44.556.677": any spelling of the same key finds it.
@@ -121,9 +128,9 @@ def test_search_by_source_pk_person_key_and_normalized_phone_or_document(client,
     assert [p.person_key for p in _found(client, Person, str(person))] == [person]
     assert [p.person_key for p in _found(client, Person, "987123456")] == [person]
     links = _found(client, IdentityLink, str(person))
-    assert {(l.source_table, l.source_pk) for l in links} == {("module_ct_cabinet_leads", twin.source_pk),
+    assert {(link.source_table, link.source_pk) for link in links} == {("module_ct_cabinet_leads", twin.source_pk),
                                                                ("drivers", park["twin_driver"].driver_id)}
-    assert {l.source_pk for l in _found(client, IdentityLink, "987123456")} == {twin.source_pk,
+    assert {link.source_pk for link in _found(client, IdentityLink, "987123456")} == {twin.source_pk,
                                                                                 park["twin_driver"].driver_id}
     assert [o.person_id for o in _found(client, IdentityOrigin, str(person))] == [person]
     assert [r.lead_source_pk for r in _found(client, CabinetLeadsLimbo, "44556677")] == [twin.source_pk]
@@ -133,9 +140,6 @@ def test_search_by_source_pk_person_key_and_normalized_phone_or_document(client,
 
 
 def test_filters_narrow_the_lists(client, boss, park):
-    from identity.models import IdentityUnmatched  # noqa: PLC0415
-    from recovery.models import KpiRedBacklog  # noqa: PLC0415
-
     rows = _found_filtered(client, KpiRedRecoveryQueue, {"fail_reason__exact": "WEAK_MATCH_ONLY"})
     assert [r.lead_source_pk for r in rows] == [park["weak"].source_pk]
     rows = _found_filtered(client, IdentityUnmatched, {"reason_code__exact": "CONFLICT_MULTIPLE_CANDIDATES",
@@ -229,10 +233,8 @@ def test_a_reviewer_can_look_but_not_edit_links_in_the_admin(client, park):
 
 
 def test_the_review_screen_is_reachable_from_an_open_conflict_in_the_admin(client, boss, park):
-    from identity.models import IdentityUnmatched  # noqa: PLC0415
-
     response = client.get(url(IdentityUnmatched, "changelist"), {"reason_code__exact": "CONFLICT_MULTIPLE_CANDIDATES"})
     assert reverse("review:lead", args=[park["open"].source_pk]).encode() in response.content
     # The deferral is recorded (who, when) and the lead stays open for review.
     assert KpiRedRecoveryQueue.objects.get(lead_source_pk=park["open"].source_pk).status == "failed"
-    assert timezone.now() - timedelta(minutes=5) < review.review_queue().rows[-1].deferred_until - timedelta(hours=24)
+    assert timezone.now() - timedelta(minutes=5) < review_queue().rows[-1].deferred_until - timedelta(hours=24)

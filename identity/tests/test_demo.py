@@ -29,7 +29,8 @@ HEADERS = {
 }
 CASES = ("typo_phone", "typo_document", "document_two_digits", "typo_email", "typo_plate", "typo_birth_date",
          "typo_name", "name_dropped_letter", "name_inserted_letter", "name_lost_first_letter", "one_surname",
-         "family_phone", "shared_car", "recycled_phone", "new_phone", "new_plate", "common_name", "swapped_namesake", "two_parks",
+         "family_phone", "shared_car", "recycled_phone", "new_phone", "new_plate", "common_name", "swapped_namesake",
+         "two_parks",
          "applied_twice", "no_identifier", "names_only", "not_a_driver")
 
 
@@ -132,7 +133,7 @@ def test_ground_truth_names_existing_drivers_of_one_human(park):
     source_pks = [lead["external_id"] or lead["id"] for lead in park.leads]
     assert [t["lead_source_pk"] for t in park.truth] == source_pks
     assert len(set(source_pks)) == len(source_pks)
-    for lead, truth in park.pairs:
+    for _lead, truth in park.pairs:
         driver_ids = [d for d in truth["true_driver_ids"].split(";") if d]
         is_driver = "not_a_driver" not in truth["case_types"].split(";")
         assert bool(truth["human_id"]) == bool(driver_ids) == is_driver
@@ -224,7 +225,7 @@ def test_leads_without_identifier_carry_nothing_usable(park):
         assert lead["document"] not in keys - {""}
         assert "@" not in lead["email"] or lead["email"] in ("notiene@gmail.com", "x@x.com", "correo@correo.com")
         assert lead["birth_date"] in ("", "1900-01-01")
-    for lead, truth in park.tagged("names_only"):
+    for lead, _truth in park.tagged("names_only"):
         assert lead["first_name"] + lead["last_name"]
         assert not (lead["phone"] or lead["document"] or lead["email"] or lead["plate"] or lead["birth_date"])
 
@@ -423,7 +424,7 @@ def test_documents_two_digits_off_new_phones_new_plates_and_birth_date_typos(par
         assert sum(a != b for a, b in zip(typed, real, strict=True)) == 2 and typed not in documents
     leads = park.tagged("new_phone")
     assert leads and all(truth["human_id"] for _, truth in leads)
-    for lead, truth in leads:
+    for lead, _ in leads:
         assert _digits(lead["phone"]) and not park.humans_by_phone.get(_digits(lead["phone"]))
     leads = park.tagged("new_plate")
     assert leads and all(truth["human_id"] for _, truth in leads)

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from identity import fields as registry
-from identity.candidates import IndexFrame, blocking_report
+from identity import resolution
+from identity.candidates import IndexFrame, blocking_report, frequencies_load, initials_hits
 from identity.fields import FIELDS, Field, Kind, Role
 from identity.index import drivers_index_refresh
 from identity.matching import (
@@ -30,7 +31,7 @@ from identity.matching import (
     pairs_frame,
     pairs_score,
 )
-from identity.models import ReasonCode
+from identity.models import CabinetLead, IdentityLink, IdentityUnmatched, MatchModel, ReasonCode
 from identity.resolution import MatchContext, leads_decide_frame, leads_load, leads_match
 from identity.tests.factories import make_driver, make_lead
 from identity.tests.factories import make_lead as _make_lead
@@ -165,7 +166,8 @@ def test_stored_evidence_is_the_decisions_own():
     frame = leads_frame(leads)
     scores = pairs_score(frame, pairs_frame(rows), FREQ, T)
     decisions = decisions_make(frame, scores, T)
-    stored = {row["lead_i"]: json.loads(row["evidence"]) for row in evidence_json(decisions, scores, T).iter_rows(named=True)}
+    evidence = evidence_json(decisions, scores, T)
+    stored = {row["lead_i"]: json.loads(row["evidence"]) for row in evidence.iter_rows(named=True)}
     objects = decisions_materialize(decisions, scores)
     for i, one in enumerate(leads):
         assert _without_nulls(stored[i]) == objects[one.source_pk].evidence(T)
@@ -256,8 +258,6 @@ def test_leads_match_writes_links_and_unmatched_rows_with_evidence_in_bulk(park,
     settings.CT4_IN_MEMORY_MIN_LEADS = 1  # the in-memory path even for this small park
     totals = leads_match()
     assert totals["processed"] == 6 and totals["linked"] >= 2
-    from identity.models import IdentityLink, IdentityUnmatched
-
     link = IdentityLink.objects.get(source_pk="A")
     assert link.evidence["rule_version"] and link.evidence["candidates"][0]["fields"]
     assert IdentityUnmatched.objects.get(source_pk="F").reason_code == ReasonCode.NO_CANDIDATES
@@ -265,13 +265,12 @@ def test_leads_match_writes_links_and_unmatched_rows_with_evidence_in_bulk(park,
 
 
 def test_frequencies_from_the_index_in_memory_and_from_sql_agree(park):
-    from identity.candidates import frequencies_load
-
     in_sql, in_memory = frequencies_load(), IndexFrame.load().freq
     assert (in_sql.persons, in_sql.drivers) == (in_memory.persons, in_memory.drivers)
     sort = ["park_id", "hire_date"]
     assert in_sql.hires_frame().sort(sort).equals(in_memory.hires_frame().sort(sort))
-    assert dataclasses.replace(in_sql, keys={}).tokens_frame().sort("token").equals(in_memory.tokens_frame().sort("token"))
+    tokens_in_sql = dataclasses.replace(in_sql, keys={}).tokens_frame().sort("token")
+    assert tokens_in_sql.equals(in_memory.tokens_frame().sort("token"))
     assert isinstance(in_memory.tokens, pl.DataFrame)
 
 
@@ -301,8 +300,6 @@ def test_birth_date_initials_blocking_finds_a_lead_with_a_typo_in_every_key(typo
 
 
 def test_birth_date_initials_blocking_needs_the_initials(typo_park):
-    from identity.candidates import initials_hits
-
     rule = next(r for r in registry.BLOCKING_RULES if r.name == "birth_date_initials")
     leads = leads_load()
     assert initials_hits(IndexFrame.load(), rule, leads).height == 1
@@ -322,7 +319,8 @@ def test_an_estimated_m_moves_its_levels_bits_by_log2_of_the_ratio():
     declared = lead_decide(the_lead, [Candidate("P1", (the_record,))], FREQ, T).candidates[0]
     halved = {"document": {"exact": FIELDS["document"].level("exact").m / 2},
               "birth_date": {"near": FIELDS["birth_date"].level("near").m * 4}}
-    estimated = lead_decide(the_lead, [Candidate("P1", (the_record,))], dataclasses.replace(FREQ, m=halved), T).candidates[0]
+    shifted = dataclasses.replace(FREQ, m=halved)
+    estimated = lead_decide(the_lead, [Candidate("P1", (the_record,))], shifted, T).candidates[0]
     bits = lambda scored: {f.field: f.bits for f in scored.fields}  # noqa: E731
     assert bits(estimated)["document"] == pytest.approx(bits(declared)["document"] - 1.0)
     assert bits(estimated)["birth_date"] == pytest.approx(bits(declared)["birth_date"] + 2.0)
@@ -332,8 +330,6 @@ def test_an_estimated_m_moves_its_levels_bits_by_log2_of_the_ratio():
 
 @pytest.mark.django_db
 def test_every_matching_path_scores_with_the_latest_match_model():
-    from identity.models import MatchModel
-
     assert MatchContext.load().freq.m == {}
     MatchModel.objects.create(leads=10, pairs=500, m={"document": {"exact": 0.5}})
     MatchModel.objects.create(leads=10, pairs=900, m={"document": {"exact": 0.9}})
@@ -342,9 +338,6 @@ def test_every_matching_path_scores_with_the_latest_match_model():
 
 
 def test_a_match_run_estimates_its_model_and_says_what_the_data_cannot_support(park, settings, monkeypatch, caplog):
-    from identity import resolution
-    from identity.models import MatchModel
-
     settings.CT4_IN_MEMORY_MIN_LEADS = 1
     monkeypatch.setattr(resolution, "ESTIMATE_MIN_LEADS", 1)
     totals = leads_match()
@@ -359,8 +352,6 @@ def test_a_match_run_estimates_its_model_and_says_what_the_data_cannot_support(p
 def test_a_lead_decided_since_the_index_and_the_model_last_changed_is_not_decided_again(transactional_db, park,
                                                                                          settings):
     """Committed runs, as in production (inside one test transaction every row has the same now())."""
-    from identity.models import CabinetLead
-
     settings.CT4_IN_MEMORY_MIN_LEADS = 1
     first = leads_match()
     undecided = 6 - first["linked"]

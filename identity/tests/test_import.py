@@ -21,7 +21,9 @@ from identity.importing import (
 )
 from identity.models import CabinetLead, Claim, Driver, DriverTrips, IdentityLink, Person
 
-LEADS_HEADER = "id,external_id,created_at,first_name,middle_name,last_name,phone,document,email,plate,park_id,birth_date"
+LEADS_HEADER = (
+    "id,external_id,created_at,first_name,middle_name,last_name,phone,document,email,plate,park_id,birth_date"
+)
 DRIVERS_HEADER = (
     "driver_id,park_id,first_name,middle_name,last_name,phone,license_number,document,email,plate,birth_date,hire_date,status"
 )
@@ -32,7 +34,7 @@ LEADS = f"""{LEADS_HEADER}
 DRIVERS = f"""{DRIVERS_HEADER}
 drv-001,park-7,Rosa,Elena,Huamán Flores,955111222,Q45871236,45871236,rosa.huaman@hotmail.com,BCD456,1988-11-02,2023-05-10,active
 drv-002,park-7,Ángel,,Chávez Ramírez,966333444,,70112233,,XYZ789,,01/02/2024,inactive
-"""
+"""  # noqa: E501 - CSV rows as a file holds them
 TRIPS = """driver_id,date,trips
 drv-001,2024-03-02,4
 drv-001,03/03/2024,2
@@ -151,7 +153,8 @@ def test_rejects_of_each_kind(tmp_csv):
 1002,,el lunes,María,,Peña,,,,,,
 """,
     )
-    trips = tmp_csv("trips.csv", "driver_id,date,trips\ndrv-001,2024-03-02,cuatro\ndrv-001,2024-03-03,-1\ndrv-001,2024-03-04,3\n")
+    trips = tmp_csv("trips.csv",
+                    "driver_id,date,trips\ndrv-001,2024-03-02,cuatro\ndrv-001,2024-03-03,-1\ndrv-001,2024-03-04,3\n")
     claims = tmp_csv(
         "claims.csv",
         "lead_source_pk,driver_id,milestone,amount,status,claimed_at\n1001,,3,25,paid,\n1002,,5,-35,,\n1003,,25,100,lost,\n1004,,25,100.5,,\n",
@@ -223,7 +226,8 @@ def test_lead_source_pk_collisions_are_rejected(tmp_csv):
     assert (result.inserted, result.updated, result.rejected) == (1, 1, 3)
     assert sorted(CabinetLead.objects.values_list("id", "source_pk")) == [(1, "CAB-9"), (5, "5")]
     rows = rejects_of(path)
-    assert [(r["line"], r["column"]) for r in rows] == [("2", "external_id"), ("3", "external_id"), ("4", "external_id")]
+    assert [(r["line"], r["column"]) for r in rows] == [("2", "external_id"), ("3", "external_id"),
+                                                        ("4", "external_id")]
     assert rows[0]["reason"] == "source_pk CAB-9 already belongs to lead id 1"
     assert rows[1]["reason"] == "source_pk CAB-7 is given to the different leads on lines 3, 4"
 
@@ -300,7 +304,8 @@ def test_absent_columns_are_kept_on_existing_rows(tmp_csv):
 @pytest.mark.django_db
 def test_leads_without_external_id_column_keep_their_source_pk(tmp_csv):
     CabinetLead.objects.create(id=7, external_id="CAB-7", created_at=datetime(2024, 3, 1, tzinfo=timezone.utc))
-    path = tmp_csv("leads.csv", "id,created_at,first_name,last_name\n7,2024-03-01 00:00,José,Quispe\n8,2024-03-02 00:00,Rosa,Peña\n")
+    path = tmp_csv("leads.csv",
+                   "id,created_at,first_name,last_name\n7,2024-03-01 00:00,José,Quispe\n8,2024-03-02 00:00,Rosa,Peña\n")
 
     result = source_import(kind="cabinet_leads", path=path)
 
@@ -350,7 +355,8 @@ def test_reimport_of_trips_and_claims_updates_in_place(tmp_csv):
     source_import(kind="claims", path=tmp_csv("claims.csv", CLAIMS))
 
     trips = source_import(kind="trips", path=tmp_csv("trips.csv", TRIPS.replace("2024-03-02,4", "2024-03-02,6")))
-    claims = source_import(kind="claims", path=tmp_csv("claims.csv", CLAIMS.replace("CAB-2002,,1,25,,", "CAB-2002,,1,25,paid,")))
+    paid = CLAIMS.replace("CAB-2002,,1,25,,", "CAB-2002,,1,25,paid,")
+    claims = source_import(kind="claims", path=tmp_csv("claims.csv", paid))
 
     assert (trips.updated, trips.unchanged, DriverTrips.objects.count()) == (1, 2, 3)
     assert DriverTrips.objects.get(driver_id="drv-001", date=date(2024, 3, 2)).trips == 6

@@ -1,6 +1,7 @@
 """The drivers index, person registration and linking on a real PostgreSQL."""
 
 import threading
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -10,9 +11,17 @@ from django.utils import timezone
 
 from identity import linking
 from identity.index import drivers_index_refresh
+from identity.models import (
+    Driver,
+    DriverIndexEntry,
+    IdentityLink,
+    IdentityOrigin,
+    IdentityUnmatched,
+    JobRun,
+    NameTokenStat,
+)
 from identity.normalize import name_key
-from identity.models import Driver, DriverIndexEntry, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun, NameTokenStat
-from identity.resolution import leads_match, leads_resolve
+from identity.resolution import leads_match, leads_resolve, unlinked_leads
 from identity.tests.factories import LIMA, lima_today, make_driver, make_lead
 
 pytestmark = pytest.mark.django_db
@@ -50,8 +59,6 @@ def test_same_document_is_one_person_and_person_keys_are_stable():
     assert result.changed == 2 and result.joined_existing == 2 and result.new_persons == 0
     assert _person_of("D2") == first == _person_of("D3")
     # A changed driver is re-normalized but keeps its person; an unchanged index does nothing.
-    from identity.models import Driver
-
     Driver.objects.filter(driver_id="D1").update(phone="912345678", updated_at=timezone.now())
     assert drivers_index_refresh().changed == 1
     assert _person_of("D1") == first
@@ -76,8 +83,6 @@ def test_an_incremental_refresh_leaves_no_gin_pending_list():
 
 
 def test_name_token_stats_follow_changes():
-    from identity.models import Driver
-
     make_driver(driver_id="D1", first_name="Rosa", last_name="Quispe Flores")
     make_driver(driver_id="D2", first_name="Ana", last_name="Quispe Rojas")
     drivers_index_refresh()
@@ -101,7 +106,8 @@ def _park():
 def test_match_links_origin_is_earliest_and_unmatched_recorded():
     _park()
     now = timezone.now()
-    make_lead(id=1, first_name="QUISPE MAMANI JUAN CARLOS", last_name=None, phone="+51 987 123 456", email=None, birth_date=None, created_at=now - timedelta(days=3))
+    make_lead(id=1, first_name="QUISPE MAMANI JUAN CARLOS", last_name=None, phone="+51 987 123 456", email=None,
+              birth_date=None, created_at=now - timedelta(days=3))
     make_lead(id=2, external_id="CAB-2", first_name="Juan Carlos", last_name="Quispe", document="44556677",
               phone="987-123-456", email=None, birth_date=None, created_at=now - timedelta(days=9))
     make_lead(id=3, first_name="Pedro", last_name="Ramos Soto", phone="912300400", created_at=now)
@@ -109,7 +115,8 @@ def test_match_links_origin_is_earliest_and_unmatched_recorded():
     totals = leads_match()
     assert totals["linked"] == 2
     person = _person_of("D1")
-    assert set(IdentityLink.objects.filter(source_table="module_ct_cabinet_leads").values_list("source_pk", flat=True)) == {"1", "CAB-2"}
+    lead_links = IdentityLink.objects.filter(source_table="module_ct_cabinet_leads")
+    assert set(lead_links.values_list("source_pk", flat=True)) == {"1", "CAB-2"}
     assert IdentityOrigin.objects.get(person_id=person).origin_source_id == "CAB-2"  # the earlier lead
     reasons = dict(IdentityUnmatched.objects.values_list("source_pk", "reason_code"))
     assert reasons == {"3": "WEAK_MATCH_ONLY", "4": "MISSING_IDENTIFIERS"}
@@ -168,7 +175,8 @@ def test_two_batches_racing_on_one_lead_make_one_link():
 
 def test_explain_lead_masks_personal_data(capsys):
     _park()
-    make_lead(id=1, first_name="Juan Carlos", last_name="Quispe Mamani", phone="987123456", document="44556677", email=None, birth_date=None)
+    make_lead(id=1, first_name="Juan Carlos", last_name="Quispe Mamani", phone="987123456", document="44556677",
+              email=None, birth_date=None)
     call_command("explain_lead", "1")
     out = capsys.readouterr().out
     assert "Decision: link" in out and "name" in out and "phone" in out
@@ -191,8 +199,6 @@ def test_shards_split_the_leads_without_overlap():
     _park()
     for n in range(1, 21):
         make_lead(id=n, first_name="Rosa", last_name="Flores Huamán", phone=None, email=None)
-    from identity.resolution import unlinked_leads
-
     shards = [set(unlinked_leads(shard=(i, 3))) for i in range(3)]
     assert sum(len(s) for s in shards) == 20
     assert set.union(*shards) == set(unlinked_leads())
@@ -252,8 +258,6 @@ def test_a_bulk_refresh_builds_every_index_and_foreign_key_again():
     assert "rebuild_indexes" in result.phases and result.driver_links == 2
     assert _indexes_and_constraints() == before
     assert _person_of("D1") == _person_of("D2")
-    import uuid
-
     assert uuid.UUID(_person_of("D1")).version == 4
     with connection.cursor() as cursor:  # the driver links' trigger kept the unlinked set exact
         cursor.execute("SELECT count(*) FROM canon.drivers_unlinked")

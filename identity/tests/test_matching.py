@@ -3,7 +3,7 @@
 import math
 from datetime import date
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from identity.fields import FIELDS
@@ -26,7 +26,8 @@ T = Thresholds()
 
 
 def driver(driver_id, given, surnames, **keys) -> DriverRecord:
-    return DriverRecord(driver_id=driver_id, given_tokens=tuple(given.split()), surname_tokens=tuple(surnames.split()), **keys)
+    return DriverRecord(driver_id=driver_id, given_tokens=tuple(given.split()), surname_tokens=tuple(surnames.split()),
+                        **keys)
 
 
 def person(key, *records) -> Candidate:
@@ -64,10 +65,14 @@ def test_recycled_phone_alone_never_links():
 
 
 def test_family_phone_with_shared_surnames_does_not_link_the_sibling():
+    # The family phone is on the records of Juan and of his father; his sister applies with it.
+    father = driver("D3", "luis", "quispe mamani", phone="+51987654321")
     sister = lead("ana quispe mamani", phone="+51987654321")
-    freq = freq_with(phone__51987654321=1)
-    decision = lead_decide(sister, [person("P1", JUAN)], freq, T)
-    assert not decision.is_link
+    freq = freq_with(**{"phone__+51987654321": 2})
+    decision = lead_decide(sister, [person("P1", JUAN), person("P3", father)], freq, T)
+    assert not decision.is_link and decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+    for candidate in decision.candidates:  # the phone is weighed as the two persons' it is
+        assert [(f.level, f.shared_by) for f in candidate.fields if f.field == "phone"] == [("exact", 2)]
 
 
 def test_family_phone_links_the_right_sibling_when_names_say_who():
@@ -140,7 +145,8 @@ def test_person_with_two_driver_records_is_one_candidate():
 
 
 def test_common_values_weigh_less_than_rare_ones():
-    rare = candidate_score(lead("wilmer ccahuana huillca"), person("P1", driver("D1", "wilmer", "ccahuana huillca")), FREQ)
+    rare = candidate_score(lead("wilmer ccahuana huillca"), person("P1", driver("D1", "wilmer", "ccahuana huillca")),
+                           FREQ)
     common = candidate_score(lead("juan quispe mamani"), person("P2", driver("D2", "juan", "quispe mamani")), FREQ)
     # A rare name can say at most 'one person in N' (u is floored at 1/N): ~19.6 bits vs ~14.1.
     assert rare.bits > common.bits + 5
@@ -166,15 +172,23 @@ names = st.lists(st.sampled_from(sorted(TOKENS)), min_size=1, max_size=4, unique
 
 # No per-example deadline: each example runs the batch scorer on a one-lead frame (tens of ms).
 @settings(deadline=None)
-@given(lead_name=names, cand_given=names, cand_surnames=names, phone_same=st.booleans())
-def test_no_link_without_a_name_agreeing_on_given_name_and_surname(lead_name, cand_given, cand_surnames, phone_same):
+@given(lead_name=names, cand_given=names, cand_surnames=names, phone_same=st.booleans(), same_name=st.booleans())
+def test_no_link_without_a_name_agreeing_on_given_name_and_surname(lead_name, cand_given, cand_surnames, phone_same,
+                                                                   same_name):
+    assume(not set(cand_given) & set(cand_surnames))
     cand = person("P1", driver("D1", " ".join(cand_given), " ".join(cand_surnames),
                                phone="+51987654321", plate="ABC123"))
+    if same_name:  # the lead typed the driver's whole name
+        lead_name = cand_given + cand_surnames
     the_lead = lead(" ".join(lead_name), phone="+51987654321" if phone_same else "+51911111111", plate="ABC123")
     decision = lead_decide(the_lead, [cand], FREQ, T)
-    if decision.is_link:
-        shared = set(lead_name)
-        assert shared & set(cand_given) and shared & set(cand_surnames)
+    shared = set(lead_name)
+    names_agree = bool(shared & set(cand_given) and shared & set(cand_surnames))
+    if not names_agree:
+        assert not decision.is_link
+    if same_name and phone_same:
+        # The whole name, the phone and the plate agree: a link (so the rule above is not met by never linking).
+        assert decision.is_link and decision.person_key == "P1"
 
 
 @settings(deadline=None)
@@ -289,7 +303,7 @@ def test_when_a_key_corroborates_someone_the_keys_decide_not_the_recruitment_rul
     decision = lead_decide(recruit(document="44556677"), [person("P7", hired()), person("P9", other)], FREQ, T)
 
     assert decision.rule == "fellegi_sunter"
-    assert decision.person_key in (None, "P9")
+    assert decision.is_link and decision.person_key == "P9"
 
 
 def test_a_hire_in_the_leads_park_adds_no_weight():

@@ -1,9 +1,11 @@
 """The database itself holds the canonical rules, and tests leave the runbook schemas clean."""
 
+from datetime import UTC, date, datetime
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 
-from identity.models import IdentityLink, JobRun, Person
+from identity.models import CabinetLead, IdentityLink, JobRun, Person
 from recovery.models import KpiRedRecoveryQueue
 
 
@@ -73,13 +75,9 @@ def test_no_rows_leak_from_the_previous_transactional_test():
 
 @pytest.mark.django_db
 def test_lead_date_and_source_pk_are_derived_by_the_database():
-    from datetime import date, datetime, timezone
-
-    from identity.models import CabinetLead
-
     # 03:00 UTC on 2 March is still 1 March in Lima (UTC-5).
-    CabinetLead.objects.create(id=7, created_at=datetime(2026, 3, 2, 3, 0, tzinfo=timezone.utc))
-    CabinetLead.objects.create(id=8, external_id="EXT-8", created_at=datetime(2026, 3, 2, 6, 0, tzinfo=timezone.utc))
+    CabinetLead.objects.create(id=7, created_at=datetime(2026, 3, 2, 3, 0, tzinfo=UTC))
+    CabinetLead.objects.create(id=8, external_id="EXT-8", created_at=datetime(2026, 3, 2, 6, 0, tzinfo=UTC))
     rows = {lead.id: lead for lead in CabinetLead.objects.all()}
     assert rows[7].lead_date == date(2026, 3, 1) and rows[7].source_pk == "7"
     assert rows[8].lead_date == date(2026, 3, 2) and rows[8].source_pk == "EXT-8"

@@ -2,7 +2,7 @@
 
 import django_filters as filters
 
-from recovery.views import CabinetFinancial14d, CabinetLeadsLimbo, FunnelAuditWeekly, LimboStage
+from recovery.sql_views import CabinetFinancial14d, CabinetLeadsLimbo, FunnelAuditWeekly, LimboStage
 
 
 class _LeadFilter(filters.FilterSet):

@@ -5,7 +5,7 @@ from datetime import timedelta
 from rest_framework import serializers
 
 from identity.models import JobRun, JobRunStatus
-from recovery.views import (
+from recovery.sql_views import (
     CabinetFinancial14d,
     CabinetLeadsLimbo,
     FunnelAuditWeekly,

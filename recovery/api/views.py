@@ -21,14 +21,14 @@ from recovery import selectors
 from recovery.api import serializers as s
 from recovery.api.filters import Financial14dFilter, FunnelWeeklyFilter, LimboFilter
 from recovery.api.permissions import CanRunRecovery, HasViewPermission
-from recovery.tasks import job_enqueue
-from recovery.views import (
+from recovery.sql_views import (
     CabinetFinancial14d,
     CabinetLeadsLimbo,
     FunnelAuditWeekly,
     IdentityGapAnalysis,
     KpiRedRecoveryMetricsDaily,
 )
+from recovery.tasks import job_enqueue
 
 
 class ErrorBodySerializer(s.serializers.Serializer):

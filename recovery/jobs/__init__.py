@@ -29,9 +29,9 @@ def recover_worker_main(spec: WorkerSpec, worker_no: int, remaining, pending, me
     from django.conf import settings  # noqa: PLC0415 - Django is set up only here, in the child
 
     settings.DATABASES["default"].update(spec.database)
-    import django  # noqa: PLC0415
+    import django  # noqa: PLC0415 - the same: set up only in the child
 
     django.setup()
-    from recovery.jobs.recover import worker_drain  # noqa: PLC0415
+    from recovery.jobs.recover import worker_drain  # noqa: PLC0415 - needs Django set up
 
     worker_drain(spec=spec, worker_no=worker_no, remaining=remaining, pending=pending, messages=messages)

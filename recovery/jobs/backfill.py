@@ -12,21 +12,17 @@ from dataclasses import asdict, dataclass
 from django.db import connection, transaction
 
 from identity import linking
-from identity.models import LEADS_TABLE
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, job_run, progress_bar, reconnecting, tables_analyze
+from identity.domain import EARLIEST_LEAD_SQL
+from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
+from recovery.models import RECOVERY_TABLES
 from recovery.queue import DEFAULT_BATCH
 
 JOB = "backfill_identity_origins_for_links"
 
-# Each person's earliest linked lead (created_at, ties by source_pk, as origins_refresh orders
-# them) against its origin: missing, or naming another lead.
-_PERSONS_SQL = """
-WITH first_lead AS (
-    SELECT DISTINCT ON (il.person_key) il.person_key, il.source_pk
-    FROM canon.identity_links il
-    JOIN public.module_ct_cabinet_leads c ON c.source_pk = il.source_pk
-    WHERE il.source_table = %s
-    ORDER BY il.person_key, c.created_at, il.source_pk
+# Each person's earliest linked lead (identity.domain.EARLIEST_LEAD_SQL) against its origin:
+# missing, or naming another lead.
+_PERSONS_SQL = f"""
+WITH first_lead AS ({EARLIEST_LEAD_SQL}
 )
 SELECT f.person_key::text, o.person_key IS NULL AS missing
 FROM first_lead f
@@ -75,7 +71,7 @@ def _backfill_batch(person_keys: list[str], *, dry_run: bool) -> int:
 def persons_needing_origin() -> list[tuple[str, bool]]:
     """(person_key, origin missing?) of every person whose origin is not its earliest linked lead."""
     with connection.cursor() as cursor:
-        cursor.execute(_PERSONS_SQL, [LEADS_TABLE])
+        cursor.execute(_PERSONS_SQL)
         return cursor.fetchall()
 
 

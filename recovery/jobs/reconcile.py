@@ -13,15 +13,17 @@ from dataclasses import asdict, dataclass
 
 from django.db import connection, transaction
 
+from identity.domain import TODAY
 from identity.index import drivers_index_refresh
 from identity.models import ReasonCode
 from identity.resolution import MatchContext
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, JobLocked, job_run, progress_bar, reconnecting, tables_analyze
+from identity.runs import LINK_TABLES, JobLocked, job_run, progress_bar, reconnecting, tables_analyze
 from recovery.claims import claims_create_expected
 from recovery.jobs.retry import failure_counts, leads_resolve_tracked
+from recovery.models import RECOVERY_TABLES
 from recovery.queue import DEFAULT_BATCH
+from recovery.sql_views import LimboStage
 from recovery.tracking import leads_not_due
-from recovery.views import TODAY, LimboStage
 
 JOB = "reconcile_cabinet_leads_pipeline"
 DEFAULT_LIMBO_STAGES = (LimboStage.NO_IDENTITY.value, LimboStage.NO_DRIVER.value, LimboStage.TRIPS_NO_CLAIM.value)

@@ -23,7 +23,6 @@ from identity.models import JobRun, ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
 from identity.runs import (
     LINK_TABLES,
-    RECOVERY_TABLES,
     DatabaseUnavailable,
     RunHandle,
     connection_lost,
@@ -34,7 +33,7 @@ from identity.runs import (
     tables_analyze,
 )
 from recovery.jobs import WorkerSpec, recover_worker_main
-from recovery.models import WorkStatus
+from recovery.models import RECOVERY_TABLES, WorkStatus
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_claim, queue_mark, queue_pending_count
 from recovery.tracking import attempts_record
 
@@ -210,7 +209,7 @@ def _claim_and_recover(
             if claimed:
                 counts = _recover_batch(claimed, context)
                 _test_sleep()
-    except Exception as exc:  # noqa: BLE001 - a matcher failure fails its leads, not the run
+    except Exception as exc:  # a matcher failure fails its leads, not the run
         if isinstance(exc, DatabaseError) or connection_lost(exc):
             raise
         counts = _fail_batch(claimed, exc, handle)
@@ -293,7 +292,7 @@ def worker_drain(*, spec: WorkerSpec, worker_no: int, remaining, pending, messag
             handle=handle, budget=Budget(remaining, pending), batch_size=spec.batch_size,
             on_batch=lambda counts: messages.put(("batch", worker_no, counts)),
         )
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - whatever ends a worker, its parent hears why; exit 1
         messages.put(("error", worker_no, safe_error(exc)))
         raise SystemExit(1) from None
     else:

@@ -13,13 +13,15 @@ from dataclasses import asdict, dataclass, field
 
 from django.db import connection, transaction
 
+from identity.domain import RiskLevel
 from identity.models import ReasonCode
 from identity.resolution import BatchOutcome, MatchContext, leads_resolve
-from identity.runs import LINK_TABLES, RECOVERY_TABLES, job_run, progress_bar, reconnecting, tables_analyze
+from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
 from recovery.jobs.backfill import origins_refresh_locked
+from recovery.models import RECOVERY_TABLES
 from recovery.queue import DEFAULT_BATCH, lead_links, queue_mark_linked
+from recovery.sql_views import GapReason
 from recovery.tracking import attempts_record, leads_not_due
-from recovery.views import GapReason, RiskLevel
 
 JOB = "retry_identity_matching"
 ORIGIN_GAPS = (GapReason.NO_ORIGIN.value, GapReason.INCONSISTENT_ORIGIN.value)

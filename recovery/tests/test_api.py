@@ -10,16 +10,23 @@ import json
 from datetime import timedelta
 
 import pytest
+import schemathesis
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
+from django.test import Client as DjangoClient
+from django_q.conf import Conf
+from django_q.models import OrmQ
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiJsonRenderer
 from rest_framework.authtoken.models import Token
+from rest_framework.throttling import ScopedRateThrottle
 from werkzeug.test import Client
 
+from identity.domain import lima_today
 from identity.index import drivers_index_refresh
-from identity.linking import lima_today
 from identity.models import JobRun, JobRunStatus
 from identity.tests.factories import make_driver, make_lead
 from recovery.models import KpiRedRecoveryQueue, WorkStatus
@@ -44,10 +51,6 @@ STARTS = [
 @pytest.fixture(scope="module")
 def api_schema(django_db_blocker):
     """The OpenAPI document drf-spectacular serves, loaded by schemathesis for response checks."""
-    import schemathesis  # noqa: PLC0415
-    from drf_spectacular.generators import SchemaGenerator  # noqa: PLC0415
-    from drf_spectacular.renderers import OpenApiJsonRenderer  # noqa: PLC0415
-
     document = json.loads(OpenApiJsonRenderer().render(SchemaGenerator().get_schema(request=None, public=True)))
     return schemathesis.openapi.from_dict(document)
 
@@ -96,7 +99,7 @@ def check_shape(api_schema, method: str, path: str, response) -> None:
 @pytest.fixture
 def park(db):
     """Two leads that match drivers, one that cannot, and trips and an index: every view has rows."""
-    today = lima_today()
+    lima_today()
     make_driver(driver_id="d1", first_name="Rosa", last_name="Quispe Mamani", phone="987111222",
                 document="41234567")
     make_driver(driver_id="d2", first_name="Jorge", last_name="Huaman Rojas", phone="987333444",
@@ -187,8 +190,6 @@ def test_listings_filter_and_paginate(park):
 @pytest.mark.django_db(transaction=True)
 def test_run_recovery_answers_202_runs_the_job_and_shows_it(park, api_schema, monkeypatch):
     """django-q2 in sync mode: the POST runs the real recovery; the job endpoint shows its result."""
-    from django_q.conf import Conf  # noqa: PLC0415
-
     monkeypatch.setattr(Conf, "SYNC", True)
     client = client_for(user_with("recovery.run_recovery", "identity.view_jobrun"))
     response = client.post(f"{V1}/ops/identity-gaps/run-recovery", query_string={"limit": 10})
@@ -209,8 +210,6 @@ def test_run_recovery_answers_202_runs_the_job_and_shows_it(park, api_schema, mo
 @pytest.mark.django_db
 def test_a_queued_run_waits_for_the_cluster(park):
     """Without sync mode the POST only enqueues: the run is 'queued' and a task waits in the ORM broker."""
-    from django_q.models import OrmQ  # noqa: PLC0415
-
     client = client_for(user_with("recovery.run_recovery", "identity.view_jobrun"))
     response = client.post(f"{V1}/identity/drivers-index/refresh", query_string={"full": "true"})
     assert response.status_code == 202
@@ -232,8 +231,6 @@ def test_run_recovery_rejects_a_bad_limit(limit):
 
 @pytest.mark.django_db
 def test_job_starts_are_throttled(monkeypatch):
-    from rest_framework.throttling import ScopedRateThrottle  # noqa: PLC0415
-
     monkeypatch.setattr(ScopedRateThrottle, "THROTTLE_RATES", {"jobs": "2/minute"})
     client = client_for(user_with("recovery.run_recovery"))
     codes = [client.post(f"{V1}/identity/drivers-index/refresh").status_code for _ in range(3)]
@@ -243,8 +240,6 @@ def test_job_starts_are_throttled(monkeypatch):
 
 @pytest.mark.django_db
 def test_session_posts_need_the_csrf_token():
-    from django.test import Client as DjangoClient  # noqa: PLC0415
-
     user_with("recovery.run_recovery")
     browser = DjangoClient(enforce_csrf_checks=True)
     assert browser.login(username="ana", password="lima-2026-secret")
@@ -266,8 +261,6 @@ def test_unknown_job_run_is_a_404_in_the_error_shape():
 
 @pytest.mark.django_db
 def test_schema_and_docs_are_served_without_a_cdn():
-    from django.test import Client as DjangoClient  # noqa: PLC0415
-
     user_with()
     browser = DjangoClient()
     assert browser.get("/api/schema/").status_code in (401, 403)

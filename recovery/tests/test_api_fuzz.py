@@ -9,10 +9,12 @@ import json
 
 import pytest
 import schemathesis
-from schemathesis import GenerationMode
 from django.contrib.auth.models import User
+from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.renderers import OpenApiJsonRenderer
 from hypothesis import HealthCheck, given, settings
 from rest_framework.authtoken.models import Token
+from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -29,9 +31,6 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 def generated_schema():
     """The document /api/schema/ serves, generated in-process (no database needed)."""
-    from drf_spectacular.generators import SchemaGenerator  # noqa: PLC0415
-    from drf_spectacular.renderers import OpenApiJsonRenderer  # noqa: PLC0415
-
     document = json.loads(OpenApiJsonRenderer().render(SchemaGenerator().get_schema(request=None, public=True)))
     return schemathesis.openapi.from_dict(document)
 

@@ -26,7 +26,7 @@ from recovery import charts
 from recovery.dashboard import FUNNEL_STAGES, dashboard_read
 from recovery.demo import demo_user_instructions, demo_user_reset
 from recovery.models import KpiRedRecoveryQueue
-from recovery.views import KpiRedBacklog
+from recovery.sql_views import KpiRedBacklog
 
 pytestmark = pytest.mark.django_db
 
@@ -287,17 +287,3 @@ def test_demo_instructions_name_the_server_the_urls_and_the_password():
     for url in ("http://127.0.0.1:8000/ops/", "http://127.0.0.1:8000/review/", "http://127.0.0.1:8000/admin/"):
         assert url in lines
     assert "pw-123" in lines
-
-
-def test_make_demo_ends_with_the_demo_user_and_where_to_open_the_dashboard(tmp_path):
-    from recovery.demo import demo_run  # noqa: PLC0415
-
-    lines = []
-    demo_run(out_dir=tmp_path, drivers=300, leads=80, seed=7, echo=lines.append)
-
-    tail = lines[lines.index("6. Open the dashboard and the review list"):]
-    password = next(line.split()[-1] for line in tail if line.strip().startswith("Password:"))
-    assert any("http://127.0.0.1:8000/ops/" in line for line in tail)
-    assert any(".venv/bin/python manage.py runserver" in line for line in tail)
-    assert authenticate(username="demo", password=password) is not None
-    assert sum(password in line for line in lines) == 1  # printed once

@@ -30,19 +30,13 @@ from django.utils import timezone
 
 from identity.index import drivers_index_refresh
 from identity.models import IdentityLink, JobRun
-from identity.runs import (
-    RUN_LOCK_CLASS,
-    DatabaseUnavailable,
-    connection_lost,
-    job_run,
-    reconnecting,
-)
+from identity.runs import RUN_LOCK_CLASS, DatabaseUnavailable, connection_lost, job_run, reconnecting
 from recovery.guardrails import guardrails_run_all
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
 from recovery.queue import queue_seed
 from recovery.reports import jobs_freshness, jobs_volume
 from recovery.status import job_last_outcomes, matching_freshness
-from recovery.tests.test_queue_and_jobs import LEADS, _assert_nothing_half_written, _database_url, bulk_leads, scalar
+from recovery.tests.factories import LEADS, assert_nothing_half_written, bulk_leads, job_database_url, scalar
 
 JOB = "recover_kpi_red_leads"
 
@@ -71,7 +65,7 @@ def _terminate(side: psycopg.Connection, where: str, params: list) -> int:
 def _job_process(command: str, *args: str, app: str, sleep: float = 0, retry_seconds: float = 60,
                  database_url: str | None = None) -> subprocess.Popen:
     """A job as cron starts it; its connections carry `app` as application_name (PGAPPNAME)."""
-    env = {**os.environ, "DATABASE_URL": database_url or _database_url(), "CT4_TEST_SLEEP_IN_BATCH": str(sleep),
+    env = {**os.environ, "DATABASE_URL": database_url or job_database_url(), "CT4_TEST_SLEEP_IN_BATCH": str(sleep),
            "CT4_DB_RETRY_SECONDS": str(retry_seconds), "PGAPPNAME": app}
     env.pop("CT4_DB_NAME", None)
     return subprocess.Popen([sys.executable, "manage.py", command, "--json", *args], cwd=settings.BASE_DIR, env=env,
@@ -109,7 +103,7 @@ def _assert_recovered_everything(out: str, err: str, *, leads: int, matchable: i
     assert set(IdentityMatchingJob.objects.values_list("attempt_count", flat=True)) == {1}
     links = IdentityLink.objects.filter(source_table=LEADS)
     assert links.count() == links.values("source_pk").distinct().count() == matchable
-    _assert_nothing_half_written()
+    assert_nothing_half_written()
     run = JobRun.objects.get(name=JOB)
     assert (run.status, run.error, run.counts["processed"]) == ("succeeded", "", leads)
     failing = [r.name for r in guardrails_run_all() if not r.ok]
@@ -178,9 +172,9 @@ def test_inside_an_outer_transaction_nothing_is_retried_and_past_the_budget_the_
         with pytest.raises(OperationalError), transaction.atomic():
             reconnecting(lost)  # its earlier work went with the connection: not ours to redo
         connection.close()
-        with override_settings(CT4_DB_RETRY_SECONDS=0), pytest.raises(DatabaseUnavailable) as stopped:
-            with job_run("seed_kpi_red_queue") as run:
-                reconnecting(lost, handle=run)
+        with (override_settings(CT4_DB_RETRY_SECONDS=0), pytest.raises(DatabaseUnavailable) as stopped,
+              job_run("seed_kpi_red_queue") as run):
+            reconnecting(lost, handle=run)
     finally:
         side.close()
     assert "database unreachable for 0 s (CT4_DB_RETRY_SECONDS)" in str(stopped.value)

@@ -15,25 +15,9 @@ from django.db.migrations.state import ProjectState
 from django.utils import timezone
 
 from identity.index import drivers_index_refresh
-from identity.models import (
-    LEADS_TABLE,
-    CabinetLead,
-    IdentityLink,
-    IdentityOrigin,
-    IdentityUnmatched,
-    JobRun,
-    Person,
-)
+from identity.models import LEADS_TABLE, CabinetLead, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun, Person
 from identity.resolution import leads_match
-from identity.tests.factories import (
-    link_driver,
-    link_lead,
-    make_claim,
-    make_driver,
-    make_lead,
-    make_person,
-    set_origin,
-)
+from identity.tests.factories import link_driver, link_lead, make_claim, make_driver, make_lead, make_person, set_origin
 from recovery import guardrails
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
 

@@ -15,6 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection, transaction
 
+from identity.domain import CLAIM_WINDOW_DAYS
 from identity.importing import source_import
 from identity.models import DRIVERS_TABLE, LEADS_TABLE, CabinetLead, Claim, DriverTrips, IdentityLink
 from identity.tests.factories import (
@@ -29,7 +30,7 @@ from identity.tests.factories import (
 )
 from recovery import lead_window
 from recovery.claims import claims_create_expected
-from recovery.views import CLAIM_WINDOW_DAYS, CabinetFinancial14d
+from recovery.sql_views import CabinetFinancial14d
 
 pytestmark = pytest.mark.django_db
 
@@ -155,7 +156,8 @@ def test_trips_written_deleted_and_truncated_in_bulk(family):
         # one statement, 60 rows over both of Ana's windows and beyond
         cursor.execute(
             "INSERT INTO public.driver_trips (driver_id, date, trips, imported_at) "
-            "SELECT d, %s::date + g, 1, now() FROM generate_series(0, 29) g, unnest(ARRAY['D-ANA-LIMA', 'D-ANA-CALLAO']) d",
+            "SELECT d, %s::date + g, 1, now() "
+            "FROM generate_series(0, 29) g, unnest(ARRAY['D-ANA-LIMA', 'D-ANA-CALLAO']) d",
             [first],
         )
     assert_in_step()
@@ -324,7 +326,8 @@ def test_rebuild_command_repairs_a_drifted_table(family):
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {lead_window.TABLE} SET trips_14d = 99 WHERE lead_source_pk = %s",
                        [family["lead_beto"].source_pk])
-        cursor.execute(f"DELETE FROM {lead_window.TABLE} WHERE lead_source_pk = %s", [family["lead_ana_first"].source_pk])
+        cursor.execute(f"DELETE FROM {lead_window.TABLE} WHERE lead_source_pk = %s",
+                       [family["lead_ana_first"].source_pk])
     out = StringIO()
 
     call_command("rebuild_lead_window", "--dry-run", stdout=out)

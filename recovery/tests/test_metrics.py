@@ -62,7 +62,8 @@ def test_queue_rows_by_status_and_leads_matched_in_24_hours():
     IdentityMatchingJob.objects.create(source_id=recent.source_pk, status=WorkStatus.MATCHED,
                                        last_attempt_at=timezone.now(), matched_person=make_person())
     IdentityMatchingJob.objects.create(source_id=make_lead(days_ago=3).source_pk, status=WorkStatus.MATCHED,
-                                       last_attempt_at=timezone.now() - timedelta(hours=2), matched_person=make_person())
+                                       last_attempt_at=timezone.now() - timedelta(hours=2),
+                                       matched_person=make_person())
     figures = metrics_read()
     assert figures["queue_by_status"] == {"pending": 1, "matched": 2, "failed": 1}
     assert figures["matched_last_24h"] == 2

@@ -11,8 +11,8 @@ from django.utils import timezone
 from identity.models import JobRun
 from recovery import guardrails, reports
 from recovery.models import KpiRedRecoveryQueue
+from recovery.sql_views import IdentityGapAnalysis, KpiRedBacklog
 from recovery.tests.test_guardrails import clean_park
-from recovery.views import IdentityGapAnalysis, KpiRedBacklog
 
 pytestmark = pytest.mark.django_db
 

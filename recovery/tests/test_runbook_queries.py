@@ -1,6 +1,6 @@
 """Every SQL query of the operators' runbooks (../shared/seeds) runs verbatim on a matched park and agrees with it.
 
-The limbo, weekly-audit and today-vs-yesterday queries are copied in test_views.py (checked there on hand-made
+The limbo, weekly-audit and today-vs-yesterday queries are copied in test_sql_views.py (checked there on hand-made
 data); here they run again on the pipeline's data, and a last test proves no runbook query is left out.
 """
 
@@ -18,9 +18,9 @@ from identity.models import LEADS_TABLE, CabinetLead, IdentityLink, IdentityUnma
 from identity.tests.factories import lima_today, make_person
 from recovery import guardrails, reports
 from recovery.models import IdentityMatchingJob
-from recovery.tests import test_views
+from recovery.sql_views import CabinetLeadsLimbo, IdentityGapAnalysis, KpiRedBacklog
+from recovery.tests import test_sql_views
 from recovery.tests.test_guardrails import clean_park
-from recovery.views import CabinetLeadsLimbo, IdentityGapAnalysis, KpiRedBacklog
 
 pytestmark = pytest.mark.django_db
 
@@ -32,7 +32,7 @@ SOURCE_PK_EXPRESSION = """COALESCE(external_id::text, id::text)
 
 # 002_ab125b5c50d93d62.txt (Identity Gap Recovery runbook): freshness.
 RUNBOOK_FRESHNESS = """-- Verificar último run del job
-SELECT 
+SELECT
     MAX(last_attempt_at) as last_run,
     COUNT(*) FILTER (WHERE last_attempt_at >= NOW() - INTERVAL '24 hours') as jobs_last_24h,
     COUNT(*) FILTER (WHERE status = 'matched' AND last_attempt_at >= NOW() - INTERVAL '24 hours') as matched_last_24h
@@ -40,7 +40,7 @@ FROM ops.identity_matching_jobs;
 """
 
 # 002_ab125b5c50d93d62.txt: matched in the last 24 h.
-RUNBOOK_MATCHED_LAST_24H = """SELECT 
+RUNBOOK_MATCHED_LAST_24H = """SELECT
     COUNT(*) as matched_last_24h,
     COUNT(DISTINCT matched_person_key) as unique_persons_matched
 FROM ops.identity_matching_jobs
@@ -71,9 +71,9 @@ WHERE source_table = 'module_ct_cabinet_leads'
 GROUP BY reason_code;
 """
 
-# Copied verbatim in test_views.py (002 today-vs-yesterday; 003 limbo, weekly audit, post-05).
+# Copied verbatim in test_sql_views.py (002 today-vs-yesterday; 003 limbo, weekly audit, post-05).
 RUNBOOK_FROM_TEST_VIEWS = {
-    name: getattr(test_views, name)
+    name: getattr(test_sql_views, name)
     for name in ("RUNBOOK_LIMBO_DISTRIBUTION", "RUNBOOK_WEEKLY_AUDIT", "RUNBOOK_POST_05_COUNT",
                  "RUNBOOK_POST_05_DISTRIBUTION", "RUNBOOK_UNRESOLVED_TODAY_VS_YESTERDAY")
 }

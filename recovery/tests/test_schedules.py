@@ -6,7 +6,6 @@ import json
 import time
 from datetime import timedelta
 from io import StringIO
-from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
@@ -16,14 +15,16 @@ from django.db import connection
 from django.utils import timezone
 from django_q.models import Schedule
 
+from identity.domain import PARK_ZONE
 from identity.models import JobRun, JobRunStatus
 from identity.runs import lock_key
-from identity.tests.factories import make_lead
+from identity.tests.factories import link_lead, make_lead, make_person
 from recovery.models import KpiRedRecoveryQueue, WorkStatus
 from recovery.schedules import PREFIX, declared_schedules, schedules_sync
 from recovery.status import matching_freshness, recovery_status
-from recovery.tasks import job_task
+from recovery.tasks import TASK_JOBS, job_task
 from recovery.tests.qcluster import qcluster_running
+
 
 def run_command(*args) -> str:
     out = StringIO()
@@ -44,7 +45,7 @@ def test_setup_schedules_creates_the_spec_schedules_once():
         "guardrails": "40 * * * *",
     }
     # Cron is read in Lima time: the daily retry's next run is at 02:00 there.
-    retry_next = by_job["retry_identity_matching"].next_run.astimezone(ZoneInfo("America/Lima"))
+    retry_next = by_job["retry_identity_matching"].next_run.astimezone(PARK_ZONE)
     assert (retry_next.hour, retry_next.minute) == (2, 0)
     assert all(s.func == "recovery.tasks.job_task" for s in by_job.values())
     again = json.loads(run_command("setup_schedules", "--json"))
@@ -126,7 +127,6 @@ def test_recovery_status_follows_the_schedule_and_the_matches():
     status = recovery_status()
     assert (status["status"], status["scheduled"], status["schedule_cron"]) == ("NO_SIGNAL", True, "20 */2 * * *")
     lead = make_lead(first_name="Rosa", last_name="Quispe Mamani")
-    from identity.tests.factories import link_lead, make_person  # noqa: PLC0415
 
     person = make_person()
     link_lead(lead, person)
@@ -139,8 +139,6 @@ def test_recovery_status_follows_the_schedule_and_the_matches():
 
 
 def test_every_declared_schedule_names_a_task_job():
-    from recovery.tasks import TASK_JOBS  # noqa: PLC0415
-
     for spec in declared_schedules():
         assert spec.job in TASK_JOBS
         assert set(spec.kwargs) <= TASK_JOBS[spec.job].params

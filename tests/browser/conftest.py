@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 CHROMIUM = os.environ.get("CT4_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
@@ -27,7 +28,6 @@ def chromium():
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    from playwright.sync_api import sync_playwright  # noqa: PLC0415
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
@@ -65,7 +65,6 @@ def screenshot(page, name: str) -> Path:
 @pytest.fixture
 def login(live_server):
     """login(page, username, password): sign in through the admin's login form."""
-
     def do_login(page, username: str, password: str, next_url: str = "/admin/"):
         page.goto(f"{live_server.url}/admin/login/?next={next_url}")
         page.fill("#id_username", username)

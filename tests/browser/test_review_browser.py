@@ -8,10 +8,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
-from identity import review
 from identity.index import drivers_index_refresh
+from identity.matching import RULE_VERSION
 from identity.models import IdentityJudgement, IdentityLink
-from identity.tests.test_review import conflict, make_due, person_of, recover
+from recovery.review.rules import REVIEWER_GROUP
+from recovery.tests.factories import conflict, make_due, person_of, recover
 from tests.browser.conftest import screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -33,7 +34,7 @@ def test_reviewer_links_one_conflict_and_rejects_another(page, login, live_serve
     drivers_index_refresh()
     recover()
     user = get_user_model().objects.create_user("ana.revisora", password=PASSWORD, is_staff=True)
-    user.groups.add(Group.objects.get(name=review.REVIEWER_GROUP))
+    user.groups.add(Group.objects.get(name=REVIEWER_GROUP))
 
     login(page, "ana.revisora", PASSWORD, next_url="/review/")
     assert page.url.endswith("/review/")
@@ -45,7 +46,7 @@ def test_reviewer_links_one_conflict_and_rejects_another(page, login, live_serve
     # Open the conflict: the lead beside both candidates, values marked, score and rule version shown.
     page.click(f"a[href='/review/{linked_lead.source_pk}/']")
     page.wait_for_load_state("networkidle")
-    assert page.locator("#rule-version").inner_text() == review.RULE_VERSION
+    assert page.locator("#rule-version").inner_text() == RULE_VERSION
     assert page.locator(".candidate").count() == 2
     phone_cell = page.locator(f"#candidate-{person_of(a)} tr[data-field=phone] td[data-status]").first
     assert phone_cell.get_attribute("class") == "agree"
@@ -94,7 +95,7 @@ def test_second_reviewer_with_a_stale_page_gets_a_clear_message(page, login, liv
     recover()
     for name in ("ana.revisora", "bob.revisor"):
         user = get_user_model().objects.create_user(name, password=PASSWORD, is_staff=True)
-        user.groups.add(Group.objects.get(name=review.REVIEWER_GROUP))
+        user.groups.add(Group.objects.get(name=REVIEWER_GROUP))
     # Bob opens the lead first, in his own browser.
     bob_context = chromium.new_context(viewport={"width": 1366, "height": 768})
     bob = bob_context.new_page()

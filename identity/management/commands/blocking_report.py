@@ -1,8 +1,8 @@
 """Print, per blocking rule, the candidate pairs it produces and how many no earlier rule produced."""
 
 from identity.candidates import IndexFrame, blocking_report
-from identity.management.commands._common import JobCommand
 from identity.resolution import leads_load
+from identity.runs import JobCommand
 
 
 class Command(JobCommand):
@@ -22,7 +22,8 @@ class Command(JobCommand):
         return {"leads": leads.height, "rules": [r.as_dict() for r in blocking_report(leads, IndexFrame.load())]}
 
     def summary(self, result) -> str:
-        lines = [f"{result['leads']} leads", f"{'rule':<22}{'stage':>6}{'pairs':>12}{'new pairs':>12}{'leads':>10}{'new leads':>11}"]
+        lines = [f"{result['leads']} leads",
+                 f"{'rule':<22}{'stage':>6}{'pairs':>12}{'new pairs':>12}{'leads':>10}{'new leads':>11}"]
         for r in result["rules"]:
             lines.append(f"{r['rule']:<22}{r['stage']:>6}{r['pairs']:>12,}{r['new_pairs']:>12,}{r['leads']:>10,}{r['new_leads']:>11,}")
         return "\n".join(lines)

@@ -6,8 +6,8 @@ from zoneinfo import ZoneInfo
 from django.core.management.base import CommandError
 
 from identity.demo import demo_data_generate
-from identity.management.commands._common import JobCommand
 from identity.models import PARK_TIME_ZONE
+from identity.runs import JobCommand
 
 
 class Command(JobCommand):

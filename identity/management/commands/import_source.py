@@ -7,6 +7,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand
 
 from identity.importing import KINDS, ImportFileError, source_import
+from identity.runs import EXIT_USAGE, command_exit
 
 
 class Command(BaseCommand):
@@ -28,7 +29,7 @@ class Command(BaseCommand):
             self.stderr.write(f"import_source: {error}")
             if options["json"]:
                 self.stdout.write(json.dumps({"kind": kind, "path": str(file), "error": str(error)}))
-            raise SystemExit(2) from None
+            command_exit(EXIT_USAGE)
         self.stdout.write(json.dumps(result.as_dict()) if options["json"] else result.summary())
         if result.exit_status:
-            raise SystemExit(result.exit_status)
+            command_exit(result.exit_status)

@@ -2,8 +2,8 @@
 
 import argparse
 
-from identity.management.commands._common import JobCommand
 from identity.resolution import DEFAULT_BATCH, leads_match, leads_match_parallel
+from identity.runs import JobCommand
 
 
 class Command(JobCommand):

@@ -1,4 +1,6 @@
-"""Print each comparison level's declared m, its m estimated from the data, u and weight; exit 1 when an estimate fails."""
+"""Print each comparison level's declared m, its m estimated from the data, u and weight.
+
+Exits 1 when an estimate fails."""
 
 from django.core.management.base import CommandError
 

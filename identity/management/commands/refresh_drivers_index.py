@@ -1,11 +1,12 @@
 """Rebuild the normalized drivers index and register new drivers as persons."""
 
 from identity.index import drivers_index_refresh
-from identity.management.commands._common import JobCommand
+from identity.runs import JobCommand
 
 
 class Command(JobCommand):
     help = "Normalize changed drivers into canon.drivers_index and register new drivers as persons."
+    rollback_dry_run = True
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -13,7 +14,6 @@ class Command(JobCommand):
 
     def run(self, **options):
         return drivers_index_refresh(full=options["full"])
-
 
     def summary(self, result) -> str:
         return (

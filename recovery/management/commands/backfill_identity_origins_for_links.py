@@ -1,6 +1,6 @@
 """Create the origins missing (or not the earliest lead) for persons with lead links."""
 
-from identity.management.commands._common import JobCommand
+from identity.runs import JobCommand
 from recovery.jobs.backfill import origins_backfill
 
 
@@ -13,7 +13,6 @@ class Command(JobCommand):
 
     def run(self, **options):
         return origins_backfill(dry_run=options["dry_run"])
-
 
     def summary(self, result) -> str:
         verb = "would write" if result.dry_run else "wrote"

@@ -1,6 +1,6 @@
 """`manage.py diagnose_identity_gap`: gap, freshness, matches, fail reasons, volume, integrity, red KPI."""
 
-from identity.management.commands._common import JobCommand
+from identity.runs import JobCommand
 from recovery.reports import gap_diagnose, gap_render
 
 

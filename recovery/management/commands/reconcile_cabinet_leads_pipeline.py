@@ -1,12 +1,13 @@
 """Reconcile recent and limbo leads: create links, see drivers mapped, create the missing expected claims."""
 
-from identity.management.commands._common import JobCommand
+from identity.runs import JobCommand
 from recovery.jobs.reconcile import DEFAULT_LIMBO_STAGES, pipeline_reconcile
-from recovery.views import LimboStage
+from recovery.sql_views import LimboStage
 
 
 class Command(JobCommand):
     help = "Move recent and limbo leads along the funnel: link, map drivers, create missing claims."
+    rollback_dry_run = True
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -22,7 +23,6 @@ class Command(JobCommand):
             process_limbo=not options["no_limbo"], limbo_stages=options["limbo_stages"],
             refresh_index=options["refresh_index"],
         )
-
 
     def summary(self, result) -> str:
         return " ".join(f"{key}={value}" for key, value in result.as_dict().items())

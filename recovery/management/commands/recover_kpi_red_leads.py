@@ -1,14 +1,13 @@
 """Drain the red-KPI queue: match pending leads, link them with their origin, mark matched or failed."""
 
-from django.core.management.base import CommandError
-
-from identity.management.commands._common import JobCommand
+from identity.runs import EXIT_USAGE, JobCommand, command_exit
 from recovery.jobs.recover import queue_recover
 from recovery.queue import DEFAULT_BATCH
 
 
 class Command(JobCommand):
     help = "Recover red-KPI leads from the queue (high risk and newest first); safe to run in parallel."
+    rollback_dry_run = True
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -18,9 +17,11 @@ class Command(JobCommand):
 
     def run(self, **options):
         if not 500 <= options["batch_size"] <= 1000 or options["workers"] < 1 or (options["limit"] or 0) < 0:
-            raise CommandError("--batch-size must be 500-1000, --workers >= 1, --limit >= 0", returncode=2)
+            command_exit(EXIT_USAGE, "--batch-size must be 500-1000, --workers >= 1, --limit >= 0")
+        if options["dry_run"] and options["workers"] > 1:
+            # Worker processes commit on connections of their own: only one worker can be rolled back.
+            command_exit(EXIT_USAGE, "--dry-run runs one worker (leave out --workers)")
         return queue_recover(limit=options["limit"], workers=options["workers"], batch_size=options["batch_size"])
-
 
     def summary(self, result) -> str:
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(result.by_reason.items())) or "none"

@@ -1,14 +1,14 @@
 """Retry unresolved leads of the identity gap analysis: missing links and missing origins."""
 
-from django.core.management.base import CommandError
-
-from identity.management.commands._common import JobCommand
+from identity.domain import RiskLevel
+from identity.runs import EXIT_USAGE, JobCommand, command_exit
 from recovery.jobs.retry import identity_matching_retry
-from recovery.views import GapReason, RiskLevel
+from recovery.sql_views import GapReason
 
 
 class Command(JobCommand):
     help = "Work through unresolved identity gaps (high risk and newest first); track each lead."
+    rollback_dry_run = True
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -18,11 +18,10 @@ class Command(JobCommand):
 
     def run(self, **options):
         if (options["limit"] or 0) < 0:
-            raise CommandError("LIMIT must be >= 0", returncode=2)
+            command_exit(EXIT_USAGE, "LIMIT must be >= 0")
         return identity_matching_retry(
             limit=options["limit"], risk_level=options["risk_level"], gap_reason=options["gap_reason"]
         )
-
 
     def summary(self, result) -> str:
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(result.by_reason.items())) or "none"

@@ -3,8 +3,9 @@
 import logging
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
+from identity.runs import EXIT_PROBLEMS, command_exit
 from recovery.demo import demo_run
 
 
@@ -24,4 +25,4 @@ class Command(BaseCommand):
         report = demo_run(out_dir=options["out"], drivers=options["drivers"], leads=options["leads"],
                           seed=options["seed"], echo=self.stdout.write)
         if not report.ok:
-            raise CommandError("the demo finished, but a guardrail failed or rows were rejected (see above)")
+            command_exit(EXIT_PROBLEMS, "the demo finished, but a guardrail failed or rows were rejected (see above)")

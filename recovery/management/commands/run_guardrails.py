@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
+from identity.runs import EXIT_PROBLEMS, command_exit
 from recovery.guardrails import DEFAULT_DRAIN_N, guardrails_run_all, results_output
 
 
@@ -19,4 +20,4 @@ class Command(BaseCommand):
         results = guardrails_run_all(n=options["n"])
         self.stdout.write(results_output(results, as_json=options["json"]))
         if not all(result.ok for result in results):
-            raise SystemExit(1)
+            command_exit(EXIT_PROBLEMS)

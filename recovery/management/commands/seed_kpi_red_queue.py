@@ -1,14 +1,13 @@
 """Upsert every red-KPI backlog lead into the recovery queue as pending."""
 
-from django.core.management.base import CommandError
-
-from identity.management.commands._common import JobCommand
+from identity.runs import EXIT_USAGE, JobCommand, command_exit
 from recovery.jobs.seed import queue_seed
 from recovery.queue import DEFAULT_BATCH
 
 
 class Command(JobCommand):
     help = "Seed the red-KPI queue: backlog leads become pending; failed ones come back when due; matched stay."
+    rollback_dry_run = True
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -16,9 +15,8 @@ class Command(JobCommand):
 
     def run(self, **options):
         if not 500 <= options["batch_size"] <= 1000:
-            raise CommandError("--batch-size must be between 500 and 1000", returncode=2)
+            command_exit(EXIT_USAGE, "--batch-size must be between 500 and 1000")
         return queue_seed(batch_size=options["batch_size"])
-
 
     def summary(self, result) -> str:
         return (f"seeded {result.backlog} backlog leads: {result.inserted} new, {result.reset_to_pending} back to "

@@ -2,7 +2,7 @@
 
 import argparse
 
-from identity.management.commands._common import JobCommand
+from identity.runs import JobCommand
 from recovery.reports import impact_render, impact_validate
 
 

@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
+from identity.runs import EXIT_PROBLEMS, command_exit
 from recovery.guardrails import identity_origin_creation_verify, results_output
 
 
@@ -18,4 +19,4 @@ class Command(BaseCommand):
         result = identity_origin_creation_verify()
         self.stdout.write(results_output([result], as_json=options["json"]))
         if not result.ok:
-            raise SystemExit(1)
+            command_exit(EXIT_PROBLEMS)

@@ -2,6 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
+from identity.runs import EXIT_PROBLEMS, command_exit
 from recovery.guardrails import DEFAULT_DRAIN_N, kpi_red_drain_verify, results_output
 
 
@@ -20,4 +21,4 @@ class Command(BaseCommand):
         result = kpi_red_drain_verify(n=options["n"])
         self.stdout.write(results_output([result], as_json=options["json"]))
         if not result.ok:
-            raise SystemExit(1)
+            command_exit(EXIT_PROBLEMS)

@@ -2,7 +2,8 @@
 
 from django.core.management.base import BaseCommand
 
-from recovery.guardrails import source_pk_consistency_verify, results_output
+from identity.runs import EXIT_PROBLEMS, command_exit
+from recovery.guardrails import results_output, source_pk_consistency_verify
 
 
 class Command(BaseCommand):
@@ -19,4 +20,4 @@ class Command(BaseCommand):
         result = source_pk_consistency_verify()
         self.stdout.write(results_output([result], as_json=options["json"]))
         if not result.ok:
-            raise SystemExit(1)
+            command_exit(EXIT_PROBLEMS)

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-import recovery.views  # noqa: F401 - registers the view models, so migrate creates the views
+import recovery.sql_views  # noqa: F401 - registers the view models, so migrate creates the views
 from identity.models import DRIVERS_TABLE
 from identity.tests.factories import (
     lima_datetime,
@@ -24,7 +24,7 @@ from identity.tests.factories import (
     set_origin,
 )
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
-from recovery.views import (
+from recovery.sql_views import (
     CabinetFinancial14d,
     CabinetLeadsLimbo,
     DriverUnlinkedActivity,
@@ -441,7 +441,7 @@ def test_recovery_metrics_without_leads_is_one_quiet_today():
 
 RUNBOOK_LIMBO_DISTRIBUTION = """
 -- Verificar distribución de limbo después del job
-SELECT 
+SELECT
     limbo_stage,
     COUNT(*) AS count,
     COUNT(*) FILTER (WHERE lead_date > CURRENT_DATE - INTERVAL '30 days') AS recent
@@ -452,7 +452,7 @@ ORDER BY count DESC;
 
 RUNBOOK_WEEKLY_AUDIT = """
 -- Verificar últimas semanas
-SELECT 
+SELECT
     week_start,
     leads_total,
     limbo_no_identity,
@@ -467,14 +467,14 @@ LIMIT 4;
 
 RUNBOOK_POST_05_COUNT = """
 -- Debe retornar 62 (baseline)
-SELECT COUNT(*) 
+SELECT COUNT(*)
 FROM ops.v_cabinet_leads_limbo
 WHERE lead_date > '2026-01-05';
 """
 
 RUNBOOK_POST_05_DISTRIBUTION = """
 -- Verificar distribución
-SELECT 
+SELECT
     limbo_stage,
     COUNT(*)
 FROM ops.v_cabinet_leads_limbo
@@ -494,7 +494,7 @@ yesterday_gap AS (
     FROM ops.identity_matching_jobs
     WHERE last_attempt_at < NOW() - INTERVAL '24 hours'
 )
-SELECT 
+SELECT
     t.unresolved_today,
     y.unresolved_yesterday,
     t.unresolved_today - y.unresolved_yesterday as delta
@@ -604,4 +604,5 @@ def test_unlinked_drivers_table_follows_every_write_to_drivers_and_links():
     with connection.cursor() as cursor:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # Django's deferred FK checks block a TRUNCATE
         cursor.execute("TRUNCATE canon.identity_links CASCADE")
-    assert _unlinked_kept() == _unlinked_by_anti_join() == {d for (d,) in sql_rows("SELECT driver_id FROM public.drivers")}
+    every_driver = {d for (d,) in sql_rows("SELECT driver_id FROM public.drivers")}
+    assert _unlinked_kept() == _unlinked_by_anti_join() == every_driver

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from identity.review_views import ReviewLeadView, ReviewListView
+from recovery.review.views import ReviewLeadView, ReviewListView
 
 app_name = "review"
 urlpatterns = [

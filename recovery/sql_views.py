@@ -3,39 +3,22 @@
 Each view is an unmanaged read-only model whose SQL sits beside it; migrate creates them (pgviews sync).
 """
 
-from decimal import Decimal
-
-from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django_pgviews import view as pg
 
-from identity.models import LEADS_TABLE, PARK_TIME_ZONE, Claim
-
-# "Today" is the park's calendar day. Django runs sessions in UTC, so current_date would be
-# wrong for five hours every evening.
-TODAY = f"((now() AT TIME ZONE '{PARK_TIME_ZONE}')::date)"
-CLAIM_WINDOW_DAYS = int(settings.CT4["CLAIM_WINDOW_DAYS"])
-# A lead stays "medium" risk up to this many days after its date, then becomes "low".
-MEDIUM_RISK_MAX_DAYS = 45
-
-
-def _milestone_amounts() -> dict[int, Decimal]:
-    """Milestone -> amount from settings; the claims table only accepts the milestones it knows."""
-    amounts = {int(m): Decimal(str(a)) for m, a in settings.CT4["MILESTONES"].items()}
-    if set(amounts) != set(Claim.MILESTONES):
-        raise ImproperlyConfigured(f"CT4['MILESTONES'] must define exactly the milestones {Claim.MILESTONES}")
-    return dict(sorted(amounts.items()))
-
-
-MILESTONE_AMOUNTS = _milestone_amounts()
-
-
-class RiskLevel(models.TextChoices):
-    HIGH = "high", "14-day claim window open"
-    MEDIUM = "medium", f"Up to {MEDIUM_RISK_MAX_DAYS} days old"
-    LOW = "low", f"Older than {MEDIUM_RISK_MAX_DAYS} days"
+from identity.domain import (
+    CLAIM_WINDOW_DAYS,
+    EARLIEST_LEAD_SQL,
+    MILESTONE_AMOUNTS,
+    PARK_TIME_ZONE,
+    TODAY,
+    RiskLevel,
+    earned_sql,
+    risk_level_sql,
+    window_open_sql,
+)
+from identity.models import LEADS_TABLE
 
 
 class GapReason(models.TextChoices):
@@ -53,14 +36,6 @@ class LimboStage(models.TextChoices):
     OK = "OK", "All reached milestones claimed"
 
 
-def _risk_level(lead_date: str) -> str:
-    return (
-        f"CASE WHEN {TODAY} - {lead_date} < {CLAIM_WINDOW_DAYS} THEN '{RiskLevel.HIGH}'"
-        f" WHEN {TODAY} - {lead_date} <= {MEDIUM_RISK_MAX_DAYS} THEN '{RiskLevel.MEDIUM}'"
-        f" ELSE '{RiskLevel.LOW}' END"
-    )
-
-
 # The lead's own link (SPEC §2: source_pk = COALESCE(external_id::text, id::text) on both sides).
 LEAD_LINK_JOIN = f"""canon.identity_links il
            ON il.source_table = '{LEADS_TABLE}' AND il.source_pk = l.source_pk"""
@@ -75,7 +50,7 @@ SELECT
     l.lead_date,
     l.park_id,
     l.created_at,
-    {_risk_level("l.lead_date")} AS risk_level,
+    {risk_level_sql("l.lead_date")} AS risk_level,
     {TODAY} - l.lead_date AS days_since_lead
 FROM public.module_ct_cabinet_leads l
 WHERE NOT EXISTS (
@@ -120,11 +95,10 @@ WITH lead_person AS (
     LEFT JOIN {LEAD_LINK_JOIN}
 ),
 person_first_lead AS (
-    -- each person's earliest linked lead (min created_at, ties by source_pk): what its origin must name
-    SELECT DISTINCT ON (lp.person_key) lp.person_key, lp.source_pk AS first_lead_source_pk
-    FROM lead_person lp
-    WHERE lp.person_key IS NOT NULL
-    ORDER BY lp.person_key, lp.created_at, lp.source_pk
+    -- each person's earliest linked lead (identity.domain.EARLIEST_LEAD_SQL): what its origin must name
+    SELECT f.person_key, f.source_pk AS first_lead_source_pk
+    FROM ({EARLIEST_LEAD_SQL}
+    ) f
 )
 SELECT
     lp.source_pk AS lead_source_pk,
@@ -140,7 +114,7 @@ SELECT
         WHEN o.origin_source_id IS DISTINCT FROM pf.first_lead_source_pk THEN '{GapReason.INCONSISTENT_ORIGIN}'
         ELSE '{GapReason.RESOLVED}'
     END AS gap_reason,
-    {_risk_level("lp.lead_date")} AS risk_level,
+    {risk_level_sql("lp.lead_date")} AS risk_level,
     {TODAY} - lp.lead_date AS days_since_lead,
     o.origin_source_id,
     pf.first_lead_source_pk AS expected_origin_source_id
@@ -246,9 +220,7 @@ class DriverUnlinkedActivity(pg.ReadOnlyView):
 def _milestone_columns() -> str:
     """reached_mN, expected_amount and missing_claim_milestones, generated from settings."""
     reached = [f"lt.trips_14d >= {m} AS reached_m{m}" for m in MILESTONE_AMOUNTS]
-    expected = " + ".join(
-        f"CASE WHEN lt.trips_14d >= {m} THEN {amount} ELSE 0 END" for m, amount in MILESTONE_AMOUNTS.items()
-    )
+    expected = earned_sql("lt.trips_14d")
     missing = ", ".join(
         f"CASE WHEN lt.trips_14d >= {m} AND NOT {m} = ANY(lt.claimed_milestones) THEN {m} END"
         for m in MILESTONE_AMOUNTS
@@ -274,7 +246,7 @@ SELECT
     lt.driver_ids,
     cardinality(lt.driver_ids) AS driver_count,
     lt.lead_date + {CLAIM_WINDOW_DAYS - 1} AS window_last_date,
-    {TODAY} < lt.lead_date + {CLAIM_WINDOW_DAYS} AS window_open,
+    {window_open_sql("lt.lead_date")} AS window_open,
     lt.trips_14d,
     {_milestone_columns()},
     lt.claimed_amount::numeric(12, 2) AS claimed_amount,

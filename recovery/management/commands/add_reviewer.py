@@ -4,9 +4,11 @@ import secrets
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand
 
-from identity.review import REVIEWER_GROUP, reviewer_group_ensure
+from identity.runs import EXIT_USAGE, command_exit
+from recovery.review.groups import reviewer_group_ensure
+from recovery.review.rules import REVIEWER_GROUP
 
 
 class Command(BaseCommand):
@@ -24,7 +26,7 @@ class Command(BaseCommand):
         User = get_user_model()
         username = options["username"].strip()
         if not username:
-            raise CommandError("the username must not be empty", returncode=2)
+            command_exit(EXIT_USAGE, "the username must not be empty")
         user, created = User.objects.get_or_create(username=username, defaults={"email": options["email"]})
         password = None
         if created or options["new_password"]:

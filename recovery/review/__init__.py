@@ -1,0 +1,7 @@
+"""Human review of doubtful leads (CONFLICT_MULTIPLE_CANDIDATES, WEAK_MATCH_ONLY), above identity.
+
+rules (constants, actions, when a candidate is worth a look), money (what a lead puts at stake),
+listing (the review list's query), screen (one lead beside its candidates), display (how a field's
+values and the engine's verdict are shown), decide (a reviewer's decision, through identity.linking
+and the queue like a recovered lead), groups (the `reviewer` group), views and urls (the screens).
+"""
