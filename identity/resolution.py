@@ -34,6 +34,7 @@ from identity.matching import (
     evidence_json,
     pairs_score,
 )
+from identity.estimate import MIN_PAIRS, ModelEstimate, judged_matches_load, m_estimate
 from identity.fields import FIELDS, LEAD_SOURCES
 from identity.index import index_changed_at
 from identity.models import LEADS_TABLE, MatchModel, ReasonCode
@@ -156,22 +157,34 @@ ESTIMATE_MIN_LEADS = 2000
 ESTIMATE_SAMPLE = 10_000
 
 
-def match_model_estimate(leads: pl.DataFrame | None, context: MatchContext, *, run_id: int | None = None) -> MatchContext:
-    """Estimate m from these leads' (None: the newest ESTIMATE_SAMPLE leads') candidate pairs (with the context's current m: levels do not
-    depend on it), store it as the latest match model, and return the context scoring with it.
-    A level the data cannot support (too few pairs, outside its declared range) keeps its declared
-    m, and the model row and the log say which and why."""
-    from identity.estimate import judged_matches_load, m_estimate  # noqa: PLC0415 - estimate reads resolution
+def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000) -> pl.DataFrame:
+    """These leads' scored candidate pairs as a match run makes them (nothing is written): one row per
+    (lead, person) with a level column per field, `source_pk`, and `judged_match` where a reviewer
+    linked the pair (identity.estimate counts them)."""
+    frames = []
+    for start in range(0, leads.height, chunk):
+        batch = leads.slice(start, chunk).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
+        resolved = leads_decide_frame(batch, context)
+        frames.append(resolved.scores.candidates.join(batch.select("lead_i", "source_pk"), on="lead_i"))
+    if not frames:
+        return pl.DataFrame(schema={"source_pk": pl.String, **{name: pl.String for name in FIELDS}})
+    pairs = pl.concat(frames, how="diagonal_relaxed")
+    judged = judged_matches_load().with_columns(pl.lit(True).alias("judged_match"))
+    pairs = pairs.join(judged, on=["source_pk", "person_key"], how="left").with_columns(
+        pl.col("judged_match").fill_null(False))
+    if not context.thresholds.recruit_window_days:
+        pairs = pairs.drop("recruitment", strict=False)  # not compared: nothing to estimate
+    return pairs
 
+
+def match_model_estimate(leads: pl.DataFrame | None, context: MatchContext, *, run_id: int | None = None) -> MatchContext:
+    """Estimate m from these leads' (None: the newest ESTIMATE_SAMPLE leads') candidate pairs (with
+    the context's current m: levels do not depend on it), store it as the latest match model, and
+    return the context scoring with it. A level the data cannot support (too few pairs, outside its
+    declared range) keeps its declared m, and the model row and the log say which and why."""
     # Every lead, linked or not, newest first: the leftovers of earlier runs alone are the hard cases.
     sample = leads_load(limit=ESTIMATE_SAMPLE) if leads is None else leads.head(ESTIMATE_SAMPLE)
-    sample = sample.with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
-    resolved = leads_decide_frame(sample, context)
-    pairs = resolved.scores.candidates.join(sample.select("lead_i", "source_pk"), on="lead_i")
-    judged = judged_matches_load().with_columns(pl.lit(True).alias("judged_match"))
-    pairs = pairs.join(judged, on=["source_pk", "person_key"], how="left")
-    if not context.thresholds.recruit_window_days:
-        pairs = pairs.drop("recruitment", strict=False)
+    pairs = run_pairs(sample, context)
     estimate = m_estimate(pairs)
     usable: dict[str, dict[str, float]] = {}
     for level in estimate.levels:
@@ -184,6 +197,24 @@ def match_model_estimate(leads: pl.DataFrame | None, context: MatchContext, *, r
     for failure in failures:
         log.warning("match model: %s; the declared m is kept", failure)
     return dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=usable))
+
+
+@dataclass
+class ModelReport:
+    leads: int
+    pairs: int
+    estimate: ModelEstimate
+
+    def as_dict(self) -> dict:
+        return {"leads": self.leads, "pairs": self.pairs, **self.estimate.as_dict()}
+
+
+def model_report(*, limit: int | None = None, min_pairs: int = MIN_PAIRS) -> ModelReport:
+    """Every lead (or the newest `limit`) scored as match_leads would, nothing written, and each
+    level's m estimated from their pairs (manage.py model_report)."""
+    pairs = run_pairs(leads_load(limit=limit), MatchContext.load(in_memory=True))
+    return ModelReport(leads=pairs["source_pk"].n_unique(), pairs=pairs.height,
+                       estimate=m_estimate(pairs, min_pairs=min_pairs))
 
 
 @dataclass

@@ -2,10 +2,9 @@
 
 Exits 1 when an estimate fails."""
 
-from django.core.management.base import CommandError
-
-from identity.estimate import MIN_PAIRS, model_report
-from identity.management.commands._common import EXIT_FAILED, JobCommand
+from identity.estimate import MIN_PAIRS
+from identity.resolution import model_report
+from identity.runs import EXIT_OK, EXIT_PROBLEMS, JobCommand, command_exit
 
 
 def _number(value, spec: str) -> str:
@@ -24,17 +23,15 @@ class Command(JobCommand):
         parser.add_argument("--min-pairs", type=int, default=MIN_PAIRS,
                             help=f"fewest pairs an estimate may rest on (default {MIN_PAIRS})")
 
-    def handle(self, *args, **options):
-        super().handle(*args, **options)
-        failures = self.report.estimate.failures
-        if failures:
-            first = failures[0].error()
-            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise CommandError(f"m estimate failed: {first}{more}", returncode=EXIT_FAILED)
-
     def run(self, **options):
-        self.report = model_report(limit=options["limit"], min_pairs=options["min_pairs"])
-        return self.report
+        return model_report(limit=options["limit"], min_pairs=options["min_pairs"])
+
+    def exit_status(self, report) -> int:
+        failures = report.estimate.failures
+        if failures:
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            command_exit(EXIT_PROBLEMS, f"m estimate failed: {failures[0].error()}{more}")
+        return EXIT_OK
 
     def summary(self, report) -> str:
         estimate = report.estimate
