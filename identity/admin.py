@@ -30,6 +30,7 @@ from identity.models import (
     IdentityOrigin,
     IdentityUnmatched,
     JobRun,
+    MatchModel,
     NameTokenStat,
     Person,
 )
@@ -429,6 +430,22 @@ class DriverIndexEntryAdmin(NormalizedSearchMixin, ReadOnlyAdmin):
 
     def extra_search(self, term):
         return index_hits(term)
+
+
+@admin.register(MatchModel)
+class MatchModelAdmin(ReadOnlyAdmin):
+    """The m each match run estimated (docs/matching.md); the latest is the one every path scores with."""
+
+    list_display = ("id", "estimated_at", "run", "leads", "pairs", "levels_estimated", "levels_failed")
+    ordering = ("-estimated_at",)
+
+    @admin.display(description="levels estimated")
+    def levels_estimated(self, obj):
+        return sum(len(levels) for levels in obj.m.values())
+
+    @admin.display(description="levels on their declared m")
+    def levels_failed(self, obj):
+        return len(obj.failures)
 
 
 @admin.register(NameTokenStat)

@@ -23,6 +23,7 @@ from identity.models import (
     JobRun,
     Person,
 )
+from identity.resolution import MatchContext, match_model_estimate
 from identity.tests.factories import lima_today, make_claim, make_driver, make_lead, make_trips
 from recovery.heartbeat import heartbeat_beat
 from recovery.models import CabinetLeadsLimbo, KpiRedBacklog, KpiRedRecoveryQueue
@@ -74,6 +75,7 @@ def park():
     review_decide(source_pk=decided.source_pk, action=Action.LINK, person_key=person_of(a), user=reviewer)
     review_decide(source_pk=still_open.source_pk, action=Action.DEFER, user=reviewer)
     heartbeat_beat(host="ops-1", pid=4242, cluster="ct4")
+    match_model_estimate(None, MatchContext.load())  # a match model (too few pairs here: declared m kept)
     late = make_driver(first_name="Abdón", last_name="Cjuro Sullca")  # not indexed yet: no identity
     make_trips(late, {lima_today(): 4})
     return {"twin": twin, "twin_driver": twin_driver, "decided": decided, "open": still_open, "weak": weak_lead,
