@@ -199,6 +199,18 @@ def match_model_estimate(leads: pl.DataFrame | None, context: MatchContext, *, r
     return dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=usable))
 
 
+def match_model_current(context: MatchContext, *, run_id: int | None = None) -> MatchContext:
+    """The context scoring with a current match model: estimated now when there is none or the
+    index changed after the latest, by one process at a time (recovery workers on several machines
+    start together: the others wait for it, then read it)."""
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('ct4.match_model'))")
+        if match_model_stale():
+            return match_model_estimate(None, context, run_id=run_id)
+    return dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=match_model_m()))
+
+
 @dataclass
 class ModelReport:
     leads: int
@@ -385,8 +397,8 @@ def leads_match(
             since = None if (source_pks or redecide) else match_inputs_changed_at()
             todo = leads_load(source_pks, unlinked_only=True, undecided_since=since)
         context = MatchContext.for_leads(todo.height)
-        if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run and match_model_stale():
-            context = match_model_estimate(None, context, run_id=run.run.pk)
+        if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run:
+            context = match_model_current(context, run_id=run.run.pk)
             totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         totals["load_seconds"] = round(time.monotonic() - started, 2)
         chunk = batch_size * (DECIDE_BATCHES if context.index is not None else 1)

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from identity.models import JobRun, ReasonCode
-from identity.resolution import BatchOutcome, MatchContext, leads_resolve
+from identity.resolution import ESTIMATE_MIN_LEADS, BatchOutcome, MatchContext, leads_resolve, match_model_current
 from identity.runs import (
     LINK_TABLES,
     DatabaseUnavailable,
@@ -155,6 +155,9 @@ def worker_drain_in_process(
     """
     leads = budget.pending.value if budget.remaining.value < 0 else min(budget.pending.value, budget.remaining.value)
     context = reconnecting(lambda: MatchContext.for_leads(leads), handle=handle)
+    if context.index is not None and leads >= ESTIMATE_MIN_LEADS:
+        # A big drain after the index changed estimates the match model first (docs/matching.md).
+        context = reconnecting(lambda: match_model_current(context, run_id=handle.run.pk), handle=handle)
     deadlocks = 0
     position = None
     while True:
