@@ -4,7 +4,7 @@
 
 Needs bench/requirements.txt (`make bench-setup`). Writes into DIR the four files that
 `generate_demo_data` writes and the benchmarks read: drivers.csv and cabinet_leads.csv (SPEC §8),
-ground_truth.csv and drivers_truth.csv (columns of identity/demo.py TRUTH_COLUMNS and
+ground_truth.csv and drivers_truth.csv (columns of recovery/demo/generator.py TRUTH_COLUMNS and
 DRIVER_TRUTH_COLUMNS). Trips and claims have no FEBRL counterpart and are not written.
 
 Each FEBRL record is `rec-N-org` (an original) or `rec-N-dup-K` (a corrupted copy of rec-N-org).
@@ -43,14 +43,13 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import re
 import sys
 from datetime import date
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-# The generator's column contracts (pure Python, no Django).
-from identity.demo import DRIVER_COLUMNS, DRIVER_TRUTH_COLUMNS, LEAD_COLUMNS, TRUTH_COLUMNS
 
 LEAD_CREATED_AT = "2026-01-01T09:00:00-05:00"
 _REC_RE = re.compile(r"\Arec-(\d+)-(org|dup-(\d+))\Z")
@@ -78,7 +77,17 @@ def _load(dataset: int):
 
 
 def febrl_write(*, out_dir: str | Path, datasets: tuple[int, ...] = (1, 2, 3)) -> dict:
-    """Write drivers.csv, cabinet_leads.csv, ground_truth.csv and drivers_truth.csv; return row counts."""
+    """Write drivers.csv, cabinet_leads.csv, ground_truth.csv and drivers_truth.csv; return row counts.
+
+    Django must be set up (main() does it): the generator whose columns these are reads identity.domain.
+    """
+    from recovery.demo.generator import (  # noqa: PLC0415 - after django.setup()
+        DRIVER_COLUMNS,
+        DRIVER_TRUTH_COLUMNS,
+        LEAD_COLUMNS,
+        TRUTH_COLUMNS,
+    )
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     drivers, leads, truth, driver_truth = [], [], [], []
@@ -136,6 +145,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write into (created if missing)")
     parser.add_argument("--datasets", type=int, nargs="+", choices=(1, 2, 3), default=[1, 2, 3])
     args = parser.parse_args()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ct4site.settings")
+    import django  # noqa: PLC0415 - after the settings module is chosen
+
+    django.setup()
     result = febrl_write(out_dir=args.out, datasets=tuple(args.datasets))
     print(f"wrote {result['out_dir']} (FEBRL {' '.join(map(str, result['datasets']))})")
     print("rows: " + " ".join(f"{name}={count}" for name, count in result["files"].items())

@@ -1,6 +1,7 @@
 """A realistic synthetic park (leads, drivers, trips, claims) plus the ground truth that says who each lead is.
 
-Pure Python and deterministic by seed; drivers stream to disk so a million records keep memory flat.
+Deterministic by seed; drivers stream to disk so a million records keep memory flat. The claim window
+and the milestones' money come from identity.domain (settings.CT4), like everywhere else.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ import csv
 import os
 from bisect import bisect
 from collections import Counter
+from contextlib import ExitStack
 from datetime import date
 from heapq import heappop, heappush
 from pathlib import Path
 from random import Random
+
+from identity.domain import CLAIM_WINDOW_DAYS, MILESTONE_AMOUNTS
 
 # --- Proportions -----------------------------------------------------------------------
 # Every proportion the generator uses, in one place: name -> (value, what it is a share of).
@@ -123,8 +127,8 @@ TRIP_PROFILES = {
     "regular": (10, 60, 0.50, 1, 4),
     "fulltime": (20, 120, 0.80, 4, 15),
 }
-MILESTONE_AMOUNTS = {1: "25.00", 5: "35.00", 25: "100.00"}
-CLAIM_WINDOW_DAYS = 14
+# The claims file's amount column: each milestone's money as the platform writes it ("25.00").
+CLAIM_AMOUNTS = {m: f"{amount:.2f}" for m, amount in MILESTONE_AMOUNTS.items()}
 DEFER_SPAN = 5000  # how many humans later a second park record may be written
 BACKGROUND_HIRE_YEARS = 6
 BIRTH_YEARS = (1965, 2004, 1992)  # first, last, most frequent
@@ -931,16 +935,14 @@ class _Generator:
     def run(self, out_dir: Path) -> dict:
         self.plan()
         out_dir.mkdir(parents=True, exist_ok=True)
-        handles = {name: open(out_dir / name, "w", encoding="utf-8", newline="") for name in FILES}
-        try:
+        with ExitStack() as files:
+            handles = {name: files.enter_context(open(out_dir / name, "w", encoding="utf-8", newline=""))
+                       for name in FILES}
             writers = {name: csv.writer(f, lineterminator="\n") for name, f in handles.items()}
             for name, columns in FILES.items():
                 writers[name].writerow(columns)
             self.stream(writers, handles)
             self.leads_write(writers)
-        finally:
-            for f in handles.values():
-                f.close()
         return self.summary(out_dir)
 
     def stream(self, writers, handles) -> None:
@@ -1064,7 +1066,7 @@ class _Generator:
                 continue
             status = self.pools.claim_status.draw(r.random)
             second = 9 * 3600 + int(r.random() * 10 * 3600)
-            writer((lead.source_pk, rec.driver_id, m, MILESTONE_AMOUNTS[m], status,
+            writer((lead.source_pk, rec.driver_id, m, CLAIM_AMOUNTS[m], status,
                     self.timestamp(claimed_day, second)))
             self.counts["claims.csv"] += 1
             self.counts[f"claims_{status}"] += 1

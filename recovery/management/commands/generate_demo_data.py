@@ -1,13 +1,12 @@
 """Write a realistic synthetic park (SPEC §8 CSV files) plus the ground truth that measures matching."""
 
-from datetime import date, datetime
-from zoneinfo import ZoneInfo
+from datetime import date
 
 from django.core.management.base import CommandError
 
-from identity.demo import demo_data_generate
-from identity.models import PARK_TIME_ZONE
+from identity.domain import lima_today
 from identity.runs import JobCommand
+from recovery.demo.generator import demo_data_generate
 
 
 class Command(JobCommand):
@@ -25,7 +24,7 @@ class Command(JobCommand):
                             help="YYYY-MM-DD (default: today in America/Lima)")
 
     def run(self, *, out, drivers, leads, seed, parks, days, end_date, **_):
-        end_date = end_date or datetime.now(ZoneInfo(PARK_TIME_ZONE)).date()
+        end_date = end_date or lima_today()
         try:
             return demo_data_generate(out_dir=out, end_date=end_date, drivers=drivers, leads=leads, seed=seed,
                                       parks=parks, days=days)

@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
-from identity.demo import RATES, demo_data_generate
+from recovery.demo.generator import RATES, demo_data_generate
 
 END = date(2026, 3, 1)
 HEADERS = {
@@ -117,12 +117,14 @@ def test_same_seed_gives_byte_identical_files(small, tmp_path):
 def test_output_does_not_depend_on_string_hash_seed(small, tmp_path):
     # Set and dict order of strings changes with PYTHONHASHSEED; the files must not.
     _, first = small
-    code = ("import sys, datetime; from identity.demo import demo_data_generate; "
+    # The generator reads the claim window and the money from identity.domain, hence Django's settings.
+    code = ("import sys, datetime, django; django.setup(); "
+            "from recovery.demo.generator import demo_data_generate; "
             "demo_data_generate(out_dir=sys.argv[1], end_date=datetime.date(2026, 3, 1), drivers=2000, "
             "leads=500, seed=7)")
     for hash_seed in ("1", "2"):
         out = tmp_path / hash_seed
-        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "DJANGO_SETTINGS_MODULE": "ct4site.settings"}
         subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, cwd=settings.BASE_DIR)
         for name in HEADERS:
             assert (out / name).read_bytes() == (first / name).read_bytes(), name

@@ -18,10 +18,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 
-from identity.demo import demo_data_generate
 from identity.domain import lima_today
 from identity.importing import source_import
 from identity.index import drivers_index_refresh
+from recovery.demo.generator import demo_data_generate
 from recovery.guardrails import guardrails_run_all
 from recovery.jobs.reconcile import pipeline_reconcile
 from recovery.jobs.recover import queue_recover
