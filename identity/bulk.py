@@ -12,7 +12,7 @@ import io
 import polars as pl
 from django.db import connection
 
-COPY_CHUNK = 1 << 20
+COPY_ROWS = 100_000
 
 
 def _raw(cursor):
@@ -66,16 +66,19 @@ def _csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def frame_copy(cursor, table: str, frame: pl.DataFrame) -> int:
-    """COPY the frame's rows into `table` (its columns named as the frame's). Returns rows."""
+    """COPY the frame's rows into `table` (its columns named as the frame's). Returns rows.
+
+    Written COPY_ROWS rows at a time: the CSV of a million index rows is never whole in memory,
+    and PostgreSQL parses one slice while the next is formatted."""
     if not frame.height:
         return 0
-    buffer = io.BytesIO()
-    _csv_ready(frame).write_csv(buffer, include_header=False, null_value="", quote_style="necessary")
     columns = ", ".join(f'"{name}"' for name in frame.columns)
-    data = buffer.getvalue()
     with _raw(cursor).copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-        for start in range(0, len(data), COPY_CHUNK):
-            copy.write(data[start:start + COPY_CHUNK])
+        for start in range(0, frame.height, COPY_ROWS):
+            buffer = io.BytesIO()
+            _csv_ready(frame.slice(start, COPY_ROWS)).write_csv(buffer, include_header=False, null_value="",
+                                                                quote_style="necessary")
+            copy.write(buffer.getbuffer())
     return frame.height
 
 
