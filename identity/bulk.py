@@ -42,6 +42,7 @@ def frame_read(query: str, params: list | dict | None = None, *, schema: dict[st
     buffer.seek(0)
     read_schema = {name: pl.String for name in names}
     frame = pl.read_csv(buffer, has_header=False, new_columns=names, schema=read_schema)
+    buffer.close()  # the text is in the frame now: free it before parsing (a million index rows: ~200 MB)
     return frame.with_columns([_parse(name, dtype) for name, dtype in schema.items()])
 
 

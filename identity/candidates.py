@@ -91,7 +91,6 @@ class IndexFrame:
     records: pl.DataFrame
     freq: Frequencies
     vocabulary: pl.DataFrame = field(init=False)  # (token, code)
-    tokens: pl.DataFrame = field(init=False)  # (code, driver_i): one row per distinct token of a record
     token_pairs: pl.DataFrame = field(init=False)  # (pair, driver_i): pair = low code << 32 | high code
     # person_i -> its first row in records; person_starts[-1] = len(records)
     person_starts: np.ndarray = field(init=False)
@@ -108,11 +107,14 @@ class IndexFrame:
                  .explode("token").drop_nulls("token"))
         self.vocabulary = (words.select("token").unique().sort("token")
                            .with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("code")))
-        self.tokens = words.join(self.vocabulary, on="token").select("code", "driver_i").unique()
-        self.token_keys = np.sort(_token_key(self.tokens["driver_i"].to_numpy(), self.tokens["code"].to_numpy()))
-        self.token_pairs = (self.tokens.join(self.tokens, on="driver_i", suffix="_b")
-                            .filter(pl.col("code") < pl.col("code_b"))
-                            .select(_pair("code", "code_b").alias("pair"), "driver_i").sort("pair"))
+        # (driver_i, code): one row per distinct token of a record, kept only as sorted keys
+        tokens = words.join(self.vocabulary, on="token").select("driver_i", "code")
+        del words
+        keys = np.sort(_token_key(tokens["driver_i"].to_numpy(), tokens["code"].to_numpy()))
+        # sorted, then duplicates dropped (np.unique hashes: seconds on a VM with slow random access)
+        self.token_keys = keys[np.append(True, keys[1:] != keys[:-1])] if len(keys) else keys
+        del tokens
+        self.token_pairs = _token_pairs(self.token_keys)
 
     @classmethod
     def load(cls) -> IndexFrame:
@@ -189,6 +191,25 @@ class IndexFrame:
 
 def _token_key(driver_i: np.ndarray, code: np.ndarray) -> np.ndarray:
     return (driver_i.astype(np.uint64) << np.uint64(32)) | code.astype(np.uint64)
+
+
+def _token_pairs(keys: np.ndarray) -> pl.DataFrame:
+    """(pair, driver_i) sorted by pair, from the sorted (driver_i << 32 | code) keys: each record's
+    tokens are a run of keys in ascending code, so its pairs are the keys k apart within the run."""
+    driver, code = (keys >> np.uint64(32)).astype(np.uint32), (keys & np.uint64(0xFFFFFFFF)).astype(np.uint64)
+    pairs, drivers = [], []
+    k = 1
+    while k < len(keys):
+        same = driver[:-k] == driver[k:]
+        if not same.any():
+            break
+        pairs.append((code[:-k][same] << np.uint64(32)) | code[k:][same])
+        drivers.append(driver[:-k][same])
+        k += 1
+    pair = np.concatenate(pairs) if pairs else np.zeros(0, dtype=np.uint64)
+    order = np.argsort(pair)
+    return pl.DataFrame({"pair": pair[order],
+                         "driver_i": (np.concatenate(drivers) if drivers else np.zeros(0, np.uint32))[order]})
 
 
 class SqlIndex:
