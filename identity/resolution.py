@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 
 import polars as pl
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 from identity import linking
 from identity.bulk import frame_read
@@ -327,6 +328,15 @@ def leads_resolve_frame(leads: pl.DataFrame, context: MatchContext, *, write: bo
                            resolved=resolved)
     if not write or not decisions.height:
         return outcome
+    return outcome_write(outcome, context, write_batch=write_batch)
+
+
+def outcome_write(outcome: BatchOutcome, context: MatchContext, *, write_batch: int | None = None) -> BatchOutcome:
+    """Write a decided frame's links (and origins) and unmatched rows, `write_batch` leads per
+    transaction (all in one when None); fills outcome.linked and outcome.already_linked."""
+    resolved = outcome.resolved
+    decisions = resolved.decisions
+    outcome.linked, outcome.already_linked = [], []
     written = decisions.join(evidence_json(decisions, resolved.scores, context.thresholds), on="lead_i")
     step = write_batch or written.height
     for start in range(0, written.height, step):
@@ -342,6 +352,12 @@ def leads_resolve_frame(leads: pl.DataFrame, context: MatchContext, *, write: bo
             outcome.already_linked += result.already_linked
             linking.leads_record_unmatched_frame(outcomes=unmatched)
     return outcome
+
+
+def _write_in_thread(outcome: BatchOutcome, context: MatchContext, write_batch: int) -> Counter:
+    """outcome_write on the writer thread's own connection; a lost connection rolls back the
+    transaction in flight, which is written again (links committed before it: already_linked)."""
+    return reconnecting(lambda: outcome_write(outcome, context, write_batch=write_batch)).counts()
 
 
 def unlinked_leads(
@@ -402,17 +418,39 @@ def leads_match(
             totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         totals["load_seconds"] = round(time.monotonic() - started, 2)
         chunk = batch_size * (DECIDE_BATCHES if context.index is not None else 1)
-        with progress_bar(todo.height, "matching", progress) as bar:
-            for batch_no, start in enumerate(range(0, todo.height, chunk), start=1):
-                batch = todo.slice(start, chunk).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
-                # A lost connection rolls back the write in flight; the chunk is decided and written
-                # again (links committed before it come back as already_linked).
-                counts = reconnecting(lambda: leads_resolve_frame(
-                    batch, context, write=not dry_run, write_batch=batch_size).counts(), handle=run)
+        # Several chunks: each is written by a second thread (its own connection) while the next
+        # is decided, so PostgreSQL's work on the writes overlaps the scoring.
+        pipelined = todo.height > chunk and not dry_run
+        with progress_bar(todo.height, "matching", progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
+            in_flight: tuple[int, Future, int] | None = None
+
+            def finish(batch_no: int, future: Future, height: int) -> None:
+                counts = future.result()
                 totals.update(counts)
                 run.counts = dict(totals)
                 run.log_batch(batch_no, **counts)
-                bar.update(batch.height)
+                bar.update(height)
+
+            try:
+                for batch_no, start in enumerate(range(0, todo.height, chunk), start=1):
+                    batch = todo.slice(start, chunk).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
+                    if not pipelined:
+                        # A lost connection rolls back the write in flight; the chunk is decided and written
+                        # again (links committed before it come back as already_linked).
+                        done: Future = Future()
+                        done.set_result(reconnecting(lambda: leads_resolve_frame(
+                            batch, context, write=not dry_run, write_batch=batch_size).counts(), handle=run))
+                        finish(batch_no, done, batch.height)
+                        continue
+                    outcome = reconnecting(lambda: leads_resolve_frame(batch, context, write=False), handle=run)
+                    if in_flight:
+                        finish(*in_flight)
+                    in_flight = (batch_no, writer.submit(_write_in_thread, outcome, context, batch_size), batch.height)
+                if in_flight:
+                    finish(*in_flight)
+            finally:
+                if pipelined:  # the writer thread's own connection
+                    writer.submit(connections.close_all).result()
         if totals["linked"] and not dry_run:
             tables_analyze(*LINK_TABLES)
         totals["seconds"] = round(time.monotonic() - started, 2)

@@ -31,7 +31,7 @@ from identity.matching import (
     pairs_frame,
     pairs_score,
 )
-from identity.models import CabinetLead, IdentityLink, IdentityUnmatched, MatchModel, ReasonCode
+from identity.models import CabinetLead, IdentityLink, IdentityUnmatched, JobRun, MatchModel, ReasonCode
 from identity.resolution import MatchContext, leads_decide_frame, leads_load, leads_match
 from identity.tests.factories import make_driver, make_lead
 from identity.tests.factories import make_lead as _make_lead
@@ -365,3 +365,22 @@ def test_a_lead_decided_since_the_index_and_the_model_last_changed_is_not_decide
     make_driver(driver_id="D9", first_name="Pedro", last_name="Nadie Nunca")
     drivers_index_refresh()  # the index changed: every unlinked lead is decided again
     assert leads_match()["processed"] == undecided
+
+
+def test_chunks_written_by_a_second_thread_while_the_next_is_decided(transactional_db, park, settings, monkeypatch):
+    """Committed data (the writer thread has a connection of its own): three chunks of two leads."""
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    monkeypatch.setattr(resolution, "DECIDE_BATCHES", 1)
+    alone = {pk: d.outcome for pk, d in decisions_materialize(*_decided(MatchContext.load())).items()}
+    totals = leads_match(batch_size=2)
+    assert totals["processed"] == 6 and totals["linked"] == sum(o == "link" for o in alone.values())
+    linked = set(IdentityLink.objects.filter(source_table="module_ct_cabinet_leads").values_list("source_pk", flat=True))
+    assert linked == {pk for pk, outcome in alone.items() if outcome == "link"}
+    unmatched = dict(IdentityUnmatched.objects.values_list("source_pk", "reason_code"))
+    assert unmatched == {pk: outcome for pk, outcome in alone.items() if outcome != "link"}
+    assert JobRun.objects.get(name="match_leads").counts["processed"] == 6
+
+
+def _decided(context: MatchContext):
+    resolved = leads_decide_frame(leads_load(), context)
+    return resolved.decisions, resolved.scores
