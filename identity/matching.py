@@ -519,15 +519,21 @@ def _corroborated() -> pl.Expr:
       "partial", and not enough.
     - A document plus another exact key (phone, e-mail, birth date) needs some name overlap only.
     - Without a name on the lead, only a document plus another exact key will do.
+    - Guard (relatives sharing a phone or a car): when only a shareable key agrees and the names
+      agree as a subset only (the same surnames, one side with a given name the other lacks: a
+      father and a son "Juan Quispe" / "Juan Carlos Quispe"), a personal key that *differs*
+      (document, e-mail, birth date) says another member of the family: review, never a link.
     """
     document_plus_exact = _is("document", "exact") & (
         _is("phone", "exact") | _is("email", "exact") | _is("birth_date", "exact"))
     personal = _is("document", "exact", "one_typo") | _is("email", "exact") | _is("birth_date", "exact")
     shareable = _is("phone", "exact", "one_typo") | _is("plate", "exact", "one_typo") | _is("email", "one_typo")
     some_name = pl.col("name").is_not_null() & (pl.col("name") != "different")
+    contradicted = _is("document", "different") | _is("email", "different") | _is("birth_date", "different")
+    relatives = _is("name", "subset") & contradicted
     with_name = ((personal & _is("name", *NAME_CORROBORATES))
                  | (document_plus_exact & some_name.fill_null(False))
-                 | (shareable & _is("name", *NAME_AGREES_WITHOUT_CONFLICT)))
+                 | (shareable & _is("name", *NAME_AGREES_WITHOUT_CONFLICT) & ~relatives))
     return pl.when(pl.col("lead_has_name")).then(with_name).otherwise(document_plus_exact)
 
 

@@ -344,3 +344,31 @@ def test_swapped_surnames_weigh_far_less_than_surnames_in_order():
     swapped = candidate_score(peruvian("lucia", "cruz choque", phone="+51951234567"), person("P1", record), FREQ)
 
     assert in_order.level_of("name") == "exact" and in_order.bits > swapped.bits + 5
+
+
+def test_a_shared_phone_with_a_subset_name_and_a_different_document_goes_to_review():
+    # The father "Wilmer Ccahuana Huillca" applies with the family phone, on the record of his son
+    # "Wilmer Alberto Ccahuana Huillca"; the father's own DNI is not the son's. Rare names and a
+    # phone nobody else carries: enough bits for a link, were it not for the guard.
+    son = driver("D1", "wilmer alberto", "ccahuana huillca", phone="+51987654321", document="44556677")
+    father = lead("wilmer ccahuana huillca", phone="+51987654321", document="09876543")
+    decision = lead_decide(father, [person("P1", son)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "subset" and decision.score >= T.link_bits
+    assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
+def test_a_shared_phone_with_a_subset_name_and_no_contradiction_still_links():
+    # The near miss: the same lead without a document of its own is the record's owner writing
+    # one given name; nothing says another person.
+    son = driver("D1", "wilmer alberto", "ccahuana huillca", phone="+51987654321", document="44556677")
+    decision = lead_decide(lead("wilmer ccahuana huillca", phone="+51987654321"), [person("P1", son)], FREQ, T)
+    assert decision.is_link
+
+
+def test_a_shared_phone_with_a_subset_name_and_one_more_agreeing_key_links():
+    # The near miss the other way: the birth date agrees too, so a personal key corroborates.
+    son = driver("D1", "wilmer alberto", "ccahuana huillca", phone="+51987654321", document="44556677",
+                 birth_date=date(1990, 5, 17))
+    one_more = lead("wilmer ccahuana huillca", phone="+51987654321", document="09876543", birth_date=date(1990, 5, 17))
+    decision = lead_decide(one_more, [person("P1", son)], FREQ, T)
+    assert decision.is_link
