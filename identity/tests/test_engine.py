@@ -374,7 +374,8 @@ def test_chunks_written_by_a_second_thread_while_the_next_is_decided(transaction
     alone = {pk: d.outcome for pk, d in decisions_materialize(*_decided(MatchContext.load())).items()}
     totals = leads_match(batch_size=2)
     assert totals["processed"] == 6 and totals["linked"] == sum(o == "link" for o in alone.values())
-    linked = set(IdentityLink.objects.filter(source_table="module_ct_cabinet_leads").values_list("source_pk", flat=True))
+    lead_links = IdentityLink.objects.filter(source_table="module_ct_cabinet_leads")
+    linked = set(lead_links.values_list("source_pk", flat=True))
     assert linked == {pk for pk, outcome in alone.items() if outcome == "link"}
     unmatched = dict(IdentityUnmatched.objects.values_list("source_pk", "reason_code"))
     assert unmatched == {pk: outcome for pk, outcome in alone.items() if outcome != "link"}
