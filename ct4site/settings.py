@@ -115,6 +115,10 @@ CT4_METRICS_CACHE_SECONDS = int(os.environ.get("CT4_METRICS_CACHE_SECONDS", "30"
 CT4_READY_HEARTBEAT_MINUTES = int(os.environ.get("CT4_READY_HEARTBEAT_MINUTES", "5"))
 
 # --- REST API (/api/v1/) -------------------------------------------------------------
+# The API's reads of the views (summaries and listings) and the dashboard's figures are kept this
+# many seconds per web process, and dropped sooner when a job run starts or finishes
+# (recovery.read_cache; 0 turns the cache off). docs/api.md, docs/deploy.md.
+CT4_API_CACHE_SECONDS = int(os.environ.get("CT4_API_CACHE_SECONDS", "60"))
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token for scripts (Authorization: Token <key>; listed first, so an anonymous call gets
