@@ -31,4 +31,8 @@ class ApiClient(FastHttpUser):
                 headers = {"Cookie": f"sessionid={SESSION}"}
             else:
                 headers = {"Authorization": f"Token {TOKEN}", "Accept": "application/json"}
-            self.client.get(path, headers=headers, name=path)
+            # Anything but 200 is an error: a redirect (to the login page) too, so none is followed.
+            with self.client.get(path, headers=headers, name=path, allow_redirects=False,
+                                 catch_response=True) as response:
+                if response.status_code != 200:
+                    response.failure(f"status {response.status_code}")
