@@ -225,15 +225,20 @@ def main() -> int:
     with gunicorn_log.open("w") as log:
         gunicorn = subprocess.Popen([str(Path(PY).parent / "gunicorn"), "-c", "ct4site/deploy/gunicorn.conf.py",
                                      "ct4site.wsgi"], cwd=ROOT, env=web_env, stdout=subprocess.DEVNULL, stderr=log)
+    workers = web_env.get("WEB_CONCURRENCY") or str(2 * (os.cpu_count() or 1) + 1)
     try:
-        wait_ready(url, gunicorn)
+        try:
+            wait_ready(url, gunicorn)
+        except SystemExit:
+            sys.stderr.write(gunicorn_log.read_text()[-3000:])
+            raise
         load_before = os.getloadavg()
         headers = {"Authorization": f"Token {auth['token']}"}
         first = {}
         for path in paths:
             path_headers = {"Cookie": f"sessionid={auth['session']}"} if path == DASHBOARD else headers
             first[path] = first_call(port, path, path_headers)
-        print(f"API under load: {BENCH_DB}, gunicorn {url} ({web_env.get('WEB_CONCURRENCY', 'default')} workers), "
+        print(f"API under load: {BENCH_DB}, gunicorn {url} ({workers} workers), "
               f"{args.users} clients for {args.duration} s, read cache "
               f"{web_env.get('CT4_API_CACHE_SECONDS', 'default')} s; load average before {load_before[0]:.2f} "
               f"{load_before[1]:.2f} {load_before[2]:.2f}")
