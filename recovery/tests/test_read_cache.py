@@ -7,11 +7,13 @@ import time
 
 import pytest
 from django.core.cache import cache
+from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
 from identity.models import JobRun, JobRunStatus
 from identity.tests.factories import make_lead
+from recovery.read_cache import cache_key, read_cached
 from recovery.tests.test_api import READS, V1, client_for, park, user_with  # noqa: F401 - park is a fixture
 
 GAPS = f"{V1}/ops/identity-gaps"
@@ -120,3 +122,44 @@ def test_the_dashboard_figures_are_kept_until_a_job_run_finishes():
     after = client.get("/ops/")
     assert after.status_code == 200
     assert after.context["data"]["red_kpi"]["backlog"] == before + 1
+
+
+def test_a_stale_answer_is_served_only_while_another_worker_recomputes_it():
+    assert read_cached("figures", lambda: "old") == "old"
+    assert read_cached("figures", lambda: "new") == "old"  # fresh: kept
+    _job_run_finished()
+    cache.add(cache_key("figures") + ":lock", 1)  # another worker is recomputing
+    assert read_cached("figures", lambda: "new") == "old"
+    cache.delete(cache_key("figures") + ":lock")
+    assert read_cached("figures", lambda: "new") == "new"
+    assert read_cached("figures", lambda: "newer") == "new"
+
+
+def test_with_nothing_to_serve_a_locked_read_computes_without_storing():
+    cache.add(cache_key("figures") + ":lock", 1)
+    assert read_cached("figures", lambda: "mine") == "mine"
+    cache.delete(cache_key("figures") + ":lock")
+    assert read_cached("figures", lambda: "stored") == "stored"
+
+
+def test_an_exception_is_not_cached_and_releases_the_lock():
+    def fails():
+        raise ValueError("bad parameter")
+
+    with pytest.raises(ValueError):
+        read_cached("figures", fails)
+    assert cache.get(cache_key("figures") + ":lock") is None
+    assert read_cached("figures", lambda: "ok") == "ok"
+
+
+def test_the_shared_database_cache_keeps_and_drops_answers_the_same_way(settings):
+    """CT4_CACHE=database: Django's DatabaseCache in the table ct4_cache, shared by every worker."""
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache",
+                                   "LOCATION": "ct4_cache"}}
+    call_command("createcachetable", verbosity=0)
+    client = client_for(user_with("recovery.view_identitygapanalysis"))
+    before = client.get(GAPS).json["total_leads"]
+    _new_lead()
+    assert client.get(GAPS).json["total_leads"] == before
+    _job_run_finished()
+    assert client.get(GAPS).json["total_leads"] == before + 1
