@@ -20,7 +20,9 @@ once (its "first" time: a cold cache). Printed per endpoint: requests, errors, p
 requests/s and PASS/FAIL against p95 < 500 ms (dashboard: < 1 s), and the machine's load average.
 Exit status 0 when every endpoint passes without errors, 1 otherwise. Gunicorn is stopped at the end.
 --cache-seconds 0 serves with the read cache off (CT4_API_CACHE_SECONDS, recovery/read_cache.py): the
-figures before it existed. Install locust first: `make bench-setup` (bench/requirements.txt).
+figures before it existed. --shared-cache serves with CT4_CACHE=database (one cache for all workers).
+--job-runs-every N records a finished job run every N seconds of the load: each makes every cached
+answer stale, as the scheduled jobs do in production. Install locust first: `make bench-setup` (bench/requirements.txt).
 """
 
 from __future__ import annotations
@@ -77,6 +79,18 @@ for path, operations in sorted(schema["paths"].items()):
     if "get" in operations and path.startswith("/api/v1/"):
         paths.append(path.replace("{{run_id}}", str(run.pk if run else 1)))
 print(json.dumps({{"token": token.key, "session": session.session_key, "paths": paths}}))
+"""
+
+
+# With --job-runs-every N: a finished job run every N seconds during the load (each one makes every
+# cached answer stale, as a real job run does), removed at the end. Bounded: COUNT runs, then exits.
+JOB_RUNS_SCRIPT = """
+import time
+from django.utils import timezone
+from identity.models import JobRun
+for _ in range({count}):
+    time.sleep({every})
+    JobRun.objects.create(name="bench_api_load", status="succeeded", finished_at=timezone.now())
 """
 
 
@@ -193,6 +207,10 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=40, help="seconds of load (default 40)")
     parser.add_argument("--cache-seconds", type=int, default=None,
                         help="CT4_API_CACHE_SECONDS of the server (default: the settings'; 0 turns the read cache off)")
+    parser.add_argument("--shared-cache", action="store_true",
+                        help="CT4_CACHE=database: one cache table for every worker (createcachetable first)")
+    parser.add_argument("--job-runs-every", type=int, default=0, metavar="N",
+                        help="record a finished job run every N seconds during the load (stales every cached answer)")
     parser.add_argument("--web-workers", type=int, default=None,
                         help="gunicorn workers (default: the configuration's, 2 x cores + 1)")
     args = parser.parse_args()
@@ -216,6 +234,10 @@ def main() -> int:
         web_env["CT4_API_CACHE_SECONDS"] = str(args.cache_seconds)
     if args.web_workers:
         web_env["WEB_CONCURRENCY"] = str(args.web_workers)
+    if args.shared_cache:
+        web_env["CT4_CACHE"] = "database"
+        manage("createcachetable", env=web_env)
+        sql_run("TRUNCATE ct4_cache", web_env)  # answers of a previous run
     manage("collectstatic", "--noinput", "-v", "0", env=web_env)
     # With the server's settings: the session carries a hash keyed by its SECRET_KEY.
     auth = last_json(manage("shell", "-c", CLIENT_SETUP.format(user=BENCH_USER), env=web_env)[2])
@@ -240,12 +262,22 @@ def main() -> int:
             first[path] = first_call(port, path, path_headers)
         print(f"API under load: {BENCH_DB}, gunicorn {url} ({workers} workers), "
               f"{args.users} clients for {args.duration} s, read cache "
-              f"{web_env.get('CT4_API_CACHE_SECONDS', 'default')} s; load average before {load_before[0]:.2f} "
+              f"{web_env.get('CT4_API_CACHE_SECONDS', 'default')} s ({web_env.get('CT4_CACHE', 'local')}), "
+              f"a job run every {args.job_runs_every or '-'} s; "
+              f"load average before {load_before[0]:.2f} "
               f"{load_before[1]:.2f} {load_before[2]:.2f}")
         with tempfile.TemporaryDirectory(prefix="ct4-locust-") as tmp:
             started = time.monotonic()
+            runs = None
+            if args.job_runs_every > 0:
+                script = JOB_RUNS_SCRIPT.format(count=args.duration // args.job_runs_every, every=args.job_runs_every)
+                runs = subprocess.Popen([PY, "manage.py", "shell", "-c", script], cwd=ROOT, env=env,
+                                        stdout=subprocess.DEVNULL)
             run_locust(url, paths, auth, args, Path(tmp) / "load")
             elapsed = time.monotonic() - started
+            if runs is not None:
+                runs.wait(timeout=60)
+                sql_run("DELETE FROM ops.job_runs WHERE name = 'bench_api_load'", env)
             load_after = os.getloadavg()
             print("times in ms; 'first' is one request before the load (cold caches)")
             ok = report(Path(tmp) / "load", first, min(elapsed, float(args.duration)))
