@@ -7,6 +7,8 @@ ALLOWED_HOSTS (comma-separated). `ct4site.settings_production` hardens these for
 import os
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from ct4site.database import database_config
 from ct4site.logs import logging_config
 
@@ -116,6 +118,19 @@ CT4_METRICS_CACHE_SECONDS = int(os.environ.get("CT4_METRICS_CACHE_SECONDS", "30"
 CT4_READY_HEARTBEAT_MINUTES = int(os.environ.get("CT4_READY_HEARTBEAT_MINUTES", "5"))
 
 # --- REST API (/api/v1/) -------------------------------------------------------------
+# The API's reads of the views (summaries and listings) and the dashboard's figures are kept this
+# many seconds per web process, and dropped sooner when a job run starts or finishes
+# (recovery.read_cache; 0 turns the cache off). docs/api.md, docs/deploy.md.
+CT4_API_CACHE_SECONDS = int(os.environ.get("CT4_API_CACHE_SECONDS", "60"))
+# Where Django's cache lives: `local` (each process its own memory) or `database` (one table,
+# `ct4_cache`, shared by every web worker on every machine: run `manage.py createcachetable` once).
+# Shared, a summary is computed once for all workers and, while one worker recomputes it, the
+# others serve the previous answer (docs/api.md, "Cached reads").
+CT4_CACHE = os.environ.get("CT4_CACHE", "local").strip().lower()
+if CT4_CACHE == "database":
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.db.DatabaseCache", "LOCATION": "ct4_cache"}}
+elif CT4_CACHE != "local":
+    raise ImproperlyConfigured(f"CT4_CACHE must be 'local' or 'database', not {CT4_CACHE!r}")
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token for scripts (Authorization: Token <key>; listed first, so an anonymous call gets

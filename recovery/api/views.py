@@ -2,6 +2,8 @@
 
 Reads need the view permission of the data they show; starting a job needs
 recovery.run_recovery and is throttled. Job starts answer 202 with the job run to follow.
+The reads of the views answer from a short-lived cache (recovery.read_cache: CT4_API_CACHE_SECONDS,
+dropped when a job run starts or finishes); permissions and parameters are checked first, every time.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from recovery import selectors
 from recovery.api import serializers as s
 from recovery.api.filters import Financial14dFilter, FunnelWeeklyFilter, LimboFilter
 from recovery.api.permissions import CanRunRecovery, HasViewPermission
+from recovery.read_cache import read_cached
 from recovery.sql_views import (
     CabinetFinancial14d,
     CabinetLeadsLimbo,
@@ -69,7 +72,8 @@ class KpiRedRecoveryMetricsView(ReadView):
     def get(self, request):
         query = s.MetricsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        return Response(s.MetricsSerializer(selectors.metrics_daily(**query.validated_data)).data)
+        return Response(read_cached(request.build_absolute_uri(), lambda: s.MetricsSerializer(
+            selectors.metrics_daily(**query.validated_data)).data))
 
 
 class IdentityGapsView(ReadView):
@@ -78,7 +82,8 @@ class IdentityGapsView(ReadView):
     @extend_schema(responses={200: s.IdentityGapsSerializer, **ERRORS},
                    summary="Identity gap summary: counts by reason and risk, freshness, recovery status")
     def get(self, request):
-        return Response(s.IdentityGapsSerializer(selectors.identity_gaps()).data)
+        return Response(read_cached(request.build_absolute_uri(),
+                                    lambda: s.IdentityGapsSerializer(selectors.identity_gaps()).data))
 
 
 def _listing(serializer, summary: str):
@@ -90,6 +95,11 @@ class _ListView(generics.ListAPIView):
     permission_classes = [HasViewPermission]
     pagination_class = Pages
     filter_backends = [DjangoFilterBackend]
+
+    def list(self, request, *args, **kwargs):
+        # The whole page (count, links, rows) by its absolute URL: a bad filter or page raises, uncached.
+        return Response(read_cached(request.build_absolute_uri(),
+                                    lambda: super(_ListView, self).list(request, *args, **kwargs).data))
 
 
 @_listing(s.Financial14dSerializer, "Per-lead 14-day money: expected, claimed, paid")
@@ -126,7 +136,6 @@ class FunnelWeeklyView(_ListView):
 
     def get_queryset(self):
         return selectors.funnel_weekly()
-
 
 
 class _StartJobView(APIView):
