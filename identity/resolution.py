@@ -331,12 +331,27 @@ def leads_resolve_frame(leads: pl.DataFrame, context: MatchContext, *, write: bo
     return outcome_write(outcome, context, write_batch=write_batch)
 
 
+def resolved_subset(resolved: Resolved, source_pks: list[str]) -> BatchOutcome:
+    """The decisions (not written) of some leads of a bigger decided frame, as a batch's outcome."""
+    keep = resolved.leads.filter(pl.col("source_pk").is_in(source_pks)).select("lead_i")
+    part = Resolved(
+        leads=resolved.leads.join(keep, on="lead_i", how="semi"),
+        decisions=resolved.decisions.join(keep, on="lead_i", how="semi"),
+        scores=Scores(resolved.scores.candidates.join(keep, on="lead_i", how="semi"),
+                      resolved.scores.fields.join(keep, on="lead_i", how="semi"), None),
+        hits=resolved.hits.join(keep, on="lead_i", how="semi"))
+    decisions = part.decisions
+    return BatchOutcome(outcomes=dict(zip(decisions["source_pk"], decisions["outcome"], strict=True)), resolved=part)
+
+
 def outcome_write(outcome: BatchOutcome, context: MatchContext, *, write_batch: int | None = None) -> BatchOutcome:
     """Write a decided frame's links (and origins) and unmatched rows, `write_batch` leads per
     transaction (all in one when None); fills outcome.linked and outcome.already_linked."""
     resolved = outcome.resolved
     decisions = resolved.decisions
     outcome.linked, outcome.already_linked = [], []
+    if not decisions.height:
+        return outcome
     written = decisions.join(evidence_json(decisions, resolved.scores, context.thresholds), on="lead_i")
     step = write_batch or written.height
     for start in range(0, written.height, step):

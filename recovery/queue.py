@@ -251,6 +251,16 @@ def queue_claim(*, limit: int, source_pks: list[str] | None = None, after: tuple
     """
     if not connection.in_atomic_block:
         raise RuntimeError("queue_claim must run inside the batch transaction")
+    return _pending(limit=limit, source_pks=source_pks, after=after, lock=True)
+
+
+def queue_peek(*, limit: int, after: tuple | None = None) -> list[str]:
+    """The next `limit` pending leads in claim order after `after`, locked by someone or not, locking
+    nothing: what the next claims will most likely take (recovery decides them ahead)."""
+    return _pending(limit=limit, after=after, lock=False).source_pks
+
+
+def _pending(*, limit: int, source_pks: list[str] | None = None, after: tuple | None = None, lock: bool) -> Claimed:
     conditions, params = ["q.status = %s"], [WorkStatus.PENDING]
     if source_pks is not None:
         conditions.append("q.lead_source_pk = ANY(%s)")
@@ -270,7 +280,7 @@ def queue_claim(*, limit: int, source_pks: list[str] | None = None, after: tuple
             WHERE {" AND ".join(conditions)}
             ORDER BY q.lead_created_at DESC, q.lead_source_pk
             LIMIT %s
-            FOR UPDATE SKIP LOCKED
+            {"FOR UPDATE SKIP LOCKED" if lock else ""}
             """,
             [*params, limit],
         )

@@ -20,7 +20,18 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 from identity.models import JobRun, ReasonCode
-from identity.resolution import ESTIMATE_MIN_LEADS, BatchOutcome, MatchContext, leads_resolve, match_model_current
+from identity.resolution import (
+    ESTIMATE_MIN_LEADS,
+    BatchOutcome,
+    MatchContext,
+    Resolved,
+    leads_decide_frame,
+    leads_load,
+    leads_resolve,
+    match_model_current,
+    outcome_write,
+    resolved_subset,
+)
 from identity.runs import (
     LINK_TABLES,
     DatabaseUnavailable,
@@ -34,8 +45,11 @@ from identity.runs import (
 )
 from recovery.jobs import WorkerSpec, recover_worker_main
 from recovery.models import RECOVERY_TABLES, WorkStatus
-from recovery.queue import DEFAULT_BATCH, lead_links, queue_claim, queue_mark, queue_pending_count
+from recovery.queue import DEFAULT_BATCH, lead_links, queue_claim, queue_mark, queue_peek, queue_pending_count
 from recovery.tracking import attempts_record
+
+# With the index in memory, the leads of this many batches are decided in one frame (DecidedAhead).
+AHEAD_BATCHES = 10
 
 JOB = "recover_kpi_red_leads"
 # Test hook: seconds to sleep at the end of each batch transaction (rows claimed, links written,
@@ -158,6 +172,7 @@ def worker_drain_in_process(
     if context.index is not None and leads >= ESTIMATE_MIN_LEADS:
         # A big drain after the index changed estimates the match model first (docs/matching.md).
         context = reconnecting(lambda: match_model_current(context, run_id=handle.run.pk), handle=handle)
+    ahead = DecidedAhead(context) if context.index is not None else None
     deadlocks = 0
     position = None
     while True:
@@ -166,7 +181,8 @@ def worker_drain_in_process(
             break
         try:
             claimed, next_position, counts = reconnecting(
-                lambda: _claim_and_recover(want=want, position=position, context=context, handle=handle), handle=handle)
+                lambda: _claim_and_recover(want=want, position=position, context=context, handle=handle, ahead=ahead),
+                handle=handle)
         except Exception as exc:
             budget.give_back(want)
             if _is_deadlock(exc) and deadlocks < MAX_DEADLOCK_RETRIES:
@@ -195,7 +211,7 @@ def worker_drain_in_process(
 
 
 def _claim_and_recover(
-    *, want: int, position: tuple | None, context: MatchContext, handle: RunHandle,
+    *, want: int, position: tuple | None, context: MatchContext, handle: RunHandle, ahead: DecidedAhead | None = None,
 ) -> tuple[list[str], tuple | None, dict]:
     """One batch in one transaction: claim up to `want` pending rows after `position`, recover them.
 
@@ -205,12 +221,19 @@ def _claim_and_recover(
     """
     claimed: list[str] = []
     counts: dict = {}
+    if ahead is not None:
+        try:
+            ahead.prepare(want=want, after=position)
+        except Exception as exc:  # the batch decides its own leads, as without look-ahead (and fails them if it must)
+            if isinstance(exc, DatabaseError) or connection_lost(exc):
+                raise
+            ahead.forget()
     try:
         with transaction.atomic():
             claim = queue_claim(limit=want, after=position)
             claimed, position = claim.source_pks, claim.position
             if claimed:
-                counts = _recover_batch(claimed, context)
+                counts = _recover_batch(claimed, context, ahead=ahead)
                 _test_sleep()
     except Exception as exc:  # a matcher failure fails its leads, not the run
         if isinstance(exc, DatabaseError) or connection_lost(exc):
@@ -219,13 +242,50 @@ def _claim_and_recover(
     return claimed, position, counts
 
 
-def _recover_batch(source_pks: list[str], context: MatchContext) -> dict:
+class DecidedAhead:
+    """Decisions made ahead for the next leads in claim order, AHEAD_BATCHES batches at a time with
+    the index in memory, before the claim and outside its transaction: the scorer's cost per frame
+    operation is paid once per ten batches, not per batch, and no row lock is held while it runs.
+    Each batch still claims, writes and commits its own 1,000 leads (SPEC §4); a lead decided ahead
+    and linked meanwhile is left out at its claim, and a claimed lead without a decision (another
+    worker took the ones decided) is decided with its batch, as without look-ahead."""
+
+    def __init__(self, context: MatchContext):
+        self.context = context
+        self.resolved: Resolved | None = None
+        self.decided: set[str] = set()
+
+    def prepare(self, *, want: int, after: tuple | None) -> None:
+        """Decide the next AHEAD_BATCHES batches' leads when the next claim's are not decided yet."""
+        if set(queue_peek(limit=want, after=after)) <= self.decided:
+            return
+        pks = queue_peek(limit=want * AHEAD_BATCHES, after=after)
+        leads = leads_load(pks)
+        self.resolved = leads_decide_frame(leads, self.context) if leads.height else None
+        self.decided = set(leads["source_pk"].to_list())
+
+    def forget(self) -> None:
+        self.resolved, self.decided = None, set()
+
+    def outcome(self, source_pks: list[str]) -> BatchOutcome | None:
+        """The claimed leads' decisions (not written), or None when some were not decided ahead."""
+        if self.resolved is None or not set(source_pks) <= self.decided:
+            return None
+        return resolved_subset(self.resolved, source_pks)
+
+
+def _recover_batch(source_pks: list[str], context: MatchContext, *, ahead: DecidedAhead | None = None) -> dict:
     """One claimed batch, inside its transaction: resolve, mark the queue rows, record attempts."""
     # Leads linked since they were seeded (a reviewer, another job) are matched as they are;
     # running the matcher on them would only write a stale unmatched row.
     linked_before = lead_links(source_pks)
     todo = [pk for pk in source_pks if pk not in linked_before]
-    outcome = leads_resolve(source_pks=todo, context=context) if todo else BatchOutcome()
+    if not todo:
+        outcome = BatchOutcome()
+    elif ahead is not None and (decided := ahead.outcome(todo)) is not None:
+        outcome = outcome_write(decided, context)
+    else:
+        outcome = leads_resolve(source_pks=todo, context=context)
     # A lead with no decision (its row is gone from the leads table) or decided "link" but
     # without a link after the write has failed in a way the matcher did not explain.
     reasons = {pk: ReasonCode.ERROR.value for pk in source_pks}

@@ -77,14 +77,17 @@ def _app_name() -> str:
 
 
 def _wait_for_open_batches(proc: subprocess.Popen, app: str, *, committed: int, open_batches: int = 1) -> None:
-    """Until `committed` queue rows are done and `open_batches` of the job's batches are open."""
+    """Until `committed` queue rows are done and `open_batches` of the job's batches are open: a
+    transaction that has claimed rows (they hold a transaction id), whether it is sleeping in the test
+    hook or waiting for another batch's lock. (Recovery decides the next batches' leads outside any
+    transaction, so "idle in transaction" alone would miss a batch waiting on a lock.)"""
     deadline = time.monotonic() + 120
     while True:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.monotonic() < deadline, "the job never reached the batch to cut"
         done = KpiRedRecoveryQueue.objects.exclude(status="pending").count()
         in_flight = scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s "
-                           "AND state = 'idle in transaction'", [app])
+                           "AND backend_xid IS NOT NULL", [app])
         if done >= committed and in_flight >= open_batches:
             return
         time.sleep(0.05)

@@ -14,6 +14,7 @@ from django.utils import timezone
 from identity.index import drivers_index_refresh
 from identity.models import CabinetLead, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun
 from identity.tests.factories import link_lead, make_driver, make_person
+from recovery.jobs import recover as recover_module
 from recovery.jobs.recover import queue_recover
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
 from recovery.queue import queue_seed
@@ -221,3 +222,36 @@ def test_claims_walk_the_queue_once_even_with_equal_and_missing_lead_times():
     assert result.processed == result.batches == 7
     assert set(KpiRedRecoveryQueue.objects.values_list("attempts", flat=True)) == {1}
     assert {lead.source_pk for lead in leads + legacy} == set(queue_rows())
+
+
+def test_leads_decided_ahead_are_recovered_as_batch_by_batch(settings, monkeypatch):
+    """With the index in memory, recovery decides ten batches' leads ahead, outside the claims; the
+    queue ends as deciding each batch alone would leave it (the SQL path, batch by batch)."""
+    matchable = bulk_leads(300, matchable_every=7)
+    drivers_index_refresh()
+    queue_seed()
+    decided_ahead = []
+    real = recover_module.DecidedAhead.prepare
+    monkeypatch.setattr(recover_module.DecidedAhead, "prepare",
+                        lambda self, **kw: (decided_ahead.append(kw), real(self, **kw))[1])
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    result = queue_recover(batch_size=40)
+    assert decided_ahead and result.matched == matchable and result.processed == 300
+    rows = queue_rows()
+    assert sum(r.status == "matched" for r in rows.values()) == matchable
+    assert IdentityLink.objects.filter(source_table="module_ct_cabinet_leads").count() == matchable
+
+
+def test_a_failing_look_ahead_leaves_each_batch_to_decide_its_own_leads(settings, monkeypatch):
+    matchable = bulk_leads(120, matchable_every=6)
+    drivers_index_refresh()
+    queue_seed()
+
+    def broken(*args, **kwargs):
+        raise ValueError("look-ahead broke")
+
+    monkeypatch.setattr(recover_module, "leads_decide_frame", broken)  # the look-ahead's, not the batches'
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    result = queue_recover(batch_size=40)
+    assert (result.processed, result.matched) == (120, matchable)
+    assert "ERROR" not in result.by_reason
