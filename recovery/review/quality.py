@@ -9,7 +9,6 @@ from dataclasses import asdict, dataclass
 from statistics import NormalDist
 
 from django.conf import settings
-from django.utils import timezone
 
 from identity.models import LEADS_TABLE
 from recovery.db import sql_rows
@@ -158,4 +157,4 @@ def audit_report() -> dict:
                       for rule in rules],
             "below_threshold": asdict(_below(*below.get(month, [0, 0, 0, 0]))),
         })
-    return {"generated_at": timezone.now(), "confidence": CONFIDENCE, "periods": periods}
+    return {"confidence": CONFIDENCE, "periods": periods}

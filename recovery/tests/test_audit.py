@@ -7,7 +7,10 @@ from io import StringIO
 from zoneinfo import ZoneInfo
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.urls import reverse
+from rest_framework.test import APIClient
 
 from identity.models import IdentityLink, IdentityUnmatched, JobRun
 from identity.tests.factories import link_lead, make_lead, make_person
@@ -248,3 +251,17 @@ def test_audit_report_on_hand_made_verdicts(verdicts):
     out = StringIO()
     call_command("audit_report", stdout=out)
     assert "rule_a" in out.getvalue() and "0.8000 [0.4902, 0.9433]" in out.getvalue()
+
+
+def test_quality_api_permission_and_figures(verdicts, ana):
+    url = "/api/v1/identity/quality"
+    assert reverse("api:identity-quality") == url
+    assert APIClient().get(url).status_code in (401, 403)
+    clerk = get_user_model().objects.create_user("clerk", password="x-lima-2026")
+    client = APIClient()
+    client.force_authenticate(clerk)
+    assert client.get(url).status_code == 403
+    client.force_authenticate(ana)  # the reviewer group views every recovery table, audit items included
+    response = client.get(url)
+    assert response.status_code == 200
+    _check_report(response.json())
