@@ -12,12 +12,13 @@ from django.core.management import call_command
 from django.urls import reverse
 from rest_framework.test import APIClient
 
+from identity.index import drivers_index_refresh
 from identity.models import IdentityLink, IdentityUnmatched, JobRun
-from identity.tests.factories import link_lead, make_lead, make_person
+from identity.tests.factories import link_lead, make_driver, make_lead, make_person
 from recovery.models import AuditItem
 from recovery.review.audit import allocate, audit_sample, audit_verdict_record, sample_size, score_band
 from recovery.review.quality import audit_report, wilson_interval
-from recovery.tests.factories import reviewer
+from recovery.tests.factories import recover, reviewer
 
 pytestmark = pytest.mark.django_db
 LIMA = ZoneInfo("America/Lima")
@@ -265,3 +266,67 @@ def test_quality_api_permission_and_figures(verdicts, ana):
     response = client.get(url)
     assert response.status_code == 200
     _check_report(response.json())
+
+
+@pytest.fixture
+def linked_twin():
+    """A lead the matcher links automatically (the pipeline's own evidence, rule and score)."""
+    driver = make_driver(first_name="Nélida", last_name="Soncco Tintaya", phone="987123456", document="44556677")
+    lead = make_lead(days_ago=5, first_name="Nélida", last_name="Soncco Tintaya", phone="987 123 456",
+                     document="DNI 44.556.677", email=None, birth_date=None)
+    drivers_index_refresh()
+    recover()
+    link = IdentityLink.objects.get(source_table="module_ct_cabinet_leads", source_pk=lead.source_pk)
+    assert link.decided_by == "system"
+    audit_sample(seed="lima")
+    return lead, driver, link, AuditItem.objects.get(source_pk=lead.source_pk)
+
+
+def test_the_audit_screen_is_blind(client, ana, linked_twin):
+    lead, driver, link, item = linked_twin
+    client.force_login(ana)
+    listing = client.get(reverse("review:list"), {"kind": "audit"}).content.decode()
+    assert f'data-item="{item.pk}"' in listing and reverse("review:audit", args=[item.pk]) in listing
+    assert link.match_rule not in listing and item.stratum not in listing
+    response = client.get(reverse("review:audit", args=[item.pk]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert lead.source_pk in html and driver.driver_id[:10] in html and "Soncco Tintaya" in html
+    assert "44556677" in html  # the values themselves, field by field
+    lowered = html.lower()
+    for hidden in (link.match_rule, item.stratum, "score", "bits", "confidence", "evidence", link.rule_version):
+        assert hidden.lower() not in lowered, hidden
+    assert f"{link.match_score:.1f}" not in html and f"{link.evidence['score']}" not in html
+    assert 'data-status="' not in html  # no field verdicts from the engine either
+    assert "does <b>not</b> undo the link" in html
+    for answer in ("Same person", "Not the same person", "Cannot tell"):
+        assert f">{answer}</button>" in html
+
+
+def test_a_verdict_through_the_screen_and_a_second_refused(client, ana, linked_twin):
+    lead, _, link, item = linked_twin
+    client.force_login(ana)
+    url = reverse("review:audit", args=[item.pk])
+    response = client.post(url, {"verdict": "same", "note": "mismo DNI y celular"}, follow=True)
+    assert response.redirect_chain[-1][0] == reverse("review:list") + "?kind=audit"
+    item.refresh_from_db()
+    assert (item.verdict, item.decided_by_name, item.note) == ("same", "ana.revisora", "mismo DNI y celular")
+    client.force_login(reviewer("luis.revisor"))
+    response = client.post(url, {"verdict": "not_same"}, follow=True)
+    text = response.content.decode()
+    assert "na.revisora already answered \u201cSame person\u201d" in text and "Your answer was not recorded" in text
+    item.refresh_from_db()
+    assert item.verdict == "same"
+    assert IdentityLink.objects.filter(pk=link.pk).exists()
+    assert 'id="audit-verdict"' in client.get(url).content.decode()
+
+
+def test_the_audit_screen_needs_the_reviewer_permission(client, linked_twin):
+    *_, item = linked_twin
+    url = reverse("review:audit", args=[item.pk])
+    assert client.get(url).status_code == 302
+    client.force_login(get_user_model().objects.create_user("clerk", password="x-lima-2026", is_staff=True))
+    assert client.get(url).status_code == 403
+    assert client.post(url, {"verdict": "same"}).status_code == 403
+    item.refresh_from_db()
+    assert item.verdict is None
