@@ -133,6 +133,7 @@ def _population_sql(window: bool) -> str:
     FROM canon.identity_unmatched u
     WHERE u.source_table = %(leads)s AND u.status = 'open' AND u.reason_code = ANY(%(reasons)s)
       AND u.details->'candidates'->0->>'person_key' IS NOT NULL
+      AND NOT coalesce((u.details->'candidates'->0->>'excluded_by_judgement')::boolean, false)
       AND (u.details->>'score')::float8 < coalesce((u.details->'thresholds'->>'link')::float8, %(link_bits)s)
       AND (u.details->>'score')::float8
           >= coalesce((u.details->'thresholds'->>'link')::float8, %(link_bits)s) - %(below_bits)s

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -31,7 +31,7 @@ def _links(count: int, *, rule: str, score: float, month: datetime | None = None
                       match_score=score, linked_at=month) for _ in range(count)]
 
 
-def _below(count: int, *, score: float) -> list[str]:
+def _below(count: int, *, score: float, excluded: bool = False) -> list[str]:
     pks = []
     for _ in range(count):
         lead, person = make_lead(), make_person()
@@ -39,7 +39,8 @@ def _below(count: int, *, score: float) -> list[str]:
             source_table="module_ct_cabinet_leads", source_pk=lead.source_pk, reason_code="WEAK_MATCH_ONLY",
             snapshot_date=lead.lead_date,
             details={"score": score, "thresholds": {"link": 8.0, "margin": 6.0, "weak": -6.0},
-                     "candidates": [{"person_key": str(person.person_key), "score": score, "fields": []}]})
+                     "candidates": [{"person_key": str(person.person_key), "score": score, "fields": [],
+                                     "excluded_by_judgement": excluded or None}]})
         pks.append(lead.source_pk)
     return pks
 
@@ -76,6 +77,7 @@ def test_strata_sizes_and_the_plan(wide):
     IdentityLink.objects.filter(pk=_links(1, rule="manual_review", score=40.0)[0].pk).update(decided_by="ana")
     _below(10, score=5.0)
     _below(4, score=0.5)  # more than 6 bits under the threshold: not "just below"
+    _below(2, score=7.0, excluded=True)  # a reviewer already rejected the best candidate
     out = StringIO()
     call_command("audit_sample", "--seed", "lima", stdout=out)
     plan = {(s["stratum"]): s for s in _plan_json("--seed", "lima", "--dry-run")["strata"]}
@@ -141,6 +143,9 @@ def test_run_limits_the_population_to_the_links_of_that_run(wide):
     run = JobRun.objects.create(name="recover_kpi_red_leads", status="succeeded",
                                 started_at=datetime(2026, 1, 10, 11, tzinfo=LIMA),
                                 finished_at=datetime(2026, 1, 10, 13, tzinfo=LIMA))
+    with pytest.raises(CommandError, match="there is no job run") as error:
+        call_command("audit_sample", "--run", str(run.pk + 1000), stdout=StringIO())
+    assert error.value.returncode == 2 and not AuditItem.objects.exists()
     result = audit_sample(source_run_id=run.pk, seed="x")
     assert result.drawn == 5
     assert set(AuditItem.objects.values_list("source_pk", flat=True)) == set(

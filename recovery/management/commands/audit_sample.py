@@ -1,5 +1,6 @@
 """Draw the audit sample: automatic links by rule and score band, and leads just below the threshold."""
 
+from identity.models import JobRun
 from identity.runs import EXIT_USAGE, JobCommand, command_exit
 from recovery.review.audit import audit_sample
 
@@ -18,6 +19,8 @@ class Command(JobCommand):
     def run(self, **options):
         if options["n"] is not None and options["n"] < 0:
             command_exit(EXIT_USAGE, "--n must be >= 0")
+        if options["source_run"] is not None and not JobRun.objects.filter(pk=options["source_run"]).exists():
+            command_exit(EXIT_USAGE, f"there is no job run {options['source_run']}")
         return audit_sample(n=options["n"], source_run_id=options["source_run"], seed=options["seed"])
 
     def summary(self, result) -> str:
