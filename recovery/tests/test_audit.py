@@ -2,6 +2,8 @@
 screen and its verdicts, the estimates (Wilson intervals) in audit_report and the quality API."""
 
 import json
+import threading
+import time
 from datetime import datetime
 from io import StringIO
 from zoneinfo import ZoneInfo
@@ -9,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.db import connections
 from django.urls import reverse
 from rest_framework.test import APIClient
 
@@ -335,3 +338,42 @@ def test_the_audit_screen_needs_the_reviewer_permission(client, linked_twin):
     assert client.post(url, {"verdict": "same"}).status_code == 403
     item.refresh_from_db()
     assert item.verdict is None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_answers_at_the_same_moment_record_exactly_one(monkeypatch):
+    _links(1, rule="document_exact", score=35.0)
+    audit_sample(seed="x")
+    item = AuditItem.objects.get()
+    users = {"ana.revisora": "same", "bob.revisor": "not_same"}
+    accounts = {name: reviewer(name) for name in users}
+    # Widen the window between the check and the write: without the item's row lock both answers
+    # would find it open and both would be recorded.
+    save = AuditItem.save
+
+    def slow_save(self, *args, **kwargs):
+        time.sleep(0.5)
+        return save(self, *args, **kwargs)
+
+    monkeypatch.setattr(AuditItem, "save", slow_save)
+    barrier = threading.Barrier(2)
+    outcomes = {}
+
+    def answer(name):
+        try:
+            barrier.wait()
+            outcomes[name] = audit_verdict_record(item_id=item.pk, verdict=users[name], user=accounts[name])
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=answer, args=(name,)) for name in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o.status for o in outcomes.values()) == ["already_decided", "recorded"]
+    winner = next(name for name, o in outcomes.items() if o.status == "recorded")
+    item.refresh_from_db()
+    assert (item.decided_by_name, item.verdict) == (winner, users[winner])
+    loser = next(o for o in outcomes.values() if o.status == "already_decided")
+    assert f"{winner} already answered" in loser.message
