@@ -24,8 +24,8 @@ class Command(JobCommand):
         return audit_sample(n=options["n"], source_run_id=options["source_run"], seed=options["seed"])
 
     def summary(self, result) -> str:
-        lines = [f"{'stratum':<40} {'kind':<16} {'population':>10} {'target':>7} {'before':>7} {'drawn':>6}"]
+        lines = [f"drew {result.drawn} audit items (seed {result.seed}, run {result.run_id}); the plan:",
+                 f"{'stratum':<40} {'kind':<16} {'population':>10} {'target':>7} {'before':>7} {'drawn':>6}"]
         lines += [f"{s.stratum:<40} {s.kind:<16} {s.population:>10} {s.target:>7} {s.already:>7} {s.drawn:>6}"
                   for s in result.strata]
-        lines.append(f"drew {result.drawn} audit items (seed {result.seed}, run {result.run_id})")
         return "\n".join(lines)
