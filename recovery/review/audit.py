@@ -69,27 +69,25 @@ def sample_size(*, population: int, half_width: float, confidence: float, propor
 
 
 def allocate(wanted: dict[str, int], *, cap: int) -> dict[str, int]:
-    """Cut the strata's wanted draws down to `cap` in all: proportionally (largest remainders), at
-    least one for every stratum that wants any while the cap allows, deterministic (ties by name)."""
+    """Cut the strata's wanted draws down to `cap` in all, evenly: each stratum gets an equal share,
+    a stratum that wants less gives the rest to the others (so every estimate, per rule and band and
+    below the threshold, gets its sample, however small its population). Deterministic: when fewer
+    items are left than strata, the strata that still want most get one each (ties by name)."""
+    given = dict.fromkeys(wanted, 0)
     if sum(wanted.values()) <= cap:
         return dict(wanted)
-    asking = sorted((h for h, n in wanted.items() if n > 0), key=lambda h: (-wanted[h], h))
-    given = {h: 0 for h in wanted}
-    if cap <= len(asking):
-        for h in asking[:cap]:
-            given[h] = 1
-        return given
-    total = sum(wanted.values())
-    shares = {h: wanted[h] * cap / total for h in asking}
-    for h in asking:
-        given[h] = min(wanted[h], max(1, math.floor(shares[h])))
-    left = cap - sum(given.values())
-    for h in sorted(asking, key=lambda h: (-(shares[h] - math.floor(shares[h])), h)):
-        if left <= 0:
+    asking, left = sorted(h for h, n in wanted.items() if n > 0), cap
+    while left > 0 and asking:
+        share = left // len(asking)
+        if share == 0:
+            for h in sorted(asking, key=lambda h: (-(wanted[h] - given[h]), h))[:left]:
+                given[h] += 1
             break
-        if given[h] < wanted[h]:
-            given[h] += 1
-            left -= 1
+        for h in asking:
+            take = min(share, wanted[h] - given[h])
+            given[h] += take
+            left -= take
+        asking = [h for h in asking if given[h] < wanted[h]]
     return given
 
 
@@ -150,9 +148,9 @@ def audit_sample(
 
     Each stratum's target is sample_size() of its population (CT4_AUDIT); what earlier runs drew
     counts towards it and is never drawn again; the draws of one run are capped at `n` (default
-    CT4_AUDIT max_per_run) by allocate(). Within a stratum the order is md5(seed, lead, person): the
-    same seed on the same data draws the same items. `source_run_id` limits the population to the
-    links (and unmatched rows) written during that job run.
+    CT4_AUDIT max_per_run), shared evenly between the strata by allocate(). Within a stratum the
+    order is md5(seed, lead, person): the same seed on the same data draws the same items.
+    `source_run_id` limits the population to the links (and unmatched rows) written during that run.
     """
     config = audit_settings()
     cap = config["max_per_run"] if n is None else n

@@ -61,11 +61,14 @@ def test_sample_size_is_the_proportion_formula_with_the_finite_population_correc
     assert sample_size(population=1000, half_width=0.005, confidence=0.95) == 975
 
 
-def test_allocate_cuts_proportionally_and_keeps_one_per_stratum():
+def test_allocate_shares_the_cap_evenly_and_passes_on_what_a_small_stratum_leaves():
     assert allocate({"a": 34, "b": 17}, cap=200) == {"a": 34, "b": 17}
-    assert allocate({"a": 34, "b": 17}, cap=10) == {"a": 7, "b": 3}
+    assert allocate({"a": 34, "b": 17}, cap=10) == {"a": 5, "b": 5}
     assert allocate({"a": 100, "b": 1, "c": 0}, cap=5) == {"a": 4, "b": 1, "c": 0}
     assert allocate({"a": 3, "b": 2, "c": 1}, cap=2) == {"a": 1, "b": 1, "c": 0}
+    # The demo park's plan: four score bands and 25 leads below the threshold, 200 a run.
+    assert allocate({"fs|30+": 2180, "fs|12-20": 629, "fs|20-30": 417, "fs|<12": 132, "below_threshold": 25},
+                    cap=200) == {"fs|30+": 44, "fs|12-20": 44, "fs|20-30": 44, "fs|<12": 43, "below_threshold": 25}
 
 
 def test_score_bands():
