@@ -200,6 +200,15 @@ CT4_MATCHING = {
     # shown to reviewers and not weighed (identity.fields); 0 turns it off.
     "recruit_window_days": int(os.environ.get("CT4_RECRUIT_WINDOW_DAYS", "7")),
 }
+# Audit sampling (recovery.review.audit, docs/review.md "Audit sampling"): each stratum's sample gives
+# a 95 % interval of +/- precision_half_width on its proportion (the standard formula with the finite
+# population correction, at expected_proportion), and one audit_sample run draws at most max_per_run items.
+CT4_AUDIT = {
+    "precision_half_width": float(os.environ.get("CT4_AUDIT_HALF_WIDTH", "0.005")),
+    "confidence": float(os.environ.get("CT4_AUDIT_CONFIDENCE", "0.95")),
+    "expected_proportion": float(os.environ.get("CT4_AUDIT_EXPECTED_PROPORTION", "0.5")),
+    "max_per_run": int(os.environ.get("CT4_AUDIT_MAX_PER_RUN", "200")),
+}
 # A matching run over at least this many leads reads the drivers index into memory once
 # (identity.resolution, docs/engine.md); smaller ones use the database's indexes.
 CT4_IN_MEMORY_MIN_LEADS = int(os.environ.get("CT4_IN_MEMORY_MIN_LEADS", "2000"))

@@ -11,6 +11,7 @@ from django.db.models import Q
 from identity.admin import LeadParkFilter, NormalizedSearchMixin, ReadOnlyAdmin, lead_key_hits, review_link
 from identity.models import CabinetLead
 from recovery.models import (
+    AuditItem,
     CabinetFinancial14d,
     CabinetLeadsLimbo,
     ClusterHeartbeat,
@@ -69,6 +70,19 @@ class ClusterHeartbeatAdmin(ReadOnlyAdmin):
     list_filter = ("host", "cluster", ("seen_at", admin.DateFieldListFilter))
     search_fields = ("=host",)
     ordering = ("-seen_at",)
+
+
+@admin.register(AuditItem)
+class AuditItemAdmin(LeadSearchMixin, ReadOnlyAdmin):
+    """The audit sample and its verdicts (recovery.review.audit writes them; reviewers answer on the review screen)."""
+
+    list_display = ("source_pk", "person", "kind", "stratum", "sampled_at", "verdict", "decided_by_name",
+                    "decided_at")
+    list_filter = ("kind", "verdict", "stratum", ("sampled_at", admin.DateFieldListFilter))
+    search_fields = ("=source_pk",)
+    person_lookup = "person_id"
+    lead_field = "source_pk"
+    ordering = ("-sampled_at", "id")
 
 
 # --- the SQL views -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Operational tables of the recovery jobs (schema ops): the red-KPI queue, per-lead job tracking, cluster
 heartbeats."""
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Now
@@ -100,6 +101,53 @@ class ClusterHeartbeat(models.Model):
         db_table = 'ops"."qcluster_heartbeats'
         constraints = [models.UniqueConstraint(fields=["host", "pid"], name="qcluster_heartbeat_one_per_process")]
         indexes = [models.Index(fields=["seen_at"], name="qcluster_heartbeat_seen_idx")]
+
+
+class AuditVerdict(models.TextChoices):
+    SAME = "same", "Same person"
+    NOT_SAME = "not_same", "Not the same person"
+    CANNOT_TELL = "cannot_tell", "Cannot tell"
+
+
+class AuditKind(models.TextChoices):
+    LINK = "link"  # an automatic link, to confirm or reject
+    BELOW_THRESHOLD = "below_threshold"  # a lead scored just below the link threshold and its best candidate
+
+
+class AuditItem(models.Model):
+    """A lead and a person drawn by the audit sample (recovery.review.audit) for a blind verdict."""
+
+    source_pk = models.TextField()
+    person = models.ForeignKey(Person, on_delete=models.PROTECT, db_column="person_key", related_name="+")
+    kind = models.TextField(choices=AuditKind.choices)
+    # The stratum it was drawn from ("<rule>|<band>" for a link, "below_threshold"); never shown to the reviewer.
+    stratum = models.TextField()
+    sampled_at = models.DateTimeField(db_default=Now())
+    # The audit_sample run that drew it.
+    run = models.ForeignKey("identity.JobRun", on_delete=models.PROTECT, null=True, blank=True, related_name="+")
+    verdict = models.TextField(choices=AuditVerdict.choices, null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_by_name = models.TextField(blank=True, default="")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    note = models.TextField(blank=True, default="")
+
+    class Meta:
+        db_table = 'ops"."audit_items'
+        constraints = [
+            models.UniqueConstraint(fields=["source_pk", "person"], condition=Q(verdict__isnull=True),
+                                    name="audit_item_one_open_per_pair"),
+            choices_check("kind", AuditKind, "audit_item_kind_valid"),
+            choices_check("verdict", AuditVerdict, "audit_item_verdict_valid", nullable=True),
+            models.CheckConstraint(condition=Q(verdict__isnull=True) | Q(decided_at__isnull=False),
+                                   name="audit_item_verdict_has_time"),
+        ]
+        indexes = [models.Index(fields=["kind", "verdict"], name="audit_item_kind_idx"),
+                   models.Index(fields=["source_pk"], name="audit_item_source_idx")]
+
+    def __str__(self) -> str:
+        return f"audit {self.kind} {self.source_pk} -> {self.person_id}"
 
 
 # The SQL views are unmanaged models; importing them here is what makes Django (and

@@ -26,7 +26,8 @@ from identity.models import (
 from identity.resolution import MatchContext, match_model_estimate
 from identity.tests.factories import lima_today, make_claim, make_driver, make_lead, make_trips
 from recovery.heartbeat import heartbeat_beat
-from recovery.models import CabinetLeadsLimbo, KpiRedBacklog, KpiRedRecoveryQueue
+from recovery.models import AuditItem, CabinetLeadsLimbo, KpiRedBacklog, KpiRedRecoveryQueue
+from recovery.review.audit import audit_sample, audit_verdict_record
 from recovery.review.decide import review_decide
 from recovery.review.listing import review_queue
 from recovery.review.rules import REVIEWER_GROUP, Action
@@ -42,7 +43,7 @@ READ_ONLY = (
     "recovery.KpiRedRecoveryQueue", "recovery.IdentityMatchingJob", "recovery.KpiRedBacklog",
     "recovery.IdentityGapAnalysis", "recovery.DriverUnlinkedActivity", "recovery.CabinetFinancial14d",
     "recovery.CabinetLeadsLimbo", "recovery.FunnelAuditWeekly", "recovery.KpiRedRecoveryMetricsDaily",
-    "recovery.ClusterHeartbeat",
+    "recovery.ClusterHeartbeat", "recovery.AuditItem",
 )
 
 
@@ -74,6 +75,8 @@ def park():
     reviewer.groups.add(Group.objects.get(name=REVIEWER_GROUP))
     review_decide(source_pk=decided.source_pk, action=Action.LINK, person_key=person_of(a), user=reviewer)
     review_decide(source_pk=still_open.source_pk, action=Action.DEFER, user=reviewer)
+    audit_sample(seed="admin")  # the twin's automatic link becomes an audit item, answered
+    audit_verdict_record(item_id=AuditItem.objects.get(source_pk=twin.source_pk).pk, verdict="same", user=reviewer)
     heartbeat_beat(host="ops-1", pid=4242, cluster="ct4")
     match_model_estimate(None, MatchContext.load())  # a match model (too few pairs here: declared m kept)
     late = make_driver(first_name="Abdón", last_name="Cjuro Sullca")  # not indexed yet: no identity

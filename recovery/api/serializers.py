@@ -164,3 +164,44 @@ class FunnelWeekSerializer(serializers.ModelSerializer):
         model = FunnelAuditWeekly
         fields = ["week_start", "leads_total", "limbo_no_identity", "limbo_no_driver", "limbo_no_trips_14d",
                   "limbo_trips_no_claim", "limbo_ok"]
+
+
+# --- audit estimates (recovery.review.quality) ----------------------------------------------
+
+
+class PrecisionSerializer(serializers.Serializer):
+    links = serializers.IntegerField(help_text="automatic lead links made")
+    audited = serializers.IntegerField(help_text="of them, audit items answered")
+    confirmed = serializers.IntegerField(help_text='answered "same person"')
+    rejected = serializers.IntegerField(help_text='answered "not the same person"')
+    cannot_tell = serializers.IntegerField()
+    precision = serializers.FloatField(allow_null=True, help_text="stratified estimate; null before any verdict")
+    precision_low = serializers.FloatField(allow_null=True, help_text="Wilson interval, lower bound")
+    precision_high = serializers.FloatField(allow_null=True, help_text="Wilson interval, upper bound")
+
+
+class RulePrecisionSerializer(PrecisionSerializer):
+    rule = serializers.CharField()
+
+
+class BelowThresholdSerializer(serializers.Serializer):
+    sampled = serializers.IntegerField()
+    audited = serializers.IntegerField()
+    confirmed = serializers.IntegerField(help_text="true matches the threshold left unlinked")
+    rejected = serializers.IntegerField()
+    cannot_tell = serializers.IntegerField()
+    true_match_share = serializers.FloatField(allow_null=True)
+    share_low = serializers.FloatField(allow_null=True)
+    share_high = serializers.FloatField(allow_null=True)
+
+
+class QualityPeriodSerializer(serializers.Serializer):
+    month = serializers.CharField(help_text='YYYY-MM (park time), or "all"')
+    overall = PrecisionSerializer()
+    rules = RulePrecisionSerializer(many=True)
+    below_threshold = BelowThresholdSerializer()
+
+
+class QualitySerializer(serializers.Serializer):
+    confidence = serializers.FloatField()
+    periods = QualityPeriodSerializer(many=True)

@@ -16,6 +16,7 @@ v1 = [
     path("ops/jobs/<int:run_id>", views.JobRunView.as_view(), name="job-run"),
     path("ops/cabinet-leads/limbo", views.LimboView.as_view(), name="cabinet-leads-limbo"),
     path("ops/cabinet-leads/funnel-weekly", views.FunnelWeeklyView.as_view(), name="cabinet-leads-funnel-weekly"),
+    path("identity/quality", views.IdentityQualityView.as_view(), name="identity-quality"),
     path("identity/drivers-index/refresh", views.DriversIndexRefreshView.as_view(), name="drivers-index-refresh"),
 ]
 

@@ -23,7 +23,9 @@ from recovery import selectors
 from recovery.api import serializers as s
 from recovery.api.filters import Financial14dFilter, FunnelWeeklyFilter, LimboFilter
 from recovery.api.permissions import CanRunRecovery, HasViewPermission
+from recovery.models import AuditItem
 from recovery.read_cache import read_cached
+from recovery.review.quality import audit_report
 from recovery.sql_views import (
     CabinetFinancial14d,
     CabinetLeadsLimbo,
@@ -84,6 +86,18 @@ class IdentityGapsView(ReadView):
     def get(self, request):
         return Response(read_cached(request.build_absolute_uri(),
                                     lambda: s.IdentityGapsSerializer(selectors.identity_gaps()).data))
+
+
+class IdentityQualityView(ReadView):
+    """Precision of the automatic links and true matches left below the threshold, from the audit verdicts.
+    Not cached: a verdict is no job run, so the shared read cache would not drop it."""
+
+    permission_model = AuditItem
+
+    @extend_schema(responses={200: s.QualitySerializer, **ERRORS},
+                   summary="Estimated precision per rule and month (Wilson 95 %), from the audit sample")
+    def get(self, request):
+        return Response(s.QualitySerializer(audit_report()).data)
 
 
 def _listing(serializer, summary: str):

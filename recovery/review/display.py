@@ -4,6 +4,7 @@ engine's own verdict on it (identity.fields levels: agree, near, disagree, missi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from identity import fields as registry
 from identity.fields import AGREEING_FIELDS, shown_as
@@ -80,3 +81,22 @@ def _cell(name: str, lead: CabinetLead, record, driver: Driver | None, levels: d
     if name == "park_id":
         return Cell(shown, "agree" if shown and shown == (lead.park_id or "") else "info")
     return Cell(shown, shown_as(name, levels.get(name)))
+
+
+@dataclass
+class BlindRow:
+    """A field of the blind audit screen: the lead's value and each driver record's, no verdict on them."""
+
+    field: str
+    label: str
+    lead_value: str
+    values: list[str]
+
+
+_NO_RECORD = SimpleNamespace(document=None)
+
+
+def blind_rows(lead: CabinetLead, drivers: list[Driver]) -> list[BlindRow]:
+    """The lead beside the person's driver records, field by field, values only (no level, no bits)."""
+    return [BlindRow(name, label, _lead_display(lead, name), [_driver_display(d, _NO_RECORD, name) for d in drivers])
+            for name, label in _rows_shown()]

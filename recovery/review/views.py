@@ -13,7 +13,10 @@ from django.urls import reverse
 from django.views.generic import TemplateView
 
 from identity.models import REVIEW_REASONS, ReasonCode
+from recovery.models import AuditVerdict
 from recovery.queue import backlog_count
+from recovery.review.audit import audit_verdict_record
+from recovery.review.audit_screen import audit_open_items, audit_screen
 from recovery.review.decide import review_decide
 from recovery.review.listing import review_parks, review_queue
 from recovery.review.rules import DEFER_HOURS, REVIEW_PERMISSION, Action
@@ -21,6 +24,8 @@ from recovery.review.screen import review_lead
 
 PAGE_SIZE = 50
 RISKS = ("high", "medium", "low")
+# The list's kinds: doubtful leads (conflict, weak match) or AUDIT items (recovery.review.audit).
+KIND_LEADS, KIND_AUDIT = "leads", "audit"
 
 
 class ReviewerRequired(PermissionRequiredMixin):
@@ -42,6 +47,8 @@ class ReviewListView(ReviewerRequired, TemplateView):
     template_name = "review/list.html"
 
     def get_context_data(self, **kwargs):
+        if self.request.GET.get("kind") == KIND_AUDIT:
+            return self._audit_context(**kwargs)
         filters = {
             "reason": self.request.GET.get("reason") if self.request.GET.get("reason") in REVIEW_REASONS else None,
             "risk": self.request.GET.get("risk") if self.request.GET.get("risk") in RISKS else None,
@@ -67,6 +74,22 @@ class ReviewListView(ReviewerRequired, TemplateView):
             "parks": review_parks(),
             "defer_hours": DEFER_HOURS,
             "query": {k: v for k, v in filters.items() if v},
+            "kind": KIND_LEADS,
+        }
+
+    def _audit_context(self, **kwargs):
+        number = _page_number(self.request.GET.get("page"))
+        items, total = audit_open_items(limit=PAGE_SIZE, offset=(number - 1) * PAGE_SIZE)
+        pages = max(-(-total // PAGE_SIZE), 1)
+        return {
+            **super().get_context_data(**kwargs),
+            **self.admin_context("Audit items to review"),
+            "kind": KIND_AUDIT,
+            "audit_items": items,
+            "total": total,
+            "page": {"number": number, "pages": pages, "previous": number - 1 if number > 1 else None,
+                     "next": number + 1 if number < pages else None},
+            "backlog": backlog_count(),
         }
 
 
@@ -113,3 +136,38 @@ class ReviewLeadView(ReviewerRequired, TemplateView):
             # Candidates still stand: stay on the lead.
             return redirect("review:lead", source_pk=source_pk)
         return redirect(reverse("review:list"))
+
+
+class AuditVerdictForm(forms.Form):
+    verdict = forms.ChoiceField(choices=AuditVerdict.choices)
+    note = forms.CharField(required=False, max_length=500)
+
+
+class AuditItemView(ReviewerRequired, TemplateView):
+    """One audit item, blind: the lead and the linked person field by field, without the score, the rule,
+    the confidence or the evidence; the reviewer answers same person, not the same person, cannot tell."""
+
+    template_name = "review/audit.html"
+
+    def get_context_data(self, **kwargs):
+        screen = audit_screen(self.kwargs["item_id"])
+        if screen is None:
+            raise Http404("No such audit item")
+        return {**super().get_context_data(**kwargs), **self.admin_context(f"Audit item {screen.item.pk}"),
+                "screen": screen, "verdicts": AuditVerdict.choices}
+
+    def post(self, request, *args, **kwargs):
+        item_id = self.kwargs["item_id"]
+        form = AuditVerdictForm(request.POST)
+        if not form.is_valid():
+            messages.error(request, "The answer could not be read; nothing was recorded.")
+            return redirect("review:audit", item_id=item_id)
+        outcome = audit_verdict_record(item_id=item_id, verdict=form.cleaned_data["verdict"], user=request.user,
+                                       note=form.cleaned_data["note"])
+        if outcome.status == "not_found":
+            raise Http404("No such audit item")
+        if not outcome.applied:
+            messages.error(request, outcome.message)
+            return redirect("review:audit", item_id=item_id)
+        messages.success(request, outcome.message)
+        return redirect(reverse("review:list") + f"?kind={KIND_AUDIT}")

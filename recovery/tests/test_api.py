@@ -41,6 +41,7 @@ READS = [
     ("GET", f"{V1}/ops/identity-gaps", "recovery.view_identitygapanalysis"),
     ("GET", f"{V1}/ops/cabinet-leads/limbo", "recovery.view_cabinetleadslimbo"),
     ("GET", f"{V1}/ops/cabinet-leads/funnel-weekly", "recovery.view_funnelauditweekly"),
+    ("GET", f"{V1}/identity/quality", "recovery.view_audititem"),
 ]
 STARTS = [
     ("POST", f"{V1}/ops/identity-gaps/run-recovery", "recovery.run_recovery"),

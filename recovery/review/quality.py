@@ -1,0 +1,160 @@
+"""Precision in production, from the audit verdicts: per rule and overall, per month, the links made,
+audited, confirmed, rejected and "cannot tell", the stratified precision estimate with a Wilson
+interval, and the share of true matches among the below-threshold sample (docs/review.md)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from statistics import NormalDist
+
+from django.conf import settings
+
+from identity.models import LEADS_TABLE
+from recovery.db import sql_rows
+from recovery.models import AuditKind, AuditVerdict
+from recovery.review.audit import LINK_SCORE_SQL, band_sql
+
+CONFIDENCE = 0.95
+ALL_MONTHS = "all"
+
+
+def wilson_interval(p: float, n: float, *, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The Wilson score interval of a proportion `p` observed on `n` items (n may be an effective size)."""
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class Cell:
+    """One stratum's figures: its links and the verdicts on its audit items."""
+
+    links: int = 0
+    audited: int = 0
+    confirmed: int = 0
+    rejected: int = 0
+    cannot_tell: int = 0
+
+    def add(self, other: Cell) -> None:
+        for name in ("links", "audited", "confirmed", "rejected", "cannot_tell"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class Estimate:
+    links: int
+    audited: int
+    confirmed: int
+    rejected: int
+    cannot_tell: int
+    precision: float | None
+    precision_low: float | None
+    precision_high: float | None
+
+
+def stratified_estimate(strata: list[Cell]) -> Estimate:
+    """p = sum_h W_h p_h over the strata with a decided verdict, W_h = N_h / sum N (their links), p_h =
+    confirmed_h / (confirmed_h + rejected_h); the interval is Wilson's at the effective sample size
+    p (1 - p) / sum_h W_h^2 p_h (1 - p_h) / n_h (the plain count of decided items when that is 0)."""
+    total = Cell()
+    for cell in strata:
+        total.add(cell)
+    judged = [c for c in strata if c.confirmed + c.rejected > 0 and c.links > 0]
+    population = sum(c.links for c in judged)
+    if not judged:
+        return Estimate(**asdict(total), precision=None, precision_low=None, precision_high=None)
+    p = variance = 0.0
+    for c in judged:
+        n_h = c.confirmed + c.rejected
+        w, p_h = c.links / population, c.confirmed / n_h
+        p += w * p_h
+        variance += w * w * p_h * (1 - p_h) / n_h
+    n_eff = p * (1 - p) / variance if variance > 0 else sum(c.confirmed + c.rejected for c in judged)
+    low, high = wilson_interval(p, n_eff)
+    return Estimate(**asdict(total), precision=round(p, 6), precision_low=round(low, 6),
+                    precision_high=round(high, 6))
+
+
+@dataclass
+class BelowThreshold:
+    sampled: int
+    audited: int
+    confirmed: int
+    rejected: int
+    cannot_tell: int
+    true_match_share: float | None
+    share_low: float | None
+    share_high: float | None
+
+
+def _below(sampled: int, confirmed: int, rejected: int, cannot_tell: int) -> BelowThreshold:
+    judged = confirmed + rejected
+    share = low = high = None
+    if judged:
+        share = confirmed / judged
+        low, high = (round(x, 6) for x in wilson_interval(share, judged))
+        share = round(share, 6)
+    return BelowThreshold(sampled, judged + cannot_tell, confirmed, rejected, cannot_tell, share, low, high)
+
+
+_LINK_CELLS_SQL = f"""
+WITH link AS (
+    -- automatic lead links: month (park time), rule, score band
+    SELECT l.source_pk, l.person_key, l.match_rule AS rule, {band_sql(LINK_SCORE_SQL)} AS band,
+           to_char(timezone(%(tz)s, l.linked_at), 'YYYY-MM') AS month
+    FROM canon.identity_links l
+    WHERE l.source_table = %(leads)s AND l.decided_by = 'system'
+)
+SELECT link.month, link.rule, link.band, count(*) AS links,
+       count(a.id) FILTER (WHERE a.verdict IS NOT NULL) AS audited,
+       count(a.id) FILTER (WHERE a.verdict = %(same)s) AS confirmed,
+       count(a.id) FILTER (WHERE a.verdict = %(not_same)s) AS rejected,
+       count(a.id) FILTER (WHERE a.verdict = %(cannot_tell)s) AS cannot_tell
+FROM link
+LEFT JOIN ops.audit_items a ON a.kind = %(link_kind)s AND a.source_pk = link.source_pk
+                           AND a.person_key = link.person_key
+GROUP BY link.month, link.rule, link.band
+"""
+
+_BELOW_SQL = """
+-- the below-threshold sample by the month it was drawn
+SELECT to_char(timezone(%(tz)s, a.sampled_at), 'YYYY-MM') AS month, count(*) AS sampled,
+       count(*) FILTER (WHERE a.verdict = %(same)s) AS confirmed,
+       count(*) FILTER (WHERE a.verdict = %(not_same)s) AS rejected,
+       count(*) FILTER (WHERE a.verdict = %(cannot_tell)s) AS cannot_tell
+FROM ops.audit_items a WHERE a.kind = %(below_kind)s
+GROUP BY 1
+"""
+
+
+def audit_report() -> dict:
+    """The estimates per month (and over all months, `month` "all"), overall and per rule."""
+    params = {"tz": settings.TIME_ZONE, "leads": LEADS_TABLE, "same": AuditVerdict.SAME.value,
+              "not_same": AuditVerdict.NOT_SAME.value, "cannot_tell": AuditVerdict.CANNOT_TELL.value,
+              "link_kind": AuditKind.LINK.value, "below_kind": AuditKind.BELOW_THRESHOLD.value}
+    cells: dict[str, dict[tuple[str, str], Cell]] = {}
+    for row in sql_rows(_LINK_CELLS_SQL, params):
+        cell = Cell(row["links"], row["audited"], row["confirmed"], row["rejected"], row["cannot_tell"])
+        for month in (row["month"], ALL_MONTHS):
+            cells.setdefault(month, {}).setdefault((row["rule"], row["band"]), Cell()).add(cell)
+    below: dict[str, list[int]] = {}
+    for row in sql_rows(_BELOW_SQL, params):
+        for month in (row["month"], ALL_MONTHS):
+            figures = below.setdefault(month, [0, 0, 0, 0])
+            for i, name in enumerate(("sampled", "confirmed", "rejected", "cannot_tell")):
+                figures[i] += row[name]
+    periods = []
+    for month in sorted(set(cells) | set(below), key=lambda m: (m == ALL_MONTHS, m)):
+        strata = cells.get(month, {})
+        rules = sorted({rule for rule, _ in strata})
+        periods.append({
+            "month": month,
+            "overall": asdict(stratified_estimate(list(strata.values()))),
+            "rules": [{"rule": rule, **asdict(stratified_estimate([c for (r, _), c in strata.items() if r == rule]))}
+                      for rule in rules],
+            "below_threshold": asdict(_below(*below.get(month, [0, 0, 0, 0]))),
+        })
+    return {"confidence": CONFIDENCE, "periods": periods}
