@@ -272,13 +272,10 @@ class SqlIndex:
         return persons.select("lead_i", "person_key").join(self.persons_records(persons["person_key"]), on="person_key")
 
     def records_with(self, column: str, values: pl.Series) -> pl.DataFrame:
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT {column}, person_key::text, given_tokens, surname_tokens FROM canon.drivers_index "
-                           f"WHERE {column} = ANY(%s)", [values.to_list()])
-            rows = cursor.fetchall()
-        schema = {"value": values.dtype, "person_key": pl.String, "given_tokens": pl.List(pl.String),
+        schema = {"value": RECORD_SCHEMA[column], "person_key": pl.String, "given_tokens": pl.List(pl.String),
                   "surname_tokens": pl.List(pl.String)}
-        return pl.DataFrame(rows, schema=schema, orient="row")
+        return frame_read(f"SELECT {column}, person_key, given_tokens, surname_tokens FROM canon.drivers_index "
+                          f"WHERE {column} = ANY(%s)", [values.to_list()], schema=schema)
 
 
 def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:

@@ -138,17 +138,19 @@ def match_model_m() -> dict:
     return latest or {}
 
 
+def _model_estimated_at():
+    return MatchModel.objects.order_by("-estimated_at").values_list("estimated_at", flat=True).first()
+
+
 def match_inputs_changed_at():
     """When what decides a lead last changed: the drivers index, or the match model (None: never)."""
-    model_at = MatchModel.objects.order_by("-estimated_at").values_list("estimated_at", flat=True).first()
-    times = [t for t in (index_changed_at(), model_at) if t is not None]
+    times = [t for t in (index_changed_at(), _model_estimated_at()) if t is not None]
     return max(times) if times else None
 
 
 def match_model_stale() -> bool:
     """No model yet, or the drivers index changed after the latest one was estimated."""
-    model_at = MatchModel.objects.order_by("-estimated_at").values_list("estimated_at", flat=True).first()
-    index_at = index_changed_at()
+    model_at, index_at = _model_estimated_at(), index_changed_at()
     return model_at is None or (index_at is not None and index_at > model_at)
 
 
@@ -178,13 +180,13 @@ def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000
     return pairs
 
 
-def match_model_estimate(leads: pl.DataFrame | None, context: MatchContext, *, run_id: int | None = None) -> MatchContext:
-    """Estimate m from these leads' (None: the newest ESTIMATE_SAMPLE leads') candidate pairs (with
-    the context's current m: levels do not depend on it), store it as the latest match model, and
-    return the context scoring with it. A level the data cannot support (too few pairs, outside its
+def match_model_estimate(context: MatchContext, *, run_id: int | None = None) -> MatchContext:
+    """Estimate m from the newest ESTIMATE_SAMPLE leads' candidate pairs (with the context's current
+    m: levels do not depend on it), store it as the latest match model, and return the context
+    scoring with it. A level the data cannot support (too few pairs, outside its
     declared range) keeps its declared m, and the model row and the log say which and why."""
     # Every lead, linked or not, newest first: the leftovers of earlier runs alone are the hard cases.
-    sample = leads_load(limit=ESTIMATE_SAMPLE) if leads is None else leads.head(ESTIMATE_SAMPLE)
+    sample = leads_load(limit=ESTIMATE_SAMPLE)
     pairs = run_pairs(sample, context)
     estimate = m_estimate(pairs)
     usable: dict[str, dict[str, float]] = {}
@@ -208,7 +210,7 @@ def match_model_current(context: MatchContext, *, run_id: int | None = None) -> 
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext('ct4.match_model'))")
         if match_model_stale():
-            return match_model_estimate(None, context, run_id=run_id)
+            return match_model_estimate(context, run_id=run_id)
     return dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=match_model_m()))
 
 
@@ -439,8 +441,7 @@ def leads_match(
         with progress_bar(todo.height, "matching", progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
             in_flight: tuple[int, Future, int] | None = None
 
-            def finish(batch_no: int, future: Future, height: int) -> None:
-                counts = future.result()
+            def finish(batch_no: int, counts: Counter, height: int) -> None:
                 totals.update(counts)
                 run.counts = dict(totals)
                 run.log_batch(batch_no, **counts)
@@ -452,17 +453,16 @@ def leads_match(
                     if not pipelined:
                         # A lost connection rolls back the write in flight; the chunk is decided and written
                         # again (links committed before it come back as already_linked).
-                        done: Future = Future()
-                        done.set_result(reconnecting(lambda: leads_resolve_frame(
-                            batch, context, write=not dry_run, write_batch=batch_size).counts(), handle=run))
-                        finish(batch_no, done, batch.height)
+                        finish(batch_no, reconnecting(lambda: leads_resolve_frame(
+                            batch, context, write=not dry_run, write_batch=batch_size).counts(), handle=run),
+                            batch.height)
                         continue
                     outcome = reconnecting(lambda: leads_resolve_frame(batch, context, write=False), handle=run)
                     if in_flight:
-                        finish(*in_flight)
+                        finish(in_flight[0], in_flight[1].result(), in_flight[2])
                     in_flight = (batch_no, writer.submit(_write_in_thread, outcome, context, batch_size), batch.height)
                 if in_flight:
-                    finish(*in_flight)
+                    finish(in_flight[0], in_flight[1].result(), in_flight[2])
             finally:
                 if pipelined:  # the writer thread's own connection
                     writer.submit(connections.close_all).result()

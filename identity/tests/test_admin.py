@@ -78,7 +78,7 @@ def park():
     audit_sample(seed="admin")  # the twin's automatic link becomes an audit item, answered
     audit_verdict_record(item_id=AuditItem.objects.get(source_pk=twin.source_pk).pk, verdict="same", user=reviewer)
     heartbeat_beat(host="ops-1", pid=4242, cluster="ct4")
-    match_model_estimate(None, MatchContext.load())  # a match model (too few pairs here: declared m kept)
+    match_model_estimate(MatchContext.load())  # a match model (too few pairs here: declared m kept)
     late = make_driver(first_name="Abdón", last_name="Cjuro Sullca")  # not indexed yet: no identity
     make_trips(late, {lima_today(): 4})
     return {"twin": twin, "twin_driver": twin_driver, "decided": decided, "open": still_open, "weak": weak_lead,
