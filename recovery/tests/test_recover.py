@@ -14,10 +14,12 @@ from django.utils import timezone
 from identity.index import drivers_index_refresh
 from identity.models import CabinetLead, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun
 from identity.tests.factories import link_lead, make_driver, make_person
+from recovery.guardrails import guardrails_run_all
 from recovery.jobs import recover as recover_module
 from recovery.jobs.recover import queue_recover
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
 from recovery.queue import queue_seed
+from recovery.sql_views import KpiRedBacklog, KpiRedRecoveryMetricsDaily
 from recovery.tests.factories import (
     LEADS,
     assert_nothing_half_written,
@@ -166,6 +168,12 @@ def test_recovery_killed_mid_batch_then_rerun_loses_nothing_and_does_nothing_twi
     killed = JobRun.objects.filter(name="recover_kpi_red_leads").order_by("started_at").first()
     assert (killed.status, killed.error.split(":")[0]) == ("failed", "abandoned")
     assert not JobRun.objects.filter(status="running").exists()
+    # Every guardrail passes, and the daily metrics add up: each day's end is its start plus what came
+    # in minus what was matched, and today's end is the backlog view.
+    assert [r.name for r in guardrails_run_all() if not r.ok] == []
+    days = list(KpiRedRecoveryMetricsDaily.objects.order_by("metric_date"))
+    assert days and all(d.backlog_end == d.backlog_start + d.new_backlog_in - d.matched_out for d in days)
+    assert days[-1].backlog_end == KpiRedBacklog.objects.count() == len(backlog())
 
 
 @pytest.mark.slow
