@@ -1,9 +1,10 @@
 """The admin for the identity tables: browse, filter and search everything; edit only source data.
 
-Links, undone links (their history), origins, unmatched rows, judgements, job runs, the drivers index and persons are read-only
-for everyone: they change only through the services (identity.linking, identity.index,
-identity.runs), so a hand edit can never break the canonical rules. Reviewers decide doubtful
-leads on the review screens (/review/), which go through identity.linking like the jobs do.
+Links, undone links (their history), origins, unmatched rows, judgements, job runs, the drivers
+index and persons are read-only for everyone: they change only through the services
+(identity.linking, identity.index, identity.runs), so a hand edit can never break the canonical
+rules. Reviewers decide doubtful leads on the review screens (/review/), which go through
+identity.linking like the jobs do.
 """
 
 from __future__ import annotations

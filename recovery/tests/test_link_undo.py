@@ -23,7 +23,7 @@ from identity.models import (
     IdentityOrigin,
     IdentityUnmatched,
 )
-from identity.tests.factories import link_lead, lima_today, make_lead, make_person
+from identity.tests.factories import lima_today, link_lead, make_lead, make_person
 from recovery.guardrails import guardrails_run_all
 from recovery.models import AuditItem, IdentityMatchingJob
 from recovery.review.audit import audit_sample, audit_verdict_record
