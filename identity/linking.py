@@ -260,7 +260,6 @@ class UnlinkOutcome:
     history_id: int | None = None
     # The person's origin after the undo: the earliest lead still linked to them, None when none is left.
     origin_source_id: str | None = None
-    unmatched_reopened: bool = False
 
     @property
     def unlinked(self) -> bool:
@@ -330,7 +329,6 @@ def lead_unlink(
             """,
             [UnmatchedStatus.OPEN, LEADS_TABLE, source_pk, UnmatchedStatus.RESOLVED],
         )
-        outcome.unmatched_reopened = cursor.rowcount == 1
         # origins_refresh only writes persons who still have a lead link: one left with none loses its origin.
         origins_refresh(cursor=cursor, person_keys=[person_key])
         cursor.execute(
