@@ -1,9 +1,10 @@
 """The admin for the identity tables: browse, filter and search everything; edit only source data.
 
-Links, origins, unmatched rows, judgements, job runs, the drivers index and persons are read-only
-for everyone: they change only through the services (identity.linking, identity.index,
-identity.runs), so a hand edit can never break the canonical rules. Reviewers decide doubtful
-leads on the review screens (/review/), which go through identity.linking like the jobs do.
+Links, undone links (their history), origins, unmatched rows, judgements, job runs, the drivers
+index and persons are read-only for everyone: they change only through the services
+(identity.linking, identity.index, identity.runs), so a hand edit can never break the canonical
+rules. Reviewers decide doubtful leads on the review screens (/review/), which go through
+identity.linking like the jobs do.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from identity.models import (
     DriverTrips,
     IdentityJudgement,
     IdentityLink,
+    IdentityLinkHistory,
     IdentityOrigin,
     IdentityUnmatched,
     JobRun,
@@ -357,6 +359,19 @@ class IdentityLinkAdmin(NormalizedSearchMixin, ReadOnlyAdmin):
         if (hits := index_hits(term)) is not None:
             q |= Q(source_table=DRIVERS_TABLE, source_pk__in=DriverIndexEntry.objects.filter(hits).values("driver_id"))
         return q or None
+
+
+@admin.register(IdentityLinkHistory)
+class IdentityLinkHistoryAdmin(NormalizedSearchMixin, ReadOnlyAdmin):
+    """Links a person undid (identity.linking.lead_unlink): who, when, why, from where, and the link itself."""
+
+    list_display = ("source_pk", "person", "match_rule", "match_score", "decided_by", "linked_at", "undone_by_name",
+                    "undone_at", "undone_via", "audit_item_id", "reason")
+    list_filter = ("undone_via", "match_rule", "undone_by_name", ("undone_at", admin.DateFieldListFilter))
+    search_fields = ("=source_pk", "=undone_by_name")
+    person_lookup = "person_id"
+    ordering = ("-undone_at", "-id")
+    list_select_related = ()
 
 
 @admin.register(IdentityOrigin)

@@ -1,9 +1,10 @@
-"""The one writer of persons, links, origins, unmatched rows and judgements (SPEC §3 canonical rules).
+"""The one writer of persons, links, origins, unmatched rows, judgements and the history of undone links
+(SPEC §3 canonical rules).
 
 Automatic matching and a reviewer's decision both come through here, so the rules live in one
 place: one link per source record (the database refuses a second), an automatic run never
-touches a link a person decided, origin = the earliest lead linked to the person, and every
-write happens for a whole batch in the caller's transaction.
+touches a link a person decided, only a person undoes a link (lead_unlink), origin = the earliest
+lead linked to the person, and every write happens for a whole batch in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from identity.bulk import frame_copy, frame_read, staging_create
-from identity.models import LEADS_TABLE, PARK_TIME_ZONE, ReasonCode, UnmatchedStatus, Verdict
+from identity.models import LEADS_TABLE, PARK_TIME_ZONE, ReasonCode, UndoneVia, UnmatchedStatus, Verdict
 
 
 @dataclass
@@ -250,6 +251,106 @@ def origins_refresh(*, cursor, person_keys: list[str] | None = None) -> int:
     return cursor.rowcount
 
 
+@dataclass
+class UnlinkOutcome:
+    status: str  # unlinked, not_linked
+    message: str
+    source_pk: str
+    person_key: str
+    history_id: int | None = None
+    # The person's origin after the undo: the earliest lead still linked to them, None when none is left.
+    origin_source_id: str | None = None
+
+    @property
+    def unlinked(self) -> bool:
+        return self.status == "unlinked"
+
+
+def lead_unlink(
+    *, source_pk: str, person_key: str, user, reason: str, undone_via: str, audit_item_id: int | None = None,
+) -> UnlinkOutcome:
+    """Undo one lead's link to a person, all or nothing: a person's decision, never a job's.
+
+    The lead is locked first (as a review decision does), then the person (as every link writer does);
+    then, if the lead is still linked to that person: the link is copied into canon.identity_link_history
+    with who undid it, when, why and from where (`undone_via`, `audit_item_id`) and removed; a
+    NOT_THIS_PERSON judgement keeps every later automatic run from linking the two again; the lead's
+    unmatched row, if it has one, is open again; the person's origin moves to the earliest lead still
+    linked to them, or is deleted when none is left. When the lead is no longer linked to that person
+    (undone already, or linked to someone else) nothing is written and the outcome says so (not_linked).
+    """
+    if user is None or not user.get_username() or user.get_username() == "system":
+        raise ValueError("only a person can undo a link: give the user who decided it")
+    if undone_via not in UndoneVia.values:
+        raise ValueError(f"unknown undone_via {undone_via!r}")
+    if not reason.strip():
+        raise ValueError("say why the link is undone (reason)")
+    username = user.get_username()
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM public.module_ct_cabinet_leads WHERE source_pk = %s FOR UPDATE", [source_pk])
+        _lock_persons(cursor, [person_key])
+        cursor.execute(
+            """
+            WITH removed AS (
+                DELETE FROM canon.identity_links
+                WHERE source_table = %(leads)s AND source_pk = %(pk)s AND person_key = %(person)s::uuid
+                RETURNING *
+            )
+            INSERT INTO canon.identity_link_history
+                (source_table, source_pk, person_key, match_rule, match_score, confidence_level, evidence,
+                 rule_version, linked_at, decided_by, undone_by_id, undone_by_name, undone_at, reason,
+                 undone_via, audit_item_id)
+            SELECT r.source_table, r.source_pk, r.person_key, r.match_rule, r.match_score, r.confidence_level,
+                   r.evidence, r.rule_version, r.linked_at, r.decided_by, %(user_id)s, %(username)s, now(),
+                   %(reason)s, %(via)s, %(item)s
+            FROM removed r
+            RETURNING id
+            """,
+            {"leads": LEADS_TABLE, "pk": source_pk, "person": person_key, "user_id": user.pk, "username": username,
+             "reason": reason, "via": undone_via, "item": audit_item_id},
+        )
+        row = cursor.fetchone()
+        if row is None:
+            cursor.execute(
+                "SELECT person_key::text FROM canon.identity_links WHERE source_table = %s AND source_pk = %s",
+                [LEADS_TABLE, source_pk])
+            now_linked = cursor.fetchone()
+            where = f"is linked to person {now_linked[0]} now" if now_linked else "has no link now"
+            return UnlinkOutcome(
+                "not_linked", f"Lead {source_pk} is not linked to person {person_key} (it {where}). Nothing was undone.",
+                source_pk, person_key)
+        outcome = UnlinkOutcome("unlinked", "", source_pk, person_key, history_id=row[0])
+        judgement_record(source_pk=source_pk, person_key=person_key, verdict=Verdict.NOT_THIS_PERSON, user=user,
+                         note=reason)
+        cursor.execute(
+            """
+            UPDATE canon.identity_unmatched SET status = %s, updated_at = now()
+            WHERE source_table = %s AND source_pk = %s AND status = %s
+            """,
+            [UnmatchedStatus.OPEN, LEADS_TABLE, source_pk, UnmatchedStatus.RESOLVED],
+        )
+        # origins_refresh only writes persons who still have a lead link: one left with none loses its origin.
+        origins_refresh(cursor=cursor, person_keys=[person_key])
+        cursor.execute(
+            """
+            DELETE FROM canon.identity_origin o
+            WHERE o.person_key = %s::uuid
+              AND NOT EXISTS (SELECT 1 FROM canon.identity_links l
+                              WHERE l.source_table = %s AND l.person_key = o.person_key)
+            """,
+            [person_key, LEADS_TABLE],
+        )
+        cursor.execute("SELECT origin_source_id FROM canon.identity_origin WHERE person_key = %s::uuid", [person_key])
+        origin = cursor.fetchone()
+        outcome.origin_source_id = origin[0] if origin else None
+        outcome.message = (
+            f"Link of lead {source_pk} to person {person_key} undone by {username}; "
+            + (f"the person's origin is now lead {outcome.origin_source_id}."
+               if origin else "the person has no lead left, so no origin.")
+        )
+    return outcome
+
+
 def leads_record_unmatched_frame(*, outcomes: pl.DataFrame, snapshot_date=None) -> int:
     """Upsert each unlinked lead's reason and candidates (a frame of UNMATCHED_COLUMNS, details as JSON
     text) into canon.identity_unmatched."""
@@ -343,11 +444,13 @@ def _json_default(value):
 __all__ = [
     "LeadLink",
     "ReasonCode",
+    "UnlinkOutcome",
     "drivers_first_build",
     "drivers_link",
     "drivers_register_persons",
     "judgement_record",
     "lead_links",
+    "lead_unlink",
     "leads_link",
     "leads_link_frame",
     "leads_record_unmatched_frame",

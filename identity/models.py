@@ -325,6 +325,64 @@ class IdentityJudgement(models.Model):
         indexes = [models.Index(fields=["source_table", "source_pk"], name="identity_judgement_source_idx")]
 
 
+class UndoneVia(models.TextChoices):
+    """Where a person undid a link from."""
+
+    AUDIT = "audit", "An audit verdict (not the same person)"
+    COMMAND = "command", "The link_undo command"
+    API = "api", "The REST API"
+
+
+class IdentityLinkHistory(models.Model):
+    """A lead link a person undid: the removed link's columns, and who undid it, when, why and from where.
+
+    Written only by identity.linking.lead_unlink, in the transaction that removes the link; never
+    changed afterwards. The daily metrics read it (the lead re-entered the backlog at undone_at) and so
+    does the audit report (an undone automatic link still counts among the links the matcher made)."""
+
+    source_table = models.TextField(choices=SourceTable.choices, default=SourceTable.CABINET_LEADS)
+    source_pk = models.TextField()
+    person = models.ForeignKey(Person, on_delete=models.PROTECT, db_column="person_key", related_name="+")
+    match_rule = models.TextField()
+    match_score = models.FloatField(null=True, blank=True)
+    confidence_level = models.TextField(choices=ConfidenceLevel.choices)
+    evidence = models.JSONField(default=dict, blank=True)
+    rule_version = models.TextField(default="")
+    linked_at = models.DateTimeField()
+    decided_by = models.TextField()
+    undone_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    # Kept apart from the user row so the record survives the user's deletion.
+    undone_by_name = models.TextField()
+    undone_at = models.DateTimeField(db_default=Now())
+    reason = models.TextField()
+    undone_via = models.TextField(choices=UndoneVia.choices)
+    # The ops.audit_items row whose verdict undid the link (no foreign key: identity does not know
+    # recovery's tables).
+    audit_item_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        db_table = 'canon"."identity_link_history'
+        verbose_name = "undone link"
+        verbose_name_plural = "identity link history"
+        constraints = [
+            choices_check("source_table", SourceTable, "identity_link_history_source_table_valid"),
+            choices_check("confidence_level", ConfidenceLevel, "identity_link_history_confidence_valid"),
+            choices_check("undone_via", UndoneVia, "identity_link_history_via_valid"),
+            models.CheckConstraint(condition=~Q(undone_by_name__in=["", "system"]),
+                                   name="identity_link_history_undone_by_person"),
+        ]
+        indexes = [
+            models.Index(fields=["source_table", "source_pk"], name="identity_link_history_src_idx"),
+            models.Index(fields=["undone_at"], name="identity_link_history_at_idx"),
+            models.Index(fields=["audit_item_id"], name="identity_link_history_item_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source_table}:{self.source_pk} -/-> {self.person_id}"
+
+
 # --- Job runs (schema ops) -----------------------------------------------------------
 
 

@@ -371,6 +371,21 @@ def outcome_write(outcome: BatchOutcome, context: MatchContext, *, write_batch: 
     return outcome
 
 
+def leads_unmatched_record(*, source_pks: list[str]) -> dict[str, str]:
+    """Decide these leads now and record the reason and candidates of each one the matcher would not
+    link (its open unmatched row), writing no link: a lead decided "link" is left to the next
+    recovery run. What a person's undo of a link records (the judgement it stored already excludes
+    the person). Returns each lead's outcome, "link" or its reason code."""
+    context = MatchContext.load()
+    outcome = leads_resolve_frame(leads_load(source_pks), context, write=False)
+    decisions = outcome.resolved.decisions
+    if decisions.height:
+        written = decisions.join(evidence_json(decisions, outcome.resolved.scores, context.thresholds), on="lead_i")
+        linking.leads_record_unmatched_frame(outcomes=written.filter(pl.col("outcome") != "link").select(
+            "source_pk", pl.col("outcome").alias("reason_code"), pl.col("evidence").alias("details")))
+    return outcome.outcomes
+
+
 def _write_in_thread(outcome: BatchOutcome, context: MatchContext, write_batch: int) -> Counter:
     """outcome_write on the writer thread's own connection; a lost connection rolls back the
     transaction in flight, which is written again (links committed before it: already_linked)."""

@@ -359,6 +359,31 @@ def queue_mark_linked(*, source_pks: list[str]) -> int:
         return cursor.rowcount
 
 
+def queue_reopen(*, source_pks: list[str]) -> int:
+    """Put these leads back in the queue as pending (inserted when they have no row), their match
+    forgotten: what a person's undo of a link does, so recovery tries them again. Leads that have a
+    link now are left alone. Returns rows written."""
+    if not source_pks:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            INSERT INTO {QUEUE} AS q (lead_source_pk, status, attempts, lead_created_at, created_at, updated_at)
+            SELECT l.source_pk, %s, 0, l.created_at, now(), now()
+            FROM public.module_ct_cabinet_leads l
+            WHERE l.source_pk = ANY(%s)
+              AND NOT EXISTS (SELECT 1 FROM canon.identity_links il
+                              WHERE il.source_table = %s AND il.source_pk = l.source_pk)
+            ORDER BY l.source_pk
+            ON CONFLICT (lead_source_pk) DO UPDATE SET
+                status = EXCLUDED.status, matched_person_key = NULL, matched_at = NULL, fail_reason = NULL,
+                next_attempt_at = NULL, updated_at = now()
+            """,
+            [WorkStatus.PENDING, source_pks, LEADS_TABLE],
+        )
+        return cursor.rowcount
+
+
 def lead_links(source_pks: list[str]) -> dict[str, str]:
     """The person each of these leads is linked to (leads without a link are left out)."""
     return linking.lead_links(source_pks=source_pks)
@@ -372,5 +397,6 @@ __all__ = [
     "queue_mark",
     "queue_mark_linked",
     "queue_pending_count",
+    "queue_reopen",
     "queue_seed",
 ]

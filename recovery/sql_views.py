@@ -419,29 +419,56 @@ class FunnelAuditWeekly(pg.ReadOnlyView):
 # --- 7. Red-KPI recovery metrics per day -------------------------------------------------
 
 KPI_RED_RECOVERY_METRICS_DAILY_SQL = f"""
-WITH lead_out AS (
-    -- each lead with the moment it left the red backlog: its link or its first claim, whichever came first
+WITH first_claim AS (
+    -- each claimed lead's first claim: from then on it is out of the red backlog for good
+    SELECT c.lead_source_pk, min(c.created_at) AS first_claim_at
+    FROM public.cabinet_milestone_claims c
+    GROUP BY c.lead_source_pk
+),
+undone_link AS (
+    -- lead links a person undid (identity.linking.lead_unlink): when each was made and when undone
+    SELECT h.id, h.source_pk, h.linked_at, h.undone_at
+    FROM canon.identity_link_history h
+    WHERE h.source_table = '{LEADS_TABLE}'
+),
+lead_out AS (
+    -- each lead's first stay: from its creation to its first link ever (undone since or not) or its first
+    -- claim, whichever came first
     SELECT
         l.lead_date,
-        l.created_at,
-        LEAST(il.linked_at, fc.first_claim_at) AS out_at
+        l.created_at AS start_at,
+        LEAST(il.linked_at, ul.first_linked_at, fc.first_claim_at) AS out_at
     FROM public.module_ct_cabinet_leads l
     LEFT JOIN {LEAD_LINK_JOIN}
     LEFT JOIN (
-        SELECT c.lead_source_pk, min(c.created_at) AS first_claim_at
-        FROM public.cabinet_milestone_claims c
-        GROUP BY c.lead_source_pk
-    ) fc ON fc.lead_source_pk = l.source_pk
+        SELECT u.source_pk, min(u.linked_at) AS first_linked_at FROM undone_link u GROUP BY u.source_pk
+    ) ul ON ul.source_pk = l.source_pk
+    LEFT JOIN first_claim fc ON fc.lead_source_pk = l.source_pk
+    UNION ALL
+    -- each stay after an undo: from the undo to the lead's next link (the next undone one, in the order they
+    -- were undone, else its link now) or its first claim, whichever came first
+    SELECT
+        l.lead_date,
+        u.undone_at,
+        LEAST(
+            coalesce((SELECT n.linked_at FROM undone_link n
+                      WHERE n.source_pk = u.source_pk AND n.id > u.id ORDER BY n.id LIMIT 1),
+                     il.linked_at),
+            fc.first_claim_at)
+    FROM undone_link u
+    JOIN public.module_ct_cabinet_leads l ON l.source_pk = u.source_pk
+    LEFT JOIN canon.identity_links il ON il.source_table = '{LEADS_TABLE}' AND il.source_pk = u.source_pk
+    LEFT JOIN first_claim fc ON fc.lead_source_pk = u.source_pk
 ),
 backlog_stay AS (
-    -- leads that were ever in the backlog: the day they entered and the day they left (NULL: still in)
+    -- the stays that happened: the day each began and the day it ended (NULL: still in)
     SELECT
-        LEAST(lo.lead_date, {TODAY}) AS in_day,
+        LEAST(GREATEST((lo.start_at AT TIME ZONE '{PARK_TIME_ZONE}')::date, lo.lead_date), {TODAY}) AS in_day,
         CASE WHEN lo.out_at IS NOT NULL THEN
             LEAST(GREATEST((lo.out_at AT TIME ZONE '{PARK_TIME_ZONE}')::date, lo.lead_date), {TODAY})
         END AS out_day
     FROM lead_out lo
-    WHERE lo.out_at IS NULL OR lo.out_at > lo.created_at
+    WHERE lo.out_at IS NULL OR lo.out_at > lo.start_at
 ),
 day_flow AS (
     -- per day: leads entering and leaving the backlog
@@ -499,20 +526,23 @@ LEFT JOIN fail_reason_rank fr ON fr.metric_date = d.metric_date AND fr.rank = 1
 class KpiRedRecoveryMetricsDaily(pg.ReadOnlyView):
     """Per Lima day from the first lead to today: the red backlog's start, inflow, drain and end.
 
-    There is no event table: the history is derived from timestamps that already exist. A lead's
-    out_at is the earliest of its link's linked_at and its first claim's created_at (NULL if
-    neither). It took part in the backlog iff out_at is NULL or later than its created_at (a lead
-    that arrived already linked or claimed never entered). It entered on in_day = LEAST(lead_date,
-    today) and left on out_day = the Lima date of out_at, clamped to [lead_date, today]; so
-    new_backlog_in(d) counts entries, matched_out(d) counts exits of participating leads only,
-    backlog_end(d) is the running sum of in - out, and backlog_start(d) = backlog_end(d - 1)
-    (0 on the first day). Hence backlog_end = backlog_start + new_backlog_in - matched_out on every
-    row, and today's backlog_end counts exactly the leads with no link and no claim, i.e. the
-    backlog view. Being derived, the history follows the current state: a removed link removes
-    the exit too, and the lead counts as in the backlog since it entered, on every day.
-    top_fail_reason(d) is the most common fail_reason of failed queue rows last attempted on d.
-    Relies on identity_links (source_table, source_pk), claims (lead_source_pk, milestone) and the
-    queue's (status, next_attempt_at) index.
+    There is no event table: the history is derived from timestamps that already exist. A lead stays in
+    the backlog from its created_at until the earliest of its first link (one a person undid since
+    included) and its first claim; a stay happened iff it ends later than it began, or has not ended
+    (a lead that arrived already linked or claimed never entered). Each link a person undid
+    (canon.identity_link_history) starts a new stay at its undone_at, ending at the lead's next link (the
+    next one undone, in the order of the undos, else its link now) or its first claim (no stay when the
+    lead was claimed before the undo). A stay enters on the Lima date it
+    began and leaves on the Lima date it ended, both clamped to [lead_date, today]; so new_backlog_in(d)
+    counts entries (a lead whose link was undone on d enters again on d), matched_out(d) counts exits,
+    backlog_end(d) is the running sum of in - out, and backlog_start(d) = backlog_end(d - 1) (0 on the
+    first day). Hence backlog_end = backlog_start + new_backlog_in - matched_out on every row, and
+    today's backlog_end counts exactly the leads with no link and no claim, i.e. the backlog view. An
+    undo leaves the days before it as they were reported. A link removed by hand (not through
+    lead_unlink, so without a history row) removes its exit too: the lead counts as in the backlog since
+    it entered, on every day. top_fail_reason(d) is the most common fail_reason of failed queue rows last
+    attempted on d. Relies on identity_links (source_table, source_pk), the history's (source_table,
+    source_pk) index, claims (lead_source_pk, milestone) and the queue's (status, next_attempt_at) index.
     """
 
     sql = KPI_RED_RECOVERY_METRICS_DAILY_SQL

@@ -66,6 +66,23 @@ def attempts_record(*, outcomes: Mapping[str, str], linked: Mapping[str, str]) -
         return cursor.rowcount
 
 
+def attempts_reopen(*, source_pks: list[str]) -> int:
+    """The tracking rows of leads whose link a person undid: pending again, no person, no reason (the
+    attempts made stay counted). Leads never tried have no row and get none. Returns rows changed."""
+    if not source_pks:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE ops.identity_matching_jobs SET status = %s, matched_person_key = NULL, fail_reason = NULL,
+                                                  updated_at = now()
+            WHERE source_table = %s AND source_id = ANY(%s)
+            """,
+            [WorkStatus.PENDING, LEADS_TABLE, sorted(source_pks)],
+        )
+        return cursor.rowcount
+
+
 def leads_not_due(*, source_pks: list[str]) -> set[str]:
     """The leads whose last attempt failed after the drivers index last changed and whose backoff
     has not passed: trying them again now would only decide the same."""

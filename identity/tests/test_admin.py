@@ -43,7 +43,7 @@ READ_ONLY = (
     "recovery.KpiRedRecoveryQueue", "recovery.IdentityMatchingJob", "recovery.KpiRedBacklog",
     "recovery.IdentityGapAnalysis", "recovery.DriverUnlinkedActivity", "recovery.CabinetFinancial14d",
     "recovery.CabinetLeadsLimbo", "recovery.FunnelAuditWeekly", "recovery.KpiRedRecoveryMetricsDaily",
-    "recovery.ClusterHeartbeat", "recovery.AuditItem",
+    "recovery.ClusterHeartbeat", "recovery.AuditItem", "identity.IdentityLinkHistory",
 )
 
 
@@ -68,6 +68,11 @@ def park():
     decided, a, _ = conflict(days_ago=3)
     still_open, *_ = conflict(days_ago=20)
     weak_lead, _ = weak(days_ago=40, park="park-lima-sur")
+    # A lead linked automatically that an auditor finds wrong: the link is undone (its history row).
+    make_driver(first_name="Teófilo", last_name="Huillca Añamuro", phone="912345678", document="40112233",
+                email=None, birth_date=None, license_number=None)
+    wrong = make_lead(days_ago=6, first_name="Teófilo", last_name="Huillca Añamuro", phone="912345678",
+                      document="40112233", email=None, birth_date=None)
     drivers_index_refresh()
     recover()
     make_claim(twin, milestone=1, status="expected")
@@ -77,6 +82,8 @@ def park():
     review_decide(source_pk=still_open.source_pk, action=Action.DEFER, user=reviewer)
     audit_sample(seed="admin")  # the twin's automatic link becomes an audit item, answered
     audit_verdict_record(item_id=AuditItem.objects.get(source_pk=twin.source_pk).pk, verdict="same", user=reviewer)
+    assert audit_verdict_record(item_id=AuditItem.objects.get(source_pk=wrong.source_pk).pk, verdict="not_same",
+                                user=reviewer).link_undone
     heartbeat_beat(host="ops-1", pid=4242, cluster="ct4")
     match_model_estimate(MatchContext.load())  # a match model (too few pairs here: declared m kept)
     late = make_driver(first_name="Abdón", last_name="Cjuro Sullca")  # not indexed yet: no identity

@@ -5,5 +5,6 @@ listing (the review list's query), screen (one lead beside its candidates), disp
 values and the engine's verdict are shown), decide (a reviewer's decision, through identity.linking
 and the queue like a recovered lead), groups (the `reviewer` group), views and urls (the screens);
 audit (the audit sample of automatic links and its verdicts), audit_screen (the blind audit screen),
-quality (estimated precision from the verdicts).
+quality (estimated precision from the verdicts), undo (a person undoes a wrong link: through
+identity.linking, then the queue and the tracking, like a lead never matched).
 """

@@ -1,6 +1,7 @@
 """Audit sampling: a stratified random sample of automatic lead links (by rule and score band) and of
 leads scored just below the link threshold, stored as audit items for a blind verdict (docs/review.md,
-"Audit sampling"). Nothing here touches a link: a "not the same person" verdict is only recorded."""
+"Audit sampling"). A "not the same person" verdict on a link undoes that link (recovery.review.undo), in
+the verdict's transaction, as the reviewer who gave it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from identity.matching import Thresholds
-from identity.models import LEADS_TABLE, JobRun, ReasonCode
+from identity.models import LEADS_TABLE, JobRun, ReasonCode, UndoneVia
 from identity.runs import job_run
 from recovery.db import sql_rows
 from recovery.models import AuditItem, AuditKind, AuditVerdict
+from recovery.review.undo import UndoOutcome, link_undo
 
 JOB_NAME = "audit_sample"
 # The score bands of the link strata, in bits (the evidence's score): (lower bound, upper bound, name),
@@ -207,17 +209,29 @@ def audit_sample(
 
 @dataclass
 class AuditOutcome:
-    status: str  # recorded, already_decided, invalid, not_found
+    status: str  # recorded, already_decided, invalid, not_found, forbidden
     message: str
+    # A "not the same person" verdict on a link: what undoing the link did (None for any other verdict).
+    undo: UndoOutcome | None = None
 
     @property
     def applied(self) -> bool:
         return self.status == "recorded"
 
+    @property
+    def link_undone(self) -> bool:
+        return self.undo is not None and self.undo.undone
+
 
 def audit_verdict_record(*, item_id: int, verdict: str, user, note: str = "") -> AuditOutcome:
     """Store a reviewer's verdict on an audit item, once: the item's row is locked, so of two verdicts
-    the second finds it decided and is refused. The link itself is left as it is."""
+    the second finds it decided and is refused (and undoes nothing).
+
+    "Not the same person" on a link item undoes the link (recovery.review.undo.link_undo) in the same
+    transaction, the reviewer as the person who undid it and the note as the reason: the lead goes back
+    to the queue and the backlog, and no automatic run links the two again. When the link is gone
+    already (undone, or the lead linked to someone else since) the verdict is recorded and the outcome
+    says nothing was undone. A reviewer without the review permission changes nothing (forbidden)."""
     if verdict not in AuditVerdict.values:
         return AuditOutcome("invalid", f"Unknown answer {verdict!r}.")
     with transaction.atomic():
@@ -230,8 +244,18 @@ def audit_verdict_record(*, item_id: int, verdict: str, user, note: str = "") ->
                 f"{item.decided_by_name} already answered \u201c{item.get_verdict_display()}\u201d on this audit item "
                 f"at {timezone.localtime(item.decided_at):%Y-%m-%d %H:%M}. Your answer was not recorded.",
             )
+        undo = None
+        if verdict == AuditVerdict.NOT_SAME and item.kind == AuditKind.LINK:
+            reason = f"audit item {item.pk}: not the same person" + (f" ({note})" if note else "")
+            undo = link_undo(source_pk=item.source_pk, person_key=str(item.person_id), user=user, reason=reason,
+                             undone_via=UndoneVia.AUDIT, audit_item_id=item.pk)
+            if undo.status == "forbidden":
+                return AuditOutcome("forbidden", f"{undo.message} Your answer was not recorded.", undo)
         item.verdict, item.decided_by, item.decided_by_name = verdict, user, user.get_username()
         item.decided_at = timezone.now()
         item.note = note
         item.save(update_fields=["verdict", "decided_by", "decided_by_name", "decided_at", "note"])
-    return AuditOutcome("recorded", f"Answer recorded: \u201c{AuditVerdict(verdict).label}\u201d.")
+    message = f"Answer recorded: \u201c{AuditVerdict(verdict).label}\u201d."
+    if undo is not None:
+        message += f" {undo.message}" if undo.undone else f" The link was not undone: {undo.message}"
+    return AuditOutcome("recorded", message, undo)

@@ -102,10 +102,15 @@ def _below(sampled: int, confirmed: int, rejected: int, cannot_tell: int) -> Bel
 
 _LINK_CELLS_SQL = f"""
 WITH link AS (
-    -- automatic lead links: month (park time), rule, score band
+    -- automatic lead links, the ones a person undid since included (the matcher made them; an audit
+    -- verdict undoes the links it rejects): month (park time), rule, score band
     SELECT l.source_pk, l.person_key, l.match_rule AS rule, {band_sql(LINK_SCORE_SQL)} AS band,
            to_char(timezone(%(tz)s, l.linked_at), 'YYYY-MM') AS month
-    FROM canon.identity_links l
+    FROM (SELECT source_table, source_pk, person_key, match_rule, evidence, match_score, linked_at, decided_by
+          FROM canon.identity_links
+          UNION ALL
+          SELECT source_table, source_pk, person_key, match_rule, evidence, match_score, linked_at, decided_by
+          FROM canon.identity_link_history) l
     WHERE l.source_table = %(leads)s AND l.decided_by = 'system'
 )
 SELECT link.month, link.rule, link.band, count(*) AS links,

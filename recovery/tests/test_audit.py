@@ -16,7 +16,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from identity.index import drivers_index_refresh
-from identity.models import IdentityLink, IdentityUnmatched, JobRun
+from identity.models import IdentityLink, IdentityLinkHistory, IdentityUnmatched, JobRun
 from identity.tests.factories import link_lead, make_driver, make_lead, make_person
 from recovery.models import AuditItem
 from recovery.review.audit import allocate, audit_sample, audit_verdict_record, sample_size, score_band
@@ -182,13 +182,19 @@ def test_verdicts_are_stored_once_and_a_second_is_refused(ana):
     assert (item.verdict, item.decided_by, item.decided_by_name, item.note) == \
         ("not_same", ana, "ana.revisora", "otra persona, DNI distinto")
     assert item.decided_at is not None
+    # "Not the same person" on a link undoes it, in the reviewer's name, the note kept in the reason.
+    assert outcome.link_undone and outcome.undo.undone_by == "ana.revisora"
+    assert "undone by ana.revisora" in outcome.message
+    assert not IdentityLink.objects.filter(pk=link.pk).exists()
+    history = IdentityLinkHistory.objects.get(source_pk=link.source_pk)
+    assert (history.audit_item_id, history.undone_via, history.undone_by, history.reason) == \
+        (item.pk, "audit", ana, f"audit item {item.pk}: not the same person (otra persona, DNI distinto)")
     second = audit_verdict_record(item_id=item.pk, verdict="same", user=reviewer("luis.revisor"))
-    assert second.status == "already_decided" and not second.applied
+    assert second.status == "already_decided" and not second.applied and second.undo is None
     assert "ana.revisora already answered \u201cNot the same person\u201d" in second.message
     item.refresh_from_db()
     assert item.verdict == "not_same" and item.decided_by_name == "ana.revisora"
-    # This step records the verdict only: the link stays (undoing it is a later step, issue 13 item 2).
-    assert IdentityLink.objects.filter(pk=link.pk).exists()
+    assert IdentityLinkHistory.objects.count() == 1
     assert audit_verdict_record(item_id=item.pk + 1000, verdict="same", user=ana).status == "not_found"
     assert audit_verdict_record(item_id=item.pk, verdict="maybe", user=ana).status == "invalid"
 
@@ -309,7 +315,7 @@ def test_the_audit_screen_is_blind(client, ana, linked_twin):
         assert hidden.lower() not in lowered, hidden
     assert f"{link.match_score:.1f}" not in html and f"{link.evidence['score']}" not in html
     assert 'data-status="' not in html  # no field verdicts from the engine either
-    assert "does <b>not</b> undo the link" in html
+    assert "<b>undoes the link</b>" in html
     for answer in ("Same person", "Not the same person", "Cannot tell"):
         assert f">{answer}</button>" in html
 

@@ -9,7 +9,8 @@ from django.db import connection
 from django.utils import timezone
 
 import recovery.sql_views  # noqa: F401 - registers the view models, so migrate creates the views
-from identity.models import DRIVERS_TABLE
+from identity import linking
+from identity.models import DRIVERS_TABLE, IdentityLinkHistory
 from identity.tests.factories import (
     lima_datetime,
     lima_today,
@@ -407,6 +408,45 @@ def test_recovery_metrics_follow_links_and_claims_day_by_day():
     assert reasons[1] == "NO_CANDIDATES"
     assert reasons[2] == "CONFLICT_MULTIPLE_CANDIDATES"  # a tie goes to the first name
     assert reasons[3] is None and reasons[0] is None
+
+
+def test_recovery_metrics_count_an_undone_link_as_an_entry_on_the_day_it_was_undone(ana):
+    def undo(lead, person, *, days_ago: int):
+        outcome = linking.lead_unlink(source_pk=lead.source_pk, person_key=str(person.pk), user=ana,
+                                      reason="no es la misma persona", undone_via="command")
+        IdentityLinkHistory.objects.filter(pk=outcome.history_id).update(undone_at=_at(days_ago, 15))
+
+    undone = make_lead(created_at=_at(5, 10))
+    first = make_person()
+    link_lead(undone, first, linked_at=_at(4, 9))
+    undo(undone, first, days_ago=2)
+    # Undone, then linked to the right person.
+    relinked = make_lead(created_at=_at(5, 11))
+    wrong = make_person()
+    link_lead(relinked, wrong, linked_at=_at(4, 10))
+    undo(relinked, wrong, days_ago=3)
+    link_lead(relinked, make_person(), linked_at=_at(1, 9))
+    # Claimed before its link was undone: the claim keeps it out of the backlog, no new entry.
+    claimed = make_lead(created_at=_at(5, 12))
+    other = make_person()
+    link_lead(claimed, other, linked_at=_at(4, 11))
+    make_claim(claimed, created_at=_at(3, 9))
+    undo(claimed, other, days_ago=2)
+
+    rows = list(KpiRedRecoveryMetricsDaily.objects.order_by("metric_date"))
+
+    _assert_metric_invariants(rows)
+    today = lima_today()
+    flows = {(today - row.metric_date).days: (row.new_backlog_in, row.matched_out, row.backlog_end) for row in rows}
+    assert flows == {
+        5: (3, 0, 3),  # all three arrive
+        4: (0, 3, 0),  # all three linked
+        3: (1, 0, 1),  # relinked's link undone
+        2: (1, 0, 2),  # undone's link undone; claimed's undo is no entry
+        1: (0, 1, 1),  # relinked linked to the right person
+        0: (0, 0, 1),
+    }
+    assert set(KpiRedBacklog.objects.values_list("lead_source_pk", flat=True)) == {undone.source_pk}
 
 
 def test_recovery_metrics_invariants_hold_on_a_busier_history():
