@@ -436,6 +436,7 @@ lead_out AS (
     -- claim, whichever came first
     SELECT
         l.lead_date,
+        l.lead_date AS entered_on,
         l.created_at AS start_at,
         LEAST(il.linked_at, ul.first_linked_at, fc.first_claim_at) AS out_at
     FROM public.module_ct_cabinet_leads l
@@ -449,6 +450,7 @@ lead_out AS (
     -- were undone, else its link now) or its first claim, whichever came first
     SELECT
         l.lead_date,
+        GREATEST((u.undone_at AT TIME ZONE '{PARK_TIME_ZONE}')::date, l.lead_date),
         u.undone_at,
         LEAST(
             coalesce((SELECT n.linked_at FROM undone_link n
@@ -463,7 +465,7 @@ lead_out AS (
 backlog_stay AS (
     -- the stays that happened: the day each began and the day it ended (NULL: still in)
     SELECT
-        LEAST(GREATEST((lo.start_at AT TIME ZONE '{PARK_TIME_ZONE}')::date, lo.lead_date), {TODAY}) AS in_day,
+        LEAST(lo.entered_on, {TODAY}) AS in_day,
         CASE WHEN lo.out_at IS NOT NULL THEN
             LEAST(GREATEST((lo.out_at AT TIME ZONE '{PARK_TIME_ZONE}')::date, lo.lead_date), {TODAY})
         END AS out_day
@@ -532,8 +534,9 @@ class KpiRedRecoveryMetricsDaily(pg.ReadOnlyView):
     (a lead that arrived already linked or claimed never entered). Each link a person undid
     (canon.identity_link_history) starts a new stay at its undone_at, ending at the lead's next link (the
     next one undone, in the order of the undos, else its link now) or its first claim (no stay when the
-    lead was claimed before the undo). A stay enters on the Lima date it
-    began and leaves on the Lima date it ended, both clamped to [lead_date, today]; so new_backlog_in(d)
+    lead was claimed before the undo). The first stay enters on the lead's
+    lead_date (as before undos existed), a stay after an undo on the Lima date of the undo, and a stay
+    leaves on the Lima date it ended, all clamped to [lead_date, today]; so new_backlog_in(d)
     counts entries (a lead whose link was undone on d enters again on d), matched_out(d) counts exits,
     backlog_end(d) is the running sum of in - out, and backlog_start(d) = backlog_end(d - 1) (0 on the
     first day). Hence backlog_end = backlog_start + new_backlog_in - matched_out on every row, and
