@@ -194,26 +194,21 @@ def job_run(
     its own and each batch inside commits apart from the others.
     """
     key = lock_key(name)
+    # A database down at the start fails one of these two at once (a one-line exit, nothing to retry).
     if singleton and not _try_lock(key):
-        holder = JobRun.objects.filter(name=name, status=JobRunStatus.RUNNING).order_by("-started_at").first()
-        skipped = dict(name=name, status=JobRunStatus.SKIPPED, trigger=trigger, params=params or {},
-                       finished_at=timezone.now(), error="another run holds the lock")
-        if run_id:
-            JobRun.objects.filter(pk=run_id).update(**skipped)
-        else:
-            JobRun.objects.create(**skipped, host=socket.gethostname(), pid=os.getpid())
-        raise JobLocked(name, holder)
+        _run_skipped_record(name, params=params, trigger=trigger, run_id=run_id)
     runs_abandoned_close()
-    fields = dict(name=name, status=JobRunStatus.RUNNING, trigger=trigger, params=params or {},
-                  started_at=timezone.now(), host=socket.gethostname(), pid=os.getpid())
-    # The run lock is taken before the row commits: no sweep ever sees the row without it.
-    with transaction.atomic():
-        if run_id:
-            JobRun.objects.filter(pk=run_id).update(**fields)
-            run = JobRun.objects.get(pk=run_id)
-        else:
-            run = JobRun.objects.create(**fields)
-        _run_lock(run.pk)
+    attempts = 0
+
+    def start() -> JobRun:
+        # Retried whole on a lost connection: the session's locks went with it, so take them again.
+        nonlocal attempts
+        attempts += 1
+        if attempts > 1 and singleton and not _try_lock(key):
+            _run_skipped_record(name, params=params, trigger=trigger, run_id=run_id)
+        return _run_start(name, params=params, trigger=trigger, run_id=run_id)
+
+    run = reconnecting(start)
     handle = RunHandle(run=run, singleton_key=key if singleton else None)
     logger.info("%s run=%s started", name, run.pk, extra=log_fields(run, "started", trigger=trigger))
     try:
@@ -238,6 +233,33 @@ def job_run(
                 _unlock(key)
         except (DatabaseError, psycopg.Error):
             pass  # a lost connection took its session's locks with it
+
+
+def _run_skipped_record(name: str, *, params: dict | None, trigger: str, run_id: int | None) -> NoReturn:
+    """Another run holds the lock: record this one as skipped and raise JobLocked."""
+    holder = JobRun.objects.filter(name=name, status=JobRunStatus.RUNNING).order_by("-started_at").first()
+    skipped = dict(name=name, status=JobRunStatus.SKIPPED, trigger=trigger, params=params or {},
+                   finished_at=timezone.now(), error="another run holds the lock")
+    if run_id:
+        JobRun.objects.filter(pk=run_id).update(**skipped)
+    else:
+        JobRun.objects.create(**skipped, host=socket.gethostname(), pid=os.getpid())
+    raise JobLocked(name, holder)
+
+
+def _run_start(name: str, *, params: dict | None, trigger: str, run_id: int | None) -> JobRun:
+    """Write this run's row as running, with its run lock taken."""
+    fields = dict(name=name, status=JobRunStatus.RUNNING, trigger=trigger, params=params or {},
+                  started_at=timezone.now(), host=socket.gethostname(), pid=os.getpid())
+    # The run lock is taken before the row commits: no sweep ever sees the row without it.
+    with transaction.atomic():
+        if run_id:
+            JobRun.objects.filter(pk=run_id).update(**fields)
+            run = JobRun.objects.get(pk=run_id)
+        else:
+            run = JobRun.objects.create(**fields)
+        _run_lock(run.pk)
+    return run
 
 
 def _run_failed_record(run: JobRun, handle: RunHandle, exc: BaseException) -> bool:

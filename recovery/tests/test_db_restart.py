@@ -28,6 +28,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.test import override_settings
 from django.utils import timezone
 
+from identity import runs as runs_module
 from identity.index import drivers_index_refresh
 from identity.models import IdentityLink, JobRun
 from identity.runs import RUN_LOCK_CLASS, DatabaseUnavailable, connection_lost, job_run, reconnecting
@@ -161,6 +162,35 @@ def test_a_lost_batch_rolls_back_and_runs_again_on_a_new_connection_that_holds_t
     assert locks == 2  # the run's own lock and the singleton's
     assert JobRun.objects.filter(name="probe").count() == 1  # the first try rolled back
     assert JobRun.objects.get(name="seed_kpi_red_queue").status == "succeeded"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_cut_while_the_run_starts_is_retried_whole_and_the_run_holds_both_locks(monkeypatch):
+    # The CI failure of 2026-12-04: a cut between the run row's INSERT and its run lock ended the job
+    # with "database unreachable" although the database was back a moment later.
+    side = _side_connection()
+    run_lock = runs_module._run_lock
+    cut = []
+
+    def run_lock_after_a_cut(run_id: int) -> bool:
+        if not cut:
+            cut.append(scalar("SELECT pg_backend_pid()"))
+            _terminate(side, "pid = %s", [cut[0]])
+        return run_lock(run_id)
+
+    monkeypatch.setattr(runs_module, "_run_lock", run_lock_after_a_cut)
+    try:
+        with job_run("seed_kpi_red_queue") as run:
+            pid = scalar("SELECT pg_backend_pid()")
+            locks = side.execute(
+                "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND granted", [pid]
+            ).fetchone()[0]
+    finally:
+        side.close()
+    assert cut and pid != cut[0]
+    assert locks == 2  # the run's own lock and the singleton's, both taken again on the new connection
+    runs = list(JobRun.objects.filter(name="seed_kpi_red_queue"))
+    assert [(r.pk, r.status) for r in runs] == [(run.run.pk, "succeeded")]  # the first try's row rolled back
 
 
 @pytest.mark.django_db(transaction=True)
