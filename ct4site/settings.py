@@ -208,6 +208,11 @@ CT4_AUDIT = {
     "confidence": float(os.environ.get("CT4_AUDIT_CONFIDENCE", "0.95")),
     "expected_proportion": float(os.environ.get("CT4_AUDIT_EXPECTED_PROPORTION", "0.5")),
     "max_per_run": int(os.environ.get("CT4_AUDIT_MAX_PER_RUN", "200")),
+    # The precision the partner asks of automatic links: the dashboard warns when the estimate's lower
+    # bound falls below it, and a rule whose audited upper bound falls below it stops linking.
+    "precision_target": float(os.environ.get("CT4_AUDIT_PRECISION_TARGET", "0.999")),
+    # Draw an audit sample after every matching or recovery run that made links.
+    "sample_after_runs": os.environ.get("CT4_AUDIT_SAMPLE_AFTER_RUNS", "true").lower() in ("1", "true", "yes", "on"),
 }
 # A matching run over at least this many leads reads the drivers index into memory once
 # (identity.resolution, docs/engine.md); smaller ones use the database's indexes.

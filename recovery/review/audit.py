@@ -56,7 +56,7 @@ def band_sql(score: str) -> str:
 
 def audit_settings() -> dict:
     return {"precision_half_width": 0.005, "confidence": 0.95, "expected_proportion": 0.5, "max_per_run": 200,
-            **getattr(settings, "CT4_AUDIT", {})}
+            "precision_target": 0.999, "sample_after_runs": True, **getattr(settings, "CT4_AUDIT", {})}
 
 
 def sample_size(*, population: int, half_width: float, confidence: float, proportion: float = 0.5) -> int:
