@@ -20,12 +20,14 @@ CT4_BENCH_FEBRL_DB (default: the same name + "_febrl").
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from statistics import NormalDist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("CT4_BENCH_DB", "ct4_bench_quality")
@@ -80,6 +82,8 @@ def evaluate(out: Path) -> dict:
     """Compare the database's links and outcomes with the generator's ground truth."""
     from django.db import connection  # noqa: PLC0415 - after the settings module and the bench database are chosen
 
+    from recovery.review.audit import LINK_SCORE_SQL  # noqa: PLC0415 - Django is set up by now
+
     truth = truth_load(out)
     with connection.cursor() as cursor:
         cursor.execute("SELECT driver_id, person_key::text FROM canon.drivers_index")
@@ -94,6 +98,16 @@ def evaluate(out: Path) -> dict:
         rule_of = {pk: rule for pk, _, rule in rows}
         cursor.execute("SELECT source_pk, reason_code FROM canon.identity_unmatched WHERE status = 'open'")
         reason = dict(cursor.fetchall())
+        # Each decided lead's best candidate and its score (posterior log-odds, bits): the link's, or
+        # the unmatched row's first candidate. The calibration table compares 1 / (1 + 2^-score) with
+        # the share of those candidates that are the lead's true human.
+        cursor.execute(f"SELECT source_pk, person_key::text, {LINK_SCORE_SQL} FROM canon.identity_links l "
+                       "WHERE source_table = %s", [LEADS_TABLE])
+        best = {pk: (person, score) for pk, person, score in cursor.fetchall()}
+        cursor.execute("SELECT source_pk, details->'candidates'->0->>'person_key', "
+                       "(details->'candidates'->0->>'score')::float8 FROM canon.identity_unmatched "
+                       "WHERE status = 'open' AND details->'candidates'->0 IS NOT NULL")
+        best.update({pk: (person, score) for pk, person, score in cursor.fetchall() if pk not in best})
         key_agreed = _true_key_agreement(cursor, truth.rows)
         phone_owner = _phone_owner_persons(cursor)
     scored = evaluate_links(link, truth=truth, humans_of_target=humans_of_person)
@@ -124,6 +138,7 @@ def evaluate(out: Path) -> dict:
                 totals["found_reachable"] += outcome == "link_ok"
         if "recycled_phone" in cases and linked and linked in phone_owner.get(pk, ()):
             recycled_wrong += 1
+    calibration = _calibration(best, truth, humans_of_person)
     reachable = totals["found_reachable"] / totals["true_reachable"] if totals["true_reachable"] else 0.0
     return {"precision": scored["precision"], "recall": scored["recall"], "f1": scored["f1"],
             "names_only_recall": scored["names_only_recall"],
@@ -131,7 +146,36 @@ def evaluate(out: Path) -> dict:
             "links": scored["links"], "wrong_links": scored["wrong"],
             "true_with_identifier": scored["true_with_identifier"], "recycled_phone_links_to_owner": recycled_wrong,
             "recycled_phone_wrong_links": recycled_links_wrong, "true_names_only": scored["true_names_only"],
-            "no_candidates_despite_key": totals["no_candidates_despite_key"], "by_case": by_case, "by_rule": by_rule}
+            "no_candidates_despite_key": totals["no_candidates_despite_key"], "by_case": by_case, "by_rule": by_rule,
+            "calibration": calibration}
+
+
+# Score bands of the calibration table, in bits: the link threshold (8) is a boundary.
+CALIBRATION_BANDS = (-math.inf, 0.0, 4.0, 8.0, 10.0, 12.0, 16.0, 24.0, math.inf)
+
+
+def _calibration(best: dict[str, tuple[str, float | None]], truth, humans_of_person: dict[str, set]) -> list[dict]:
+    """Per score band of the leads' best candidates: how many, the mean probability the score claims
+    (1 / (1 + 2^-score)), and the share that really are the lead's human, with its Wilson 95 % interval.
+    Where the model is calibrated the claimed probability falls inside the interval."""
+    from identity.estimate import wilson  # noqa: PLC0415 - Django is set up by now
+
+    human_of_lead = {row["lead_source_pk"]: row["human_id"] or None for row in truth.rows}
+    bands = [{"low": low, "high": high, "n": 0, "claimed": 0.0, "true": 0}
+             for low, high in zip(CALIBRATION_BANDS, CALIBRATION_BANDS[1:], strict=False)]
+    for pk, (person, score) in best.items():
+        if score is None or pk not in human_of_lead:
+            continue
+        band = next(b for b in bands if b["low"] <= score < b["high"])
+        band["n"] += 1
+        band["claimed"] += 1.0 / (1.0 + 2.0 ** -max(min(score, 60.0), -60.0))
+        band["true"] += human_of_lead[pk] is not None and human_of_lead[pk] in humans_of_person.get(person, ())
+    for band in bands:
+        if band["n"]:
+            band["claimed"] /= band["n"]
+            band["share"] = band["true"] / band["n"]
+            band["interval"] = wilson(band["true"], band["n"], NormalDist().inv_cdf(0.975))
+    return [b for b in bands if b["n"]]
 
 
 def _true_key_agreement(cursor, truth) -> dict[str, str]:
@@ -228,6 +272,13 @@ def print_report(name: str, result: dict, run: dict, *, recall_target: float) ->
         links = counts["link_ok"] + counts["link_wrong"]
         print(f"  {rule:<40} links={links:>7} wrong={counts['link_wrong']:>5} "
               f"precision={_share(counts['link_ok'], links)}")
+    print("calibration (each decided lead's best candidate by score band, bits: the probability the score")
+    print(" claims, 1 / (1 + 2^-score), beside the share that is the lead's true human, Wilson 95 %):")
+    print(f"{'score band':<16}{'leads':>8}{'claimed':>10}{'true':>10}   interval")
+    for band in result["calibration"]:
+        label = f"[{band['low']:g}, {band['high']:g})"
+        low, high = band["interval"]
+        print(f"{label:<16}{band['n']:>8}{band['claimed']:>10.4f}{band['share']:>10.4f}   {low:.4f}-{high:.4f}")
     return verdicts
 
 
