@@ -294,6 +294,7 @@ def quality_chart(months: Sequence[dict], *, target: float, width: int = 760, he
 
     body += _estimate_panel(months, ("precision", "precision_low", "precision_high"), name="precision", color=BLUE,
                             x_of=x_of, y_of=y_precision, x0=left, x1=width - right, ticks=p_ticks)
+    body.append(f'<text x="{left + 4}" y="{p_top + 10:.1f}" fill="{BLUE}" font-weight="600">Precision</text>')
     y_target = y_precision(target)
     body.append(f'<line class="target" x1="{left}" x2="{width - right}" y1="{y_target:.1f}" y2="{y_target:.1f}" '
                 f'stroke="{RED}" stroke-width="1.5" stroke-dasharray="6 4"><title>Target: precision '
@@ -310,6 +311,8 @@ def quality_chart(months: Sequence[dict], *, target: float, width: int = 760, he
 
     body += _estimate_panel(months, ("missed_share", "missed_low", "missed_high"), name="missed", color=AMBER,
                             x_of=x_of, y_of=y_missed, x0=left, x1=width - right, ticks=m_ticks)
+    body.append(f'<text x="{left + 4}" y="{m_top + 10:.1f}" fill="{AMBER}" font-weight="600">'
+                'Missed-link share (recall = 1 - share)</text>')
     every = max(1, math.ceil(n / 8))
     for i in range(0, n, every):
         body.append(f'<text x="{x_of(i):.1f}" y="{height - 10}" text-anchor="middle" fill="{AXIS}">'
