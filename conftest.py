@@ -16,3 +16,15 @@ def tmp_csv(tmp_path):
         return path
 
     return write
+
+
+@pytest.fixture(autouse=True)
+def audit_sample_after_runs_off(settings, monkeypatch):
+    """No audit sample after each linking run, except in the tests of that feature (which turn it on).
+
+    In production it is on (CT4_AUDIT sample_after_runs). Left on here, every test whose job run commits
+    (transaction=True tests, the commands the tests start as subprocesses) would get an extra
+    audit_sample run and audit items it never asked for, changing the job runs and review lists those
+    tests read. The environment variable reaches the subprocesses, which read the settings anew."""
+    settings.CT4_AUDIT = {**settings.CT4_AUDIT, "sample_after_runs": False}
+    monkeypatch.setenv("CT4_AUDIT_SAMPLE_AFTER_RUNS", "false")

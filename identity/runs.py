@@ -7,6 +7,8 @@ Each log line also carries its figures as `extra=` fields (job, run_id, event, b
 seconds), which the JSON log format (CT4_LOG_FORMAT=json) writes as keys of their own.
 A batch that loses its database connection goes through `reconnecting(...)`: rolled back,
 reconnected with bounded backoff (CT4_DB_RETRY_SECONDS), run again.
+A run that succeeded (and was committed: not a rolled-back dry run) sends `job_run_succeeded`, so a
+higher layer can follow it up without this one importing it (recovery draws an audit sample).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
 from django.db.models import Q
+from django.dispatch import Signal
 from django.utils import timezone
 from tqdm import tqdm
 
@@ -50,6 +53,10 @@ ABANDONED_SQL = f"(status = '{JobRunStatus.FAILED}' AND starts_with(error, '{ABA
 _LOST_SQLSTATES = ("57P01", "57P02", "57P03")
 DEFAULT_DB_RETRY_SECONDS = 60
 _BACKOFF_FIRST, _BACKOFF_MAX = 0.5, 8.0
+
+# Sent (sender=JobRun) once a run is recorded succeeded and committed, with name, run_id, params and
+# counts. send_robust: a receiver's failure is logged and never fails the job (it succeeded already).
+job_run_succeeded = Signal()
 
 
 class DatabaseUnavailable(Exception):
@@ -211,6 +218,7 @@ def job_run(
     run = reconnecting(start)
     handle = RunHandle(run=run, singleton_key=key if singleton else None)
     logger.info("%s run=%s started", name, run.pk, extra=log_fields(run, "started", trigger=trigger))
+    succeeded = False
     try:
         yield handle
     except BaseException as exc:
@@ -226,6 +234,7 @@ def job_run(
         figures = " ".join(f"{k}={v}" for k, v in handle.counts.items())
         logger.info("%s run=%s finished %s", name, run.pk, figures,
                     extra=log_fields(run, "finished", counts=handle.counts, elapsed_seconds=handle.elapsed()))
+        succeeded = True
     finally:
         try:
             _run_unlock(run.pk)
@@ -233,6 +242,20 @@ def job_run(
                 _unlock(key)
         except (DatabaseError, psycopg.Error):
             pass  # a lost connection took its session's locks with it
+    # After the locks are released, so what the receivers do never holds this job's lock. Inside an
+    # outer transaction (a dry run, rolled_back) nothing the run wrote is kept or visible to others: no signal.
+    if succeeded and not connection.in_atomic_block:
+        job_run_succeeded_send(run, handle)
+
+
+def job_run_succeeded_send(run: JobRun, handle: RunHandle) -> None:
+    """Send job_run_succeeded for a finished run; a receiver that raises gets one error line, never the job."""
+    for receiver, outcome in job_run_succeeded.send_robust(
+            sender=JobRun, name=run.name, run_id=run.pk, params=dict(run.params or {}), counts=dict(handle.counts)):
+        if isinstance(outcome, Exception):
+            logger.error("%s run=%s: a receiver of job_run_succeeded failed (%s): %s", run.name, run.pk,
+                         getattr(receiver, "__qualname__", receiver), safe_error(outcome),
+                         extra=log_fields(run, "after_run_failed", error_type=type(outcome).__name__))
 
 
 def _run_skipped_record(name: str, *, params: dict | None, trigger: str, run_id: int | None) -> NoReturn:

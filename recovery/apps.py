@@ -32,9 +32,13 @@ class RecoveryConfig(AppConfig):
     def ready(self) -> None:
         from django_q.signals import post_spawn  # noqa: PLC0415 - needs the app registry
 
+        from identity.runs import job_run_succeeded  # noqa: PLC0415 - needs the app registry
         from recovery.heartbeat import worker_heartbeat_start  # noqa: PLC0415 - needs the app registry
+        from recovery.review.audit import audit_sample_after_run  # noqa: PLC0415 - needs the app registry
 
         # Each django-q2 worker process, once spawned, keeps a heartbeat row fresh (/readyz reads it).
         post_spawn.connect(worker_heartbeat_start, dispatch_uid="recovery.qcluster_heartbeat")
         post_migrate.connect(_lead_window_after_migrate, dispatch_uid="recovery.lead_window_sync")
         post_migrate.connect(_reviewer_group_after_migrate, dispatch_uid="recovery.reviewer_group")
+        # After a matching or recovery run that made links: an audit sample of them (docs/review.md).
+        job_run_succeeded.connect(audit_sample_after_run, dispatch_uid="recovery.audit_sample_after_run")

@@ -221,6 +221,105 @@ def horizontal_bar_chart(items: Sequence[tuple[str, float]], *, label: str, colo
     return _svg(width, height, label, body)
 
 
+def _pct(value: float, digits: int = 1) -> str:
+    return f"{100 * value:.{digits}f} %"
+
+
+def _estimate_panel(months: Sequence[dict], keys: tuple[str, str, str], *, name: str, color: str, x_of,
+                    y_of, x0: float, x1: float, ticks: Sequence[float]) -> list[str]:
+    """One panel of quality_chart: for each month with an estimate an error bar (its 95 % interval) and
+    a point; a band over the interval and a line through the points of consecutive months."""
+    value, low, high = keys
+    body = []
+    for tick in ticks:
+        y = y_of(tick)
+        body.append(f'<line x1="{x0}" x2="{x1}" y1="{y:.1f}" y2="{y:.1f}" stroke="{GRID}"/>')
+        body.append(f'<text x="{x0 - 4}" y="{y + 4:.1f}" text-anchor="end" fill="{AXIS}">{_pct(tick, 0)}</text>')
+    segments, current = [], []  # consecutive months with an estimate
+    for i, m in enumerate(months):
+        if m[value] is None:
+            segments, current = segments + [current], []
+        else:
+            current.append(i)
+    for segment in (s for s in [*segments, current] if len(s) > 1):
+        upper = [f"{x_of(i):.1f},{y_of(months[i][high]):.1f}" for i in segment]
+        lower = [f"{x_of(i):.1f},{y_of(months[i][low]):.1f}" for i in reversed(segment)]
+        body.append(f'<polygon class="band-{name}" points="{" ".join(upper + lower)}" fill="{color}" '
+                    f'fill-opacity="0.15" stroke="none"/>')
+        points = " ".join(f"{x_of(i):.1f},{y_of(months[i][value]):.1f}" for i in segment)
+        body.append(f'<polyline class="series-{name}" points="{points}" fill="none" stroke="{color}" '
+                    'stroke-width="2"/>')
+    for i, m in enumerate(months):
+        if m[value] is None:
+            continue
+        x, y_low, y_high = x_of(i), y_of(m[low]), y_of(m[high])
+        body.append(f'<line class="interval-{name}" x1="{x:.1f}" x2="{x:.1f}" y1="{y_low:.1f}" y2="{y_high:.1f}" '
+                    f'stroke="{color}" stroke-width="1.5"/>')
+        for y in (y_low, y_high):
+            body.append(f'<line x1="{x - 4:.1f}" x2="{x + 4:.1f}" y1="{y:.1f}" y2="{y:.1f}" stroke="{color}"/>')
+        body.append(f'<circle class="point-{name}" cx="{x:.1f}" cy="{y_of(m[value]):.1f}" r="3" fill="{color}">'
+                    f'<title>{escape(m["month"])}: {_pct(m[value], 2)} (95 % interval {_pct(m[low], 2)} to '
+                    f'{_pct(m[high], 2)})</title></circle>')
+    return body
+
+
+def quality_chart(months: Sequence[dict], *, target: float, width: int = 760, height: int = 300) -> SafeString:
+    """Per month (recovery.dashboard.audit_quality's `months`): the estimated precision of the automatic
+    links with its 95 % interval and the target as a dashed line (top panel), and the estimated share of
+    true matches left below the threshold, the missed links, with its interval (bottom panel; recall is
+    1 - that share). The precision axis starts near the lowest bound, so an interval around 99 % shows."""
+    label = "Estimated precision and missed-link share per month, with 95 % intervals"
+    if not months:
+        return _empty(width, height, label, "No audited links yet")
+    left, right, top = 56, 12, 24
+    split = top + (height - top - 30) * 0.55
+    gap = 30
+    n = len(months)
+    slot = (width - left - right) / n
+
+    def x_of(i: int) -> float:
+        return left + slot * (i + 0.5)
+
+    body = _legend([Series("Precision (95 % interval)", [], BLUE), Series("Target", [], RED),
+                    Series("Missed-link share (95 % interval)", [], AMBER)], x=left, y=14, width=width - left)
+    # Top panel: precision from a round floor under every lower bound and the target, up to 100 %.
+    lows = [m["precision_low"] for m in months if m["precision_low"] is not None] + [target]
+    step = 0.01 if min(lows) >= 0.95 else 0.05 if min(lows) >= 0.5 else 0.25
+    floor = max(0.0, math.floor(min(lows) / step - 1e-9) * step)
+    p_ticks = [round(floor + step * i, 4) for i in range(int(round((1 - floor) / step)) + 1)]
+    p_top, p_bottom = top + 6, split - gap / 2
+
+    def y_precision(v: float) -> float:
+        return p_bottom - (p_bottom - p_top) * (v - floor) / (1 - floor)
+
+    body += _estimate_panel(months, ("precision", "precision_low", "precision_high"), name="precision", color=BLUE,
+                            x_of=x_of, y_of=y_precision, x0=left, x1=width - right, ticks=p_ticks)
+    body.append(f'<text x="{left + 4}" y="{p_top + 10:.1f}" fill="{BLUE}" font-weight="600">Precision</text>')
+    y_target = y_precision(target)
+    body.append(f'<line class="target" x1="{left}" x2="{width - right}" y1="{y_target:.1f}" y2="{y_target:.1f}" '
+                f'stroke="{RED}" stroke-width="1.5" stroke-dasharray="6 4"><title>Target: precision '
+                f'{_pct(target, 2)} (CT4_AUDIT precision_target)</title></line>')
+    # Bottom panel: missed-link share from 0 up to a round step over the highest upper bound.
+    highs = [m["missed_high"] for m in months if m["missed_high"] is not None] or [0.0]
+    m_step = 0.05 if max(highs) <= 0.2 else 0.25
+    m_top_value = max(m_step, math.ceil(max(highs) / m_step - 1e-9) * m_step)
+    m_ticks = [round(m_step * i, 4) for i in range(int(round(m_top_value / m_step)) + 1)]
+    m_top, m_bottom = split + gap / 2, height - 30
+
+    def y_missed(v: float) -> float:
+        return m_bottom - (m_bottom - m_top) * v / m_top_value
+
+    body += _estimate_panel(months, ("missed_share", "missed_low", "missed_high"), name="missed", color=AMBER,
+                            x_of=x_of, y_of=y_missed, x0=left, x1=width - right, ticks=m_ticks)
+    body.append(f'<text x="{left + 4}" y="{m_top + 10:.1f}" fill="{AMBER}" font-weight="600">'
+                'Missed-link share (recall = 1 - share)</text>')
+    every = max(1, math.ceil(n / 8))
+    for i in range(0, n, every):
+        body.append(f'<text x="{x_of(i):.1f}" y="{height - 10}" text-anchor="middle" fill="{AXIS}">'
+                    f'{escape(months[i]["month"])}</text>')
+    return _svg(width, height, label, body)
+
+
 def _day(value, *, short: bool = False) -> str:
     if isinstance(value, date):
         return value.strftime("%d %b") if short else value.isoformat()
@@ -254,4 +353,5 @@ def dashboard_charts(data: dict) -> dict[str, SafeString]:
             list(queue_reasons.items()), label="Failed red-KPI queue rows by reason",
             empty="No failed queue rows",
         ),
+        "quality": quality_chart(data["quality"]["months"], target=data["quality"]["target"]),
     }

@@ -15,6 +15,8 @@ from identity.domain import TODAY
 from identity.models import REVIEW_REASONS
 from recovery import reports, selectors, status
 from recovery.db import sql_rows
+from recovery.review.audit import audit_settings
+from recovery.review.quality import ALL_MONTHS, audit_report
 
 TREND_DAYS = 30
 FUNNEL_WEEKS = 12
@@ -115,6 +117,45 @@ def matched_last_24h(*, now) -> dict:
     }
 
 
+def audit_quality() -> dict:
+    """Precision and missed links as the audits estimate them (recovery.review.quality.audit_report), for
+    the quality chart and its warning.
+
+    `months`: per month with audit figures, oldest first, the stratified precision of the automatic links
+    with its 95 % interval, and the missed-link share (the true matches among the sampled leads just
+    below the threshold) with its interval; estimated recall is 1 - that share. `overall`: the same over
+    all months. `warnings`: the overall estimate and the latest month's, each when its precision's lower
+    bound is under CT4_AUDIT precision_target (the partner's figure: "we cannot say it is met").
+    `audited`: decided or "cannot tell" items, links and below-threshold ones; 0 means nothing to show."""
+    target = audit_settings()["precision_target"]
+    periods = {period["month"]: period for period in audit_report()["periods"]}
+    months = [_quality_month(period) for month, period in periods.items() if month != ALL_MONTHS]
+    months = [m for m in months if m["audited"] or m["below_audited"]]
+    overall = _quality_month(periods[ALL_MONTHS]) if ALL_MONTHS in periods else None
+    warnings = []
+    latest = next((m for m in reversed(months) if m["precision_low"] is not None), None)
+    for scope, figures in (("all months", overall), (latest and f"month {latest['month']}", latest)):
+        if figures and figures["precision_low"] is not None and figures["precision_low"] < target:
+            warnings.append({"scope": scope, **figures})
+    audited = overall["audited"] + overall["below_audited"] if overall else 0
+    return {"target": target, "months": months, "overall": overall, "warnings": warnings, "audited": audited}
+
+
+def _quality_month(period: dict) -> dict:
+    links, below = period["overall"], period["below_threshold"]
+    share, low, high = below["true_match_share"], below["share_low"], below["share_high"]
+    return {
+        "month": period["month"], "links": links["links"], "audited": links["audited"],
+        "confirmed": links["confirmed"], "rejected": links["rejected"], "precision": links["precision"],
+        "precision_low": links["precision_low"], "precision_high": links["precision_high"],
+        "below_audited": below["audited"], "missed_share": share, "missed_low": low, "missed_high": high,
+        # recall = 1 - missed share: its interval is the share's, turned round
+        "recall": None if share is None else round(1 - share, 6),
+        "recall_low": None if high is None else round(1 - high, 6),
+        "recall_high": None if low is None else round(1 - low, 6),
+    }
+
+
 def dashboard_read(*, now=None, trend_days: int = TREND_DAYS, funnel_weeks: int = FUNNEL_WEEKS) -> dict:
     """Everything the ops dashboard shows (SPEC §6), as plain data."""
     now = now or timezone.now()
@@ -137,4 +178,5 @@ def dashboard_read(*, now=None, trend_days: int = TREND_DAYS, funnel_weeks: int 
         "unlinked_drivers": unlinked_active_drivers(),
         "review": {"by_reason": review, "total": sum(review.values())},
         "gap": reports.gap_summary(),
+        "quality": audit_quality(),
     }

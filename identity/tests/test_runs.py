@@ -1,14 +1,23 @@
 """identity.runs: how a command ends (one exit-status function) and the rolled-back dry run, on the
-one identity job that changes data, refresh_drivers_index."""
+one identity job that changes data, refresh_drivers_index; job_run_succeeded after a committed run."""
 
 import json
+import logging
 from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from identity.models import DriverIndexEntry, IdentityLink, JobRun, Person
-from identity.runs import EXIT_LOCKED, EXIT_PROBLEMS, EXIT_USAGE, command_exit, rolled_back
+from identity.runs import (
+    EXIT_LOCKED,
+    EXIT_PROBLEMS,
+    EXIT_USAGE,
+    command_exit,
+    job_run,
+    job_run_succeeded,
+    rolled_back,
+)
 from identity.tests.factories import make_driver
 
 pytestmark = pytest.mark.django_db
@@ -42,3 +51,39 @@ def test_refresh_drivers_index_dry_run_reports_the_new_persons_and_writes_nothin
     # The real run then does what the dry run said.
     call_command("refresh_drivers_index", "--json", stdout=StringIO())
     assert DriverIndexEntry.objects.count() == 2 and Person.objects.count() == 2
+
+
+def _job_that_links() -> None:
+    with job_run("test_job") as run:
+        run.add(linked=1)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_succeeded_run_is_announced_once_and_a_failing_receiver_fails_nothing(caplog):
+    heard = []
+
+    def listen(sender, **kwargs):
+        heard.append(kwargs)
+
+    def broken(sender, **kwargs):
+        raise RuntimeError("receiver broke")
+
+    logging.getLogger("ct4.jobs").addHandler(caplog.handler)
+    job_run_succeeded.connect(listen)
+    job_run_succeeded.connect(broken)
+    try:
+        with job_run("test_job", params={"limit": 5}) as run:
+            run.add(linked=2)
+        with pytest.raises(ValueError), job_run("test_job") as failing:
+            raise ValueError("the job broke")
+        rolled_back(_job_that_links)  # a dry run: nothing of it kept, so not announced
+    finally:
+        job_run_succeeded.disconnect(listen)
+        job_run_succeeded.disconnect(broken)
+        logging.getLogger("ct4.jobs").removeHandler(caplog.handler)
+    assert heard == [{"signal": job_run_succeeded, "name": "test_job", "run_id": run.run.pk,
+                      "params": {"limit": 5}, "counts": {"linked": 2}}]
+    assert JobRun.objects.get(pk=run.run.pk).status == "succeeded"
+    assert JobRun.objects.get(pk=failing.run.pk).status == "failed"
+    assert f"test_job run={run.run.pk}: a receiver of job_run_succeeded failed" in caplog.text
+    assert "RuntimeError: receiver broke" in caplog.text

@@ -1,11 +1,13 @@
 """Audit sampling: a stratified random sample of automatic lead links (by rule and score band) and of
 leads scored just below the link threshold, stored as audit items for a blind verdict (docs/review.md,
-"Audit sampling"). A "not the same person" verdict on a link undoes that link (recovery.review.undo), in
-the verdict's transaction, as the reviewer who gave it."""
+"Audit sampling"). After each matching or recovery run that made links, a sample of that run's links is
+drawn (audit_sample_after_run, on identity.runs.job_run_succeeded). A "not the same person" verdict on a
+link undoes that link (recovery.review.undo), in the verdict's transaction, as the reviewer who gave it."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import secrets
 from dataclasses import asdict, dataclass, field
@@ -17,12 +19,22 @@ from django.utils import timezone
 
 from identity.matching import Thresholds
 from identity.models import LEADS_TABLE, JobRun, ReasonCode, UndoneVia
-from identity.runs import job_run
+from identity.runs import JobLocked, job_run, safe_error
 from recovery.db import sql_rows
+from recovery.jobs.reconcile import JOB as RECONCILE_JOB
+from recovery.jobs.recover import JOB as RECOVER_JOB
+from recovery.jobs.retry import JOB as RETRY_JOB
 from recovery.models import AuditItem, AuditKind, AuditVerdict
 from recovery.review.undo import UndoOutcome, link_undo
 
 JOB_NAME = "audit_sample"
+logger = logging.getLogger("ct4.jobs")
+# The jobs that write automatic lead links, each with the key of its run's counts that says how many
+# links that run wrote (not the ones found already made). match_leads names its runs "match_leads",
+# or "match_leads[i/n]" for one shard of a parallel run (identity.resolution.leads_match).
+LINKING_JOBS = {"match_leads": "linked", RECOVER_JOB: "linked_now", RETRY_JOB: "newly_linked",
+                RECONCILE_JOB: "newly_linked"}
+AFTER_RUN_TRIGGER = "after_run"
 # The score bands of the link strata, in bits (the evidence's score): (lower bound, upper bound, name),
 # lower bound included. The only place they are declared; the sampler and the report read them.
 SCORE_BANDS: tuple[tuple[float | None, float | None, str], ...] = (
@@ -204,6 +216,39 @@ def audit_sample(
             for s in result.strata:
                 s.drawn = drawn.get(s.stratum, 0)
         run.counts.update(drawn=result.drawn, strata=len(result.strata))
+    return result
+
+
+def audit_sample_after_run(sender, *, name: str, run_id: int, params: dict, counts: dict,
+                           **kwargs) -> AuditSample | None:
+    """The receiver of identity.runs.job_run_succeeded: after a run of a linking job (LINKING_JOBS) that
+    wrote links, draw the audit sample of that run's links (audit_sample with source_run_id, trigger
+    "after_run"), unless CT4_AUDIT sample_after_runs is off.
+
+    Never raises: the run succeeded and stays so. A failure is one error line on the jobs' logger naming
+    the job and its run id; `manage.py audit_sample --run RUN` draws that run's sample later. A dry run
+    sends nothing (rolled back) or counts no link written (match_leads --dry-run)."""
+    counts_key = LINKING_JOBS.get(name.split("[", 1)[0])
+    if counts_key is None or not counts.get(counts_key):
+        return None
+    if not audit_settings()["sample_after_runs"]:
+        return None
+    fields = {"job": name, "run_id": run_id, "links": counts[counts_key]}
+    try:
+        result = audit_sample(source_run_id=run_id, trigger=AFTER_RUN_TRIGGER)
+    except JobLocked as exc:
+        # Another audit sample is drawing (the shards of one parallel match_leads end together).
+        logger.error("%s run=%s: no audit sample of its %s links: %s Draw it with manage.py audit_sample --run %s",
+                     name, run_id, counts[counts_key], exc, run_id, extra={**fields, "event": "audit_sample_locked"})
+        return None
+    except Exception as exc:  # noqa: BLE001 - whatever the sample hit, the run it follows succeeded
+        logger.error("%s run=%s: the audit sample of its %s links failed: %s. Draw it with manage.py audit_sample "
+                     "--run %s", name, run_id, counts[counts_key], safe_error(exc), run_id,
+                     extra={**fields, "event": "audit_sample_failed", "error_type": type(exc).__name__})
+        return None
+    logger.info("%s run=%s: drew %s audit items of its %s links (audit_sample run=%s)", name, run_id,
+                result.drawn, counts[counts_key], result.run_id,
+                extra={**fields, "event": "audit_sample_drawn", "drawn": result.drawn, "audit_run_id": result.run_id})
     return result
 
 

@@ -2,8 +2,9 @@
 
 import re
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.contrib.auth import authenticate, get_user_model
@@ -19,13 +20,15 @@ from identity.tests.factories import (
     make_claim,
     make_driver,
     make_lead,
+    make_person,
     make_person_with_driver,
     make_trips,
 )
 from recovery import charts
-from recovery.dashboard import FUNNEL_STAGES, dashboard_read
+from recovery.dashboard import FUNNEL_STAGES, audit_quality, dashboard_read
 from recovery.demo import demo_user_instructions, demo_user_reset
-from recovery.models import KpiRedRecoveryQueue
+from recovery.models import AuditItem, KpiRedRecoveryQueue
+from recovery.review.quality import wilson_interval
 from recovery.sql_views import KpiRedBacklog
 
 pytestmark = pytest.mark.django_db
@@ -204,6 +207,123 @@ def test_stacked_bars_are_proportional_and_labels_are_escaped():
 def test_empty_charts_say_so():
     assert "No leads yet" in charts.daily_trend_chart([])
     assert "No failed queue rows" in charts.dashboard_charts(dashboard_read())["fail_reasons"]
+
+
+# --- accuracy from the audits ----------------------------------------------------------------
+
+
+def _audited(count: int, verdicts: list[str], *, kind: str = "link", at: datetime) -> None:
+    """`count` automatic links made at `at` (or, for kind below_threshold, leads sampled then), the first
+    ones audited with `verdicts`."""
+    for i in range(count):
+        lead, person = make_lead(), make_person()
+        if kind == "link":
+            link_lead(lead, person, match_rule="document_exact", evidence={"score": 35.0}, match_score=35.0,
+                      linked_at=at)
+        if i < len(verdicts):
+            AuditItem.objects.create(source_pk=lead.source_pk, person=person, kind=kind, stratum="x", sampled_at=at,
+                                     verdict=verdicts[i], decided_by_name="ana.revisora", decided_at=at)
+
+
+def audited_park() -> None:
+    """January 2026: 10 automatic links, all audited and confirmed; February: 4 links, 3 confirmed and 1
+    rejected; 5 leads just below the threshold sampled in February, 1 a true match."""
+    lima = ZoneInfo("America/Lima")
+    jan, feb = datetime(2026, 1, 15, 12, tzinfo=lima), datetime(2026, 2, 15, 12, tzinfo=lima)
+    _audited(10, ["same"] * 10, at=jan)
+    _audited(4, ["same", "same", "same", "not_same"], at=feb)
+    _audited(5, ["same"] + ["not_same"] * 4, kind="below_threshold", at=feb)
+
+
+def test_audit_quality_per_month_with_intervals_and_the_warnings(settings):
+    audited_park()
+
+    quality = audit_quality()
+
+    jan_low, jan_high = wilson_interval(1.0, 10)
+    feb_low, feb_high = wilson_interval(0.75, 4)
+    miss_low, miss_high = wilson_interval(0.2, 5)
+    months = {m["month"]: m for m in quality["months"]}
+    assert list(months) == ["2026-01", "2026-02"] and quality["audited"] == 14 + 5
+    assert (months["2026-01"]["precision"], months["2026-01"]["precision_low"]) == \
+        pytest.approx((1.0, jan_low), abs=1e-6)
+    assert (months["2026-02"]["precision"], months["2026-02"]["precision_low"], months["2026-02"]["precision_high"]) \
+        == pytest.approx((0.75, feb_low, feb_high), abs=1e-6)
+    assert months["2026-01"]["missed_share"] is None
+    assert (months["2026-02"]["missed_share"], months["2026-02"]["recall"], months["2026-02"]["recall_low"],
+            months["2026-02"]["recall_high"]) == pytest.approx((0.2, 0.8, 1 - miss_high, 1 - miss_low), abs=1e-6)
+    # The default target (0.999) is above every lower bound: the overall estimate and the latest month warn.
+    assert quality["target"] == 0.999
+    assert [(w["scope"], w["precision_low"]) for w in quality["warnings"]] == [
+        ("all months", quality["overall"]["precision_low"]), ("month 2026-02", months["2026-02"]["precision_low"])]
+    assert quality["overall"]["links"] == 14 and quality["overall"]["rejected"] == 1
+
+    settings.CT4_AUDIT = {**settings.CT4_AUDIT, "precision_target": feb_low - 0.01}
+    assert audit_quality()["warnings"] == []
+    settings.CT4_AUDIT = {**settings.CT4_AUDIT, "precision_target": feb_low + 0.01}
+    assert [w["scope"] for w in audit_quality()["warnings"]] == ["month 2026-02"]
+
+
+def test_quality_chart_draws_the_intervals_the_points_and_the_target():
+    months = [
+        {"month": "2026-01", "precision": 0.99, "precision_low": 0.97, "precision_high": 0.995,
+         "missed_share": 0.1, "missed_low": 0.05, "missed_high": 0.18},
+        {"month": "2026-02", "precision": None, "precision_low": None, "precision_high": None,
+         "missed_share": None, "missed_low": None, "missed_high": None},
+        {"month": "2026-03", "precision": 0.995, "precision_low": 0.98, "precision_high": 0.999,
+         "missed_share": 0.05, "missed_low": 0.02, "missed_high": 0.12},
+        {"month": "2026-<04>", "precision": 1.0, "precision_low": 0.99, "precision_high": 1.0,
+         "missed_share": 0.0, "missed_low": 0.0, "missed_high": 0.1},
+    ]
+    svg = charts.quality_chart(months, target=0.999)
+
+    assert len(re.findall(r'<circle class="point-precision"', svg)) == 3
+    assert len(re.findall(r'<line class="interval-missed"', svg)) == 3
+    # A band and a line through consecutive months only: March and April, not over February's hole.
+    assert len(re.findall(r'<polygon class="band-precision"', svg)) == 1
+    assert len(re.findall(r'<polyline class="series-missed"', svg)) == 1
+    target_y = float(re.search(r'<line class="target" x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)"', svg).group(1))
+    points = {month: float(y) for y, month in re.findall(
+        r'class="point-precision" cx="[\d.]+" cy="([\d.]+)"[^>]*><title>([^:]+):', svg)}
+    # Higher precision is higher on the chart (smaller y); the target 99.9 % lies between 99 % and 100 %.
+    assert points["2026-01"] > target_y > points["2026-&lt;04&gt;"]
+    assert "99.90 % (CT4_AUDIT precision_target)" in svg and "<04>" not in svg
+    assert "No audited links yet" in charts.quality_chart([], target=0.999)
+
+
+def test_the_page_shows_the_quality_chart_and_the_warning_naming_the_figures(settings):
+    settings.CT4_API_CACHE_SECONDS = 0  # the same page is read under two targets
+    audited_park()
+    client = Client()
+    client.force_login(_user("view_kpiredrecoveryqueue"))
+
+    html = client.get("/ops/").content.decode()
+
+    assert len(SVG_CHART.findall(html)) == 4
+    assert re.search(r'id="chart-quality".*?<svg class="chart"', html, re.S)
+    warning = re.search(r'data-testid="precision-warning".*?</section>', html, re.S).group(0)
+    feb_low, feb_high = wilson_interval(0.75, 4)
+    assert "Precision below the target of 0.9990" in warning
+    assert (f"Month 2026-02: estimated precision 0.7500, 95 % interval [{feb_low:.4f}, {feb_high:.4f}] from 3 "
+            f"confirmed and 1 rejected of 4 links; lower bound {feb_low:.4f} &lt; target 0.9990") in warning
+    assert "All months: estimated precision" in warning
+    assert 'data-testid="quality-empty"' not in html and not re.search(r"https?://", html)
+
+    settings.CT4_AUDIT = {**settings.CT4_AUDIT, "precision_target": 0.2}
+    html = client.get("/ops/").content.decode()
+    assert 'data-testid="precision-warning"' not in html
+    assert re.search(r'id="chart-quality".*?<svg class="chart"', html, re.S)
+
+
+def test_without_audited_links_the_page_says_how_to_start(park):
+    client = Client()
+    client.force_login(_user("view_kpiredrecoveryqueue"))
+    html = client.get("/ops/").content.decode()
+
+    empty = re.search(r'data-testid="quality-empty">(.*?)</p>', html, re.S).group(1)
+    assert "No audited links yet" in empty and "manage.py audit_sample" in empty
+    assert 'data-testid="precision-warning"' not in html
+    assert not re.search(r'id="chart-quality".*?<svg', html, re.S)
 
 
 # --- the page and who may open it -----------------------------------------------------------
