@@ -1,6 +1,9 @@
-"""Who may call what: reads need the view permission of the data, job starts need run_recovery."""
+"""Who may call what: reads need the view permission of the data, job starts need run_recovery, the review
+items and their decisions need the review permission (the rule of the review screens, recovery.review.rules)."""
 
 from rest_framework.permissions import BasePermission
+
+from recovery.review.rules import REVIEW_PERMISSION, REVIEWER_GROUP, review_allowed
 
 
 class HasViewPermission(BasePermission):
@@ -21,3 +24,12 @@ class CanRunRecovery(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return bool(request.user and request.user.is_authenticated and request.user.has_perm("recovery.run_recovery"))
+
+
+class CanReview(BasePermission):
+    """Reviewing over the API is reviewing on the screen: recovery.review.rules.review_allowed decides both."""
+
+    message = f"Reviewing needs the {REVIEW_PERMISSION} permission (the {REVIEWER_GROUP} group)."
+
+    def has_permission(self, request, view) -> bool:
+        return review_allowed(request.user)

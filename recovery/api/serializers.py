@@ -4,7 +4,8 @@ from datetime import timedelta
 
 from rest_framework import serializers
 
-from identity.models import JobRun, JobRunStatus
+from identity.models import REVIEW_REASONS, JobRun, JobRunStatus
+from recovery.review.items import ItemAction, ItemKind
 from recovery.sql_views import (
     CabinetFinancial14d,
     CabinetLeadsLimbo,
@@ -45,6 +46,30 @@ class RunRecoveryQuerySerializer(serializers.Serializer):
 class IndexRefreshQuerySerializer(serializers.Serializer):
     full = serializers.BooleanField(required=False, default=False,
                                     help_text="rebuild every entry instead of only changed drivers")
+
+
+class ReviewItemsQuerySerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=ItemKind.ALL, required=False,
+                                   help_text="conflict, weak (doubtful leads) or audit (open audit items); "
+                                             "none: all of them, the leads first")
+
+
+class ReviewDecisionSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(
+        choices=ItemAction.ALL,
+        help_text="a doubtful lead: link, reject (this candidate), reject_all (every candidate), defer; "
+                  "an audit item: confirm (same person), not_same (undoes the link), cannot_tell")
+    person_key = serializers.UUIDField(required=False, allow_null=True,
+                                       help_text="link and reject: the candidate (a person_key of the item)")
+    seen = serializers.IntegerField(required=False, allow_null=True, min_value=0,
+                                    help_text="a lead's last_judgement_id as you read it: when someone decided "
+                                              "the lead since, nothing is applied (409 stale)")
+    note = serializers.CharField(required=False, allow_blank=True, max_length=500, default="")
+
+    def validate(self, attrs):
+        if attrs["action"] in ItemAction.NEEDS_PERSON and not attrs.get("person_key"):
+            raise serializers.ValidationError({"person_key": f"required for {attrs['action']}"})
+        return attrs
 
 
 # --- outputs -----------------------------------------------------------------------------
@@ -205,3 +230,92 @@ class QualityPeriodSerializer(serializers.Serializer):
 class QualitySerializer(serializers.Serializer):
     confidence = serializers.FloatField()
     periods = QualityPeriodSerializer(many=True)
+
+
+# --- review items (recovery.review.items) -----------------------------------------------------
+
+
+class FieldValueSerializer(serializers.Serializer):
+    value = serializers.CharField(allow_blank=True)
+    status = serializers.CharField(help_text="the engine's verdict on it: agree, near, disagree, missing, info")
+
+
+class EvidenceFieldSerializer(serializers.Serializer):
+    field = serializers.CharField()
+    label = serializers.CharField()
+    lead_value = serializers.CharField(allow_blank=True)
+    level = serializers.CharField(allow_null=True, help_text="the comparison level the engine scored")
+    bits = serializers.FloatField(allow_null=True, help_text="what the level added to the score")
+    shared_by = serializers.IntegerField(allow_null=True, help_text="persons carrying the agreeing value")
+    values = FieldValueSerializer(many=True, help_text="each driver record's value, in the order of drivers")
+
+
+class CandidateDriverSerializer(serializers.Serializer):
+    driver_id = serializers.CharField()
+    park_id = serializers.CharField(allow_null=True)
+    status = serializers.CharField(allow_null=True)
+    trips_in_window = serializers.IntegerField(help_text="trips in the lead's claim window")
+
+
+class CandidateSerializer(serializers.Serializer):
+    person_key = serializers.CharField()
+    score = serializers.FloatField(help_text="posterior log-odds, in bits")
+    corroborated = serializers.BooleanField()
+    drivers = CandidateDriverSerializer(many=True)
+    fields = EvidenceFieldSerializer(many=True)
+
+
+class LeadItemSerializer(serializers.Serializer):
+    """A doubtful lead, as the review screen shows it."""
+
+    kind = serializers.ChoiceField(choices=[ItemKind.CONFLICT, ItemKind.WEAK])
+    source_pk = serializers.CharField()
+    reason = serializers.ChoiceField(choices=REVIEW_REASONS)
+    lead_date = serializers.DateField()
+    lead = serializers.DictField(child=serializers.CharField(allow_blank=True), help_text="field -> the lead's value")
+    score = serializers.FloatField(allow_null=True, help_text="the best candidate's score")
+    margin = serializers.FloatField(allow_null=True, help_text="best minus second score")
+    rule_version = serializers.CharField()
+    window_open = serializers.BooleanField()
+    at_stake = serializers.DecimalField(max_digits=12, decimal_places=2)
+    deferred_until = serializers.DateTimeField(allow_null=True)
+    last_judgement_id = serializers.IntegerField(help_text="send it back as `seen` with a decision")
+    candidates = CandidateSerializer(many=True)
+    actions = serializers.ListField(child=serializers.ChoiceField(choices=list(ItemAction.LEAD)))
+
+
+class AuditDriverSerializer(serializers.Serializer):
+    driver_id = serializers.CharField()
+    values = serializers.DictField(child=serializers.CharField(allow_blank=True), help_text="field -> value")
+
+
+class AuditItemSerializer(serializers.Serializer):
+    """An open audit item, blind: values only, nothing of the machine's judgement."""
+
+    kind = serializers.ChoiceField(choices=[ItemKind.AUDIT])
+    audit_item_id = serializers.IntegerField()
+    source_pk = serializers.CharField()
+    lead_date = serializers.DateField()
+    lead = serializers.DictField(child=serializers.CharField(allow_blank=True), help_text="field -> the lead's value")
+    drivers = AuditDriverSerializer(many=True, help_text="the linked (or proposed) person's driver records")
+    actions = serializers.ListField(child=serializers.ChoiceField(choices=list(ItemAction.AUDIT)))
+
+
+class ReviewItemSerializer(serializers.Serializer):
+    """A review item of either kind, by its `kind` (documented as oneOf LeadItem | AuditItem)."""
+
+    def to_representation(self, instance):
+        shape = AuditItemSerializer if instance["kind"] == ItemKind.AUDIT else LeadItemSerializer
+        return shape(instance).data
+
+
+class ReviewDecisionResultSerializer(serializers.Serializer):
+    source_pk = serializers.CharField()
+    action = serializers.ChoiceField(choices=ItemAction.ALL)
+    status = serializers.ChoiceField(choices=["linked", "rejected", "deferred", "recorded"],
+                                     help_text="what was done")
+    message = serializers.CharField()
+    person_keys = serializers.ListField(child=serializers.CharField(),
+                                        help_text="linked or rejected persons; an audit answer: the item's person")
+    audit_item_id = serializers.IntegerField(allow_null=True, help_text="the audit item answered")
+    link_undone = serializers.BooleanField(allow_null=True, help_text="not_same: whether the answer undid the link")

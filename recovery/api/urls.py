@@ -17,6 +17,9 @@ v1 = [
     path("ops/cabinet-leads/limbo", views.LimboView.as_view(), name="cabinet-leads-limbo"),
     path("ops/cabinet-leads/funnel-weekly", views.FunnelWeeklyView.as_view(), name="cabinet-leads-funnel-weekly"),
     path("identity/quality", views.IdentityQualityView.as_view(), name="identity-quality"),
+    path("review/items", views.ReviewItemsView.as_view(), name="review-items"),
+    # path: an external_id may hold any character, a slash included (as on the review screen).
+    path("review/items/<path:source_pk>/decision", views.ReviewDecisionView.as_view(), name="review-decision"),
     path("identity/drivers-index/refresh", views.DriversIndexRefreshView.as_view(), name="drivers-index-refresh"),
 ]
 

@@ -2,6 +2,8 @@
 
 Reads need the view permission of the data they show; starting a job needs
 recovery.run_recovery and is throttled. Job starts answer 202 with the job run to follow.
+The review items and their decisions need the review permission, like the review screens, and go
+through the screens' services (recovery.review.items): a decision someone made first answers 409.
 The reads of the views answer from a short-lived cache (recovery.read_cache: CT4_API_CACHE_SECONDS,
 dropped when a job run starts or finishes); permissions and parameters are checked first, every time.
 """
@@ -10,7 +12,13 @@ from __future__ import annotations
 
 from django.urls import reverse
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
@@ -21,10 +29,12 @@ from rest_framework.views import APIView
 from identity.models import JobRun
 from recovery import selectors
 from recovery.api import serializers as s
+from recovery.api.errors import error_response
 from recovery.api.filters import Financial14dFilter, FunnelWeeklyFilter, LimboFilter
-from recovery.api.permissions import CanRunRecovery, HasViewPermission
+from recovery.api.permissions import CanReview, CanRunRecovery, HasViewPermission
 from recovery.models import AuditItem
 from recovery.read_cache import read_cached
+from recovery.review.items import CONFLICT_STATUSES, ItemKind, ReviewItems, review_item_decide
 from recovery.review.quality import audit_report
 from recovery.sql_views import (
     CabinetFinancial14d,
@@ -200,3 +210,72 @@ class JobRunView(ReadView):
         if run is None:
             raise NotFound("No job run with this id.")
         return Response(s.JobRunSerializer(run).data)
+
+
+# --- review (recovery.review.items) ----------------------------------------------------------
+
+
+class ReviewPages(Pages):
+    # Each lead on a page is explained afresh (review_lead, as the screen draws it): smaller pages.
+    page_size = 20
+    max_page_size = 100
+
+
+REVIEW_ITEM = PolymorphicProxySerializer(
+    component_name="ReviewItem", resource_type_field_name="kind",
+    serializers={ItemKind.CONFLICT: s.LeadItemSerializer, ItemKind.WEAK: s.LeadItemSerializer,
+                 ItemKind.AUDIT: s.AuditItemSerializer},
+)
+
+
+@extend_schema_view(get=extend_schema(
+    parameters=[s.ReviewItemsQuerySerializer], responses={200: REVIEW_ITEM, **LIST_ERRORS},
+    summary="Review items: doubtful leads with their candidates and evidence, and blind audit items"))
+class ReviewItemsView(generics.ListAPIView):
+    """The review list of the screens: conflict and weak-match leads (most urgent first) beside their
+    candidates with the engine's evidence, and the open audit items, blind (values only). Not cached:
+    a decision is no job run, so the shared read cache would not drop it."""
+
+    permission_classes = [CanReview]
+    pagination_class = ReviewPages
+    serializer_class = s.ReviewItemSerializer
+
+    def get_queryset(self):
+        query = s.ReviewItemsQuerySerializer(data=self.request.query_params)
+        query.is_valid(raise_exception=True)
+        return ReviewItems(query.validated_data.get("kind"))
+
+
+# A refused decision: the HTTP status and the error body's code of each refusing outcome.
+DECISION_REFUSALS = {"invalid": (400, "invalid"), "not_found": (404, "not_found"),
+                     "forbidden": (403, "permission_denied"),
+                     **{status_: (409, status_) for status_ in CONFLICT_STATUSES}}
+
+
+class ReviewDecisionView(APIView):
+    permission_classes = [CanReview]
+
+    @extend_schema(
+        parameters=[OpenApiParameter("source_pk", str, OpenApiParameter.PATH, description="the lead")],
+        request=s.ReviewDecisionSerializer,
+        responses={
+            200: s.ReviewDecisionResultSerializer, **ERRORS,
+            404: OpenApiResponse(ErrorSerializer, description="no such lead, or (an audit answer) no audit item"),
+            409: OpenApiResponse(ErrorSerializer, description="decided by someone else first (code already_linked, "
+                                                              "stale or already_decided): nothing was applied"),
+        },
+        summary="Decide a review item: link, reject, reject_all, defer a lead; confirm, not_same, cannot_tell an "
+                "audit item")
+    def post(self, request, source_pk: str):
+        body = s.ReviewDecisionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        outcome = review_item_decide(
+            source_pk=source_pk, action=data["action"], user=request.user,
+            person_key=str(data["person_key"]) if data.get("person_key") else None, seen=data.get("seen"),
+            note=data["note"],
+        )
+        if not outcome.applied:
+            http_status, code = DECISION_REFUSALS[outcome.status]
+            return error_response(http_status, code, outcome.message)
+        return Response(s.ReviewDecisionResultSerializer(outcome).data)

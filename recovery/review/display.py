@@ -53,6 +53,11 @@ def field_rows(lead: CabinetLead, keys, scored: Scored, person_records, raw: dic
     return rows
 
 
+def lead_values(lead: CabinetLead) -> dict[str, str]:
+    """The lead's values as both screens show them, field by field (name first, then the park)."""
+    return {name: _lead_display(lead, name) for name, _ in _rows_shown()}
+
+
 def _lead_display(lead: CabinetLead, name: str) -> str:
     if name == "name":
         return " ".join(p for p in (lead.first_name, lead.middle_name, lead.last_name) if p) or ""

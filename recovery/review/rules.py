@@ -16,6 +16,14 @@ MAX_CANDIDATES_SHOWN = 5
 MANUAL_MATCH_RULE = "manual_review"
 
 
+def review_allowed(user) -> bool:
+    """Who may review (see, decide, answer audit items, undo a link): a logged-in, active user holding
+    identity.review_lead, given by the `reviewer` group or granted to the user directly. The one home of
+    the rule: the review screens, the review API (recovery.api.permissions.CanReview), undo and the
+    link_undo command all ask it."""
+    return bool(user is not None and user.is_authenticated and user.has_perm(REVIEW_PERMISSION))
+
+
 class Action:
     LINK = "link"
     NOT_THIS_PERSON = "not_this_person"

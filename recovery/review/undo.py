@@ -11,7 +11,7 @@ from django.db import transaction
 from identity import linking
 from identity.resolution import leads_unmatched_record
 from recovery.queue import queue_reopen
-from recovery.review.rules import REVIEW_PERMISSION
+from recovery.review.rules import REVIEW_PERMISSION, review_allowed
 from recovery.tracking import attempts_reopen
 
 
@@ -47,7 +47,7 @@ def link_undo(
     origin; the matcher decides the lead again without that person and records why it is unmatched;
     the queue row is pending again (the backlog view lists the lead) and the tracking row too."""
     username = user.get_username() if user is not None else ""
-    if user is None or not user.has_perm(REVIEW_PERMISSION):
+    if not review_allowed(user):
         return UndoOutcome("forbidden", f"{username or 'Nobody'} may not undo links: it takes a reviewer "
                                         f"(the {REVIEW_PERMISSION} permission).", source_pk, person_key)
     with transaction.atomic():

@@ -19,7 +19,7 @@ from recovery.review.audit import audit_verdict_record
 from recovery.review.audit_screen import audit_open_items, audit_screen
 from recovery.review.decide import review_decide
 from recovery.review.listing import review_parks, review_queue
-from recovery.review.rules import DEFER_HOURS, REVIEW_PERMISSION, Action
+from recovery.review.rules import DEFER_HOURS, REVIEW_PERMISSION, Action, review_allowed
 from recovery.review.screen import review_lead
 
 PAGE_SIZE = 50
@@ -30,6 +30,10 @@ KIND_LEADS, KIND_AUDIT = "leads", "audit"
 
 class ReviewerRequired(PermissionRequiredMixin):
     permission_required = REVIEW_PERMISSION
+
+    def has_permission(self) -> bool:
+        # The rule lives in recovery.review.rules (the API's CanReview asks it too).
+        return review_allowed(self.request.user)
 
     def admin_context(self, title: str) -> dict:
         # Without the admin's model sidebar: the side-by-side tables need the laptop screen's width.

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 
 from identity.models import UndoneVia
 from identity.runs import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, JobCommand, command_exit
-from recovery.review.rules import REVIEW_PERMISSION
+from recovery.review.rules import REVIEW_PERMISSION, review_allowed
 from recovery.review.undo import link_undo
 
 
@@ -26,7 +26,7 @@ class Command(JobCommand):
         user = get_user_model().objects.filter(username=options["by"]).first()
         if user is None:
             command_exit(EXIT_USAGE, f"there is no user {options['by']!r}: name the reviewer who decided the undo")
-        if not user.is_active or not user.has_perm(REVIEW_PERMISSION):
+        if not review_allowed(user):
             command_exit(EXIT_USAGE, f"{user.get_username()} may not undo links: add them to the reviewer group "
                                      "(manage.py add_reviewer) or name a reviewer")
         if not options["reason"].strip():
