@@ -1,13 +1,16 @@
 """Audit simulation (issue 13): do the audit's estimates hold the truth? On a generated park with its ground truth.
 
     CT4_BENCH_DB=ct4_bench_api .venv/bin/python bench/audit_simulation.py --seed 1 --relatives
+    .venv/bin/python bench/audit_simulation.py --seed 1 --wrong-links 0.03
     .venv/bin/python bench/audit_simulation.py --seed 2 --drivers 20000 --leads 5000 --half-width 0.05
 
 Generates a park (the demo generator, with ground_truth.csv and drivers_truth.csv), optionally adds
 relatives (--relatives: for about 2 % of the drivers some lead truly belongs to, a sibling's driver record
 with the same surnames and the same mobile but another given name and document, so that some automatic
 links go to the wrong sibling and precision falls below 1; made here, never by a rule in the product),
-imports it, refreshes the drivers index and runs recovery (seed + recover, as scheduled). Then draws the
+imports it, refreshes the drivers index and runs recovery (seed + recover, as scheduled); --wrong-links
+re-points a share of the automatic links to a random other person (wrong links of a known number, so the
+precision estimate is tested below 1 whatever the matcher gets right). Then draws the
 audit sample (CT4_AUDIT precision_half_width = --half-width, one run without a cap) and answers every audit
 item from the ground truth through the review API (GET /api/v1/review/items?kind=audit, POST
 .../decision, as a reviewer user the bench creates): "confirm" when the item's driver records belong to
@@ -75,6 +78,8 @@ def django_setup() -> None:
 
     os.environ["CT4_DB_NAME"] = BENCH_DB
     os.environ.setdefault("CT4_LOG_LEVEL", "WARNING")
+    # The bench draws its one sample itself, with its own half-width, after the whole recovery.
+    os.environ["CT4_AUDIT_SAMPLE_AFTER_RUNS"] = "false"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ct4site.settings")
     django.setup()
     from django.conf import settings  # noqa: PLC0415 - after setup
@@ -94,6 +99,35 @@ def park_load(out: Path) -> None:
     drivers_index_refresh()
     queue_seed()
     queue_recover(limit=None)
+
+
+def links_miswire(share: float, *, seed: int) -> int:
+    """Re-point `share` of the automatic lead links, drawn at random, to another person drawn at random:
+    wrong links of a known number, as a faulty engine would make them, so that the audit's precision
+    estimate is tested where precision is below 1 (the audit sees only the lead and the linked person)."""
+    from django.db import connection  # noqa: PLC0415 - Django is set up in main()
+
+    from identity.models import LEADS_TABLE  # noqa: PLC0415
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            WITH auto AS (
+                SELECT id FROM canon.identity_links WHERE source_table = %(leads)s AND decided_by = 'system'),
+            pick AS (
+                SELECT id, row_number() OVER (ORDER BY md5(id::text || %(seed)s)) AS n FROM auto
+                ORDER BY md5(id::text || %(seed)s) LIMIT (SELECT ceil(%(share)s * count(*))::int FROM auto)),
+            other AS (
+                SELECT person_key, row_number() OVER (ORDER BY md5(person_key::text || %(seed)s)) AS n
+                FROM (SELECT DISTINCT person_key FROM canon.drivers_index) p
+                ORDER BY md5(person_key::text || %(seed)s) LIMIT (SELECT count(*) FROM pick))
+            UPDATE canon.identity_links l SET person_key = other.person_key
+            FROM pick JOIN other USING (n)
+            WHERE l.id = pick.id AND l.person_key <> other.person_key
+            """,
+            {"seed": str(seed), "leads": LEADS_TABLE, "share": share},
+        )
+        return cursor.rowcount
 
 
 def truth_of_population(truth) -> dict:
@@ -177,6 +211,9 @@ def main() -> int:
                         help="CT4_AUDIT precision_half_width: the sample each stratum asks for (default 0.1)")
     parser.add_argument("--relatives", action="store_true",
                         help=f"add a sibling's driver record for {RELATIVE_SHARE:.0%} of the true drivers")
+    parser.add_argument("--wrong-links", type=float, default=0.0, metavar="SHARE",
+                        help="re-point this share of the automatic links to a random other person after recovery "
+                             "(known wrong links: the precision estimate tested below 1; e.g. 0.03)")
     parser.add_argument("--data", type=Path, help="write the generated files here (kept)")
     args = parser.parse_args()
     env = bench_env()
@@ -202,6 +239,8 @@ def main() -> int:
     truth = truth_load(out)
     park_load(out)
     print(f"park generated, imported and recovered in {time.monotonic() - started:.0f}s ({siblings} relatives)")
+    if args.wrong_links:
+        print(f"{links_miswire(args.wrong_links, seed=args.seed)} automatic links re-pointed to a random other person")
 
     true = truth_of_population(truth)
     link_true, link_ok, links = true.get("link", (1.0, 0, 0))
