@@ -39,6 +39,7 @@ from identity.estimate import MIN_PAIRS, ModelEstimate, judged_matches_load, m_e
 from identity.fields import FIELDS, LEAD_SOURCES
 from identity.index import index_changed_at
 from identity.models import LEADS_TABLE, MatchModel, ReasonCode
+from identity.rules import rules_demoted
 from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
 
 log = logging.getLogger("ct4.matching")
@@ -116,7 +117,8 @@ class MatchContext:
 
     @classmethod
     def load(cls, *, in_memory: bool = False) -> MatchContext:
-        thresholds = Thresholds.from_settings()
+        # A rule an audit demoted links nobody until a person restores it (identity.rules).
+        thresholds = dataclasses.replace(Thresholds.from_settings(), demoted_rules=rules_demoted())
         if in_memory:
             index = IndexFrame.load()
             return cls(freq=dataclasses.replace(index.freq, m=match_model_m()), thresholds=thresholds, index=index)
