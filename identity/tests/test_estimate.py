@@ -129,8 +129,8 @@ def test_reviewers_links_count_and_rejections_never_do():
     base = _pairs(2_000)
     # Pairs no anchor reaches (only a name and a phone): half linked by a reviewer, half rejected.
     lonely = pl.DataFrame({"phone": ["different"] * 40, "name": ["typo"] * 40}).with_columns(
-        pl.Series("judged_match", [True] * 20 + [False] * 20), pl.Series("excluded", [False] * 20 + [True] * 20))
-    estimate = m_estimate(pl.concat([base.with_columns(pl.lit(False).alias("judged_match")), lonely],
+        pl.Series("positive_label", [True] * 20 + [False] * 20), pl.Series("excluded", [False] * 20 + [True] * 20))
+    estimate = m_estimate(pl.concat([base.with_columns(pl.lit(False).alias("positive_label")), lonely],
                                     how="diagonal_relaxed"))
     plain = m_estimate(base)
     phone = {e.level: e for e in estimate.levels if e.field == "phone"}
