@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from identity.domain import TODAY
 from identity.models import REVIEW_REASONS
+from identity.rules import rule_states
 from recovery import reports, selectors, status
 from recovery.db import sql_rows
 
@@ -115,6 +116,12 @@ def matched_last_24h(*, now) -> dict:
     }
 
 
+def rules_demoted_read() -> list[dict]:
+    """The automatic link rules an audit demoted to "review instead of link" (identity.rules), with the
+    figures that demoted them: a warning until a person switches them back."""
+    return [s.as_dict() for s in rule_states() if s.demoted]
+
+
 def dashboard_read(*, now=None, trend_days: int = TREND_DAYS, funnel_weeks: int = FUNNEL_WEEKS) -> dict:
     """Everything the ops dashboard shows (SPEC §6), as plain data."""
     now = now or timezone.now()
@@ -137,4 +144,5 @@ def dashboard_read(*, now=None, trend_days: int = TREND_DAYS, funnel_weeks: int 
         "unlinked_drivers": unlinked_active_drivers(),
         "review": {"by_reason": review, "total": sum(review.values())},
         "gap": reports.gap_summary(),
+        "demoted_rules": rules_demoted_read(),
     }
