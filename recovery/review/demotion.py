@@ -1,7 +1,8 @@
 """Rules demoted by their audited precision (issue 13 item 5): every hour, each automatic link rule's precision
 over all its audited links (recovery.review.quality); a rule whose 95 % Wilson upper bound falls below
 CT4_AUDIT precision_target is switched to "review instead of link" (identity.rules), with a WARNING naming
-the rule and the figures. The check never restores a rule: only a person does (manage.py match_rule_state)."""
+the rule and the figures. The check never restores a rule: only a person does (manage.py match_rule_state),
+knowing the figures; after that the rule is demoted again only by a new "not the same person" verdict."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import logging
 from dataclasses import asdict, dataclass, field
 
 from identity.matching import LINK_RULES
-from identity.rules import rule_demote, rules_demoted
+from identity.models import LEADS_TABLE
+from identity.rules import rule_demote, rule_states
 from identity.runs import job_run
+from recovery.db import sql_rows
+from recovery.models import AuditKind, AuditVerdict
 from recovery.review.audit import audit_settings
 from recovery.review.quality import ALL_MONTHS, audit_report
 
@@ -29,7 +33,8 @@ class RulePrecision:
     precision_low: float | None
     precision_high: float | None
     target: float
-    # below_target: demoted now; demoted_already: below the target and demoted before; ok; no_verdicts
+    # below_target: to demote; demoted_already: below the target and demoted before; restored: below the target,
+    # but a person switched it back and no link of the rule was rejected since; ok; no_verdicts
     status: str
 
     def figures(self) -> dict:
@@ -58,22 +63,48 @@ def rules_precision(*, target: float | None = None) -> list[RulePrecision]:
     target = audit_settings()["precision_target"] if target is None else target
     period = next((p for p in audit_report()["periods"] if p["month"] == ALL_MONTHS), {"rules": []})
     by_rule = {r["rule"]: r for r in period["rules"]}
-    demoted = rules_demoted()
+    states = {s.rule: s for s in rule_states()}
     result = []
     for rule in LINK_RULES:
         e = by_rule.get(rule, {})
         high = e.get("precision_high")
+        state = states[rule]
         if high is None:
             status = "no_verdicts"
-        elif high < target:
-            status = "demoted_already" if rule in demoted else "below_target"
-        else:
+        elif high >= target:
             status = "ok"
+        elif state.demoted:
+            status = "demoted_already"
+        elif state.changed_at is not None and not _rejections_since(rule, state.changed_at):
+            status = "restored"
+        else:
+            status = "below_target"
         result.append(RulePrecision(
             rule=rule, links=e.get("links", 0), audited=e.get("audited", 0), confirmed=e.get("confirmed", 0),
             rejected=e.get("rejected", 0), precision=e.get("precision"), precision_low=e.get("precision_low"),
             precision_high=high, target=target, status=status))
     return result
+
+
+_REJECTIONS_SINCE_SQL = """
+-- "not the same person" verdicts given after `since` on automatic links of the rule (undone ones included)
+SELECT count(*) AS rejected
+FROM ops.audit_items a
+WHERE a.kind = %(link_kind)s AND a.verdict = %(not_same)s AND a.decided_at > %(since)s
+  AND EXISTS (SELECT 1 FROM (SELECT source_table, source_pk, person_key, match_rule, decided_by
+                             FROM canon.identity_links
+                             UNION ALL
+                             SELECT source_table, source_pk, person_key, match_rule, decided_by
+                             FROM canon.identity_link_history) l
+              WHERE l.source_table = %(leads)s AND l.decided_by = 'system' AND l.match_rule = %(rule)s
+                AND l.source_pk = a.source_pk AND l.person_key = a.person_key)
+"""
+
+
+def _rejections_since(rule: str, since) -> int:
+    """Links of `rule` an auditor rejected after `since` (a person's restore: they knew the figures before)."""
+    return sql_rows(_REJECTIONS_SINCE_SQL, {"link_kind": AuditKind.LINK.value, "not_same": AuditVerdict.NOT_SAME.value,
+                                            "since": since, "leads": LEADS_TABLE, "rule": rule})[0]["rejected"]
 
 
 def rules_precision_check(*, dry_run: bool = False, trigger: str = "command",
