@@ -26,7 +26,8 @@ from bench._common import PY, ROOT, bench_env, manage, reset_database, sql_rows
 from bench._truth import lead_cases, truth_load
 
 # Both revisions expose leads_decide(list[LeadKeys], MatchContext) -> {source_pk: Decision} and
-# leads_load_keys; each prints {source_pk: [outcome, person_key]} for every lead.
+# leads_load_keys; each prints {source_pk: [outcome, person_key, rule]} for every lead. A change of rule
+# alone (v5 names a link's corroboration path) is not a changed decision: it is counted apart.
 DECIDE = """
 import json, sys
 from django.db import connection
@@ -39,7 +40,7 @@ out = {}
 for start in range(0, len(pks), 1000):
     leads = leads_load_keys(pks[start:start + 1000])
     for pk, d in leads_decide(leads, context).items():
-        out[pk] = [str(d.outcome), d.person_key]
+        out[pk] = [str(d.outcome), d.person_key, d.rule]
 sys.stdout.write("\\n" + json.dumps(out))
 """
 
@@ -77,9 +78,12 @@ def main() -> None:
     changed = Counter()
     by_case = Counter()
     verdicts = Counter()
+    renamed = Counter()
     for pk in sorted(set(new) | set(old)):
-        a, b = old.get(pk, ["-", None]), new.get(pk, ["-", None])
-        if a == b:
+        a, b = old.get(pk, ["-", None, None]), new.get(pk, ["-", None, None])
+        if a[:2] == b[:2]:
+            if a[0] == "link":
+                renamed[(a[2], b[2])] += 1
             continue
         changed[(a[0], b[0])] += 1
         row = rows.get(pk)
@@ -97,6 +101,9 @@ def main() -> None:
     for (case, a, b), n in sorted(by_case.items(), key=lambda kv: (-kv[1], kv[0])):
         print(f"  {case:<16} {a:<30} -> {b:<30} {n:>6}")
     print("links among the changed leads:", dict(verdicts))
+    print("unchanged links by rule (old rule -> new rule):")
+    for (a, b), n in renamed.most_common():
+        print(f"  {a or '-':<30} -> {b or '-':<30} {n:>6}")
 
 
 def _persons_of_drivers(env: dict) -> dict:

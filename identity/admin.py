@@ -33,10 +33,12 @@ from identity.models import (
     IdentityUnmatched,
     JobRun,
     MatchModel,
+    MatchRuleState,
     NameTokenStat,
     Person,
 )
 from identity.normalize import normalize_document, normalize_email, normalize_phone, normalize_plate
+from identity.rules import rule_restore, rules_demoted
 
 admin.site.site_header = "ct4 identity recovery"
 admin.site.site_title = "ct4 admin"
@@ -471,3 +473,30 @@ class NameTokenStatAdmin(ReadOnlyAdmin):
 
 
 __all__ = ["LeadParkFilter", "NormalizedSearchMixin", "ReadOnlyAdmin", "as_uuid", "lead_key_hits", "review_link"]
+
+
+@admin.register(MatchRuleState)
+class MatchRuleStateAdmin(ReadOnlyAdmin):
+    """Every change of an automatic link rule's state (identity.rules): demoted by its audited precision,
+    or switched back by a person. The one action switches the selected demoted rules back to linking,
+    in the name of the admin user (the change permission on match rule states is needed)."""
+
+    list_display = ("rule", "state", "changed_at", "changed_by", "reason")
+    list_filter = ("state", "rule", "changed_by")
+    ordering = ("-changed_at", "-id")
+    actions = ("restore_rules",)
+
+    @admin.action(description="Switch the selected demoted rules back to linking", permissions=["restore"])
+    def restore_rules(self, request, queryset):
+        demoted = rules_demoted()
+        rules = sorted({rule for rule in queryset.values_list("rule", flat=True) if rule in demoted})
+        for rule in rules:
+            rule_restore(rule=rule, changed_by=request.user.get_username(),
+                         reason=f"restored in the admin by {request.user.get_username()}")
+        skipped = queryset.exclude(rule__in=rules).values_list("rule", flat=True).distinct().count()
+        self.message_user(request, f"Switched back to linking: {', '.join(rules) or 'none'}"
+                                   + (f"; {skipped} rule(s) were not demoted" if skipped else "") + ".")
+
+    def has_restore_permission(self, request):
+        # Changing a rule's state is what the change permission means here; rows are never edited by hand.
+        return request.user.has_perm("identity.change_matchrulestate")

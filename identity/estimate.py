@@ -1,9 +1,12 @@
 """m probabilities from the data (issue 12 item 3): each comparison level's P(level | same person), counted
-over candidate pairs that other, independent fields settle beyond doubt and over reviewers' judgements,
-bounded by the registry's prior ranges, and failing loudly when the data cannot support an estimate.
+over candidate pairs that other, independent fields settle beyond doubt and over people's verdicts (labels,
+issue 13 item 5), bounded by the registry's prior ranges, and failing loudly when the data cannot support an
+estimate.
 
 A field's levels are counted over its *anchor* pairs: pairs where fields other than this one say
-"same person" beyond doubt (`ANCHORS`), plus pairs a reviewer linked. Under the model's own
+"same person" beyond doubt (`ANCHORS`), plus the positive labels (pairs a reviewer linked, links an
+auditor confirmed), minus the negative ones (a pair a person said is not one person never teaches m,
+however well its keys agree). Under the model's own
 assumption (fields agree independently given the pair is a match) and blocking's (the anchor
 pairs were found whatever this field says), the share of each level among the anchor pairs
 estimates its m. u is not estimated here: it stays the registry's (declared, or term frequency).
@@ -103,8 +106,8 @@ class LevelEstimate:
     level: str
     declared_m: float
     m_range: tuple[float, float]
-    pairs: int  # anchor and judged pairs where both sides carry the field
-    judged_pairs: int  # of which a reviewer linked
+    pairs: int  # anchor and positively labelled pairs where both sides carry the field
+    judged_pairs: int  # of which a person labelled a match (a reviewer's link, an auditor's confirmation)
     count: int  # of those pairs, how many are at this level
     raw: float | None  # count / pairs
     interval: tuple[float, float] | None  # Wilson interval of raw at Z
@@ -113,6 +116,9 @@ class LevelEstimate:
     u: float | None  # the registry's u; None = term frequency
     weighed: bool
     min_pairs: int = MIN_PAIRS
+    # Pairs carrying the field that an anchor would have counted but a person labelled "not this person"
+    # (a rejection, an audit's "not the same person"): left out.
+    rejected_pairs: int = 0
 
     @property
     def failed(self) -> bool:
@@ -193,9 +199,10 @@ def wilson(count: int, n: int, z: float = Z) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def _field_estimate(f: Field, observed: pl.DataFrame, *, min_pairs: int, z: float) -> list[LevelEstimate]:
+def _field_estimate(f: Field, observed: pl.DataFrame, *, min_pairs: int, z: float,
+                    rejected: int = 0) -> list[LevelEstimate]:
     n = observed.height
-    judged = int(observed["judged_match"].sum()) if n else 0
+    judged = int(observed["positive_label"].sum()) if n else 0
     counts = dict(observed.group_by(f.name).len().iter_rows()) if n else {}
     estimates = []
     for level in f.levels:
@@ -213,22 +220,26 @@ def _field_estimate(f: Field, observed: pl.DataFrame, *, min_pairs: int, z: floa
         estimates.append(LevelEstimate(
             field=f.name, level=level.name, declared_m=level.m, m_range=level.m_range, pairs=n,
             judged_pairs=judged, count=count, raw=raw, interval=interval, m=m, status=status, u=level.u,
-            weighed=f.weighed, min_pairs=min_pairs))
+            weighed=f.weighed, min_pairs=min_pairs, rejected_pairs=rejected))
     return estimates
 
 
 def m_estimate(pairs: pl.DataFrame, *, min_pairs: int = MIN_PAIRS, z: float = Z,
                fields: dict[str, Field] | None = None) -> ModelEstimate:
     """Estimate every level's m from scored candidate pairs (identity.matching `Scores.candidates`:
-    one level column per field, null where either side lacks the value; optional `excluded`, a
-    reviewer's "not this person", and `judged_match`, a reviewer's link). Never raises for the data:
-    failures are in the result (`raise_for_failures`, `m`)."""
+    one level column per field, null where either side lacks the value), with optional labels:
+    `positive_label` (a person said the pair is one person: it joins every field's anchors) and
+    `negative_label` or `excluded` (a person said it is not: it leaves them). Never raises for the
+    data: failures are in the result (`raise_for_failures`, `m`)."""
     fields = FIELDS if fields is None else fields
     columns = pairs.columns
-    frame = pairs.with_columns(
-        (pl.col("judged_match").fill_null(False) if "judged_match" in columns else pl.lit(False)).alias("judged_match"))
-    if "excluded" in columns:
-        frame = frame.filter(~pl.col("excluded").fill_null(False))
+
+    def flag(name: str) -> pl.Expr:
+        return pl.col(name).fill_null(False) if name in columns else pl.lit(False)
+
+    negative = flag("negative_label") | flag("excluded")
+    frame = pairs.with_columns((flag("positive_label") & ~negative).alias("positive_label"),
+                               negative.alias("negative_label"))
     result = ModelEstimate()
     for f in fields.values():
         if f.name not in columns:
@@ -236,14 +247,18 @@ def m_estimate(pairs: pl.DataFrame, *, min_pairs: int = MIN_PAIRS, z: float = Z,
             continue
         anchor = ANCHORS.get(f.name) or _anchor(f.name)
         result.anchors[f.name] = anchor.describe() + ", or a reviewer linked the pair"
-        chosen = frame.filter(anchor.expr(columns) | pl.col("judged_match"))
+        chosen = frame.filter(anchor.expr(columns) | pl.col("positive_label"))
+        rejected = chosen.filter(pl.col("negative_label"))
+        chosen = chosen.filter(~pl.col("negative_label"))
         if f.kind == Kind.RECRUITMENT:
             # Computed only where it agrees (every lead has a park and a date, every record a hire date):
             # a missing level is "not hired in the lead's park within the window".
-            observed = chosen.select(pl.col(f.name).fill_null("__not__"), "judged_match")
+            observed = chosen.select(pl.col(f.name).fill_null("__not__"), "positive_label")
+            rejected_n = rejected.height
         else:
-            observed = chosen.select(f.name, "judged_match").drop_nulls(f.name)
-        result.levels.extend(_field_estimate(f, observed, min_pairs=min_pairs, z=z))
+            observed = chosen.select(f.name, "positive_label").drop_nulls(f.name)
+            rejected_n = rejected.select(f.name).drop_nulls().height
+        result.levels.extend(_field_estimate(f, observed, min_pairs=min_pairs, z=z, rejected=rejected_n))
     return result
 
 
@@ -255,23 +270,30 @@ def m_probabilities(pairs: pl.DataFrame, *, min_pairs: int = MIN_PAIRS, z: float
 # --- From the database: a match run's pairs and reviewers' judgements -----------------------------
 
 
-def judged_matches_load() -> pl.DataFrame:
-    """(source_pk, person_key) pairs a reviewer said are one person: the latest judgement on the pair
-    is a link, or a person linked the lead by hand."""
+def labels_load() -> pl.DataFrame:
+    """People's verdicts on (lead, person) pairs, as labels (source_pk, person_key, positive): the latest
+    judgement on the pair that names it, a link (a reviewer's link, an auditor's "same person") or
+    not this person (a reviewer's rejection, an auditor's "not the same person", any undone link);
+    and a link a person made by hand without a judgement, positive."""
     from identity.bulk import frame_read  # noqa: PLC0415
     from identity.models import LEADS_TABLE, Verdict  # noqa: PLC0415
 
     return frame_read(
         """
-        SELECT source_pk, person_key FROM (
+        WITH latest AS (
+            -- each pair's latest verdict that says match or no match (a deferral says neither)
             SELECT DISTINCT ON (source_pk, person_key) source_pk, person_key::text AS person_key, verdict
             FROM canon.identity_judgements
-            WHERE source_table = %(leads)s AND person_key IS NOT NULL
+            WHERE source_table = %(leads)s AND person_key IS NOT NULL AND verdict = ANY(%(verdicts)s)
             ORDER BY source_pk, person_key, decided_at DESC, id DESC
-        ) latest WHERE verdict = %(link)s
-        UNION
-        SELECT source_pk, person_key::text FROM canon.identity_links
-        WHERE source_table = %(leads)s AND decided_by <> 'system'
+        )
+        SELECT source_pk, person_key, verdict = %(link)s AS positive FROM latest
+        UNION ALL
+        SELECT l.source_pk, l.person_key::text, true FROM canon.identity_links l
+        WHERE l.source_table = %(leads)s AND l.decided_by <> 'system'
+          AND NOT EXISTS (SELECT 1 FROM latest
+                          WHERE latest.source_pk = l.source_pk AND latest.person_key = l.person_key::text)
         """,
-        {"leads": LEADS_TABLE, "link": Verdict.LINK.value},
-        schema={"source_pk": pl.String, "person_key": pl.String})
+        {"leads": LEADS_TABLE, "link": Verdict.LINK.value,
+         "verdicts": [Verdict.LINK.value, Verdict.NOT_THIS_PERSON.value]},
+        schema={"source_pk": pl.String, "person_key": pl.String, "positive": pl.Boolean})

@@ -29,8 +29,20 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v4"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
-# v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule
+RULE_VERSION = "fs-2026.12-v5"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+# v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
+# v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review
+
+# The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
+# the first path that holds and is not demoted (identity.rules), so an audit that finds one path
+# linking wrong people can stop that path alone and leave the others linking.
+LINK_RULES = (
+    "fs_document_plus_key",  # the document and another exact key (phone, e-mail, birth date) agree
+    "fs_personal_key",  # a key one human owns (document, e-mail, birth date) with a given name and a surname
+    "fs_shared_key",  # only a key relatives share (phone, plate, an e-mail one typo off) with the names
+)
+# The rule of a decision that links through no path (review, no candidates, ...).
+NO_LINK_RULE = "fellegi_sunter"
 
 # Name levels in which both a given name and a surname agree. Swapped surnames are usually two
 # families ("Cruz Choque" / "Choque Cruz"): only a personal key makes them one person.
@@ -207,6 +219,9 @@ class Thresholds:
     # Recruitment: a record hired in the lead's park 0..N days after the lead date (0 turns the
     # comparison and the recruitment rule off).
     recruit_window_days: int = 7
+    # Link rules (LINK_RULES) an audit demoted to "review instead of link" (identity.rules): a lead
+    # that would link only through them goes to review. Not a setting: MatchContext reads the database.
+    demoted_rules: frozenset[str] = frozenset()
 
     @classmethod
     def from_settings(cls) -> Thresholds:
@@ -497,7 +512,8 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     candidates = (candidates.with_columns((prior + pl.sum_horizontal([pl.col(c).fill_null(0) for c in bit_columns]))
                                           .alias("bits"))
                   .drop(bit_columns).join(has_name, on="lead_i", how="left"))
-    candidates = candidates.with_columns(_corroborated().alias("corroborated"), _key_agrees().alias("key_agrees"))
+    candidates = candidates.with_columns(_corroborated().alias("corroborated"), _link_paths().alias("link_paths"),
+                                         _key_agrees().alias("key_agrees"))
     fields = pl.concat(evidence).with_columns(
         pl.col("field").replace_strict({name: i for i, name in enumerate(FIELDS)}, return_dtype=pl.Int32)
         .alias("field_order"))
@@ -508,33 +524,45 @@ def _is(field_name: str, *levels: str) -> pl.Expr:
     return pl.col(field_name).is_in(list(levels)).fill_null(False)
 
 
-def _corroborated() -> pl.Expr:
-    """The canonical guard against what independence gets wrong (families, recycled numbers, cars).
+def _corroboration_paths() -> dict[str, pl.Expr]:
+    """The canonical guard against what independence gets wrong (families, recycled numbers, cars),
+    one expression per path of LINK_RULES, in its order. A candidate is corroborated when any holds.
 
-    - A personal key (document exact or one typo, e-mail exact, birth date exact) needs a given
-      name and a surname to agree (name level exact, typo, subset or partial).
-    - A shareable key (phone, plate, or an e-mail one typo away, e-mails being built from names)
-      needs the names to agree without a conflict: exact, typo or subset. Siblings share a phone,
-      the surnames and often a second given name ("Jorge Luis" / "Luis Enrique"): that is
-      "partial", and not enough.
-    - A document plus another exact key (phone, e-mail, birth date) needs some name overlap only.
-    - Without a name on the lead, only a document plus another exact key will do.
-    - Guard (relatives sharing a phone or a car): when only a shareable key agrees and the names
-      agree as a subset only (the same surnames, one side with a given name the other lacks: a
-      father and a son "Juan Quispe" / "Juan Carlos Quispe"), a personal key that *differs*
-      (document, e-mail, birth date) says another member of the family: review, never a link.
+    - fs_document_plus_key: a document plus another exact key (phone, e-mail, birth date) needs
+      some name overlap only; without a name on the lead, it is the only path.
+    - fs_personal_key: a personal key (document exact or one typo, e-mail exact, birth date exact)
+      needs a given name and a surname to agree (name level exact, typo, subset or partial).
+    - fs_shared_key: a shareable key (phone, plate, or an e-mail one typo away, e-mails being built
+      from names) needs the names to agree without a conflict: exact, typo or subset. Siblings share a
+      phone, the surnames and often a second given name ("Jorge Luis" / "Luis Enrique"): that is
+      "partial", and not enough. Guard (relatives sharing a phone or a car): when the names agree as
+      a subset only (the same surnames, one side with a given name the other lacks: a father and a
+      son "Juan Quispe" / "Juan Carlos Quispe"), a personal key that *differs* (document, e-mail,
+      birth date) says another member of the family: review, never a link.
     """
     document_plus_exact = _is("document", "exact") & (
         _is("phone", "exact") | _is("email", "exact") | _is("birth_date", "exact"))
     personal = _is("document", "exact", "one_typo") | _is("email", "exact") | _is("birth_date", "exact")
     shareable = _is("phone", "exact", "one_typo") | _is("plate", "exact", "one_typo") | _is("email", "one_typo")
-    some_name = pl.col("name").is_not_null() & (pl.col("name") != "different")
+    some_name = (pl.col("name").is_not_null() & (pl.col("name") != "different")).fill_null(False)
     contradicted = _is("document", "different") | _is("email", "different") | _is("birth_date", "different")
     relatives = _is("name", "subset") & contradicted
-    with_name = ((personal & _is("name", *NAME_CORROBORATES))
-                 | (document_plus_exact & some_name.fill_null(False))
-                 | (shareable & _is("name", *NAME_AGREES_WITHOUT_CONFLICT) & ~relatives))
-    return pl.when(pl.col("lead_has_name")).then(with_name).otherwise(document_plus_exact)
+    has_name = pl.col("lead_has_name").fill_null(False)
+    return {
+        "fs_document_plus_key": document_plus_exact & (some_name | ~has_name),
+        "fs_personal_key": has_name & personal & _is("name", *NAME_CORROBORATES),
+        "fs_shared_key": has_name & shareable & _is("name", *NAME_AGREES_WITHOUT_CONFLICT) & ~relatives,
+    }
+
+
+def _corroborated() -> pl.Expr:
+    return pl.any_horizontal(list(_corroboration_paths().values()))
+
+
+def _link_paths() -> pl.Expr:
+    """The paths (LINK_RULES) that corroborate a candidate, in LINK_RULES order."""
+    return pl.concat_list([pl.when(path).then(pl.lit(name)) for name, path in _corroboration_paths().items()]
+                          ).list.drop_nulls()
 
 
 def _key_agrees() -> pl.Expr:
@@ -546,17 +574,23 @@ def _key_agrees() -> pl.Expr:
 
 def decisions_make(leads: pl.DataFrame, scores: Scores, thresholds: Thresholds) -> pl.DataFrame:
     """One decision per lead, by group: the best plausible candidate, its strongest corroborated
-    rival, the margin, then link / conflict / weak (see docs/matching.md §5).
+    rival, the margin, then link / conflict / weak (see docs/matching.md §5). A link is named by the
+    first of its corroboration paths (LINK_RULES) that is not demoted; a lead whose every path is
+    demoted goes to review (WEAK_MATCH_ONLY) with `demoted_rule`, the path it would have linked by.
 
-    Columns: lead_i, source_pk, outcome, person_key, score, margin, rule, confidence.
+    Columns: lead_i, source_pk, outcome, person_key, score, margin, rule, confidence, demoted_rule.
     """
     c = (scores.candidates.sort(["lead_i", "bits", "person_key"], descending=[False, True, False])
          .with_columns(
              (~pl.col("excluded") & (pl.col("key_agrees") | (pl.col("bits") >= thresholds.weak_bits))).alias("plausible")))
     c = c.with_columns(pl.col("plausible").cast(pl.UInt32).cum_sum().over("lead_i").alias("plausible_rank"))
+    demoted = sorted(thresholds.demoted_rules)
     best = c.filter(pl.col("plausible") & (pl.col("plausible_rank") == 1)).select(
         "lead_i", pl.col("person_key").alias("best_person"), pl.col("bits").alias("best_bits"),
-        pl.col("corroborated").alias("best_corroborated"))
+        pl.col("corroborated").alias("best_corroborated"),
+        pl.col("link_paths").list.eval(pl.element().filter(~pl.element().is_in(demoted))).list.first()
+        .alias("best_rule"),
+        pl.col("link_paths").list.first().alias("best_path"))
     # Only candidates that could themselves be linked compete: a sibling who shares the family
     # phone but not the given name is evidence of a family, not a rival.
     rival = (c.filter(pl.col("plausible") & (pl.col("plausible_rank") > 1) & pl.col("corroborated"))
@@ -565,24 +599,31 @@ def decisions_make(leads: pl.DataFrame, scores: Scores, thresholds: Thresholds) 
          .join(best, on="lead_i", how="left").join(rival, on="lead_i", how="left"))
     margin = pl.col("best_bits") - pl.col("rival_bits").fill_null(float("-inf"))
     strong = (pl.col("best_bits") >= thresholds.link_bits) & pl.col("best_corroborated")
+    # Would link, but only through demoted paths: a person looks at it instead.
+    demoted_link = strong & (margin >= thresholds.margin_bits) & pl.col("best_rule").is_null()
     outcome = (pl.when(~pl.col("has_identifier")).then(pl.lit(ReasonCode.MISSING_IDENTIFIERS.value))
                .when(pl.col("best_person").is_null()).then(pl.lit(ReasonCode.NO_CANDIDATES.value))
+               .when(demoted_link).then(pl.lit(ReasonCode.WEAK_MATCH_ONLY.value))
                .when(strong & (margin >= thresholds.margin_bits)).then(pl.lit("link"))
                .when(strong).then(pl.lit(ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value))
                # The top scorer is not corroborated (or too weak): a person looks at it.
                .otherwise(pl.lit(ReasonCode.WEAK_MATCH_ONLY.value)))
     undecided = pl.col("outcome").is_in([ReasonCode.MISSING_IDENTIFIERS.value, ReasonCode.NO_CANDIDATES.value])
-    d = d.with_columns(outcome.alias("outcome"), margin.alias("margin")).with_columns(
+    d = d.with_columns(outcome.alias("outcome"), margin.alias("margin"),
+                       pl.when(demoted_link.fill_null(False)).then(pl.col("best_path")).alias("demoted_rule"))
+    d = d.with_columns(
         pl.when(pl.col("outcome") == "link").then(pl.col("best_person")).alias("person_key"),
         pl.when(undecided).then(None).otherwise(pl.col("best_bits")).alias("score"),
         pl.when(undecided).then(None).otherwise(pl.col("margin")).alias("margin"),
-        pl.lit("fellegi_sunter").alias("rule"),
+        pl.when(pl.col("outcome") == "link").then(pl.col("best_rule"))
+        .otherwise(pl.col("demoted_rule")).fill_null(NO_LINK_RULE).alias("rule"),
     )
     confidence = (pl.when(pl.col("outcome") != "link").then(pl.lit("low"))
                   .when((pl.col("score") >= 16) & (pl.col("margin") >= 12)).then(pl.lit("high"))
                   .otherwise(pl.lit("medium")))
     return d.with_columns(confidence.alias("confidence")).select(
-        "lead_i", "source_pk", "outcome", "person_key", "score", "margin", "rule", "confidence").sort("lead_i")
+        "lead_i", "source_pk", "outcome", "person_key", "score", "margin", "rule", "confidence",
+        pl.col("demoted_rule").cast(pl.String)).sort("lead_i")
 
 
 def _has_identifier() -> pl.Expr:
@@ -628,6 +669,8 @@ def evidence_json(decisions: pl.DataFrame, scores: Scores, thresholds: Threshold
         pl.concat_str(
             pl.lit(head), pl.lit(',"rule":"'), pl.col("rule"), pl.lit('","outcome":"'), pl.col("outcome"),
             pl.lit('","score":'), number("score"), pl.lit(',"margin":'), number("margin"),
+            pl.when(pl.col("demoted_rule").is_not_null())
+            .then(pl.concat_str(pl.lit(',"demoted_rule":"'), pl.col("demoted_rule"), pl.lit('"'))).otherwise(pl.lit("")),
             pl.lit(',"candidates":['), pl.col("candidates_json").fill_null(""), pl.lit("]}"),
         ).alias("evidence"),
     )
@@ -685,8 +728,10 @@ class Decision:
     score: float | None
     margin: float | None
     candidates: tuple[Scored, ...]
-    rule: str = "fellegi_sunter"
+    rule: str = NO_LINK_RULE
     confidence_level: str = "low"
+    # The link rule this lead would have linked by, had an audit not demoted it (identity.rules).
+    demoted_rule: str | None = None
 
     @property
     def is_link(self) -> bool:
@@ -700,6 +745,7 @@ class Decision:
             "score": None if self.score is None else round(self.score, 2),
             "margin": None if self.margin is None or math.isinf(self.margin) else round(self.margin, 2),
             "thresholds": thresholds.as_dict(),
+            **({"demoted_rule": self.demoted_rule} if self.demoted_rule else {}),
             "candidates": [c.as_dict() for c in self.candidates[:top]],
         }
 
@@ -721,7 +767,7 @@ def decisions_materialize(decisions: pl.DataFrame, scores: Scores) -> dict[str, 
         candidates = () if row["outcome"] == ReasonCode.MISSING_IDENTIFIERS else tuple(scored.get(row["lead_i"], ()))
         result[row["source_pk"]] = Decision(
             row["source_pk"], row["outcome"], row["person_key"], row["score"], row["margin"], candidates,
-            row["rule"], row["confidence"])
+            row["rule"], row["confidence"], row.get("demoted_rule"))
     return result
 
 

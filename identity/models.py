@@ -500,3 +500,40 @@ class MatchModel(models.Model):
 
     def __str__(self) -> str:
         return f"match model #{self.pk} ({self.pairs} pairs)"
+
+
+class RuleState(models.TextChoices):
+    LINKING = "linking", "Links on its own"
+    REVIEW = "review", "Review instead of link"
+
+
+class MatchRuleState(models.Model):
+    """A change of an automatic link rule's state (identity.matching.LINK_RULES): demoted to "review
+    instead of link" when its audited precision fell below the target, or switched back by a person.
+
+    One row per change, never updated (the history stays); a rule's state is its latest row's, and a
+    rule without rows links. Written only by identity.rules."""
+
+    rule = models.TextField()
+    state = models.TextField(choices=RuleState.choices)
+    changed_at = models.DateTimeField(db_default=Now())
+    # "system" for the automatic precision check; a person's username otherwise.
+    changed_by = models.TextField()
+    reason = models.TextField()
+    # The audited figures at the change (links, audited, confirmed, rejected, precision and its interval,
+    # the target), from recovery's audit report; empty for a change by hand without them.
+    figures = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = 'canon"."match_rule_states'
+        verbose_name = "match rule state"
+        constraints = [
+            choices_check("state", RuleState, "match_rule_state_valid"),
+            # Only a person switches a rule back to linking.
+            models.CheckConstraint(condition=Q(state="review") | ~Q(changed_by__in=["", "system"]),
+                                   name="match_rule_state_restored_by_person"),
+        ]
+        indexes = [models.Index(fields=["rule", "-changed_at"], name="match_rule_state_rule_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.rule}: {self.state}"

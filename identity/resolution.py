@@ -35,10 +35,11 @@ from identity.matching import (
     evidence_json,
     pairs_score,
 )
-from identity.estimate import MIN_PAIRS, ModelEstimate, judged_matches_load, m_estimate
+from identity.estimate import MIN_PAIRS, ModelEstimate, labels_load, m_estimate
 from identity.fields import FIELDS, LEAD_SOURCES
 from identity.index import index_changed_at
 from identity.models import LEADS_TABLE, MatchModel, ReasonCode
+from identity.rules import rules_demoted
 from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
 
 log = logging.getLogger("ct4.matching")
@@ -116,7 +117,8 @@ class MatchContext:
 
     @classmethod
     def load(cls, *, in_memory: bool = False) -> MatchContext:
-        thresholds = Thresholds.from_settings()
+        # A rule an audit demoted links nobody until a person restores it (identity.rules).
+        thresholds = dataclasses.replace(Thresholds.from_settings(), demoted_rules=rules_demoted())
         if in_memory:
             index = IndexFrame.load()
             return cls(freq=dataclasses.replace(index.freq, m=match_model_m()), thresholds=thresholds, index=index)
@@ -162,8 +164,8 @@ ESTIMATE_SAMPLE = 10_000
 
 def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000) -> pl.DataFrame:
     """These leads' scored candidate pairs as a match run makes them (nothing is written): one row per
-    (lead, person) with a level column per field, `source_pk`, and `judged_match` where a reviewer
-    linked the pair (identity.estimate counts them)."""
+    (lead, person) with a level column per field, `source_pk`, and the labels people gave the pair
+    (`positive_label`, `negative_label`: identity.estimate counts the first and leaves the second out)."""
     frames = []
     for start in range(0, leads.height, chunk):
         batch = leads.slice(start, chunk).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
@@ -172,9 +174,10 @@ def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000
     if not frames:
         return pl.DataFrame(schema={"source_pk": pl.String, **{name: pl.String for name in FIELDS}})
     pairs = pl.concat(frames, how="diagonal_relaxed")
-    judged = judged_matches_load().with_columns(pl.lit(True).alias("judged_match"))
-    pairs = pairs.join(judged, on=["source_pk", "person_key"], how="left").with_columns(
-        pl.col("judged_match").fill_null(False))
+    labels = labels_load().select("source_pk", "person_key", pl.col("positive").alias("positive_label"),
+                                  (~pl.col("positive")).alias("negative_label"))
+    pairs = pairs.join(labels, on=["source_pk", "person_key"], how="left").with_columns(
+        pl.col("positive_label").fill_null(False), pl.col("negative_label").fill_null(False))
     if not context.thresholds.recruit_window_days:
         pairs = pairs.drop("recruitment", strict=False)  # not compared: nothing to estimate
     return pairs
@@ -219,17 +222,26 @@ class ModelReport:
     leads: int
     pairs: int
     estimate: ModelEstimate
+    # People's labels (identity.estimate.labels_load): all of them, and those among the scored pairs.
+    labels: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        return {"leads": self.leads, "pairs": self.pairs, **self.estimate.as_dict()}
+        return {"leads": self.leads, "pairs": self.pairs, "labels": self.labels, **self.estimate.as_dict()}
 
 
 def model_report(*, limit: int | None = None, min_pairs: int = MIN_PAIRS) -> ModelReport:
     """Every lead (or the newest `limit`) scored as match_leads would, nothing written, and each
     level's m estimated from their pairs (manage.py model_report)."""
     pairs = run_pairs(leads_load(limit=limit), MatchContext.load(in_memory=True))
+    labels = labels_load()
+    positive = int(labels["positive"].sum())
+    in_pairs = {name: int(pairs[name].sum()) if name in pairs.columns else 0
+                for name in ("positive_label", "negative_label")}
     return ModelReport(leads=pairs["source_pk"].n_unique(), pairs=pairs.height,
-                       estimate=m_estimate(pairs, min_pairs=min_pairs))
+                       estimate=m_estimate(pairs, min_pairs=min_pairs),
+                       labels={"positive": positive, "negative": labels.height - positive,
+                               "positive_in_pairs": in_pairs["positive_label"],
+                               "negative_in_pairs": in_pairs["negative_label"]})
 
 
 @dataclass

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from identity.domain import TODAY
 from identity.models import REVIEW_REASONS
+from identity.rules import rule_states
 from recovery import reports, selectors, status
 from recovery.db import sql_rows
 from recovery.review.audit import audit_settings
@@ -156,6 +157,12 @@ def _quality_month(period: dict) -> dict:
     }
 
 
+def rules_demoted_read() -> list[dict]:
+    """The automatic link rules an audit demoted to "review instead of link" (identity.rules), with the
+    figures that demoted them: a warning until a person switches them back."""
+    return [s.as_dict() for s in rule_states() if s.demoted]
+
+
 def dashboard_read(*, now=None, trend_days: int = TREND_DAYS, funnel_weeks: int = FUNNEL_WEEKS) -> dict:
     """Everything the ops dashboard shows (SPEC §6), as plain data."""
     now = now or timezone.now()
@@ -179,4 +186,5 @@ def dashboard_read(*, now=None, trend_days: int = TREND_DAYS, funnel_weeks: int 
         "review": {"by_reason": review, "total": sum(review.values())},
         "gap": reports.gap_summary(),
         "quality": audit_quality(),
+        "demoted_rules": rules_demoted_read(),
     }

@@ -39,6 +39,8 @@ def declared_schedules() -> tuple[ScheduleSpec, ...]:
                      "every 15 minutes: recent and limbo leads, claims"),
         ScheduleSpec("retry_identity_matching", "0 2 * * *", {}, "daily 02:00: every unresolved lead"),
         ScheduleSpec("guardrails", "40 * * * *", {}, "hourly: the verification checks"),
+        ScheduleSpec("rules_precision", "50 * * * *", {},
+                     "hourly: demote a link rule whose audited precision fell below the target"),
     )
 
 

@@ -21,6 +21,7 @@ from recovery.jobs.reconcile import pipeline_reconcile
 from recovery.jobs.recover import queue_recover
 from recovery.jobs.retry import identity_matching_retry
 from recovery.queue import queue_seed
+from recovery.review.demotion import rules_precision_check
 
 logger = logging.getLogger("ct4.jobs")
 
@@ -56,6 +57,10 @@ def _guardrails(**kwargs):
     return {"ok": all(r.ok for r in results), "failed": [r.name for r in results if not r.ok]}
 
 
+def _rules_precision(**kwargs):
+    return rules_precision_check(**kwargs)
+
+
 def _index_refresh(**kwargs):
     return drivers_index_refresh(**kwargs)
 
@@ -70,6 +75,7 @@ TASK_JOBS: dict[str, TaskJob] = {
                 frozenset({"recent_days", "process_recent", "process_limbo", "limbo_stages", "refresh_index"})),
         TaskJob("guardrails", _guardrails, frozenset({"n"})),
         TaskJob("refresh_drivers_index", _index_refresh, frozenset({"full"})),
+        TaskJob("rules_precision", _rules_precision, frozenset({"dry_run"})),
     )
 }
 

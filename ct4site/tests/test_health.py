@@ -56,7 +56,7 @@ def test_readyz_needs_a_recent_qcluster_heartbeat_once_schedules_exist():
     body = response.json()
     assert body["failing"] == ["qcluster"]
     assert body["checks"]["qcluster"]["last_heartbeat_age_seconds"] is None
-    assert body["checks"]["qcluster"]["schedules"] == 5
+    assert body["checks"]["qcluster"]["schedules"] == 6
 
     heartbeat_beat(host="ops-1", pid=4242, cluster="ct4", now=timezone.now() - timedelta(minutes=9))
     assert Client().get("/readyz").status_code == 503  # older than CT4_READY_HEARTBEAT_MINUTES (5)

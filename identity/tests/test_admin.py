@@ -24,6 +24,7 @@ from identity.models import (
     Person,
 )
 from identity.resolution import MatchContext, match_model_estimate
+from identity.rules import rule_demote
 from identity.tests.factories import lima_today, make_claim, make_driver, make_lead, make_trips
 from recovery.heartbeat import heartbeat_beat
 from recovery.models import AuditItem, CabinetLeadsLimbo, KpiRedBacklog, KpiRedRecoveryQueue
@@ -43,7 +44,7 @@ READ_ONLY = (
     "recovery.KpiRedRecoveryQueue", "recovery.IdentityMatchingJob", "recovery.KpiRedBacklog",
     "recovery.IdentityGapAnalysis", "recovery.DriverUnlinkedActivity", "recovery.CabinetFinancial14d",
     "recovery.CabinetLeadsLimbo", "recovery.FunnelAuditWeekly", "recovery.KpiRedRecoveryMetricsDaily",
-    "recovery.ClusterHeartbeat", "recovery.AuditItem", "identity.IdentityLinkHistory",
+    "recovery.ClusterHeartbeat", "recovery.AuditItem", "identity.IdentityLinkHistory", "identity.MatchRuleState",
 )
 
 
@@ -86,6 +87,7 @@ def park():
                                 user=reviewer).link_undone
     heartbeat_beat(host="ops-1", pid=4242, cluster="ct4")
     match_model_estimate(MatchContext.load())  # a match model (too few pairs here: declared m kept)
+    rule_demote(rule="fs_shared_key", reason="families share phones", changed_by="ana.revisora")  # a rule state
     late = make_driver(first_name="Abdón", last_name="Cjuro Sullca")  # not indexed yet: no identity
     make_trips(late, {lima_today(): 4})
     return {"twin": twin, "twin_driver": twin_driver, "decided": decided, "open": still_open, "weak": weak_lead,

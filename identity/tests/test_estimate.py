@@ -129,8 +129,8 @@ def test_reviewers_links_count_and_rejections_never_do():
     base = _pairs(2_000)
     # Pairs no anchor reaches (only a name and a phone): half linked by a reviewer, half rejected.
     lonely = pl.DataFrame({"phone": ["different"] * 40, "name": ["typo"] * 40}).with_columns(
-        pl.Series("judged_match", [True] * 20 + [False] * 20), pl.Series("excluded", [False] * 20 + [True] * 20))
-    estimate = m_estimate(pl.concat([base.with_columns(pl.lit(False).alias("judged_match")), lonely],
+        pl.Series("positive_label", [True] * 20 + [False] * 20), pl.Series("excluded", [False] * 20 + [True] * 20))
+    estimate = m_estimate(pl.concat([base.with_columns(pl.lit(False).alias("positive_label")), lonely],
                                     how="diagonal_relaxed"))
     plain = m_estimate(base)
     phone = {e.level: e for e in estimate.levels if e.field == "phone"}
@@ -148,3 +148,26 @@ def test_recruitment_counts_missing_as_not_hired():
     assert FIELDS["recruitment"].kind == Kind.RECRUITMENT
     hired = next(e for e in m_estimate(pairs).levels if e.field == "recruitment")
     assert hired.raw == pytest.approx(0.02, abs=0.01) and hired.pairs > 1_000
+
+
+def test_a_pair_a_person_said_is_not_a_match_never_teaches_m():
+    base = _pairs(2_000)
+    # Anchor pairs beyond doubt on their keys (document, phone and name exact) whose e-mail differs: had a
+    # person not said "not this person" (an audit, a rejection), they would count towards email.different.
+    wrong = pl.DataFrame({"document": ["exact"] * 30, "phone": ["exact"] * 30, "name": ["exact"] * 30,
+                          "email": ["different"] * 30}).with_columns(
+        pl.Series("negative_label", [True] * 25 + [False] * 5), pl.lit(False).alias("positive_label"))
+    labelled = m_estimate(pl.concat([base.with_columns(pl.lit(False).alias("negative_label")), wrong],
+                                    how="diagonal_relaxed"))
+    plain = m_estimate(base)
+    email = {e.level: e for e in labelled.levels if e.field == "email"}
+    email_plain = {e.level: e for e in plain.levels if e.field == "email"}
+    # Only the five unlabelled pairs join; the 25 negative labels are counted as kept out.
+    assert email["different"].pairs == email_plain["different"].pairs + 5
+    assert email["different"].count == email_plain["different"].count + 5
+    assert email["different"].rejected_pairs == 25 and email_plain["different"].rejected_pairs == 0
+    # A negative label wins over a positive one on the same pair.
+    both = wrong.with_columns(pl.lit(True).alias("positive_label"))
+    conflicting = m_estimate(pl.concat([base, both], how="diagonal_relaxed"))
+    assert next(e for e in conflicting.levels if (e.field, e.level) == ("email", "different")).pairs == \
+        email["different"].pairs

@@ -302,7 +302,7 @@ def test_when_a_key_corroborates_someone_the_keys_decide_not_the_recruitment_rul
     other = driver("D9", WILMER["given"], WILMER["surnames"], document="44556677")
     decision = lead_decide(recruit(document="44556677"), [person("P7", hired()), person("P9", other)], FREQ, T)
 
-    assert decision.rule == "fellegi_sunter"
+    assert decision.rule == "fs_personal_key"  # the DNI, a personal key, with the names
     assert decision.is_link and decision.person_key == "P9"
 
 

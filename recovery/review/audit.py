@@ -2,7 +2,9 @@
 leads scored just below the link threshold, stored as audit items for a blind verdict (docs/review.md,
 "Audit sampling"). After each matching or recovery run that made links, a sample of that run's links is
 drawn (audit_sample_after_run, on identity.runs.job_run_succeeded). A "not the same person" verdict on a
-link undoes that link (recovery.review.undo), in the verdict's transaction, as the reviewer who gave it."""
+link undoes that link (recovery.review.undo), in the verdict's transaction, as the reviewer who gave it;
+a "same person" verdict on a link stores a link judgement, so both are labels for the matching model
+(identity.estimate.labels_load)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from identity import linking
 from identity.matching import Thresholds
-from identity.models import LEADS_TABLE, JobRun, ReasonCode, UndoneVia
+from identity.models import LEADS_TABLE, JobRun, ReasonCode, UndoneVia, Verdict
 from identity.runs import JobLocked, job_run, safe_error
 from recovery.db import sql_rows
 from recovery.jobs.reconcile import JOB as RECONCILE_JOB
@@ -272,6 +275,7 @@ def audit_verdict_record(*, item_id: int, verdict: str, user, note: str = "") ->
     """Store a reviewer's verdict on an audit item, once: the item's row is locked, so of two verdicts
     the second finds it decided and is refused (and undoes nothing).
 
+    "Same person" on a link item stores a link judgement (a positive label for the matching model).
     "Not the same person" on a link item undoes the link (recovery.review.undo.link_undo) in the same
     transaction, the reviewer as the person who undid it and the note as the reason: the lead goes back
     to the queue and the backlog, and no automatic run links the two again. When the link is gone
@@ -296,6 +300,11 @@ def audit_verdict_record(*, item_id: int, verdict: str, user, note: str = "") ->
                              undone_via=UndoneVia.AUDIT, audit_item_id=item.pk)
             if undo.status == "forbidden":
                 return AuditOutcome("forbidden", f"{undo.message} Your answer was not recorded.", undo)
+        elif verdict == AuditVerdict.SAME and item.kind == AuditKind.LINK:
+            # A confirmed link is a positive label for the matching model, as a reviewer's link is.
+            confirmed = f"audit item {item.pk}: same person" + (f" ({note})" if note else "")
+            linking.judgement_record(source_pk=item.source_pk, person_key=str(item.person_id), verdict=Verdict.LINK,
+                                     user=user, note=confirmed)
         item.verdict, item.decided_by, item.decided_by_name = verdict, user, user.get_username()
         item.decided_at = timezone.now()
         item.note = note

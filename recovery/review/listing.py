@@ -31,6 +31,8 @@ class ReviewRow:
     deferred_until: datetime | None
     deferred_by: str | None
     snapshot_date: date
+    # The link rule this lead would have linked by, had an audit not demoted it (identity.rules).
+    demoted_rule: str | None = None
 
 
 @dataclass
@@ -43,7 +45,7 @@ def _review_sql(where: str, order_and_limit: str) -> str:
     return f"""
 WITH review AS (
     -- open conflict / weak-match leads that nobody has linked
-    SELECT u.source_pk, u.reason_code, u.details, u.snapshot_date,
+    SELECT u.source_pk, u.reason_code, u.details, u.snapshot_date, u.details->>'demoted_rule' AS demoted_rule,
            l.lead_date, l.park_id, concat_ws(' ', l.first_name, l.middle_name, l.last_name) AS name
     FROM canon.identity_unmatched u
     JOIN public.module_ct_cabinet_leads l ON l.source_pk = u.source_pk
@@ -95,7 +97,7 @@ listed AS (
            CASE WHEN lj.verdict = %(defer)s AND lj.decided_at > now() - interval '{DEFER_HOURS} hours'
                 THEN lj.decided_at + interval '{DEFER_HOURS} hours' END AS deferred_until,
            CASE WHEN lj.verdict = %(defer)s THEN lj.decided_by_name END AS deferred_by,
-           r.snapshot_date
+           r.snapshot_date, r.demoted_rule
     FROM review r
     JOIN per_lead p ON p.source_pk = r.source_pk
     LEFT JOIN last_judgement lj ON lj.source_pk = r.source_pk

@@ -422,3 +422,22 @@ def test_two_answers_at_the_same_moment_record_exactly_one(monkeypatch):
     assert (item.decided_by_name, item.verdict) == (winner, users[winner])
     loser = next(o for o in outcomes.values() if o.status == "already_decided")
     assert f"{winner} already answered" in loser.message
+
+
+def test_a_confirmed_link_is_a_label_and_a_below_threshold_confirmation_is_not(ana):
+    from identity.estimate import labels_load  # noqa: PLC0415 (the model's view of the verdicts)
+    from identity.models import IdentityJudgement  # noqa: PLC0415
+
+    link = _links(1, rule="fs_personal_key", score=25.0)[0]
+    below = _below(1, score=6.5)[0]
+    item = AuditItem.objects.create(source_pk=link.source_pk, person_id=link.person_id, kind="link", stratum="x")
+    candidate = IdentityUnmatched.objects.get(source_pk=below).details["candidates"][0]["person_key"]
+    below_item = AuditItem.objects.create(source_pk=below, person_id=candidate, kind="below_threshold",
+                                          stratum="below_threshold")
+    _answer([item, below_item], ["same", "same"], ana)
+    judgement = IdentityJudgement.objects.get()
+    assert (judgement.source_pk, judgement.person_id, judgement.verdict, judgement.decided_by) == \
+        (link.source_pk, link.person_id, "link", ana)
+    assert judgement.note == f"audit item {item.pk}: same person"
+    labels = labels_load()
+    assert labels.rows() == [(link.source_pk, str(link.person_id), True)]

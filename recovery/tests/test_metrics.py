@@ -118,7 +118,7 @@ def test_schedules_and_qcluster_heartbeats():
     heartbeat_beat(host="ops-1", pid=11, cluster="ct4", now=seen)
     heartbeat_beat(host="ops-1", pid=12, cluster="ct4", now=seen - timedelta(minutes=20))
     figures = metrics_read()
-    assert (figures["schedules"], figures["qcluster_last_seen"], figures["qcluster_workers"]) == (5, seen, 1)
+    assert (figures["schedules"], figures["qcluster_last_seen"], figures["qcluster_workers"]) == (6, seen, 1)
 
 
 def test_the_snapshot_is_cached_for_the_configured_seconds():

@@ -17,9 +17,10 @@ from identity import linking
 from identity.fields import FIELDS
 from identity.importing import source_import
 from identity.index import drivers_index_refresh
-from identity.models import IdentityUnmatched, ReasonCode, Verdict
+from identity.models import IdentityLink, IdentityUnmatched, ReasonCode, Verdict
 from identity.resolution import leads_match
 from recovery.demo.generator import demo_data_generate
+from recovery.models import AuditItem
 
 
 @pytest.fixture
@@ -58,6 +59,37 @@ def test_model_report_prints_every_level_and_the_pairs_behind_it(matched_park, c
     assert "declared m" in text and "estimated m" in text and "term frequency" in text
     assert "name: 2 of document, phone, email, birth_date exact, or a reviewer linked the pair" in text
     assert text.rstrip().endswith("every estimate within its declared range")
+
+
+def test_model_report_counts_the_labels_behind_each_estimate(matched_park, capsys):
+    from recovery.review.audit import audit_verdict_record  # noqa: PLC0415 (only this test audits)
+    from recovery.tests.factories import reviewer  # noqa: PLC0415
+
+    # A reviewer's link (positive), an audit's "same person" on an automatic link (positive) and its "not
+    # the same person" on another (negative: the link is undone and the pair leaves the anchors).
+    source_pk, person_key = _weak_lead_and_candidate()
+    linking.judgement_record(source_pk=source_pk, person_key=person_key, verdict=Verdict.LINK,
+                             decided_by_name="ana.revisora")
+    confirmed, rejected = IdentityLink.objects.filter(source_table="module_ct_cabinet_leads", decided_by="system",
+                                                      evidence__candidates__0__fields__0__level="exact",
+                                                      ).order_by("source_pk")[:2]
+    ana = reviewer("ana.revisora")
+    for link, verdict in ((confirmed, "same"), (rejected, "not_same")):
+        item = AuditItem.objects.create(source_pk=link.source_pk, person_id=link.person_id, kind="link", stratum="x")
+        assert audit_verdict_record(item_id=item.pk, verdict=verdict, user=ana).applied
+    call_command("model_report", "--json", "--min-pairs", "30")
+    report = json.loads(capsys.readouterr().out)
+    assert report["labels"] == {"positive": 2, "negative": 1, "positive_in_pairs": 2, "negative_in_pairs": 1}
+    levels = {(e["field"], e["level"]): e for e in report["levels"]}
+    # The rejected pair agrees on the document and the name: an anchor for phone, had nobody rejected it.
+    assert levels[("name", "exact")]["judged_pairs"] == 2
+    assert levels[("phone", "exact")]["rejected_pairs"] == 1
+
+    call_command("model_report", "--min-pairs", "30")
+    text = capsys.readouterr().out
+    assert "+labels" in text and "-labels" in text
+    assert "labels: 2 positive (a reviewer linked, an auditor confirmed), 1 negative" in text
+    assert "among these pairs +2 / -1" in text
 
 
 def test_model_report_exits_1_with_one_line_when_an_estimate_fails(matched_park, capsys):

@@ -35,7 +35,7 @@ def run_command(*args) -> str:
 @pytest.mark.django_db
 def test_setup_schedules_creates_the_spec_schedules_once():
     first = json.loads(run_command("setup_schedules", "--json"))
-    assert sorted(c["action"] for c in first) == ["create"] * 5
+    assert sorted(c["action"] for c in first) == ["create"] * 6
     by_job = {s.args.strip("'"): s for s in Schedule.objects.filter(name__startswith=PREFIX)}
     assert {job: s.cron for job, s in by_job.items()} == {
         "seed_kpi_red_queue": "0 * * * *",
@@ -43,6 +43,7 @@ def test_setup_schedules_creates_the_spec_schedules_once():
         "reconcile_cabinet_leads_pipeline": "*/15 * * * *",
         "retry_identity_matching": "0 2 * * *",
         "guardrails": "40 * * * *",
+        "rules_precision": "50 * * * *",
     }
     # Cron is read in Lima time: the daily retry's next run is at 02:00 there.
     retry_next = by_job["retry_identity_matching"].next_run.astimezone(PARK_ZONE)
@@ -50,7 +51,7 @@ def test_setup_schedules_creates_the_spec_schedules_once():
     assert all(s.func == "recovery.tasks.job_task" for s in by_job.values())
     again = json.loads(run_command("setup_schedules", "--json"))
     assert {c["action"] for c in again} == {"unchanged"}
-    assert Schedule.objects.count() == 5
+    assert Schedule.objects.count() == 6
 
 
 @pytest.mark.django_db

@@ -13,7 +13,8 @@ def _number(value, spec: str) -> str:
 
 class Command(JobCommand):
     help = ("The matching model, level by level: declared m, m estimated from candidate pairs that other fields "
-            "settle beyond doubt and from reviewers' links (the pairs behind it, its 99 percent interval, its declared "
+            "settle beyond doubt and from people's labels (reviewers' links and rejections, audit verdicts: the "
+            "labels behind it, the pairs behind it, its 99 percent interval, its declared "
             "range), u, and the weight in bits. Scores every lead as match_leads would; writes nothing. Exits 1 "
             "when an estimate is outside its range or rests on too few pairs (docs/matching.md).")
 
@@ -35,8 +36,9 @@ class Command(JobCommand):
 
     def summary(self, report) -> str:
         estimate = report.estimate
-        header = (f"{'field':<12}{'level':<18}{'declared m':>11}{'estimated m':>12}{'pairs':>8}{'judged':>7}"
-                  f"{'count':>7}  {'99% interval':<15}{'range':<16}{'u':>15}{'bits':>7}{'declared':>9}  status")
+        header = (f"{'field':<12}{'level':<18}{'declared m':>11}{'estimated m':>12}{'pairs':>8}{'+labels':>8}"
+                  f"{'-labels':>8}{'count':>7}  {'99% interval':<15}{'range':<16}{'u':>15}{'bits':>7}{'declared':>9}"
+                  "  status")
         lines = [f"{report.leads} leads, {report.pairs} candidate pairs scored", header]
         for e in estimate.levels:
             interval = "-" if e.interval is None else f"{e.interval[0]:.4f}-{e.interval[1]:.4f}"
@@ -45,8 +47,14 @@ class Command(JobCommand):
             flag += "" if e.weighed else " (not weighed)"
             lines.append(
                 f"{e.field:<12}{e.level:<18}{e.declared_m:>11.4f}{_number(e.raw, '.4f'):>12}{e.pairs:>8}"
-                f"{e.judged_pairs:>7}{e.count:>7}  {interval:<15}{f'{e.m_range[0]:g}-{e.m_range[1]:g}':<16}{u:>15}"
+                f"{e.judged_pairs:>8}{e.rejected_pairs:>8}"
+                f"{e.count:>7}  {interval:<15}{f'{e.m_range[0]:g}-{e.m_range[1]:g}':<16}{u:>15}"
                 f"{_number(e.weight_bits, '.2f'):>7}{_number(e.declared_weight_bits, '.2f'):>9}  {flag}")
+        labels = report.labels
+        lines.append(f"labels: {labels['positive']} positive (a reviewer linked, an auditor confirmed), "
+                     f"{labels['negative']} negative (a reviewer rejected, an auditor said not the same person); "
+                     f"among these pairs +{labels['positive_in_pairs']} / -{labels['negative_in_pairs']} "
+                     "(+labels join the anchors, -labels leave them)")
         lines.append("pairs behind each field's estimate (besides the pairs a reviewer linked):")
         lines.extend(f"  {name}: {anchor}" for name, anchor in estimate.anchors.items())
         lines.extend(f"  {name}: skipped, {why}" for name, why in estimate.skipped.items())
