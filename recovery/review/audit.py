@@ -275,7 +275,9 @@ def audit_verdict_record(*, item_id: int, verdict: str, user, note: str = "") ->
     """Store a reviewer's verdict on an audit item, once: the item's row is locked, so of two verdicts
     the second finds it decided and is refused (and undoes nothing).
 
-    "Same person" on a link item stores a link judgement (a positive label for the matching model).
+    "Same person" stores a link judgement (a positive label for the matching model); below the threshold
+    it links nothing. "Not the same person" on a below-threshold item stores a "not this person"
+    judgement (a negative label; no automatic run links the two).
     "Not the same person" on a link item undoes the link (recovery.review.undo.link_undo) in the same
     transaction, the reviewer as the person who undid it and the note as the reason: the lead goes back
     to the queue and the backlog, and no automatic run links the two again. When the link is gone
@@ -300,11 +302,18 @@ def audit_verdict_record(*, item_id: int, verdict: str, user, note: str = "") ->
                              undone_via=UndoneVia.AUDIT, audit_item_id=item.pk)
             if undo.status == "forbidden":
                 return AuditOutcome("forbidden", f"{undo.message} Your answer was not recorded.", undo)
-        elif verdict == AuditVerdict.SAME and item.kind == AuditKind.LINK:
-            # A confirmed link is a positive label for the matching model, as a reviewer's link is.
+        elif verdict == AuditVerdict.SAME:
+            # A confirmed pair is a positive label for the matching model, as a reviewer's link is. Below
+            # the threshold it links nothing: the lead stays in the review list, its judgement shown there.
             confirmed = f"audit item {item.pk}: same person" + (f" ({note})" if note else "")
             linking.judgement_record(source_pk=item.source_pk, person_key=str(item.person_id), verdict=Verdict.LINK,
                                      user=user, note=confirmed)
+        elif verdict == AuditVerdict.NOT_SAME:
+            # Below the threshold, "not the same person" is the review screen's "not this person": a
+            # negative label, and no automatic run links the two (on a link item the undo stores it).
+            rejected = f"audit item {item.pk}: not the same person" + (f" ({note})" if note else "")
+            linking.judgement_record(source_pk=item.source_pk, person_key=str(item.person_id),
+                                     verdict=Verdict.NOT_THIS_PERSON, user=user, note=rejected)
         item.verdict, item.decided_by, item.decided_by_name = verdict, user, user.get_username()
         item.decided_at = timezone.now()
         item.note = note

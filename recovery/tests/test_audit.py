@@ -424,20 +424,31 @@ def test_two_answers_at_the_same_moment_record_exactly_one(monkeypatch):
     assert f"{winner} already answered" in loser.message
 
 
-def test_a_confirmed_link_is_a_label_and_a_below_threshold_confirmation_is_not(ana):
+def test_every_confirmed_or_rejected_audit_answer_is_a_label_and_a_below_threshold_one_links_nothing(ana):
     from identity.estimate import labels_load  # noqa: PLC0415 (the model's view of the verdicts)
     from identity.models import IdentityJudgement  # noqa: PLC0415
 
     link = _links(1, rule="fs_personal_key", score=25.0)[0]
-    below = _below(1, score=6.5)[0]
+    same_below, other_below, unsure_below = _below(3, score=6.5)
+
+    def below_item(pk: str) -> AuditItem:
+        candidate = IdentityUnmatched.objects.get(source_pk=pk).details["candidates"][0]["person_key"]
+        return AuditItem.objects.create(source_pk=pk, person_id=candidate, kind="below_threshold",
+                                        stratum="below_threshold")
+
     item = AuditItem.objects.create(source_pk=link.source_pk, person_id=link.person_id, kind="link", stratum="x")
-    candidate = IdentityUnmatched.objects.get(source_pk=below).details["candidates"][0]["person_key"]
-    below_item = AuditItem.objects.create(source_pk=below, person_id=candidate, kind="below_threshold",
-                                          stratum="below_threshold")
-    _answer([item, below_item], ["same", "same"], ana)
-    judgement = IdentityJudgement.objects.get()
-    assert (judgement.source_pk, judgement.person_id, judgement.verdict, judgement.decided_by) == \
-        (link.source_pk, link.person_id, "link", ana)
+    items = [item, below_item(same_below), below_item(other_below), below_item(unsure_below)]
+    _answer(items, ["same", "same", "not_same", "cannot_tell"], ana)
+    judgements = {j.source_pk: j for j in IdentityJudgement.objects.all()}
+    assert set(judgements) == {link.source_pk, same_below, other_below}  # "cannot tell" is no label
+    judgement = judgements[link.source_pk]
+    assert (judgement.person_id, judgement.verdict, judgement.decided_by) == (link.person_id, "link", ana)
     assert judgement.note == f"audit item {item.pk}: same person"
-    labels = labels_load()
-    assert labels.rows() == [(link.source_pk, str(link.person_id), True)]
+    assert (judgements[same_below].verdict, judgements[other_below].verdict) == ("link", "not_this_person")
+    assert judgements[other_below].note == f"audit item {items[2].pk}: not the same person"
+    assert sorted(labels_load().rows(), key=lambda row: not row[2]) == [
+        *sorted([(link.source_pk, str(link.person_id), True), (same_below, str(items[1].person_id), True)]),
+        (other_below, str(items[2].person_id), False)]
+    # Below the threshold an answer links nothing: the leads stay unmatched, in the review list.
+    assert not IdentityLink.objects.filter(source_pk__in=[same_below, other_below]).exists()
+    assert IdentityUnmatched.objects.filter(source_pk__in=[same_below, other_below], status="open").count() == 2
