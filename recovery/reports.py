@@ -30,7 +30,7 @@ from recovery.status import job_last_outcomes
 # with the names their runs carry in ops.job_runs.
 EXPECTED_JOBS = (
     "refresh_drivers_index", "seed_kpi_red_queue", "recover_kpi_red_leads", "retry_identity_matching",
-    "reconcile_cabinet_leads_pipeline", "guardrails",
+    "reconcile_cabinet_leads_pipeline", "guardrails", "rules_precision",
 )
 FRESH_HOURS = 24
 

@@ -109,7 +109,7 @@ def test_diagnosis_freshness_badges_and_volume(park):
     assert badges == {
         "refresh_drivers_index": "OK", "match_leads": "OK", "seed_kpi_red_queue": "NEVER",
         "recover_kpi_red_leads": "NEVER", "retry_identity_matching": "STALE",
-        "reconcile_cabinet_leads_pipeline": "STALE", "guardrails": "NEVER",
+        "reconcile_cabinet_leads_pipeline": "STALE", "guardrails": "NEVER", "rules_precision": "NEVER",
     }
     volume = {row["name"]: row for row in report["volume"]}
     assert (volume["match_leads"]["processed_24h"], volume["match_leads"]["matched_24h"]) == (6, 3)
