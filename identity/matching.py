@@ -252,11 +252,22 @@ def _best_per_person(frame: pl.DataFrame, by: list[str], descending: list[bool])
             .unique(subset=PERSON, keep="first", maintain_order=True))
 
 
+# Below this many pairs rapidfuzz compares on the calling thread: starting its worker threads costs
+# about a millisecond a call, more than a few thousand comparisons take (the single-lead path calls it
+# a few times per lead).
+THREADED_MIN_PAIRS = 10_000
+
+
+def _workers(pairs: int) -> int:
+    return -1 if pairs >= THREADED_MIN_PAIRS else 1
+
+
 def _distances(a: pl.Series, b: pl.Series) -> np.ndarray:
     """Damerau-Levenshtein distance of each pair, capped at 2 (we only ask "at most one edit?")."""
     if not len(a):
         return np.zeros(0, dtype=np.int32)
-    return process.cpdist(a.to_list(), b.to_list(), scorer=DamerauLevenshtein.distance, score_cutoff=1, workers=-1)
+    return process.cpdist(a.to_list(), b.to_list(), scorer=DamerauLevenshtein.distance, score_cutoff=1,
+                          workers=_workers(len(a)))
 
 
 def _compare_key(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
@@ -327,7 +338,8 @@ def _token_similarity(pairs: pl.DataFrame) -> pl.Series:
     short of a four-letter one (lui / luis, lor / flor, jse / jose); -1 where no typo is possible."""
     a, b = pairs["lead_token"].to_list(), pairs["token"].to_list()
     long_ = (pairs["lead_token"].str.len_chars() >= 4) & (pairs["token"].str.len_chars() >= 4)
-    jaro = process.cpdist(a, b, scorer=JaroWinkler.similarity, workers=-1, dtype=np.float64) if a else np.zeros(0)
+    jaro = (process.cpdist(a, b, scorer=JaroWinkler.similarity, workers=_workers(len(a)), dtype=np.float64) if a
+            else np.zeros(0))
     one_edit = _distances(pairs["lead_token"], pairs["token"]) <= 1
     three = [len(x) == len(y) == 3 and sorted(x) == sorted(y) for x, y in zip(a, b, strict=True)]
     short = np.array([{len(x), len(y)} == {3, 4} for x, y in zip(a, b, strict=True)], dtype=bool) & one_edit
