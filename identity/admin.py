@@ -24,8 +24,11 @@ from identity.models import (
     CabinetLead,
     Claim,
     Driver,
+    DriverChange,
     DriverIndexEntry,
+    DriversIndexCount,
     DriverTrips,
+    HiresPerDay,
     IdentityJudgement,
     IdentityLink,
     IdentityLinkHistory,
@@ -470,6 +473,27 @@ class NameTokenStatAdmin(ReadOnlyAdmin):
     list_display = ("token", "drivers")
     search_fields = ("=token",)
     ordering = ("-drivers", "token")
+
+
+@admin.register(DriverChange)
+class DriverChangeAdmin(ReadOnlyAdmin):
+    """Driver rows changed since the index last took them in (what the next refresh re-indexes)."""
+
+    list_display = ("driver_id", "noted_at")
+    search_fields = ("=driver_id",)
+    ordering = ("noted_at",)
+
+
+@admin.register(DriversIndexCount)
+class DriversIndexCountAdmin(ReadOnlyAdmin):
+    list_display = ("drivers", "persons")
+
+
+@admin.register(HiresPerDay)
+class HiresPerDayAdmin(ReadOnlyAdmin):
+    list_display = ("park_id", "hire_date", "hired")
+    list_filter = ("park_id",)
+    ordering = ("-hire_date", "park_id")
 
 
 __all__ = ["LeadParkFilter", "NormalizedSearchMixin", "ReadOnlyAdmin", "as_uuid", "lead_key_hits", "review_link"]

@@ -481,6 +481,44 @@ class NameTokenStat(models.Model):
         db_table = 'canon"."name_token_stats'
 
 
+class DriverChange(models.Model):
+    """A driver row inserted or updated since the index last took it in: written by the statement
+    triggers on public.drivers (migration 0013), taken (deleted) by the incremental index refresh, so
+    finding what changed reads these rows instead of comparing a million drivers with their entries."""
+
+    driver_id = models.TextField(primary_key=True)
+    noted_at = models.DateTimeField(db_default=Now())
+
+    class Meta:
+        db_table = 'canon"."drivers_changed'
+
+
+class DriversIndexCount(models.Model):
+    """The index's driver records and distinct persons, one row kept by the index refresh (after any
+    change): the matcher's population without counting a million rows per run."""
+
+    id = models.SmallIntegerField(primary_key=True, default=1)
+    drivers = models.IntegerField()
+    persons = models.IntegerField()
+
+    class Meta:
+        db_table = 'canon"."drivers_index_counts'
+        constraints = [models.CheckConstraint(condition=models.Q(id=1), name="drivers_index_counts_one_row")]
+
+
+class HiresPerDay(models.Model):
+    """Driver records hired per park and day, kept by the index refresh (after any change): the
+    recruitment comparison's term frequency (identity.fields)."""
+
+    park_id = models.TextField()
+    hire_date = models.DateField()
+    hired = models.IntegerField()
+
+    class Meta:
+        db_table = 'canon"."hires_per_day'
+        constraints = [models.UniqueConstraint(fields=["park_id", "hire_date"], name="hires_per_day_one_per_day")]
+
+
 class MatchModel(models.Model):
     """The m probabilities a match run estimated from its own pairs (identity.estimate): every
     matching path (batch, a lead arriving now, explain, review) scores with the latest row's, and

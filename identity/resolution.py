@@ -494,7 +494,7 @@ def leads_match(
                 if pipelined:  # the writer thread's own connection
                     writer.submit(connections.close_all).result()
         if totals["linked"] and not dry_run:
-            tables_analyze(*LINK_TABLES)
+            tables_analyze(*LINK_TABLES, changed=totals["processed"])
         totals["seconds"] = round(time.monotonic() - started, 2)
         run.counts = dict(totals)
     return totals

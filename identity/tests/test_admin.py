@@ -45,6 +45,7 @@ READ_ONLY = (
     "recovery.IdentityGapAnalysis", "recovery.DriverUnlinkedActivity", "recovery.CabinetFinancial14d",
     "recovery.CabinetLeadsLimbo", "recovery.FunnelAuditWeekly", "recovery.KpiRedRecoveryMetricsDaily",
     "recovery.ClusterHeartbeat", "recovery.AuditItem", "identity.IdentityLinkHistory", "identity.MatchRuleState",
+    "identity.DriversIndexCount", "identity.HiresPerDay", "identity.DriverChange",
 )
 
 

@@ -13,7 +13,9 @@ from identity import linking
 from identity.index import drivers_index_refresh
 from identity.models import (
     Driver,
+    DriverChange,
     DriverIndexEntry,
+    HiresPerDay,
     IdentityLink,
     IdentityOrigin,
     IdentityUnmatched,
@@ -94,6 +96,63 @@ def test_name_token_stats_follow_changes():
     incremental = dict(NameTokenStat.objects.values_list("token", "drivers"))
     drivers_index_refresh(full=True)
     assert dict(NameTokenStat.objects.values_list("token", "drivers")) == incremental
+
+
+def test_the_refresh_takes_the_drivers_the_triggers_noted_and_only_those():
+    make_driver(driver_id="D1", first_name="Rosa", last_name="Quispe Flores")
+    make_driver(driver_id="D2", first_name="Ana", last_name="Rojas Luna")
+    assert set(DriverChange.objects.values_list("driver_id", flat=True)) == {"D1", "D2"}  # inserted: noted
+    drivers_index_refresh()
+    assert not DriverChange.objects.exists()  # taken by the refresh
+    # An operator's SQL that changes a name but not updated_at: noted all the same (comparing
+    # updated_at with the entry's, as the refresh did before, would never see it).
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE public.drivers SET last_name = 'Huamán Luna' WHERE driver_id = 'D2'")
+    assert list(DriverChange.objects.values_list("driver_id", flat=True)) == ["D2"]
+    result = drivers_index_refresh()
+    assert result.changed == 1 and not DriverChange.objects.exists()
+    assert DriverIndexEntry.objects.get(driver_id="D2").surname_tokens == ["huaman", "luna"]
+    # A noted driver deleted since is not indexed again; nothing noted, nothing changed.
+    Driver.objects.filter(driver_id="D1").update(first_name="Rosa María")
+    Driver.objects.filter(driver_id="D1").delete()
+    assert drivers_index_refresh().changed == 0 and not DriverChange.objects.exists()
+
+
+def _counts() -> tuple:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT drivers, persons FROM canon.drivers_index_counts")
+        kept = cursor.fetchone()
+        cursor.execute("SELECT count(*), count(DISTINCT person_key) FROM canon.drivers_index")
+        counted = cursor.fetchone()
+    hires = dict(((h.park_id, h.hire_date), h.hired) for h in HiresPerDay.objects.all())
+    return kept, counted, hires
+
+
+def test_the_index_counts_and_hires_per_day_follow_every_refresh_and_the_sql_path_reads_them():
+    day = timezone.localdate()
+    make_driver(driver_id="D1", first_name="Rosa", last_name="Quispe Flores", document="40000001", hire_date=day)
+    make_driver(driver_id="D2", first_name="Rosa", last_name="Quispe Flores", document="40000001", hire_date=day)
+    drivers_index_refresh()  # the first build: D1 and D2 are one person (same document)
+    kept, counted, hires = _counts()
+    assert kept == counted == (2, 1)
+    assert list(hires.values()) == [2]
+    make_driver(driver_id="D3", first_name="Ana", last_name="Rojas Luna", hire_date=day - timedelta(days=1))
+    Driver.objects.filter(driver_id="D2").update(hire_date=day - timedelta(days=1), updated_at=timezone.now())
+    drivers_index_refresh()  # incremental: one new driver and person, one hire date moved
+    kept, counted, hires = _counts()
+    assert kept == counted == (3, 2)
+    assert sorted(hires.values()) == [1, 2] and sum(hires.values()) == 3
+    Driver.objects.filter(driver_id="D3").delete()
+    drivers_index_refresh(full=True)  # the full refresh drops the deleted driver's entry
+    kept, counted, hires = _counts()
+    assert kept == counted == (2, 1) and sorted(hires.values()) == [1, 1]
+    # The SQL path (a lead arriving now) reads the kept counts; the in-memory path counts its records.
+    from identity.candidates import IndexFrame, frequencies_load  # noqa: PLC0415 (the two paths side by side)
+
+    from_sql, in_memory = frequencies_load(), IndexFrame.load().freq
+    assert (from_sql.drivers, from_sql.persons) == (in_memory.drivers, in_memory.persons) == (2, 1)
+    assert from_sql.hires_frame().sort("park_id", "hire_date").equals(in_memory.hires_frame().sort("park_id",
+                                                                                                   "hire_date"))
 
 
 def _park():

@@ -7,9 +7,11 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 
 from identity.models import DriverIndexEntry, IdentityLink, JobRun, Person
 from identity.runs import (
+    ANALYZE_MIN_CHANGED,
     EXIT_LOCKED,
     EXIT_PROBLEMS,
     EXIT_USAGE,
@@ -17,6 +19,7 @@ from identity.runs import (
     job_run,
     job_run_succeeded,
     rolled_back,
+    tables_analyze,
 )
 from identity.tests.factories import make_driver
 
@@ -87,3 +90,23 @@ def test_a_succeeded_run_is_announced_once_and_a_failing_receiver_fails_nothing(
     assert JobRun.objects.get(pk=failing.run.pk).status == "failed"
     assert f"test_job run={run.run.pk}: a receiver of job_run_succeeded failed" in caplog.text
     assert "RuntimeError: receiver broke" in caplog.text
+
+
+def _reltuples(cursor, table: str) -> float:
+    cursor.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", [table])
+    return cursor.fetchone()[0]
+
+
+def test_a_small_run_does_not_analyze_and_a_big_one_or_an_unsized_call_does():
+    # pg_class.reltuples is -1 until a table is first analyzed, and ANALYZE sets it at once (unlike the
+    # statistics system's counters, which a backend reports later). A temporary table: no autovacuum.
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE analyze_probe AS SELECT g AS n FROM generate_series(1, 10) g")
+        assert _reltuples(cursor, "analyze_probe") == -1
+        assert tables_analyze("analyze_probe", changed=10) == []
+        assert _reltuples(cursor, "analyze_probe") == -1
+        assert tables_analyze("analyze_probe", changed=ANALYZE_MIN_CHANGED) == ["analyze_probe"]
+        assert _reltuples(cursor, "analyze_probe") == 10
+        cursor.execute("INSERT INTO analyze_probe SELECT g FROM generate_series(11, 20) g")
+        assert tables_analyze("analyze_probe") == ["analyze_probe"]
+        assert _reltuples(cursor, "analyze_probe") == 20

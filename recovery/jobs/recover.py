@@ -155,7 +155,7 @@ def queue_recover(
             seconds=round(time.monotonic() - started, 2),
         )
         run.counts["pending"] = result.pending
-    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES)
+    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES, changed=run.counts.get("processed", 0))
     return result
 
 
