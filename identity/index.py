@@ -149,7 +149,7 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
                 f"""
                 CREATE TEMP TABLE _index_changed ON COMMIT DROP AS
                 {taken}
-                SELECT DISTINCT d.driver_id FROM taken t JOIN public.drivers d ON d.driver_id = t.driver_id
+                SELECT d.driver_id FROM public.drivers d WHERE d.driver_id IN (SELECT driver_id FROM taken)
                 """
             )
         result.changed = cursor.rowcount

@@ -14,7 +14,8 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='DriverChange',
             fields=[
-                ('driver_id', models.TextField(primary_key=True, serialize=False)),
+                ('id', models.BigAutoField(primary_key=True, serialize=False)),
+                ('driver_id', models.TextField()),
                 ('noted_at', models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
             ],
             options={
@@ -29,9 +30,7 @@ class Migration(migrations.Migration):
                 """
                 CREATE FUNCTION canon.drivers_changed_note() RETURNS trigger LANGUAGE plpgsql AS $$
                 BEGIN
-                    INSERT INTO canon.drivers_changed (driver_id)
-                    SELECT DISTINCT driver_id FROM changed_rows
-                    ON CONFLICT (driver_id) DO NOTHING;
+                    INSERT INTO canon.drivers_changed (driver_id) SELECT driver_id FROM changed_rows;
                     RETURN NULL;
                 END $$
                 """,
