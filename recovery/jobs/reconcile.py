@@ -101,7 +101,8 @@ def pipeline_reconcile(
         run.counts.update(skipped_not_due=result.skipped_not_due, batches=result.batches,
                           index_refreshed=int(result.index_refreshed))
         result.seconds = round(time.monotonic() - started, 2)
-    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES, changed=run.counts.get("processed", 0))
+        # Inside the run: its job_run_succeeded receivers (the audit sample) plan on fresh statistics.
+        tables_analyze(*LINK_TABLES, *RECOVERY_TABLES, changed=run.counts.get("processed", 0))
     return result
 
 

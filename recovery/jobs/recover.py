@@ -155,7 +155,8 @@ def queue_recover(
             seconds=round(time.monotonic() - started, 2),
         )
         run.counts["pending"] = result.pending
-    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES, changed=run.counts.get("processed", 0))
+        # Inside the run: its job_run_succeeded receivers (the audit sample) plan on fresh statistics.
+        tables_analyze(*LINK_TABLES, *RECOVERY_TABLES, changed=run.counts.get("processed", 0))
     return result
 
 

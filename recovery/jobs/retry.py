@@ -129,5 +129,6 @@ def identity_matching_retry(
         result.by_reason = {code: reasons[code] for code in ReasonCode.values if reasons.get(code)}
         run.counts.update(selected=result.selected, skipped_not_due=result.skipped_not_due, batches=result.batches)
         result.seconds = round(time.monotonic() - started, 2)
-    tables_analyze(*LINK_TABLES, *RECOVERY_TABLES, changed=run.counts.get("processed", 0))
+        # Inside the run: its job_run_succeeded receivers (the audit sample) plan on fresh statistics.
+        tables_analyze(*LINK_TABLES, *RECOVERY_TABLES, changed=run.counts.get("processed", 0))
     return result
