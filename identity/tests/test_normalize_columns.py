@@ -64,6 +64,28 @@ def mapped(scalar, values) -> list:
     return [scalar(value) for value in values]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def twins_at_every_size():
+    """Every test here checks the twins themselves: a column of up to SCALAR_MAX_ROWS rows is otherwise
+    normalized by the scalar function (the single-lead path), which would make them compare it with itself."""
+    saved, identity.normalize.SCALAR_MAX_ROWS = identity.normalize.SCALAR_MAX_ROWS, 0
+    yield
+    identity.normalize.SCALAR_MAX_ROWS = saved
+
+
+@pytest.mark.parametrize(("twin", "scalar"), TWINS, ids=TWIN_IDS)
+def test_a_small_column_is_the_scalar_function_mapped_and_equals_the_twin(twin, scalar):
+    values = [value for value in REALISTIC if value is None or isinstance(value, str)][:12]
+    identity.normalize.SCALAR_MAX_ROWS = 16
+    try:
+        small = twin(column(values)).to_list()
+    finally:
+        identity.normalize.SCALAR_MAX_ROWS = 0
+    assert small == mapped(scalar, values) == twin(column(values)).to_list()
+    tokens = name_tokens_column(column(["José Luis", None, "María"]), column(["Quispe", "Ccahuana", None]))
+    assert tokens.to_list() == [["jose", "luis", "quispe"], ["ccahuana"], ["maria"]]
+
+
 # --- The example tables of test_normalize.py ------------------------------------------------
 
 
