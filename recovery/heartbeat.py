@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
+from django_q.conf import Conf
 
 from recovery.models import ClusterHeartbeat
 
@@ -72,8 +73,13 @@ def _beat_until_orphaned(*, parent_pid: int, cluster: str, stop: threading.Event
         stop.wait(BEAT_SECONDS)
 
 
-def worker_heartbeat_start(sender=None, proc_name: str | None = None, **kwargs) -> threading.Thread:
-    """django-q2's post_spawn receiver (sent by each new worker process): start its heartbeat thread."""
+def worker_heartbeat_start(sender=None, proc_name: str | None = None, **kwargs) -> threading.Thread | None:
+    """django-q2's post_spawn receiver (sent by each new worker process): start its heartbeat thread.
+
+    Not in sync mode: there django-q2 runs its worker function inside the caller's own process (a web
+    request, a test), which is no cluster, and a thread left beating there would show one alive."""
+    if Conf.SYNC:
+        return None
     stop = threading.Event()
     thread = threading.Thread(
         target=_beat_until_orphaned, name="ct4-heartbeat", daemon=True,

@@ -10,6 +10,8 @@ from datetime import timedelta
 import pytest
 from django.conf import settings
 from django.utils import timezone
+from django_q.conf import Conf
+from django_q.tasks import async_task
 
 from recovery import heartbeat
 from recovery.heartbeat import cluster_last_seen, cluster_workers_seen, heartbeat_beat, worker_heartbeat_start
@@ -45,6 +47,17 @@ def test_the_worker_thread_beats_at_once_and_stops_when_told():
         thread.stop.set()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_task_run_in_sync_mode_starts_no_heartbeat(monkeypatch):
+    # django-q2's sync mode runs the worker function (and its post_spawn) in this very process: a
+    # heartbeat thread started there beat on forever and once made a real cluster show 3 workers of 2.
+    monkeypatch.setattr(Conf, "SYNC", True)
+    async_task("math.floor", 2.5)
+    assert worker_heartbeat_start(proc_name="MainProcess") is None
+    assert not [t for t in threading.enumerate() if t.name == "ct4-heartbeat"]
+    assert not ClusterHeartbeat.objects.exists()
 
 
 @pytest.mark.django_db
