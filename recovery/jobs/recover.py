@@ -138,7 +138,9 @@ def queue_recover(
     started = time.monotonic()
     params = {"limit": limit, "workers": workers, "batch_size": batch_size}
     with job_run(JOB, params=params, trigger=trigger, singleton=False, run_id=run_id) as run:
-        pending = queue_pending_count()
+        # Every statement of a run goes through reconnecting: a cut aimed at the run's start can land
+        # on the next one (CI, test_db_restart), and a plain statement there ended the job unrecorded.
+        pending = reconnecting(queue_pending_count, handle=run)
         total = pending if limit is None else min(pending, limit)
         ctx = multiprocessing.get_context("spawn")
         budget = Budget(ctx.Value("q", -1 if limit is None else limit), ctx.Value("q", pending))
@@ -151,7 +153,7 @@ def queue_recover(
             else:
                 _drain_in_processes(run=run, workers=workers, budget=budget, batch_size=batch_size, bar=bar)
         result = RecoverResult.from_counts(
-            run.counts, workers=workers, pending=queue_pending_count(), run_id=run.run.pk,
+            run.counts, workers=workers, pending=reconnecting(queue_pending_count, handle=run), run_id=run.run.pk,
             seconds=round(time.monotonic() - started, 2),
         )
         run.counts["pending"] = result.pending
