@@ -75,16 +75,23 @@ def pipeline_reconcile(
               "limbo_stages": stages, "refresh_index": refresh_index, "batch_size": batch_size}
     with job_run(JOB, params=params, trigger=trigger, run_id=run_id) as run:
         # Stages are read before the index refresh: a NO_DRIVER lead it maps counts as moved on.
-        with connection.cursor() as cursor:
-            cursor.execute(_SELECT_SQL, {"recent": process_recent, "recent_days": recent_days,
-                                         "limbo": process_limbo, "stages": stages})
-            rows = cursor.fetchall()
+        def select() -> list[tuple]:
+            with connection.cursor() as cursor:
+                cursor.execute(_SELECT_SQL, {"recent": process_recent, "recent_days": recent_days,
+                                             "limbo": process_limbo, "stages": stages})
+                return cursor.fetchall()
+
+        # Each read goes through reconnecting, as the batches do: a connection lost between them
+        # waits for the database instead of ending the run.
+        rows = reconnecting(select, handle=run)
         if refresh_index:
             result.index_refreshed = _index_refresh(trigger)
-        not_due = leads_not_due(source_pks=[pk for pk, stage in rows if stage == LimboStage.NO_IDENTITY])
+        not_due = reconnecting(lambda: leads_not_due(
+            source_pks=[pk for pk, stage in rows if stage == LimboStage.NO_IDENTITY]), handle=run)
         todo = [(pk, stage) for pk, stage in rows if pk not in not_due]
         result.skipped_not_due = len(rows) - len(todo)
-        context = MatchContext.for_leads(len(todo)) if any(s == LimboStage.NO_IDENTITY for _, s in todo) else None
+        context = (reconnecting(lambda: MatchContext.for_leads(len(todo)), handle=run)
+                   if any(s == LimboStage.NO_IDENTITY for _, s in todo) else None)
         with progress_bar(len(todo), "reconciling", progress) as bar:
             for start in range(0, len(todo), batch_size):
                 batch = todo[start:start + batch_size]

@@ -98,15 +98,22 @@ def identity_matching_retry(
     result = RetryResult()
     params = {"limit": limit, "risk_level": risk_level, "gap_reason": gap_reason, "batch_size": batch_size}
     with job_run(JOB, params=params, trigger=trigger, run_id=run_id) as run:
-        with connection.cursor() as cursor:
-            cursor.execute(_UNRESOLVED_SQL, {"risk_level": risk_level, "gap_reason": gap_reason})
-            rows = cursor.fetchall()
-        not_due = leads_not_due(source_pks=[pk for pk, gap, _ in rows if gap == GapReason.NO_IDENTITY])
+        def select() -> list[tuple]:
+            with connection.cursor() as cursor:
+                cursor.execute(_UNRESOLVED_SQL, {"risk_level": risk_level, "gap_reason": gap_reason})
+                return cursor.fetchall()
+
+        # Each read goes through reconnecting, as the batches do: a connection lost between them
+        # waits for the database instead of ending the run.
+        rows = reconnecting(select, handle=run)
+        not_due = reconnecting(lambda: leads_not_due(
+            source_pks=[pk for pk, gap, _ in rows if gap == GapReason.NO_IDENTITY]), handle=run)
         todo = [row for row in rows if row[0] not in not_due]
         result.skipped_not_due = len(rows) - len(todo)
         todo = todo[:limit] if limit is not None else todo
         result.selected = len(todo)
-        context = MatchContext.for_leads(len(todo)) if any(gap == GapReason.NO_IDENTITY for _, gap, _ in todo) else None
+        context = (reconnecting(lambda: MatchContext.for_leads(len(todo)), handle=run)
+                   if any(gap == GapReason.NO_IDENTITY for _, gap, _ in todo) else None)
         reasons: Counter = Counter()
         with progress_bar(len(todo), "retrying", progress) as bar:
             for start in range(0, len(todo), batch_size):

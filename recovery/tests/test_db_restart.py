@@ -194,6 +194,35 @@ def test_a_connection_cut_while_the_run_starts_is_retried_whole_and_the_run_hold
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("job", ["retry", "reconcile"])
+def test_a_connection_cut_while_a_job_selects_its_leads_is_waited_out(monkeypatch, job):
+    # Retry and reconcile read their leads, then which are due, before the first batch: a cut there
+    # ended the run with "database unreachable" although the database was back at once.
+    from recovery.jobs import reconcile, retry  # noqa: PLC0415 (the modules whose lookup is cut)
+
+    bulk_leads(20, matchable_every=2)
+    drivers_index_refresh()
+    module, run_job, name = ((retry, retry.identity_matching_retry, "retry_identity_matching") if job == "retry"
+                             else (reconcile, reconcile.pipeline_reconcile, "reconcile_cabinet_leads_pipeline"))
+    side = _side_connection()
+    not_due, cut = module.leads_not_due, []
+
+    def leads_not_due_after_a_cut(**kwargs):
+        if not cut:
+            cut.append(scalar("SELECT pg_backend_pid()"))
+            _terminate(side, "pid = %s", [cut[0]])
+        return not_due(**kwargs)
+
+    monkeypatch.setattr(module, "leads_not_due", leads_not_due_after_a_cut)
+    try:
+        run_job(progress=False)
+    finally:
+        side.close()
+    assert cut and JobRun.objects.get(name=name).status == "succeeded"
+    assert IdentityLink.objects.filter(source_table=LEADS).count() == 10
+
+
+@pytest.mark.django_db(transaction=True)
 def test_inside_an_outer_transaction_nothing_is_retried_and_past_the_budget_the_run_fails():
     side = _side_connection()
 
