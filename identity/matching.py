@@ -246,12 +246,6 @@ def _level_m(f: Field, level: pl.Expr) -> pl.Expr:
     return level.replace_strict({lv.name: lv.m for lv in f.levels}, return_dtype=pl.Float64)
 
 
-def _best_per_person(frame: pl.DataFrame, by: list[str], descending: list[bool]) -> pl.DataFrame:
-    """The first row of each (lead, person) after sorting by `by` (ties: lowest driver_id)."""
-    return (frame.sort([*PERSON, *by, "driver_id"], descending=[False, False, *descending, False])
-            .unique(subset=PERSON, keep="first", maintain_order=True))
-
-
 # Below this many pairs rapidfuzz compares on the calling thread: starting its worker threads costs
 # about a millisecond a call, more than a few thousand comparisons take (the single-lead path calls it
 # a few times per lead).

@@ -16,7 +16,7 @@ from identity.runs import job_run
 from recovery.db import sql_rows
 from recovery.models import AuditKind, AuditVerdict
 from recovery.review.audit import audit_settings
-from recovery.review.quality import ALL_MONTHS, audit_report
+from recovery.review.quality import ALL_MONTHS, AUTOMATIC_LINKS_SQL, audit_report
 
 JOB_NAME = "rules_precision"
 logger = logging.getLogger("ct4.audit")
@@ -86,18 +86,13 @@ def rules_precision(*, target: float | None = None) -> list[RulePrecision]:
     return result
 
 
-_REJECTIONS_SINCE_SQL = """
+_REJECTIONS_SINCE_SQL = f"""
 -- "not the same person" verdicts given after `since` on automatic links of the rule (undone ones included)
 SELECT count(*) AS rejected
 FROM ops.audit_items a
 WHERE a.kind = %(link_kind)s AND a.verdict = %(not_same)s AND a.decided_at > %(since)s
-  AND EXISTS (SELECT 1 FROM (SELECT source_table, source_pk, person_key, match_rule, decided_by
-                             FROM canon.identity_links
-                             UNION ALL
-                             SELECT source_table, source_pk, person_key, match_rule, decided_by
-                             FROM canon.identity_link_history) l
-              WHERE l.source_table = %(leads)s AND l.decided_by = 'system' AND l.match_rule = %(rule)s
-                AND l.source_pk = a.source_pk AND l.person_key = a.person_key)
+  AND EXISTS (SELECT 1 FROM ({AUTOMATIC_LINKS_SQL}) l
+              WHERE l.match_rule = %(rule)s AND l.source_pk = a.source_pk AND l.person_key = a.person_key)
 """
 
 

@@ -108,18 +108,25 @@ def _below(sampled: int, confirmed: int, rejected: int, cannot_tell: int) -> Bel
     return BelowThreshold(sampled, judged + cannot_tell, confirmed, rejected, cannot_tell, share, low, high)
 
 
-_LINK_CELLS_SQL = f"""
-WITH link AS (
-    -- automatic lead links, the ones a person undid since included (the matcher made them; an audit
-    -- verdict undoes the links it rejects): month (park time), rule, score band
-    SELECT l.source_pk, l.person_key, l.match_rule AS rule, {band_sql(LINK_SCORE_SQL)} AS band,
-           to_char(timezone(%(tz)s, l.linked_at), 'YYYY-MM') AS month
+# Every automatic lead link ever made: the ones a person undid since included (the matcher made them;
+# an audit verdict undoes the links it rejects). Parameter %(leads)s. The estimates and the rule
+# demotion (recovery.review.demotion) read it.
+AUTOMATIC_LINKS_SQL = """
+    SELECT source_pk, person_key, match_rule, evidence, match_score, linked_at
     FROM (SELECT source_table, source_pk, person_key, match_rule, evidence, match_score, linked_at, decided_by
           FROM canon.identity_links
           UNION ALL
           SELECT source_table, source_pk, person_key, match_rule, evidence, match_score, linked_at, decided_by
           FROM canon.identity_link_history) l
     WHERE l.source_table = %(leads)s AND l.decided_by = 'system'
+"""
+
+_LINK_CELLS_SQL = f"""
+WITH link AS (
+    -- automatic lead links, undone ones included: month (park time), rule, score band
+    SELECT l.source_pk, l.person_key, l.match_rule AS rule, {band_sql(LINK_SCORE_SQL)} AS band,
+           to_char(timezone(%(tz)s, l.linked_at), 'YYYY-MM') AS month
+    FROM ({AUTOMATIC_LINKS_SQL}) l
 )
 SELECT link.month, link.rule, link.band, count(*) AS links,
        count(a.id) FILTER (WHERE a.verdict IS NOT NULL) AS audited,

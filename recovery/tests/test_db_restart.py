@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -61,6 +62,25 @@ def _terminate(side: psycopg.Connection, where: str, params: list) -> int:
     while side.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", [pids]).fetchone()[0]:
         time.sleep(0.02)
     return len(pids)
+
+
+def _advisory_locks(side: psycopg.Connection, pid: int) -> int:
+    """Advisory locks the backend `pid` holds (a run's own lock, a singleton's)."""
+    return side.execute("SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND granted",
+                        [pid]).fetchone()[0]
+
+
+def _after_a_cut(side: psycopg.Connection, function: Callable) -> tuple[Callable, list[int]]:
+    """`function`, whose first call terminates this process's own backend first; the list gets its pid."""
+    cut: list[int] = []
+
+    def after_a_cut(*args, **kwargs):
+        if not cut:
+            cut.append(scalar("SELECT pg_backend_pid()"))
+            _terminate(side, "pid = %s", [cut[0]])
+        return function(*args, **kwargs)
+
+    return after_a_cut, cut
 
 
 def _job_process(command: str, *args: str, app: str, sleep: float = 0, retry_seconds: float = 60,
@@ -153,9 +173,7 @@ def test_a_lost_batch_rolls_back_and_runs_again_on_a_new_connection_that_holds_t
         with job_run("seed_kpi_red_queue") as run:
             assert reconnecting(batch, handle=run) == "done"
             new_pid = scalar("SELECT pg_backend_pid()")
-            locks = side.execute(
-                "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND granted", [new_pid]
-            ).fetchone()[0]
+            locks = _advisory_locks(side, new_pid)
     finally:
         side.close()
     assert len(tries) == 2 and tries[1] != tries[0] and new_pid == tries[1]
@@ -169,22 +187,12 @@ def test_a_connection_cut_while_the_run_starts_is_retried_whole_and_the_run_hold
     # The CI failure of 2026-12-04: a cut between the run row's INSERT and its run lock ended the job
     # with "database unreachable" although the database was back a moment later.
     side = _side_connection()
-    run_lock = runs_module._run_lock
-    cut = []
-
-    def run_lock_after_a_cut(run_id: int) -> bool:
-        if not cut:
-            cut.append(scalar("SELECT pg_backend_pid()"))
-            _terminate(side, "pid = %s", [cut[0]])
-        return run_lock(run_id)
-
+    run_lock_after_a_cut, cut = _after_a_cut(side, runs_module._run_lock)
     monkeypatch.setattr(runs_module, "_run_lock", run_lock_after_a_cut)
     try:
         with job_run("seed_kpi_red_queue") as run:
             pid = scalar("SELECT pg_backend_pid()")
-            locks = side.execute(
-                "SELECT count(*) FROM pg_locks WHERE pid = %s AND locktype = 'advisory' AND granted", [pid]
-            ).fetchone()[0]
+            locks = _advisory_locks(side, pid)
     finally:
         side.close()
     assert cut and pid != cut[0]
@@ -205,14 +213,7 @@ def test_a_connection_cut_while_a_job_selects_its_leads_is_waited_out(monkeypatc
     module, run_job, name = ((retry, retry.identity_matching_retry, "retry_identity_matching") if job == "retry"
                              else (reconcile, reconcile.pipeline_reconcile, "reconcile_cabinet_leads_pipeline"))
     side = _side_connection()
-    not_due, cut = module.leads_not_due, []
-
-    def leads_not_due_after_a_cut(**kwargs):
-        if not cut:
-            cut.append(scalar("SELECT pg_backend_pid()"))
-            _terminate(side, "pid = %s", [cut[0]])
-        return not_due(**kwargs)
-
+    leads_not_due_after_a_cut, cut = _after_a_cut(side, module.leads_not_due)
     monkeypatch.setattr(module, "leads_not_due", leads_not_due_after_a_cut)
     try:
         run_job(progress=False)

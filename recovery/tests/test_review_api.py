@@ -5,7 +5,6 @@ came first, in sequence and in a real race."""
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -15,7 +14,6 @@ from rest_framework.test import APIClient
 from identity.index import drivers_index_refresh
 from identity.models import IdentityJudgement, IdentityLink, IdentityLinkHistory
 from recovery.models import AuditItem, KpiRedRecoveryQueue
-from recovery.review import decide as decide_module
 from recovery.review.audit import audit_sample
 from recovery.tests.factories import LEADS, conflict, person_of, recover, reviewer, twin, weak
 from recovery.tests.test_api import api_schema, check_shape, client_for, user_with  # noqa: F401 - the fixture
@@ -265,21 +263,12 @@ def test_not_same_undoes_the_link_and_cannot_tell_does_not(audited, action, verd
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_links_over_the_api_at_the_same_moment_make_one_and_a_409(monkeypatch):
+def test_two_links_over_the_api_at_the_same_moment_make_one_and_a_409(slow_decision_checks):
     lead, a, b = conflict()
     drivers_index_refresh()
     recover()
     users = {"ana.revisora": (reviewer("ana.revisora"), person_of(a)),
              "bob.revisor": (reviewer("bob.revisor"), person_of(b))}
-    # Widen the window between the checks and the writes: without the lead's row lock both would link.
-    explain = decide_module.lead_explain
-
-    def slow_explain(source_pk):
-        result = explain(source_pk)
-        time.sleep(0.5)
-        return result
-
-    monkeypatch.setattr(decide_module, "lead_explain", slow_explain)
     barrier = threading.Barrier(2)
     responses = {}
 

@@ -2,7 +2,6 @@
 judgements, and two reviewers on one lead."""
 
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -14,7 +13,6 @@ from identity.index import drivers_index_refresh
 from identity.matching import RULE_VERSION
 from identity.models import IdentityJudgement, IdentityLink, IdentityOrigin, IdentityUnmatched
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
-from recovery.review import decide as decide_module
 from recovery.review.decide import review_decide
 from recovery.review.listing import review_queue
 from recovery.review.rules import Action
@@ -188,21 +186,11 @@ def test_second_decision_with_a_stale_page_changes_nothing_and_says_why(client, 
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_reviewers_at_the_same_moment_serialize_on_the_lead(monkeypatch):
+def test_two_reviewers_at_the_same_moment_serialize_on_the_lead(slow_decision_checks):
     lead, a, b = conflict()
     drivers_index_refresh()
     recover()
     ana, bob = reviewer("ana.revisora"), reviewer("bob.revisor")
-    # Widen the window between the checks and the writes: without the lead's row lock both
-    # decisions would pass the checks and both would be applied.
-    explain = decide_module.lead_explain
-
-    def slow_explain(source_pk):
-        result = explain(source_pk)
-        time.sleep(0.5)
-        return result
-
-    monkeypatch.setattr(decide_module, "lead_explain", slow_explain)
     barrier = threading.Barrier(2)
     outcomes = {}
 
