@@ -23,6 +23,7 @@ from identity.candidates import IndexFrame, SqlIndex, frequencies_load, stage_hi
 from identity.matching import (
     LEAD_SCHEMA,
     PAIR_SCHEMA,
+    PERSON,
     RULE_VERSION,
     Decision,
     DriverRecord,
@@ -269,14 +270,59 @@ def _score(leads, hits, source, rejected, freq, thresholds, per_record=False) ->
     return scores, decisions_make(leads, scores, thresholds)
 
 
-def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record: bool = False) -> Resolved:
+# A batch of at most this many leads is scored once, with the candidates of both stages (see
+# _decide_scored_once): a scoring pass over a few pairs costs ~20 ms whatever their number, and most
+# leads arriving one by one go on to stage 2.
+SCORE_ONCE_MAX_LEADS = 16
+
+
+def _scores_of(scores: Scores, keep: pl.DataFrame, *, on: list[str], how: str = "semi") -> Scores:
+    """The rows of `scores` whose `on` columns are (how="semi") or are not ("anti") among `keep`'s."""
+    def part(frame):
+        return frame.join(keep, on=on, how=how)
+    return Scores(part(scores.candidates), part(scores.fields),
+                  part(scores.records) if scores.records is not None else None)
+
+
+def _decide_scored_once(leads: pl.DataFrame, source, rejected: pl.DataFrame, freq, thresholds, per_record: bool,
+                        hits: pl.DataFrame) -> Resolved:
+    """leads_decide_frame's decisions for a small batch, from one scoring pass over both stages'
+    candidates. A candidate's score depends on the lead and that candidate alone, so the stage-1
+    decision is decisions_make over the stage-1 candidates' rows of this pass, and an unsettled lead's
+    is decisions_make over all of its candidates: the staged path's decisions, evidence and hits, row
+    for row (identity/tests/test_engine.py compares them), for one scoring pass instead of two."""
+    more = stage_hits(source, 2, leads, freq)
+    every = pl.concat([hits, more])
+    scores = pairs_score(leads, _pairs(leads, every, source, rejected), freq, thresholds, per_record=per_record)
+    first = _scores_of(scores, hits.select(PERSON).unique(), on=PERSON)
+    decisions = decisions_make(leads, first, thresholds)
+    unsettled = decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)).select("lead_i")
+    retry = more.select("lead_i").unique().join(unsettled, on="lead_i", how="semi")
+    if not retry.height:
+        return Resolved(leads=leads, decisions=decisions, scores=first, hits=hits)
+    again = _scores_of(scores, retry, on=["lead_i"])
+    decisions2 = decisions_make(leads.join(retry, on="lead_i", how="semi"), again, thresholds)
+    kept = _scores_of(first, retry, on=["lead_i"], how="anti")
+    return Resolved(
+        leads=leads,
+        decisions=pl.concat([decisions.join(retry, on="lead_i", how="anti"), decisions2]).sort("lead_i"),
+        scores=Scores(pl.concat([kept.candidates, again.candidates]), pl.concat([kept.fields, again.fields]),
+                      pl.concat([kept.records, again.records]) if per_record else None),
+        hits=pl.concat([hits.join(retry, on="lead_i", how="anti"), every.join(retry, on="lead_i", how="semi")]))
+
+
+def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record: bool = False,
+                       score_once: bool | None = None) -> Resolved:
     """Decisions for a batch: the key rules first; the leads they did not settle get the name
     rules too, and are scored again with every candidate. `per_record` keeps every driver
-    record's own evidence too (Scores.records)."""
+    record's own evidence too (Scores.records). A batch of at most SCORE_ONCE_MAX_LEADS leads (or any,
+    with score_once=True) gets the same decisions from one scoring pass (_decide_scored_once)."""
     source = context.source
     rejected = linking.rejected_frame(source_pks=leads["source_pk"].to_list())
     freq = dataclasses.replace(context.freq, keys=source.key_counts(leads))
     hits = stage_hits(source, 1, leads, freq)
+    if score_once or (score_once is None and leads.height <= SCORE_ONCE_MAX_LEADS):
+        return _decide_scored_once(leads, source, rejected, freq, context.thresholds, per_record, hits)
     scores, decisions = _score(leads, hits, source, rejected, freq, context.thresholds, per_record)
     unsettled = leads.join(decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)), on="lead_i", how="semi")
     more = stage_hits(source, 2, unsettled, freq) if unsettled.height else None

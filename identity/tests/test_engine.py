@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from identity import fields as registry
 from identity import resolution
-from identity.candidates import IndexFrame, blocking_report, frequencies_load, initials_hits
+from identity.candidates import IndexFrame, _contained, blocking_report, frequencies_load, initials_hits
 from identity.fields import FIELDS, Field, Kind, Role
 from identity.index import drivers_index_refresh
 from identity.matching import (
@@ -247,6 +247,34 @@ def test_the_database_lookups_and_the_index_in_memory_decide_alike(park):
     assert in_sql["F"][0] == ReasonCode.NO_CANDIDATES
 
 
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_small_batch_scored_once_decides_as_the_staged_path(park, in_memory):
+    # G settles in stage 1 (its document), and its name also blocks D4, a namesake stage 1 never found:
+    # scored once, D4 is in the pass but must stay out of G's decision and evidence.
+    none = {"phone": None, "document": None, "email": None, "birth_date": None}
+    _make_lead(**{**none, "external_id": "G", "first_name": "Wilmer", "last_name": "Ccahuana Huillca",
+                  "document": "11223344"})
+    context = MatchContext.load(in_memory=in_memory)
+    leads = leads_load()
+    staged = leads_decide_frame(leads, context, score_once=False, per_record=True)
+    once = leads_decide_frame(leads, context, score_once=True, per_record=True)
+    assert leads.height <= resolution.SCORE_ONCE_MAX_LEADS  # what the single-lead path does by default
+    assert once.decisions.equals(staged.decisions)
+    assert evidence_json(once.decisions, once.scores, context.thresholds).sort("lead_i").equals(
+        evidence_json(staged.decisions, staged.scores, context.thresholds).sort("lead_i"))
+    for frame in ("candidates", "fields", "records"):
+        theirs, ours = getattr(staged.scores, frame), getattr(once.scores, frame)
+        order = [c for c in ("lead_i", "person_key", "driver_id", "field") if c in theirs.columns]
+        assert ours.sort(order).equals(theirs.sort(order)), frame
+    hits = ["lead_i", "person_key", "rule"]
+    assert once.hits.select(hits).unique().sort(hits).equals(staged.hits.select(hits).unique().sort(hits))
+    g = once.decisions.filter(pl.col("source_pk") == "G")
+    assert g["outcome"].item() == "link"
+    d4 = IndexFrame.load().records.filter(pl.col("driver_id") == "D4")["person_key"].item()
+    g_candidates = once.scores.candidates.join(g.select("lead_i"), on="lead_i")["person_key"].to_list()
+    assert d4 not in g_candidates
+
+
 def test_blocking_report_counts_each_rules_new_pairs(park):
     report = {r.rule: r for r in blocking_report(leads_load(), IndexFrame.load())}
     assert report["phone"].pairs == 5  # A and B reach both siblings; E reaches Luz
@@ -385,3 +413,12 @@ def test_chunks_written_by_a_second_thread_while_the_next_is_decided(transaction
 def _decided(context: MatchContext):
     resolved = leads_decide_frame(leads_load(), context)
     return resolved.decisions, resolved.scores
+
+
+@given(st.lists(st.integers(0, 50), max_size=40), st.lists(st.integers(0, 60), max_size=40))
+def test_contained_answers_each_wanted_key_in_its_own_order(keys, wanted):
+    import numpy as np  # noqa: PLC0415 (only this test needs numpy itself)
+
+    sorted_keys = np.array(sorted(set(keys)), dtype=np.uint64)
+    found = _contained(sorted_keys, np.array(wanted, dtype=np.uint64))
+    assert found.tolist() == [w in set(keys) for w in wanted]
