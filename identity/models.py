@@ -204,7 +204,10 @@ class IdentityLink(models.Model):
 
     source_table = models.TextField(choices=SourceTable.choices)
     source_pk = models.TextField()
-    person = models.ForeignKey(Person, on_delete=models.PROTECT, db_column="person_key", related_name="links")
+    # No index of its own: identity_link_person_cover_idx leads with person_key (a second one cost a
+    # million-row build on every first build of the drivers index, and a write on every link).
+    person = models.ForeignKey(Person, on_delete=models.PROTECT, db_column="person_key", related_name="links",
+                               db_index=False)
     match_rule = models.TextField()
     match_score = models.FloatField(null=True, blank=True)
     confidence_level = models.TextField(choices=ConfidenceLevel.choices)
