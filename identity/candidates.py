@@ -220,9 +220,9 @@ def _token_pairs(keys: np.ndarray) -> pl.DataFrame:
         drivers.append(driver[:-k][same])
         k += 1
     pair = np.concatenate(pairs) if pairs else np.zeros(0, dtype=np.uint64)
-    order = np.argsort(pair)
-    return pl.DataFrame({"pair": pair[order],
-                         "driver_i": (np.concatenate(drivers) if drivers else np.zeros(0, np.uint32))[order]})
+    # Sorted by Polars (on every core; numpy's argsort took 0.8 s of a 1M load on one)
+    return pl.DataFrame({"pair": pair, "driver_i": np.concatenate(drivers) if drivers else np.zeros(0, np.uint32)}
+                        ).sort("pair", "driver_i")
 
 
 class SqlIndex:
