@@ -257,7 +257,12 @@ def queue_claim(*, limit: int, source_pks: list[str] | None = None, after: tuple
 def queue_peek(*, limit: int, after: tuple | None = None) -> list[str]:
     """The next `limit` pending leads in claim order after `after`, locked by someone or not, locking
     nothing: what the next claims will most likely take (recovery decides them ahead)."""
-    return _pending(limit=limit, after=after, lock=False).source_pks
+    return queue_ahead(limit=limit, after=after).source_pks
+
+
+def queue_ahead(*, limit: int, after: tuple | None = None) -> Claimed:
+    """queue_peek with the position after the leads it returns (where the window after them starts)."""
+    return _pending(limit=limit, after=after, lock=False)
 
 
 def _pending(*, limit: int, source_pks: list[str] | None = None, after: tuple | None = None, lock: bool) -> Claimed:

@@ -14,10 +14,11 @@ import queue as stdlib_queue
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, connection, connections, transaction
 
 from identity.models import JobRun, ReasonCode
 from identity.resolution import (
@@ -45,7 +46,15 @@ from identity.runs import (
 )
 from recovery.jobs import WorkerSpec, recover_worker_main
 from recovery.models import RECOVERY_TABLES, WorkStatus
-from recovery.queue import DEFAULT_BATCH, lead_links, queue_claim, queue_mark, queue_peek, queue_pending_count
+from recovery.queue import (
+    DEFAULT_BATCH,
+    lead_links,
+    queue_ahead,
+    queue_claim,
+    queue_mark,
+    queue_peek,
+    queue_pending_count,
+)
 from recovery.tracking import attempts_record
 
 # With the index in memory, the leads of this many batches are decided in one frame (DecidedAhead).
@@ -176,40 +185,45 @@ def worker_drain_in_process(
         # A big drain after the index changed estimates the match model first (docs/matching.md).
         context = reconnecting(lambda: match_model_current(context, run_id=handle.run.pk), handle=handle)
     ahead = DecidedAhead(context) if context.index is not None else None
-    deadlocks = 0
-    position = None
-    while True:
-        want = budget.take(batch_size)
-        if not want:
-            break
-        try:
-            claimed, next_position, counts = reconnecting(
-                lambda: _claim_and_recover(want=want, position=position, context=context, handle=handle, ahead=ahead),
-                handle=handle)
-        except Exception as exc:
-            budget.give_back(want)
-            if _is_deadlock(exc) and deadlocks < MAX_DEADLOCK_RETRIES:
-                # Another job linked the same lead or person at the same time; the batch rolled
-                # back whole and its rows are pending again: claim them afresh.
-                deadlocks += 1
-                logger.warning("%s run=%s deadlock, batch rolled back and retried", JOB, handle.run.pk)
-                continue
-            raise
-        budget.give_back(want - len(claimed))
-        if not claimed:
-            break
-        position = next_position
+    try:
         deadlocks = 0
-        counts["batches"] = 1
-        handle.add(**counts)
-        handle.log_batch(
-            handle.counts["batches"], processed=counts["processed"], matched=counts["matched"],
-            failed=counts["failed"], pending=budget.processed(counts["processed"]),
-        )
-        if on_batch:
-            on_batch(counts)
-        if len(claimed) < want:
-            break
+        position = None
+        while True:
+            want = budget.take(batch_size)
+            if not want:
+                break
+            try:
+                claimed, next_position, counts = reconnecting(
+                    lambda: _claim_and_recover(want=want, position=position, context=context, handle=handle,
+                                               ahead=ahead),
+                    handle=handle)
+            except Exception as exc:
+                budget.give_back(want)
+                if _is_deadlock(exc) and deadlocks < MAX_DEADLOCK_RETRIES:
+                    # Another job linked the same lead or person at the same time; the batch rolled
+                    # back whole and its rows are pending again: claim them afresh.
+                    deadlocks += 1
+                    logger.warning("%s run=%s deadlock, batch rolled back and retried", JOB, handle.run.pk)
+                    continue
+                raise
+            budget.give_back(want - len(claimed))
+            if not claimed:
+                break
+            position = next_position
+            deadlocks = 0
+            counts["batches"] = 1
+            handle.add(**counts)
+            handle.log_batch(
+                handle.counts["batches"], processed=counts["processed"], matched=counts["matched"],
+                failed=counts["failed"], pending=budget.processed(counts["processed"]),
+            )
+            if on_batch:
+                on_batch(counts)
+            if len(claimed) < want:
+                break
+    finally:
+        if ahead is not None:
+            ahead.close()
     return handle.counts
 
 
@@ -249,26 +263,73 @@ class DecidedAhead:
     """Decisions made ahead for the next leads in claim order, AHEAD_BATCHES batches at a time with
     the index in memory, before the claim and outside its transaction: the scorer's cost per frame
     operation is paid once per ten batches, not per batch, and no row lock is held while it runs.
-    Each batch still claims, writes and commits its own 1,000 leads (SPEC §4); a lead decided ahead
+    Each batch still claims, writes and commits its own leads (SPEC §4); a lead decided ahead
     and linked meanwhile is left out at its claim, and a claimed lead without a decision (another
-    worker took the ones decided) is decided with its batch, as without look-ahead."""
+    worker took the ones decided) is decided with its batch, as without look-ahead.
+
+    While the batches of one window are claimed and written, the next window is decided on a second
+    thread (its own connection, reads only): PostgreSQL works on the writes while the scorer works
+    on the next leads, as match_leads overlaps its writes with its scoring."""
 
     def __init__(self, context: MatchContext):
         self.context = context
         self.resolved: Resolved | None = None
         self.decided: set[str] = set()
+        self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide-ahead")
+        self._next: Future | None = None
+
+    def _decide(self, pks: list[str]) -> tuple[set[str], Resolved | None]:
+        leads = leads_load(pks)
+        return set(leads["source_pk"].to_list()), leads_decide_frame(leads, self.context) if leads.height else None
+
+    def _decide_next(self, limit: int, after: tuple | None) -> tuple[set[str], Resolved | None, tuple | None]:
+        """The window after `after`, decided on the background thread, with the position after it. A
+        database error closes the thread's connection (the next window opens a fresh one) and reaches
+        the caller through the future."""
+        try:
+            window = queue_ahead(limit=limit, after=after)
+            decided, resolved = self._decide(window.source_pks) if window.source_pks else (set(), None)
+            return decided, resolved, window.position
+        except Exception:
+            connection.close()
+            raise
 
     def prepare(self, *, want: int, after: tuple | None) -> None:
         """Decide the next AHEAD_BATCHES batches' leads when the next claim's are not decided yet."""
-        if set(queue_peek(limit=want, after=after)) <= self.decided:
+        upcoming = set(queue_peek(limit=want, after=after))
+        if upcoming <= self.decided:
             return
-        pks = queue_peek(limit=want * AHEAD_BATCHES, after=after)
-        leads = leads_load(pks)
-        self.resolved = leads_decide_frame(leads, self.context) if leads.height else None
-        self.decided = set(leads["source_pk"].to_list())
+        if self._next is not None:
+            future, self._next = self._next, None
+            decided, resolved, end = future.result()
+            if upcoming <= decided:
+                self.decided, self.resolved = decided, resolved
+                self._start_next(want, end)
+                return
+        window = queue_ahead(limit=want * AHEAD_BATCHES, after=after)
+        self.decided, self.resolved = self._decide(window.source_pks)
+        self._start_next(want, window.position)
+
+    def _start_next(self, want: int, end: tuple | None) -> None:
+        if self._pool is not None and end is not None:
+            self._next = self._pool.submit(self._decide_next, want * AHEAD_BATCHES, end)
 
     def forget(self) -> None:
         self.resolved, self.decided = None, set()
+        self._drop_next()
+
+    def _drop_next(self) -> None:
+        if self._next is not None:
+            future, self._next = self._next, None
+            future.cancel() or future.exception()  # wait for a window in flight; its error is moot
+
+    def close(self) -> None:
+        """Stop the background thread and close its connection."""
+        self._drop_next()
+        if self._pool is not None:
+            self._pool.submit(connections.close_all).result()
+            self._pool.shutdown()
+            self._pool = None
 
     def outcome(self, source_pks: list[str]) -> BatchOutcome | None:
         """The claimed leads' decisions (not written), or None when some were not decided ahead."""

@@ -282,7 +282,9 @@ def test_two_workers_and_their_parent_all_cut_at_once_reconnect_and_finish():
     app = _app_name()
     proc = _job_process(JOB, "--workers", "2", app=app, sleep=2.0)
     _wait_for_open_batches(proc, app, committed=500, open_batches=2)
-    assert _cut(app) == 3  # the parent and both workers
+    # The parent and both workers, and each worker's look-ahead connection (DecidedAhead decides the next
+    # window on a second thread) once it has opened one.
+    assert _cut(app) in (3, 4, 5)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-3000:]
     _assert_recovered_everything(out, err, leads=2000, matchable=matchable)
