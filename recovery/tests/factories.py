@@ -156,10 +156,11 @@ def job_database_url() -> str:
 
 
 def recover_process(*extra: str, sleep: float = 0) -> subprocess.Popen:
+    """recover_kpi_red_leads as cron starts it, in batches of 500 (the tests count batches of 500)."""
     env = {**os.environ, "DATABASE_URL": job_database_url(), "CT4_TEST_SLEEP_IN_BATCH": str(sleep)}
     env.pop("CT4_DB_NAME", None)
     return subprocess.Popen(
-        [sys.executable, "manage.py", "recover_kpi_red_leads", "--json", *extra],
+        [sys.executable, "manage.py", "recover_kpi_red_leads", "--json", "--batch-size", "500", *extra],
         cwd=settings.BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

@@ -41,6 +41,7 @@ from recovery.status import job_last_outcomes, matching_freshness
 from recovery.tests.factories import LEADS, assert_nothing_half_written, bulk_leads, job_database_url, scalar
 
 JOB = "recover_kpi_red_leads"
+BATCHES_OF_500 = ("--batch-size", "500")  # the tests count batches of 500
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ def test_recovery_whose_backend_is_terminated_mid_batch_reconnects_and_finishes(
     queue_seed()
     app = _app_name()
     # Two batches of 500, each holding its transaction open 2 s before committing.
-    proc = _job_process(JOB, app=app, sleep=2.0)
+    proc = _job_process(JOB, *BATCHES_OF_500, app=app, sleep=2.0)
     _wait_for_open_batches(proc, app, committed=500)
     assert _cut(app) == 1
     out, err = proc.communicate(timeout=180)
@@ -280,7 +281,7 @@ def test_two_workers_and_their_parent_all_cut_at_once_reconnect_and_finish():
     drivers_index_refresh()
     queue_seed()
     app = _app_name()
-    proc = _job_process(JOB, "--workers", "2", app=app, sleep=2.0)
+    proc = _job_process(JOB, *BATCHES_OF_500, "--workers", "2", app=app, sleep=2.0)
     _wait_for_open_batches(proc, app, committed=500, open_batches=2)
     # The parent and both workers, and each worker's look-ahead connection (DecidedAhead decides the next
     # window on a second thread) once it has opened one.
@@ -310,7 +311,7 @@ def test_a_database_away_past_the_bound_stops_the_job_with_one_line_exit_1_and_a
     cutter = threading.Thread(target=cut_every_batch)
     cutter.start()
     try:
-        proc = _job_process(JOB, app=app, sleep=0.5, retry_seconds=2)
+        proc = _job_process(JOB, *BATCHES_OF_500, app=app, sleep=0.5, retry_seconds=2)
         out, err = proc.communicate(timeout=120)
     finally:
         stop.set()
@@ -415,7 +416,7 @@ def test_recovery_survives_a_real_postgresql_restart_in_the_middle_of_a_batch():
     drivers_index_refresh()
     queue_seed()
     app = _app_name()
-    proc = _job_process(JOB, app=app, sleep=2.0)
+    proc = _job_process(JOB, *BATCHES_OF_500, app=app, sleep=2.0)
     _wait_for_open_batches(proc, app, committed=500)
     started = time.monotonic()
     subprocess.run(command, user=user, check=True, timeout=60, stdin=subprocess.DEVNULL,

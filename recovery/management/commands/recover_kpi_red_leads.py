@@ -1,8 +1,7 @@
 """Drain the red-KPI queue: match pending leads, link them with their origin, mark matched or failed."""
 
 from identity.runs import EXIT_USAGE, JobCommand, command_exit
-from recovery.jobs.recover import queue_recover
-from recovery.queue import DEFAULT_BATCH
+from recovery.jobs.recover import BATCH, queue_recover
 
 
 class Command(JobCommand):
@@ -13,7 +12,8 @@ class Command(JobCommand):
         super().add_arguments(parser)
         parser.add_argument("--limit", type=int, help="at most this many leads in this run (all workers together)")
         parser.add_argument("--workers", type=int, default=1, help="worker processes draining the queue together")
-        parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="leads per transaction (500-1000)")
+        parser.add_argument("--batch-size", type=int, default=BATCH,
+                            help=f"leads per transaction (500-1000, default {BATCH})")
 
     def run(self, **options):
         if not 500 <= options["batch_size"] <= 1000 or options["workers"] < 1 or (options["limit"] or 0) < 0:
