@@ -253,6 +253,14 @@ class Resolved:
     decisions: pl.DataFrame
     scores: Scores
     hits: pl.DataFrame  # (lead_i, person_key, rule): which blocking rule found each candidate
+    # (lead_i, evidence): each decision's evidence JSON, when made ahead (with_evidence); outcome_write
+    # makes it otherwise.
+    evidence: pl.DataFrame | None = None
+
+    def with_evidence(self, thresholds: Thresholds) -> Resolved:
+        """The same, with every decision's evidence JSON made now (recovery makes it on its look-ahead
+        thread, for ten batches at once, instead of batch by batch on the thread that writes)."""
+        return dataclasses.replace(self, evidence=evidence_json(self.decisions, self.scores, thresholds))
 
 
 def _pairs(leads: pl.DataFrame, hits: pl.DataFrame, source, rejected: pl.DataFrame) -> pl.DataFrame:
@@ -399,7 +407,8 @@ def resolved_subset(resolved: Resolved, source_pks: list[str]) -> BatchOutcome:
         decisions=resolved.decisions.join(keep, on="lead_i", how="semi"),
         scores=Scores(resolved.scores.candidates.join(keep, on="lead_i", how="semi"),
                       resolved.scores.fields.join(keep, on="lead_i", how="semi"), None),
-        hits=resolved.hits.join(keep, on="lead_i", how="semi"))
+        hits=resolved.hits.join(keep, on="lead_i", how="semi"),
+        evidence=None if resolved.evidence is None else resolved.evidence.join(keep, on="lead_i", how="semi"))
     decisions = part.decisions
     return BatchOutcome(outcomes=dict(zip(decisions["source_pk"], decisions["outcome"], strict=True)), resolved=part)
 
@@ -412,7 +421,9 @@ def outcome_write(outcome: BatchOutcome, context: MatchContext, *, write_batch: 
     outcome.linked, outcome.already_linked = [], []
     if not decisions.height:
         return outcome
-    written = decisions.join(evidence_json(decisions, resolved.scores, context.thresholds), on="lead_i")
+    evidence = resolved.evidence if resolved.evidence is not None else evidence_json(decisions, resolved.scores,
+                                                                                     context.thresholds)
+    written = decisions.join(evidence, on="lead_i")
     step = write_batch or written.height
     for start in range(0, written.height, step):
         part = written.slice(start, step)

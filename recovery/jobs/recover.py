@@ -283,7 +283,10 @@ class DecidedAhead:
 
     def _decide(self, pks: list[str]) -> tuple[set[str], Resolved | None]:
         leads = leads_load(pks)
-        return set(leads["source_pk"].to_list()), leads_decide_frame(leads, self.context) if leads.height else None
+        if not leads.height:
+            return set(), None
+        return set(leads["source_pk"].to_list()), leads_decide_frame(leads, self.context).with_evidence(
+            self.context.thresholds)
 
     def _decide_next(self, limit: int, after: tuple | None) -> tuple[set[str], Resolved | None, tuple | None]:
         """The window after `after`, decided on the background thread, with the position after it. A

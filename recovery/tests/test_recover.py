@@ -253,8 +253,8 @@ def test_leads_decided_ahead_are_recovered_as_batch_by_batch(settings, monkeypat
 @pytest.mark.django_db(transaction=True)
 def test_the_next_window_is_decided_on_a_second_thread_while_the_batches_are_written(settings, monkeypatch):
     """Committed leads (the look-ahead thread has its own connection): every window after the first is
-    decided in the background, every batch is written from decisions made ahead, and the queue ends as
-    batch by batch."""
+    decided in the background, every batch is written from decisions (and evidence) made ahead, and the
+    queue ends as batch by batch."""
     import threading  # noqa: PLC0415 (only this test asks which thread decided)
 
     matchable = bulk_leads(300, matchable_every=7)
@@ -265,7 +265,8 @@ def test_the_next_window_is_decided_on_a_second_thread_while_the_batches_are_wri
     monkeypatch.setattr(recover_module.DecidedAhead, "_decide_next", lambda self, *a: (
         threads.append(threading.current_thread() is not threading.main_thread()), real_next(self, *a))[1])
     monkeypatch.setattr(recover_module.DecidedAhead, "outcome", lambda self, pks: (
-        lambda outcome: (from_ahead.append(outcome is not None), outcome)[1])(real_outcome(self, pks)))
+        lambda outcome: (from_ahead.append(outcome is not None and outcome.resolved.evidence is not None),
+                         outcome)[1])(real_outcome(self, pks)))
     settings.CT4_IN_MEMORY_MIN_LEADS = 1
     result = queue_recover(batch_size=10)  # windows of 100 leads: the 2nd and 3rd decided in the background
     assert (result.processed, result.matched) == (300, matchable)
