@@ -167,14 +167,19 @@ def queue_seed(
         if result.inserted or result.reset_to_pending or result.newly_matched_elsewhere:
             # The claim query picks its index by the pending-row estimate; after a big seed a
             # stale estimate (say, "none pending") would sort the whole queue on every claim.
-            with connection.cursor() as cursor:
-                cursor.execute(f"ANALYZE {QUEUE}")
+            reconnecting(_queue_analyze, handle=run)
         result.batches = batch_no
-        result.pending = queue_pending_count()
+        # Through reconnecting, as every statement of a run: a cut can land on whichever comes next.
+        result.pending = reconnecting(queue_pending_count, handle=run)
         result.seconds = round(time.monotonic() - started, 2)
         run.add(batches=batch_no)
         run.counts["pending"] = result.pending
     return result
+
+
+def _queue_analyze() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {QUEUE}")
 
 
 def _matched_elsewhere_batch(after_id: int, size: int) -> list[int]:
