@@ -595,19 +595,19 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
     }
 
 
-@cache  # a constant expression: built once (a one-lead batch paid ~1 ms to build these each time)
+@cache  # constant, as _corroboration_paths
 def _corroborated() -> pl.Expr:
     return pl.any_horizontal(list(_corroboration_paths().values()))
 
 
-@cache  # a constant expression: built once (a one-lead batch paid ~1 ms to build these each time)
+@cache  # constant, as _corroboration_paths
 def _link_paths() -> pl.Expr:
     """The paths (LINK_RULES) that corroborate a candidate, in LINK_RULES order."""
     return pl.concat_list([pl.when(path).then(pl.lit(name)) for name, path in _corroboration_paths().items()]
                           ).list.drop_nulls()
 
 
-@cache  # a constant expression: built once (a one-lead batch paid ~1 ms to build these each time)
+@cache  # constant, as _corroboration_paths
 def _key_agrees() -> pl.Expr:
     return pl.any_horizontal([_is(name, *AGREEING_LEVELS) for name in AGREEING_FIELDS])
 
@@ -669,7 +669,7 @@ def decisions_make(leads: pl.DataFrame, scores: Scores, thresholds: Thresholds) 
         pl.col("demoted_rule").cast(pl.String)).sort("lead_i")
 
 
-@cache  # a constant expression: built once (a one-lead batch paid ~1 ms to build these each time)
+@cache  # constant, as _corroboration_paths
 def _has_identifier() -> pl.Expr:
     keys = pl.any_horizontal([pl.col(name).is_not_null() & (pl.col(name) != "") for name in KEY_FIELDS])
     return keys | (pl.col("name_tokens").list.unique().list.len() >= 2)

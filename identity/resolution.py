@@ -292,6 +292,19 @@ def _scores_of(scores: Scores, keep: pl.DataFrame, *, on: list[str], how: str = 
                   part(scores.records) if scores.records is not None else None)
 
 
+def _stage_two_merged(first: Resolved, second: Resolved, retry: pl.DataFrame) -> Resolved:
+    """`first` (stage 1's decisions, scores and hits) for the leads not in `retry`, `second` (with every
+    candidate) for the leads in it."""
+    kept = _scores_of(first.scores, retry, on=["lead_i"], how="anti")
+    records = None if kept.records is None else pl.concat([kept.records, second.scores.records])
+    return Resolved(
+        leads=first.leads,
+        decisions=pl.concat([first.decisions.join(retry, on="lead_i", how="anti"), second.decisions]).sort("lead_i"),
+        scores=Scores(pl.concat([kept.candidates, second.scores.candidates]),
+                      pl.concat([kept.fields, second.scores.fields]), records),
+        hits=pl.concat([first.hits.join(retry, on="lead_i", how="anti"), second.hits]))
+
+
 def _decide_scored_once(leads: pl.DataFrame, source, rejected: pl.DataFrame, freq, thresholds, per_record: bool,
                         hits: pl.DataFrame) -> Resolved:
     """leads_decide_frame's decisions for a small batch, from one scoring pass over both stages'
@@ -302,21 +315,18 @@ def _decide_scored_once(leads: pl.DataFrame, source, rejected: pl.DataFrame, fre
     more = stage_hits(source, 2, leads, freq)
     every = pl.concat([hits, more])
     scores = pairs_score(leads, _pairs(leads, every, source, rejected), freq, thresholds, per_record=per_record)
-    first = _scores_of(scores, hits.select(PERSON).unique(), on=PERSON)
-    decisions = decisions_make(leads, first, thresholds)
-    unsettled = decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)).select("lead_i")
+    first_scores = _scores_of(scores, hits.select(PERSON).unique(), on=PERSON)
+    first = Resolved(leads=leads, decisions=decisions_make(leads, first_scores, thresholds), scores=first_scores,
+                     hits=hits)
+    unsettled = first.decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)).select("lead_i")
     retry = more.select("lead_i").unique().join(unsettled, on="lead_i", how="semi")
     if not retry.height:
-        return Resolved(leads=leads, decisions=decisions, scores=first, hits=hits)
+        return first
     again = _scores_of(scores, retry, on=["lead_i"])
-    decisions2 = decisions_make(leads.join(retry, on="lead_i", how="semi"), again, thresholds)
-    kept = _scores_of(first, retry, on=["lead_i"], how="anti")
-    return Resolved(
-        leads=leads,
-        decisions=pl.concat([decisions.join(retry, on="lead_i", how="anti"), decisions2]).sort("lead_i"),
-        scores=Scores(pl.concat([kept.candidates, again.candidates]), pl.concat([kept.fields, again.fields]),
-                      pl.concat([kept.records, again.records]) if per_record else None),
-        hits=pl.concat([hits.join(retry, on="lead_i", how="anti"), every.join(retry, on="lead_i", how="semi")]))
+    retried = leads.join(retry, on="lead_i", how="semi")
+    second = Resolved(leads=retried, decisions=decisions_make(retried, again, thresholds), scores=again,
+                      hits=every.join(retry, on="lead_i", how="semi"))
+    return _stage_two_merged(first, second, retry)
 
 
 def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record: bool = False,
@@ -334,18 +344,14 @@ def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record
     scores, decisions = _score(leads, hits, source, rejected, freq, context.thresholds, per_record)
     unsettled = leads.join(decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)), on="lead_i", how="semi")
     more = stage_hits(source, 2, unsettled, freq) if unsettled.height else None
-    if more is not None and more.height:
-        retry = more.select("lead_i").unique()
-        more = pl.concat([hits.join(retry, on="lead_i", how="semi"), more])
-        scores2, decisions2 = _score(leads.join(retry, on="lead_i", how="semi"), more, source, rejected, freq,
-                                     context.thresholds, per_record)
-        keep = lambda frame: frame.join(retry, on="lead_i", how="anti")  # noqa: E731
-        scores = Scores(pl.concat([keep(scores.candidates), scores2.candidates]),
-                        pl.concat([keep(scores.fields), scores2.fields]),
-                        pl.concat([keep(scores.records), scores2.records]) if per_record else None)
-        decisions = pl.concat([keep(decisions), decisions2]).sort("lead_i")
-        hits = pl.concat([keep(hits), more])
-    return Resolved(leads=leads, decisions=decisions, scores=scores, hits=hits)
+    first = Resolved(leads=leads, decisions=decisions, scores=scores, hits=hits)
+    if more is None or not more.height:
+        return first
+    retry = more.select("lead_i").unique()
+    more = pl.concat([hits.join(retry, on="lead_i", how="semi"), more])
+    retried = leads.join(retry, on="lead_i", how="semi")
+    scores2, decisions2 = _score(retried, more, source, rejected, freq, context.thresholds, per_record)
+    return _stage_two_merged(first, Resolved(leads=retried, decisions=decisions2, scores=scores2, hits=more), retry)
 
 
 def leads_decide(leads: list[LeadKeys], context: MatchContext) -> dict[str, Decision]:

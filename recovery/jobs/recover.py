@@ -281,21 +281,21 @@ class DecidedAhead:
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide-ahead")
         self._next: Future | None = None
 
-    def _decide(self, pks: list[str]) -> tuple[set[str], Resolved | None]:
-        leads = leads_load(pks)
+    def _window(self, limit: int, after: tuple | None) -> tuple[set[str], Resolved | None, tuple | None]:
+        """The next `limit` pending leads after `after` decided (with their evidence), and the position
+        after them."""
+        window = queue_ahead(limit=limit, after=after)
+        leads = leads_load(window.source_pks)
         if not leads.height:
-            return set(), None
-        return set(leads["source_pk"].to_list()), leads_decide_frame(leads, self.context).with_evidence(
-            self.context.thresholds)
+            return set(), None, window.position
+        resolved = leads_decide_frame(leads, self.context).with_evidence(self.context.thresholds)
+        return set(leads["source_pk"].to_list()), resolved, window.position
 
-    def _decide_next(self, limit: int, after: tuple | None) -> tuple[set[str], Resolved | None, tuple | None]:
-        """The window after `after`, decided on the background thread, with the position after it. A
-        database error closes the thread's connection (the next window opens a fresh one) and reaches
-        the caller through the future."""
+    def _window_in_background(self, limit: int, after: tuple | None) -> tuple[set[str], Resolved | None, tuple | None]:
+        """_window on the background thread. A database error closes the thread's connection (the next
+        window opens a fresh one) and reaches the caller through the future."""
         try:
-            window = queue_ahead(limit=limit, after=after)
-            decided, resolved = self._decide(window.source_pks) if window.source_pks else (set(), None)
-            return decided, resolved, window.position
+            return self._window(limit, after)
         except Exception:
             connection.close()
             raise
@@ -305,20 +305,18 @@ class DecidedAhead:
         upcoming = set(queue_peek(limit=want, after=after))
         if upcoming <= self.decided:
             return
+        window = None
         if self._next is not None:
             future, self._next = self._next, None
-            decided, resolved, end = future.result()
-            if upcoming <= decided:
-                self.decided, self.resolved = decided, resolved
-                self._start_next(want, end)
-                return
-        window = queue_ahead(limit=want * AHEAD_BATCHES, after=after)
-        self.decided, self.resolved = self._decide(window.source_pks)
-        self._start_next(want, window.position)
+            window = future.result()
+        if window is None or not upcoming <= window[0]:
+            window = self._window(want * AHEAD_BATCHES, after)
+        self.decided, self.resolved, end = window
+        self._start_next(want, end)
 
     def _start_next(self, want: int, end: tuple | None) -> None:
         if self._pool is not None and end is not None:
-            self._next = self._pool.submit(self._decide_next, want * AHEAD_BATCHES, end)
+            self._next = self._pool.submit(self._window_in_background, want * AHEAD_BATCHES, end)
 
     def forget(self) -> None:
         self.resolved, self.decided = None, set()

@@ -261,8 +261,8 @@ def test_the_next_window_is_decided_on_a_second_thread_while_the_batches_are_wri
     drivers_index_refresh()
     queue_seed()
     threads, from_ahead = [], []
-    real_next, real_outcome = recover_module.DecidedAhead._decide_next, recover_module.DecidedAhead.outcome
-    monkeypatch.setattr(recover_module.DecidedAhead, "_decide_next", lambda self, *a: (
+    real_next, real_outcome = recover_module.DecidedAhead._window_in_background, recover_module.DecidedAhead.outcome
+    monkeypatch.setattr(recover_module.DecidedAhead, "_window_in_background", lambda self, *a: (
         threads.append(threading.current_thread() is not threading.main_thread()), real_next(self, *a))[1])
     monkeypatch.setattr(recover_module.DecidedAhead, "outcome", lambda self, pks: (
         lambda outcome: (from_ahead.append(outcome is not None and outcome.resolved.evidence is not None),
