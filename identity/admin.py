@@ -454,9 +454,10 @@ class DriverIndexEntryAdmin(NormalizedSearchMixin, ReadOnlyAdmin):
 
 @admin.register(MatchModel)
 class MatchModelAdmin(ReadOnlyAdmin):
-    """The m each match run estimated (docs/matching.md); the latest is the one every path scores with."""
+    """The m and the share of leads with a driver (the prior) each match run estimated (docs/matching.md); the
+    latest is the one every path scores with."""
 
-    list_display = ("id", "estimated_at", "run", "leads", "pairs", "levels_estimated", "levels_failed")
+    list_display = ("id", "estimated_at", "run", "leads", "pairs", "levels_estimated", "levels_failed", "match_share")
     ordering = ("-estimated_at",)
 
     @admin.display(description="levels estimated")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import polars as pl
 
 from identity.fields import FIELDS, Field, Kind
@@ -297,3 +298,87 @@ def labels_load() -> pl.DataFrame:
         {"leads": LEADS_TABLE, "link": Verdict.LINK.value,
          "verdicts": [Verdict.LINK.value, Verdict.NOT_THIS_PERSON.value]},
         schema={"source_pk": pl.String, "person_key": pl.String, "positive": pl.Boolean})
+
+
+# --- The share of leads that have a driver (the prior) ---------------------------------------------
+
+# The prior range of the share of leads whose human is among the persons: a source where fewer than
+# one lead in a hundred, or every single lead, has a driver is not what the product is for; the
+# estimate is clipped to it (bounded) and reported so.
+SHARE_RANGE = (0.01, 0.99)
+# Fewer leads with an identifier than this in the sample, and the share is not estimated: an error
+# in the result (the declared prior is kept), never a silent default.
+MIN_SHARE_LEADS = 500
+SHARE_ITERATIONS = 500
+SHARE_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class ShareEstimate:
+    """The share of leads whose human is one of the persons (Splink's "probability two random records
+    match", per lead): the prior odds that a lead is one given person are share / (N - share)."""
+
+    leads: int  # sampled leads with an identifier
+    with_candidates: int  # of which some person was a candidate
+    persons: int
+    raw: float | None
+    share: float | None  # raw clipped to share_range; None when the estimate failed
+    status: str  # ok | bounded | too_few_leads
+    iterations: int = 0
+    share_range: tuple[float, float] = SHARE_RANGE
+    min_leads: int = MIN_SHARE_LEADS
+
+    @property
+    def failed(self) -> bool:
+        return self.share is None
+
+    def error(self) -> str | None:
+        if self.status == "too_few_leads":
+            return (f"share of leads with a driver rests on {self.leads} leads with an identifier, fewer than the "
+                    f"{self.min_leads} required")
+        return None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def match_share_estimate(weights: pl.DataFrame, *, leads: int, persons: int,
+                         share_range: tuple[float, float] = SHARE_RANGE,
+                         min_leads: int | None = None) -> ShareEstimate:
+    """Estimate the share of leads that have a driver from their candidates' weights, by EM on the mixture
+    weight alone (every m and u held fixed).
+
+    `weights` holds one row per (lead, candidate person) with `source_pk` and `weight`: the candidate's
+    log2 likelihood ratio, its score without the prior (identity.matching.candidate_weights), rejected
+    candidates left out. `leads` counts the sampled leads with an identifier, those without candidates
+    included (they are evidence of a lead without a driver). With share s, a lead is one of its candidates
+    with probability s A / (s A + 1 - s), where A is the sum of its candidates' likelihood ratios over the
+    N persons (a person blocking did not find agrees on nothing, a likelihood ratio near 0); the next s is
+    the mean of that over the leads. Converges to the share the model, with its m and u, says the sample
+    holds; a model that overrates evidence overrates the share too."""
+    lo, hi = share_range
+    min_leads = MIN_SHARE_LEADS if min_leads is None else min_leads
+    if leads < min_leads or persons <= 0:
+        return ShareEstimate(leads=leads, with_candidates=0, persons=persons, raw=None, share=None,
+                             status="too_few_leads", share_range=share_range, min_leads=min_leads)
+    # Sum of likelihood ratios per lead, in log space first: a document and a birth date agreeing are
+    # 2^40, which float64 holds, but their sum over a family's records is taken without overflow.
+    per_lead = (weights.group_by("source_pk")
+                .agg(pl.col("weight").max().alias("top"),
+                     (2.0 ** (pl.col("weight") - pl.col("weight").max())).sum().alias("rest")))
+    log_a = (per_lead["top"].to_numpy() + np.log2(per_lead["rest"].to_numpy())) - math.log2(persons)
+    share, iterations = 0.5, 0
+    for iterations in range(1, SHARE_ITERATIONS + 1):  # noqa: B007 (the count is reported)
+        # P(lead has a driver) = 1 / (1 + (1 - s) / (s A)), in log2 to keep A from overflowing.
+        odds_bits = np.clip(math.log2(share / (1 - share)) + log_a, -1000, 1000)
+        posterior = 1.0 / (1.0 + np.exp2(-odds_bits))
+        new = float(posterior.sum()) / leads
+        new = min(max(new, 1e-6), 1 - 1e-9)
+        done = abs(new - share) < SHARE_TOLERANCE
+        share = new
+        if done:
+            break
+    bounded = min(max(share, lo), hi)
+    return ShareEstimate(leads=leads, with_candidates=per_lead.height, persons=persons, raw=share, share=bounded,
+                         status="ok" if bounded == share else "bounded", iterations=iterations,
+                         share_range=share_range, min_leads=min_leads)

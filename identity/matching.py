@@ -30,9 +30,10 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v5"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v6"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
-# v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review
+# v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
+# v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate)
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path
@@ -193,10 +194,22 @@ class Frequencies:
     # m estimated from the data (identity.estimate), {field: {level: m}}, bounded by each level's
     # m_range; a level not here keeps the registry's declared m.
     m: dict = field(default_factory=dict)
+    # The share of leads whose human is among the persons (identity.estimate.match_share_estimate);
+    # None: not estimated, the declared prior (one person in N + PSEUDO_PERSONS).
+    match_share: float | None = None
 
     @property
     def population(self) -> int:
         return self.persons + PSEUDO_PERSONS
+
+    @property
+    def prior_bits(self) -> float:
+        """The prior log-odds that a lead is one given person: log2(share / (N - share)) with an estimated
+        share of leads that have a driver, or -log2(N + PSEUDO_PERSONS) (declared) without one."""
+        share = self.match_share
+        if share is None:
+            return -math.log2(self.population)
+        return math.log2(share / max(self.persons - share, share))
 
     def tokens_frame(self) -> pl.DataFrame:
         return _frame(self.tokens, TOKENS_SCHEMA)
@@ -545,7 +558,7 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     wide = wide.with_columns(missing) if missing else wide
     candidates = candidates.join(wide.select(*PERSON, *(c for name in FIELDS for c in (name, f"{name}__bits"))),
                                  on=PERSON, how="left")
-    prior = -math.log2(freq.population)
+    prior = freq.prior_bits
     bit_columns = [f"{name}__bits" for name in FIELDS]
     has_name = leads.select("lead_i", (pl.col("name_tokens").list.len() > 0).alias("lead_has_name"))
     candidates = (candidates.with_columns((prior + pl.sum_horizontal([pl.col(c).fill_null(0) for c in bit_columns]))
@@ -557,6 +570,25 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
         pl.col("field").replace_strict({name: i for i, name in enumerate(FIELDS)}, return_dtype=pl.Int32)
         .alias("field_order"))
     return Scores(candidates.drop("lead_has_name"), fields, by_record)
+
+
+def candidate_weights(candidates: pl.DataFrame, freq: Frequencies, m: dict | None = None) -> pl.Series:
+    """Each scored candidate's weight in bits, its score without the prior (log2 of the likelihood
+    ratio), re-weighed from the m it was scored with (freq.m) to `m` ({field: {level: m}}, a level not
+    in it keeps its declared m; None: freq.m). A level's bits move by log2(m new / m old), as in
+    pairs_score, so a run's candidates need not be scored again after an estimate."""
+    m = freq.m if m is None else m
+
+    def level_m(source: dict, f: Field, level) -> float:
+        return source.get(f.name, {}).get(level.name, level.m)
+
+    shifts = []
+    for f in FIELDS.values():
+        moved = {lv.name: math.log2(level_m(m, f, lv) / level_m(freq.m, f, lv)) for lv in f.levels}
+        if f.weighed and f.name in candidates.columns and any(moved.values()):
+            shifts.append(pl.col(f.name).replace_strict(moved, default=0.0, return_dtype=pl.Float64).fill_null(0.0))
+    weight = pl.col("bits") - freq.prior_bits + (pl.sum_horizontal(shifts) if shifts else 0.0)
+    return candidates.select(weight.alias("weight")).to_series()
 
 
 def _is(field_name: str, *levels: str) -> pl.Expr:
@@ -667,6 +699,11 @@ def decisions_make(leads: pl.DataFrame, scores: Scores, thresholds: Thresholds) 
     return d.with_columns(confidence.alias("confidence")).select(
         "lead_i", "source_pk", "outcome", "person_key", "score", "margin", "rule", "confidence",
         pl.col("demoted_rule").cast(pl.String)).sort("lead_i")
+
+
+def leads_with_identifier(leads: pl.DataFrame) -> int:
+    """How many leads of a frame show some key or a full name (the others are MISSING_IDENTIFIERS)."""
+    return int(leads.select(_has_identifier().sum()).item())
 
 
 @cache  # constant, as _corroboration_paths

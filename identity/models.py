@@ -538,6 +538,11 @@ class MatchModel(models.Model):
     m = models.JSONField(default=dict)
     # one line per level the data could not support: it keeps its declared m
     failures = models.JSONField(default=list)
+    # The estimated share of leads whose human is among the persons, which makes the prior
+    # (identity.estimate.match_share_estimate); null: not estimated, the declared prior.
+    match_share = models.FloatField(null=True, blank=True)
+    # How it was estimated: leads, leads with candidates, raw share, status (ShareEstimate.as_dict)
+    share_estimate = models.JSONField(default=dict)
 
     class Meta:
         db_table = 'canon"."match_models'

@@ -31,12 +31,14 @@ from identity.matching import (
     LeadKeys,
     Scores,
     Thresholds,
+    candidate_weights,
     decisions_make,
     decisions_materialize,
     evidence_json,
+    leads_with_identifier,
     pairs_score,
 )
-from identity.estimate import MIN_PAIRS, ModelEstimate, labels_load, m_estimate
+from identity.estimate import MIN_PAIRS, ModelEstimate, ShareEstimate, labels_load, m_estimate, match_share_estimate
 from identity.fields import FIELDS, LEAD_SOURCES
 from identity.index import index_changed_at
 from identity.models import LEADS_TABLE, MatchModel, ReasonCode
@@ -122,8 +124,8 @@ class MatchContext:
         thresholds = dataclasses.replace(Thresholds.from_settings(), demoted_rules=rules_demoted())
         if in_memory:
             index = IndexFrame.load()
-            return cls(freq=dataclasses.replace(index.freq, m=match_model_m()), thresholds=thresholds, index=index)
-        return cls(freq=dataclasses.replace(frequencies_load(), m=match_model_m()), thresholds=thresholds)
+            return cls(freq=_with_model(index.freq), thresholds=thresholds, index=index)
+        return cls(freq=_with_model(frequencies_load()), thresholds=thresholds)
 
     @classmethod
     def for_leads(cls, count: int) -> MatchContext:
@@ -135,10 +137,16 @@ class MatchContext:
         return self.index if self.index is not None else SqlIndex(self.freq)
 
 
-def match_model_m() -> dict:
-    """The latest estimated m ({field: {level: m}}; empty: the registry's declared m everywhere)."""
-    latest = MatchModel.objects.order_by("-estimated_at", "-id").values_list("m", flat=True).first()
-    return latest or {}
+def match_model_latest() -> tuple[dict, float | None]:
+    """The latest match model: its estimated m ({field: {level: m}}; empty: the registry's declared m
+    everywhere) and its share of leads with a driver (None: the declared prior)."""
+    latest = MatchModel.objects.order_by("-estimated_at", "-id").values_list("m", "match_share").first()
+    return (latest[0] or {}, latest[1]) if latest else ({}, None)
+
+
+def _with_model(freq: Frequencies) -> Frequencies:
+    m, share = match_model_latest()
+    return dataclasses.replace(freq, m=m, match_share=share)
 
 
 def _model_estimated_at():
@@ -200,10 +208,28 @@ def match_model_estimate(context: MatchContext, *, run_id: int | None = None) ->
     # A field no pair compares (no lead or no record carries it) has no estimate and needs none.
     compared = {name for name in pairs.columns if name in FIELDS and pairs[name].null_count() < pairs.height}
     failures = [str(level.error()) for level in estimate.failures if level.field in compared]
-    MatchModel.objects.create(run_id=run_id, leads=sample.height, pairs=pairs.height, m=usable, failures=failures)
     for failure in failures:
         log.warning("match model: %s; the declared m is kept", failure)
-    return dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=usable))
+    share = share_estimate(sample, pairs, context.freq, usable)
+    if share.failed:
+        failures.append(share.error())
+        log.warning("match model: %s; the declared prior is kept", share.error())
+    elif share.status == "bounded":
+        log.warning("match model: share of leads with a driver estimated %.4f, outside %g-%g: %.4f is used",
+                    share.raw, *share.share_range, share.share)
+    MatchModel.objects.create(run_id=run_id, leads=sample.height, pairs=pairs.height, m=usable, failures=failures,
+                              match_share=share.share, share_estimate=share.as_dict())
+    return dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=usable, match_share=share.share))
+
+
+def share_estimate(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, m: dict) -> ShareEstimate:
+    """The share of these leads that have a driver, from their scored candidate pairs (run_pairs, scored
+    with freq) re-weighed with the m just estimated; candidates a person rejected are left out."""
+    weights = pl.DataFrame(schema={"source_pk": pl.String, "weight": pl.Float64})
+    if pairs.height:
+        kept = pairs.filter(~pl.col("excluded").fill_null(False) & ~pl.col("negative_label").fill_null(False))
+        weights = kept.select("source_pk", candidate_weights(kept, freq, m))
+    return match_share_estimate(weights, leads=leads_with_identifier(leads), persons=freq.persons)
 
 
 def match_model_current(context: MatchContext, *, run_id: int | None = None) -> MatchContext:
@@ -215,7 +241,7 @@ def match_model_current(context: MatchContext, *, run_id: int | None = None) -> 
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext('ct4.match_model'))")
         if match_model_stale():
             return match_model_estimate(context, run_id=run_id)
-    return dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=match_model_m()))
+    return dataclasses.replace(context, freq=_with_model(context.freq))
 
 
 @dataclass
@@ -225,24 +251,42 @@ class ModelReport:
     estimate: ModelEstimate
     # People's labels (identity.estimate.labels_load): all of them, and those among the scored pairs.
     labels: dict = field(default_factory=dict)
+    # The share of leads with a driver, from these pairs re-weighed with the estimated m, and the prior it
+    # makes beside the declared one (bits).
+    share: ShareEstimate | None = None
+    prior_bits: float | None = None
+    declared_prior_bits: float | None = None
 
     def as_dict(self) -> dict:
-        return {"leads": self.leads, "pairs": self.pairs, "labels": self.labels, **self.estimate.as_dict()}
+        return {"leads": self.leads, "pairs": self.pairs, "labels": self.labels, **self.estimate.as_dict(),
+                "share": self.share.as_dict() if self.share else None, "prior_bits": self.prior_bits,
+                "declared_prior_bits": self.declared_prior_bits}
 
 
 def model_report(*, limit: int | None = None, min_pairs: int = MIN_PAIRS) -> ModelReport:
     """Every lead (or the newest `limit`) scored as match_leads would, nothing written, and each
     level's m estimated from their pairs (manage.py model_report)."""
-    pairs = run_pairs(leads_load(limit=limit), MatchContext.load(in_memory=True))
+    leads = leads_load(limit=limit)
+    context = MatchContext.load(in_memory=True)
+    pairs = run_pairs(leads, context)
     labels = labels_load()
     positive = int(labels["positive"].sum())
     in_pairs = {name: int(pairs[name].sum()) if name in pairs.columns else 0
                 for name in ("positive_label", "negative_label")}
-    return ModelReport(leads=pairs["source_pk"].n_unique(), pairs=pairs.height,
-                       estimate=m_estimate(pairs, min_pairs=min_pairs),
+    estimate = m_estimate(pairs, min_pairs=min_pairs)
+    usable = {}
+    for level in estimate.levels:
+        if not level.failed:
+            usable.setdefault(level.field, {})[level.level] = level.m
+    share = share_estimate(leads, pairs, context.freq, usable)
+    declared = dataclasses.replace(context.freq, match_share=None)
+    return ModelReport(leads=pairs["source_pk"].n_unique() if pairs.height else 0, pairs=pairs.height,
+                       estimate=estimate,
                        labels={"positive": positive, "negative": labels.height - positive,
                                "positive_in_pairs": in_pairs["positive_label"],
-                               "negative_in_pairs": in_pairs["negative_label"]})
+                               "negative_in_pairs": in_pairs["negative_label"]},
+                       share=share, declared_prior_bits=declared.prior_bits,
+                       prior_bits=None if share.failed else dataclasses.replace(declared, match_share=share.share).prior_bits)
 
 
 @dataclass

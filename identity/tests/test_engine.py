@@ -3,6 +3,7 @@ to its leads scored one by one, the registry driving evidence, and both candidat
 
 import dataclasses
 import json
+import math
 from datetime import date
 
 import polars as pl
@@ -12,17 +13,20 @@ from django.db.models.functions import Now
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from identity import estimate, resolution
 from identity import fields as registry
-from identity import resolution
 from identity.candidates import IndexFrame, _contained, blocking_report, frequencies_load, initials_hits
+from identity.estimate import SHARE_RANGE
 from identity.fields import FIELDS, Field, Kind, Role
 from identity.index import drivers_index_refresh
 from identity.matching import (
+    PSEUDO_PERSONS,
     Candidate,
     DriverRecord,
     Frequencies,
     LeadKeys,
     Thresholds,
+    candidate_weights,
     decisions_make,
     decisions_materialize,
     evidence_json,
@@ -356,13 +360,44 @@ def test_an_estimated_m_moves_its_levels_bits_by_log2_of_the_ratio():
     assert estimated.bits == pytest.approx(declared.bits + 1.0)
 
 
+def test_the_prior_is_the_estimated_share_of_leads_with_a_driver_when_there_is_one():
+    assert FREQ.prior_bits == pytest.approx(-math.log2(1_000_000 + PSEUDO_PERSONS))  # declared
+    half = dataclasses.replace(FREQ, match_share=0.5)
+    assert half.prior_bits == pytest.approx(math.log2(0.5 / (1_000_000 - 0.5)))
+    the_lead = lead(document="44556677", birth_date=date(1990, 1, 2))
+    the_record = record(document="44556677", birth_date=date(1990, 1, 3))
+    declared = lead_decide(the_lead, [Candidate("P1", (the_record,))], FREQ, T).candidates[0]
+    estimated = lead_decide(the_lead, [Candidate("P1", (the_record,))], half, T).candidates[0]
+    assert estimated.bits - declared.bits == pytest.approx(half.prior_bits - FREQ.prior_bits)
+    # A park of three persons where every lead has a driver: odds of one in two, not 1 in 10,003.
+    tiny = Frequencies(persons=3, drivers=3, match_share=0.99)
+    assert tiny.prior_bits == pytest.approx(math.log2(0.99 / 2.01))
+
+
+def test_a_run_s_candidates_are_reweighed_to_a_new_m_as_if_scored_with_it(park):
+    context = MatchContext.load(in_memory=True)
+    leads = leads_load()
+    scored = leads_decide_frame(leads, context).scores.candidates
+    new_m = {"document": {"exact": 0.5, "different": 0.08}, "name": {"typo": 0.2, "exact": 0.6}}
+    rescored_context = dataclasses.replace(context, freq=dataclasses.replace(context.freq, m=new_m, match_share=0.4))
+    rescored = leads_decide_frame(leads, rescored_context).scores.candidates
+    reweighed = scored.select("lead_i", "person_key", candidate_weights(scored, context.freq, new_m))
+    expected = rescored.select("lead_i", "person_key",
+                               (pl.col("bits") - rescored_context.freq.prior_bits).alias("expected"))
+    both = reweighed.join(expected, on=["lead_i", "person_key"])
+    assert both.height == scored.height > 5
+    assert (both["weight"] - both["expected"]).abs().max() < 1e-9
+    assert (both["weight"] - scored["bits"]).abs().max() > 1  # the m moved something
+
+
 @pytest.mark.django_db
 def test_every_matching_path_scores_with_the_latest_match_model():
     assert MatchContext.load().freq.m == {}
     MatchModel.objects.create(leads=10, pairs=500, m={"document": {"exact": 0.5}})
-    MatchModel.objects.create(leads=10, pairs=900, m={"document": {"exact": 0.9}})
+    MatchModel.objects.create(leads=10, pairs=900, m={"document": {"exact": 0.9}}, match_share=0.6)
     assert MatchContext.load().freq.m == {"document": {"exact": 0.9}}
     assert MatchContext.load(in_memory=True).freq.m == {"document": {"exact": 0.9}}
+    assert MatchContext.load().freq.match_share == MatchContext.load(in_memory=True).freq.match_share == 0.6
 
 
 def test_a_match_run_estimates_its_model_and_says_what_the_data_cannot_support(park, settings, monkeypatch, caplog):
@@ -371,10 +406,35 @@ def test_a_match_run_estimates_its_model_and_says_what_the_data_cannot_support(p
     totals = leads_match()
     model = MatchModel.objects.get()
     assert model.leads == 6 and model.pairs >= 5 and model.run_id is not None
-    # Six leads: every compared field rests on fewer pairs than an estimate needs; each keeps its declared m.
+    # Six leads: every compared field rests on fewer pairs than an estimate needs; each keeps its declared m,
+    # and the share of leads with a driver rests on fewer leads than it needs: the declared prior is kept.
     assert model.m == {} and totals["m_levels_estimated"] == 0
-    assert model.failures and all("fewer than the 100 required" in line for line in model.failures)
-    assert any("the declared m is kept" in r.getMessage() for r in caplog.records)
+    *m_failures, share_failure = model.failures
+    assert m_failures and all("fewer than the 100 required" in line for line in m_failures)
+    assert share_failure == ("share of leads with a driver rests on 6 leads with an identifier, "
+                             "fewer than the 500 required")
+    assert model.match_share is None and model.share_estimate["status"] == "too_few_leads"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("the declared m is kept" in m for m in messages)
+    assert any("the declared prior is kept" in m for m in messages)
+
+
+def test_a_match_run_estimates_the_share_of_leads_with_a_driver_and_scores_with_it(park, settings, monkeypatch):
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    monkeypatch.setattr(resolution, "ESTIMATE_MIN_LEADS", 1)
+    monkeypatch.setattr(estimate, "MIN_SHARE_LEADS", 1)
+    declared = leads_decide_frame(leads_load(), MatchContext.load(in_memory=True)).decisions
+    leads_match()
+    model = MatchModel.objects.get()
+    assert model.share_estimate["leads"] == 6 and model.share_estimate["status"] in ("ok", "bounded")
+    assert SHARE_RANGE[0] <= model.match_share <= SHARE_RANGE[1]
+    context = MatchContext.load(in_memory=True)
+    assert context.freq.match_share == model.match_share
+    # Scored with the estimated prior: every score moves by the same number of bits (m aside, none estimated).
+    moved = leads_decide_frame(leads_load(), context).decisions
+    shift = context.freq.prior_bits + math.log2(context.freq.population)
+    both = declared.join(moved, on="source_pk", suffix="_new").drop_nulls("score")
+    assert both.height and ((both["score_new"] - both["score"]) - shift).abs().max() < 0.01
 
 
 def test_a_lead_decided_since_the_index_and_the_model_last_changed_is_not_decided_again(transactional_db, park,

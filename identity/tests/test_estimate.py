@@ -1,5 +1,6 @@
 """m estimated from the data (identity.estimate): known m recovered within its bound, too few pairs and a
-source whose ID is often wrong failing loudly, reviewers' links counted. `manage.py model_report` on a
+source whose ID is often wrong failing loudly, reviewers' links counted; the share of leads that have a
+driver (the prior) recovered, bounded, failing on too few leads. `manage.py model_report` on a
 generated park: recovery/tests/test_model_report.py (the demo generator sits above identity)."""
 
 import numpy as np
@@ -8,11 +9,14 @@ import pytest
 
 from identity.estimate import (
     ANCHORS,
+    MIN_SHARE_LEADS,
+    SHARE_RANGE,
     EstimateOutOfRange,
     MEstimateError,
     TooFewPairs,
     m_estimate,
     m_probabilities,
+    match_share_estimate,
 )
 from identity.fields import FIELDS, Kind
 
@@ -171,3 +175,51 @@ def test_a_pair_a_person_said_is_not_a_match_never_teaches_m():
     conflicting = m_estimate(pl.concat([base, both], how="diagonal_relaxed"))
     assert next(e for e in conflicting.levels if (e.field, e.level) == ("email", "different")).pairs == \
         email["different"].pairs
+
+
+# --- The share of leads that have a driver (the prior) -----------------------------------------------
+
+PERSONS = 200_000
+
+
+def _lead_weights(n_leads: int, share: float, *, seed: int = 3, no_candidates: float = 0.1) -> pl.DataFrame:
+    """Each lead's candidates' weights (log2 likelihood ratio): a lead with a driver has its driver among
+    them (a key or two agreeing: 24-45 bits, against log2 N = 17.6) and namesakes like everyone else (-8 to
+    +6 bits); some leads without a driver have no candidate at all."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_leads):
+        pk = f"L{i}"
+        if rng.random() < share:
+            rows.append((pk, float(rng.uniform(24, 45))))
+        elif rng.random() < no_candidates:
+            continue
+        rows.extend((pk, float(w)) for w in rng.uniform(-8, 6, size=rng.integers(1, 4)))
+    return pl.DataFrame(rows, schema={"source_pk": pl.String, "weight": pl.Float64}, orient="row")
+
+
+@pytest.mark.parametrize("share", [0.3, 0.72])
+def test_the_share_of_leads_with_a_driver_is_recovered(share):
+    estimate = match_share_estimate(_lead_weights(4_000, share), leads=4_000, persons=PERSONS)
+    assert estimate.status == "ok" and not estimate.failed
+    assert estimate.share == pytest.approx(share, abs=0.025)
+    assert estimate.with_candidates < 4_000 and estimate.iterations > 1
+
+
+def test_leads_without_candidates_count_as_leads_without_a_driver():
+    weights = _lead_weights(2_000, 1.0, no_candidates=0.0)
+    alone = match_share_estimate(weights, leads=2_000, persons=PERSONS)
+    with_others = match_share_estimate(weights, leads=4_000, persons=PERSONS)
+    assert with_others.share == pytest.approx(alone.raw / 2, abs=0.01)
+
+
+def test_every_lead_with_a_driver_is_bounded_to_the_range_not_one():
+    estimate = match_share_estimate(_lead_weights(2_000, 1.0), leads=2_000, persons=PERSONS)
+    assert estimate.raw > SHARE_RANGE[1] and estimate.status == "bounded" and estimate.share == SHARE_RANGE[1]
+
+
+def test_too_few_leads_for_the_share_fail_loudly():
+    estimate = match_share_estimate(_lead_weights(100, 0.5), leads=100, persons=PERSONS)
+    assert estimate.failed and estimate.share is None and estimate.status == "too_few_leads"
+    assert estimate.error() == ("share of leads with a driver rests on 100 leads with an identifier, fewer than the "
+                                f"{MIN_SHARE_LEADS} required")

@@ -5,6 +5,7 @@ Here rather than in identity/tests because the park comes from the demo generato
 sits above identity; the estimator's own tests are identity/tests/test_estimate.py.
 """
 
+import csv
 import json
 import math
 from datetime import date
@@ -31,6 +32,7 @@ def matched_park(db, tmp_path, settings):
         assert source_import(kind=kind, path=tmp_path / name).rejected == 0
     drivers_index_refresh()
     leads_match()
+    return tmp_path
 
 
 def _weak_lead_and_candidate() -> tuple[str, str]:
@@ -59,6 +61,15 @@ def test_model_report_prints_every_level_and_the_pairs_behind_it(matched_park, c
     assert "declared m" in text and "estimated m" in text and "term frequency" in text
     assert "name: 2 of document, phone, email, birth_date exact, or a reviewer linked the pair" in text
     assert text.rstrip().endswith("every estimate within its declared range")
+    # The share of leads with a driver, beside the park's truth: leads with an identifier whose human drives.
+    with (matched_park / "ground_truth.csv").open() as f:
+        truth = [row for row in csv.DictReader(f) if row["has_identifier"] == "1"]
+    true_share = sum(bool(row["true_driver_ids"]) for row in truth) / len(truth)
+    share = report["share"]
+    assert share["status"] == "ok" and share["leads"] > 900
+    assert share["share"] == pytest.approx(true_share, abs=0.05)
+    assert report["prior_bits"] == pytest.approx(math.log2(share["share"] / (share["persons"] - share["share"])))
+    assert f"share of leads with a driver: {share['share']:.4f}" in text
 
 
 def test_model_report_counts_the_labels_behind_each_estimate(matched_park, capsys):

@@ -14,9 +14,10 @@ def _number(value, spec: str) -> str:
 class Command(JobCommand):
     help = ("The matching model, level by level: declared m, m estimated from candidate pairs that other fields "
             "settle beyond doubt and from people's labels (reviewers' links and rejections, audit verdicts: the "
-            "labels behind it, the pairs behind it, its 99 percent interval, its declared "
-            "range), u, and the weight in bits. Scores every lead as match_leads would; writes nothing. Exits 1 "
-            "when an estimate is outside its range or rests on too few pairs (docs/matching.md).")
+            "labels behind it, the pairs behind it, its 99 percent interval, its declared range), u, and the weight "
+            "in bits; then the share of leads that have a driver, which makes the prior. Scores every lead as "
+            "match_leads would; writes nothing. Exits 1 when an estimate is outside its range or rests on too few "
+            "pairs or leads (docs/matching.md).")
 
     def add_arguments(self, parser):
         super().add_arguments(parser)
@@ -32,6 +33,8 @@ class Command(JobCommand):
         if failures:
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             command_exit(EXIT_PROBLEMS, f"m estimate failed: {failures[0].error()}{more}")
+        if report.share.failed:
+            command_exit(EXIT_PROBLEMS, f"share estimate failed: {report.share.error()}")
         return EXIT_OK
 
     def summary(self, report) -> str:
@@ -58,10 +61,19 @@ class Command(JobCommand):
         lines.append("pairs behind each field's estimate (besides the pairs a reviewer linked):")
         lines.extend(f"  {name}: {anchor}" for name, anchor in estimate.anchors.items())
         lines.extend(f"  {name}: skipped, {why}" for name, why in estimate.skipped.items())
+        share = report.share
+        if share.failed:
+            lines.append(f"share of leads with a driver: {share.status.upper()}, {share.error()}; the declared prior "
+                         f"{report.declared_prior_bits:.2f} bits (one person in N + pseudo-persons) is kept")
+        else:
+            lines.append(f"share of leads with a driver: {share.share:.4f} (raw {share.raw:.4f}, {share.status}; "
+                         f"{share.leads} leads with an identifier, {share.with_candidates} with a candidate; range "
+                         f"{share.share_range[0]:g}-{share.share_range[1]:g}); prior {report.prior_bits:.2f} bits "
+                         f"a person, declared {report.declared_prior_bits:.2f}")
         bounded = [e for e in estimate.levels if e.status == "bounded"]
         if bounded:
             lines.append("bounded (the raw share is outside the range, but within sampling noise of it): "
                          + ", ".join(f"{e.field}.{e.level} {e.raw:.4f} -> {e.m:.4f}" for e in bounded))
-        lines.append(f"{len(estimate.failures)} estimate(s) failed" if estimate.failures
-                     else "every estimate within its declared range")
+        failed = len(estimate.failures) + share.failed
+        lines.append(f"{failed} estimate(s) failed" if failed else "every estimate within its declared range")
         return "\n".join(lines)
