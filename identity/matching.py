@@ -4,7 +4,7 @@ The model is Fellegi–Sunter over the comparisons declared in identity.fields: 
 m = P(level | same person) and u = P(level | different persons); its weight is log2(m / u) bits.
 Exact agreement on a value uses the value's own frequency as u (term-frequency adjustment: a phone
 three people share or the surname "Quispe" says less than a unique one). The posterior log-odds
-is the prior (one person in N) plus the weights.
+is the prior (one person in N, times the estimated share of leads that have a driver) plus the weights.
 
 Independence fails exactly where families share phones and friends share cars, so a link also
 needs corroboration: given name and surname must agree, and some key (document, phone, e-mail,
