@@ -180,9 +180,15 @@ class ModelEstimate:
     def m(self) -> dict[str, dict[str, float]]:
         """Bounded m by field and level; raises when any estimate failed."""
         self.raise_for_failures()
+        return self.usable_m()
+
+    def usable_m(self) -> dict[str, dict[str, float]]:
+        """Bounded m by field and level of the estimates that passed (a failed level is left out: it keeps
+        its declared m)."""
         result: dict[str, dict[str, float]] = {}
         for e in self.levels:
-            result.setdefault(e.field, {})[e.level] = e.m
+            if not e.failed:
+                result.setdefault(e.field, {})[e.level] = e.m
         return result
 
     def as_dict(self) -> dict:
@@ -358,7 +364,7 @@ def match_share_estimate(weights: pl.DataFrame, *, leads: int, persons: int,
     holds; a model that overrates evidence overrates the share too."""
     lo, hi = share_range
     min_leads = MIN_SHARE_LEADS if min_leads is None else min_leads
-    if leads < min_leads or persons <= 0:
+    if leads < min_leads:
         return ShareEstimate(leads=leads, with_candidates=0, persons=persons, raw=None, share=None,
                              status="too_few_leads", share_range=share_range, min_leads=min_leads)
     # Sum of likelihood ratios per lead, in log space first: a document and a birth date agreeing are
@@ -366,7 +372,7 @@ def match_share_estimate(weights: pl.DataFrame, *, leads: int, persons: int,
     per_lead = (weights.group_by("source_pk")
                 .agg(pl.col("weight").max().alias("top"),
                      (2.0 ** (pl.col("weight") - pl.col("weight").max())).sum().alias("rest")))
-    log_a = (per_lead["top"].to_numpy() + np.log2(per_lead["rest"].to_numpy())) - math.log2(persons)
+    log_a = (per_lead["top"].to_numpy() + np.log2(per_lead["rest"].to_numpy())) - math.log2(max(persons, 1))
     share, iterations = 0.5, 0
     for iterations in range(1, SHARE_ITERATIONS + 1):  # noqa: B007 (the count is reported)
         # P(lead has a driver) = 1 / (1 + (1 - s) / (s A)), in log2 to keep A from overflowing.

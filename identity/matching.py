@@ -532,8 +532,7 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     compared = pl.concat(frames, how="vertical_relaxed")
     # bits = log2(m / u): an estimated m moves each level's bits by log2(m_estimated / m_declared),
     # whatever u (term frequency included) the pair's value has. A field not weighed adds no bits.
-    shift = {(f.name, lv.name): math.log2(freq.m[f.name][lv.name] / lv.m)
-             for f in FIELDS.values() if freq.m.get(f.name) for lv in f.levels if lv.name in freq.m[f.name]}
+    shift = {key: bits for key, bits in m_shift_bits({}, freq.m).items() if bits}
     unweighed = [f.name for f in FIELDS.values() if not f.weighed]
     if shift:
         key = pl.concat_str("field", "level", separator="\x00")
@@ -572,21 +571,27 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     return Scores(candidates.drop("lead_has_name"), fields, by_record)
 
 
-def candidate_weights(candidates: pl.DataFrame, freq: Frequencies, m: dict | None = None) -> pl.Series:
-    """Each scored candidate's weight in bits, its score without the prior (log2 of the likelihood
-    ratio), re-weighed from the m it was scored with (freq.m) to `m` ({field: {level: m}}, a level not
-    in it keeps its declared m; None: freq.m). A level's bits move by log2(m new / m old), as in
-    pairs_score, so a run's candidates need not be scored again after an estimate."""
-    m = freq.m if m is None else m
-
+def m_shift_bits(m_from: dict, m_to: dict) -> dict[tuple[str, str], float]:
+    """How many bits each level's weight moves when its m goes from `m_from` to `m_to` ({field: {level: m}},
+    a level not in one keeps its declared m): log2(m to / m from), whatever u the pair's value has."""
     def level_m(source: dict, f: Field, level) -> float:
         return source.get(f.name, {}).get(level.name, level.m)
 
+    return {(f.name, lv.name): math.log2(level_m(m_to, f, lv) / level_m(m_from, f, lv))
+            for f in FIELDS.values() for lv in f.levels}
+
+
+def candidate_weights(candidates: pl.DataFrame, freq: Frequencies, m: dict | None = None) -> pl.Series:
+    """Each scored candidate's weight in bits, its score without the prior (log2 of the likelihood
+    ratio), re-weighed from the m it was scored with (freq.m) to `m` ({field: {level: m}}, a level not
+    in it keeps its declared m; None: freq.m), as pairs_score would have weighed it (m_shift_bits), so a
+    run's candidates need not be scored again after an estimate."""
+    moved = m_shift_bits(freq.m, freq.m if m is None else m)
     shifts = []
     for f in FIELDS.values():
-        moved = {lv.name: math.log2(level_m(m, f, lv) / level_m(freq.m, f, lv)) for lv in f.levels}
-        if f.weighed and f.name in candidates.columns and any(moved.values()):
-            shifts.append(pl.col(f.name).replace_strict(moved, default=0.0, return_dtype=pl.Float64).fill_null(0.0))
+        levels = {lv.name: moved[f.name, lv.name] for lv in f.levels}
+        if f.weighed and f.name in candidates.columns and any(levels.values()):
+            shifts.append(pl.col(f.name).replace_strict(levels, default=0.0, return_dtype=pl.Float64).fill_null(0.0))
     weight = pl.col("bits") - freq.prior_bits + (pl.sum_horizontal(shifts) if shifts else 0.0)
     return candidates.select(weight.alias("weight")).to_series()
 

@@ -201,10 +201,7 @@ def match_model_estimate(context: MatchContext, *, run_id: int | None = None) ->
     sample = leads_load(limit=ESTIMATE_SAMPLE)
     pairs = run_pairs(sample, context)
     estimate = m_estimate(pairs)
-    usable: dict[str, dict[str, float]] = {}
-    for level in estimate.levels:
-        if not level.failed:
-            usable.setdefault(level.field, {})[level.level] = level.m
+    usable = estimate.usable_m()
     # A field no pair compares (no lead or no record carries it) has no estimate and needs none.
     compared = {name for name in pairs.columns if name in FIELDS and pairs[name].null_count() < pairs.height}
     failures = [str(level.error()) for level in estimate.failures if level.field in compared]
@@ -274,11 +271,7 @@ def model_report(*, limit: int | None = None, min_pairs: int = MIN_PAIRS) -> Mod
     in_pairs = {name: int(pairs[name].sum()) if name in pairs.columns else 0
                 for name in ("positive_label", "negative_label")}
     estimate = m_estimate(pairs, min_pairs=min_pairs)
-    usable = {}
-    for level in estimate.levels:
-        if not level.failed:
-            usable.setdefault(level.field, {})[level.level] = level.m
-    share = share_estimate(leads, pairs, context.freq, usable)
+    share = share_estimate(leads, pairs, context.freq, estimate.usable_m())
     declared = dataclasses.replace(context.freq, match_share=None)
     return ModelReport(leads=pairs["source_pk"].n_unique() if pairs.height else 0, pairs=pairs.height,
                        estimate=estimate,
