@@ -28,3 +28,14 @@ def audit_sample_after_runs_off(settings, monkeypatch):
     tests read. The environment variable reaches the subprocesses, which read the settings anew."""
     settings.CT4_AUDIT = {**settings.CT4_AUDIT, "sample_after_runs": False}
     monkeypatch.setenv("CT4_AUDIT_SAMPLE_AFTER_RUNS", "false")
+
+
+@pytest.fixture(autouse=True)
+def index_images_off(settings, monkeypatch):
+    """No drivers index image on disk (identity.index_image), except in the tests of that feature.
+
+    In production it is on. Here a test that writes index rows itself, without the refresh that gives
+    the index a new version, could read an image of the rows it replaced; and images would pile up under
+    .data/ from every test database. The environment variable reaches the subprocesses."""
+    settings.CT4_INDEX_IMAGE_DIR = ""
+    monkeypatch.setenv("CT4_INDEX_IMAGE_DIR", "")

@@ -217,6 +217,10 @@ CT4_AUDIT = {
 # A matching run over at least this many leads reads the drivers index into memory once
 # (identity.resolution, docs/engine.md); smaller ones use the database's indexes.
 CT4_IN_MEMORY_MIN_LEADS = int(os.environ.get("CT4_IN_MEMORY_MIN_LEADS", "2000"))
+# Where that in-memory index is kept on disk between runs, under the index's version
+# (identity.index_image): a run reads it instead of the database. It holds what the index holds
+# (names, keys); empty turns it off.
+CT4_INDEX_IMAGE_DIR = os.environ.get("CT4_INDEX_IMAGE_DIR", str(BASE_DIR / ".data" / "index-image"))
 
 # A job whose database connection is lost mid-batch rolls the batch back, reconnects with
 # backoff and goes on; past this many seconds without the database it stops (identity.runs).

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 from django.db import connection
 
+from identity import index_image
 from identity.bulk import frame_read
 from identity.fields import (
     BLOCKING_RULES,
@@ -31,6 +32,7 @@ from identity.fields import (
     BlockingRule,
     BlockKind,
 )
+from identity.index_image import IndexParts
 from identity.matching import KEYS_SCHEMA, RECORD_SCHEMA, TOKENS_SCHEMA, Frequencies
 
 # person_i: the person's position in IndexFrame.records (null from SqlIndex), so its records are a slice.
@@ -98,7 +100,8 @@ class IndexFrame:
     token_keys: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        self.records = self.records.sort("person_key")
+        # By person, then driver: the same rows in the same order whatever order the records came in.
+        self.records = self.records.sort("person_key", "driver_id")
         first = (self.records["person_key"] != self.records["person_key"].shift(1)).fill_null(True).to_numpy()
         self.person_starts = np.append(np.flatnonzero(first), self.records.height).astype(np.int64)
         self.records = self.records.with_columns(pl.Series("person_i", np.cumsum(first) - 1, dtype=pl.UInt32))
@@ -118,8 +121,37 @@ class IndexFrame:
 
     @classmethod
     def load(cls) -> IndexFrame:
+        """The index of the database's current version: from its image on disk when there is one
+        (identity.index_image), else read from the database (and its image written for the next run)."""
+        version = index_image.index_version()
+        parts = index_image.image_read(version)
+        if parts is not None:
+            return cls.restored(parts)
         records = frame_read(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index", schema=RECORD_SCHEMA)
-        return cls(records=records, freq=frequencies_load(records=records))
+        index = cls(records=records, freq=frequencies_load(records=records))
+        # Only when no refresh committed while it was read: the image must be of that version alone.
+        if version is not None and index_image.image_dir() is not None and index_image.index_version() == version:
+            index_image.image_write(version, index.parts())
+        return index
+
+    def parts(self) -> IndexParts:
+        """Everything this index is made of, to be saved as an image (identity.index_image)."""
+        return IndexParts(
+            frames={"records": self.records, "vocabulary": self.vocabulary, "token_pairs": self.token_pairs,
+                    "tokens": self.freq.tokens_frame(), "hires": self.freq.hires_frame()},
+            arrays={"person_starts": self.person_starts, "token_keys": self.token_keys},
+            meta={"persons": self.freq.persons, "drivers": self.freq.drivers})
+
+    @classmethod
+    def restored(cls, parts: IndexParts) -> IndexFrame:
+        """The index `parts` was taken from, without building anything again."""
+        index = cls.__new__(cls)
+        frames = parts.frames
+        index.records, index.vocabulary, index.token_pairs = frames["records"], frames["vocabulary"], frames["token_pairs"]
+        index.person_starts, index.token_keys = parts.arrays["person_starts"], parts.arrays["token_keys"]
+        index.freq = Frequencies(persons=parts.meta["persons"], drivers=parts.meta["drivers"], tokens=frames["tokens"],
+                                 hires=frames["hires"])
+        return index
 
     def _carrying(self, columns: tuple[str, ...], values: pl.Series) -> pl.DataFrame:
         """(value, person_key, person_i) of every record holding one of `values` in one of `columns`."""
@@ -336,8 +368,9 @@ def initials_hits(source: IndexFrame | SqlIndex, rule: BlockingRule, leads: pl.D
     return hits.join(small.select("lead_i"), on="lead_i", how="semi")
 
 
-def frequencies_load(*, records: pl.DataFrame | None = None) -> Frequencies:
-    """N persons, N driver records, every name token's count and the hires per park and day."""
+def frequencies_load(*, records: pl.DataFrame | None = None, tokens: pl.DataFrame | None = None) -> Frequencies:
+    """N persons, N driver records, every name token's count and the hires per park and day (from
+    `records` and `tokens` when given, else from the tables the index refresh keeps)."""
     if records is not None:
         persons, drivers = records["person_key"].n_unique(), records.height
         hires = (records.drop_nulls(["park_id", "hire_date"]).group_by("park_id", "hire_date")
@@ -350,7 +383,8 @@ def frequencies_load(*, records: pl.DataFrame | None = None) -> Frequencies:
             drivers, persons = cursor.fetchone() or (0, 0)
         hires = frame_read("SELECT park_id, hire_date, hired FROM canon.hires_per_day",
                            schema={"park_id": pl.String, "hire_date": pl.Date, "hired": pl.Int64})
-    tokens = frame_read("SELECT token, drivers FROM canon.name_token_stats", schema=TOKENS_SCHEMA)
+    if tokens is None:
+        tokens = frame_read("SELECT token, drivers FROM canon.name_token_stats", schema=TOKENS_SCHEMA)
     return Frequencies(persons=persons, drivers=drivers, tokens=tokens, hires=hires)
 
 

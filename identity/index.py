@@ -7,19 +7,25 @@ identity.linking (the one writer of persons and links).
 
 from __future__ import annotations
 
+import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import polars as pl
 from django.db import connection, transaction
 
-from identity import linking, normalize
+from identity import index_image, linking, normalize
 from identity.bulk import frame_copy, frame_read, staging_create
+from identity.candidates import IndexFrame, frequencies_load
 from identity.fields import INDEX_SOURCES
+from identity.matching import RECORD_SCHEMA
 from identity.runs import job_run
 
 JOB_NAME = "refresh_drivers_index"
+log = logging.getLogger("ct4.index")
 
 # The changed drivers' raw columns, read by COPY and normalized column-wise in Polars by the twins
 # of identity.normalize, then staged in _index_norm for the set-based writes below.
@@ -153,8 +159,9 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
                 """
             )
         result.changed = cursor.rowcount
+    staging = None
     if result.changed and _index_is_empty(cursor):
-        _first_build(cursor, result)
+        staging = _first_build(cursor, result)
     elif result.changed:
         bulk = full or result.changed >= BULK_THRESHOLD
         with _phase(result, "normalize"):
@@ -190,6 +197,9 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
     if (result.changed or result.removed) and "counts" not in result.phases:
         with _phase(result, "counts"):
             counts_refresh(cursor)
+    if staging is not None:
+        with _phase(result, "image"):
+            _image_publish(staging, cursor)
     return result
 
 
@@ -199,7 +209,7 @@ def _index_is_empty(cursor) -> bool:
     return cursor.fetchone()[0]
 
 
-def _first_build(cursor, result: RefreshResult) -> None:
+def _first_build(cursor, result: RefreshResult) -> Future | None:
     """The first build: every driver is new. Normalized column-wise, then persons, index entries
     and driver links each loaded by one COPY, secondary indexes and foreign keys built after."""
     with _phase(result, "normalize"):
@@ -222,11 +232,14 @@ def _first_build(cursor, result: RefreshResult) -> None:
                 "plate", "given_tokens", "surname_tokens", "name_tokens", "name_key", "birth_date", "hire_date",
                 pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at"))
             frame_copy(cursor, "canon.drivers_index", entries)
+            counts = (drivers.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
+                      .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
+        # The matcher's in-memory index, built from these frames on a second thread while PostgreSQL
+        # builds the secondary indexes (the first match run then reads it from disk: identity.index_image).
+        staging = _IMAGE_THREAD.submit(_image_staged, entries, counts) if index_image.image_dir() else None
     result.new_persons, result.driver_links = registration.new_persons, registration.driver_links
     with _phase(result, "token_stats"):
         cursor.execute("TRUNCATE canon.name_token_stats")
-        counts = (drivers.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
-                  .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
         frame_copy(cursor, "canon.name_token_stats", counts)
     with _phase(result, "counts"):
         # From the frames in hand: counting the million rows just loaded again would cost a second.
@@ -241,6 +254,31 @@ def _first_build(cursor, result: RefreshResult) -> None:
         for table in ("canon.drivers_index", "canon.name_token_stats", "canon.identity_registry",
                       "canon.identity_links"):
             cursor.execute(f"ANALYZE {table}")
+    return staging
+
+
+_IMAGE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-image")
+
+
+def _image_staged(entries: pl.DataFrame, tokens: pl.DataFrame) -> Path | None:
+    """The in-memory index of a first build, staged on disk, as IndexFrame.load would read it from the
+    tables just written (empty text is NULL there: frame_copy writes it so)."""
+    records = entries.select(
+        [pl.col(name).replace("", None) if dtype == pl.String else pl.col(name) for name, dtype in RECORD_SCHEMA.items()]
+    ).cast(RECORD_SCHEMA)
+    return index_image.image_stage(IndexFrame(records=records, freq=frequencies_load(records=records, tokens=tokens)).parts())
+
+
+def _image_publish(staging: Future, cursor) -> None:
+    """Once the first build commits, its staged image is named after the index version it built."""
+    try:
+        staged = staging.result()
+    except Exception:  # the image only saves the next run time; the build stands
+        log.warning("drivers index image not staged", exc_info=True)
+        return
+    cursor.execute("SELECT version::text FROM canon.drivers_index_counts")
+    (version,) = cursor.fetchone()
+    transaction.on_commit(lambda: index_image.image_publish(staged, version))
 
 
 # Written row by row on a bulk refresh: their secondary indexes and foreign keys are dropped for

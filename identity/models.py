@@ -9,6 +9,7 @@ import uuid
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.functions import RandomUUID
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
@@ -29,6 +30,10 @@ class ReasonCode(models.TextChoices):
 
 # The reasons a human decides: the matcher found someone, but would not link alone.
 REVIEW_REASONS = (ReasonCode.CONFLICT_MULTIPLE_CANDIDATES.value, ReasonCode.WEAK_MATCH_ONLY.value)
+
+# Normalized keys and tokens compare byte by byte: equality is the same in any collation, and
+# PostgreSQL sorts and indexes them without the locale's rules (abbreviated keys work in "C" only).
+KEY_COLLATION = "C"
 
 
 class SourceTable(models.TextChoices):
@@ -430,24 +435,28 @@ class DriverIndexEntry(models.Model):
 
     Built set-based in SQL by `refresh_drivers_index` from the drivers table, with the
     canon.norm_* functions that mirror identity.normalize.
+
+    Its text columns compare bytewise (KEY_COLLATION): they are normalized keys and tokens, only ever
+    compared for equality, and a btree or GIN index over them builds in about half the time without
+    the server's locale (the first build of a million records: 7.0 s -> 4.1 s for the seven indexes).
     """
 
-    driver_id = models.TextField(primary_key=True)
+    driver_id = models.TextField(primary_key=True, db_collation=KEY_COLLATION)
     person = models.ForeignKey(
         Person, on_delete=models.PROTECT, db_column="person_key", null=True, blank=True, related_name="index_entries"
     )
-    park_id = models.TextField(null=True, blank=True)
-    phone = models.TextField(null=True, blank=True)
-    document = models.TextField(null=True, blank=True)
-    license_document = models.TextField(null=True, blank=True)
+    park_id = models.TextField(null=True, blank=True, db_collation=KEY_COLLATION)
+    phone = models.TextField(null=True, blank=True, db_collation=KEY_COLLATION)
+    document = models.TextField(null=True, blank=True, db_collation=KEY_COLLATION)
+    license_document = models.TextField(null=True, blank=True, db_collation=KEY_COLLATION)
     # Two driver records with the same doc_key are the same person.
-    doc_key = models.TextField(null=True, blank=True)
-    email = models.TextField(null=True, blank=True)
-    plate = models.TextField(null=True, blank=True)
-    given_tokens = ArrayField(models.TextField(), default=list)
-    surname_tokens = ArrayField(models.TextField(), default=list)
-    name_tokens = ArrayField(models.TextField(), default=list)
-    name_key = models.TextField(null=True, blank=True)
+    doc_key = models.TextField(null=True, blank=True, db_collation=KEY_COLLATION)
+    email = models.TextField(null=True, blank=True, db_collation=KEY_COLLATION)
+    plate = models.TextField(null=True, blank=True, db_collation=KEY_COLLATION)
+    given_tokens = ArrayField(models.TextField(db_collation=KEY_COLLATION), default=list)
+    surname_tokens = ArrayField(models.TextField(db_collation=KEY_COLLATION), default=list)
+    name_tokens = ArrayField(models.TextField(db_collation=KEY_COLLATION), default=list)
+    name_key = models.TextField(null=True, blank=True, db_collation=KEY_COLLATION)
     birth_date = models.DateField(null=True, blank=True)
     # When the driver was hired, and where (park_id): a lead hired in its own park days after
     # applying is the recruitment evidence of identity.matching.
@@ -506,6 +515,9 @@ class DriversIndexCount(models.Model):
     id = models.SmallIntegerField(primary_key=True, default=1)
     drivers = models.IntegerField()
     persons = models.IntegerField()
+    # A new random value each time the refresh writes the row, in the transaction of the change: the
+    # version of the index an image on disk was built from (identity.index_image).
+    version = models.UUIDField(db_default=RandomUUID())
 
     class Meta:
         db_table = 'canon"."drivers_index_counts'

@@ -1,0 +1,148 @@
+"""The drivers index image: the in-memory drivers index (candidates.IndexFrame) saved on local disk
+under the version of the index it was built from, so that a run over thousands of leads reads it in
+a fraction of a second instead of reading every record from PostgreSQL and building its structures
+again (about 5 s at a million drivers).
+
+The version is canon.drivers_index_counts.version: a new random value each time the index refresh
+writes the counts, which it does after every change to the index, in the transaction of the change
+(identity.index). An image is read only when its version is the database's current one and its
+format is this code's (IMAGE_FORMAT): a refresh that rolled back leaves a version nobody sees, and
+an image of an older index is never read. Anything wrong with an image (missing, partly deleted,
+another format) means the index is read from the database, as without an image.
+
+Written into a temporary folder and renamed into place, so a reader never sees half an image; each
+new image removes the older ones. The image holds what the drivers index holds (names, phones,
+documents): its folder is readable by its owner only. CT4_INDEX_IMAGE_DIR sets the folder; empty
+turns images off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from django.conf import settings
+from django.db import connection
+
+log = logging.getLogger("ct4.matching")
+
+# Bump when IndexFrame's parts change shape (columns, dtypes, meaning): older images are then ignored.
+IMAGE_FORMAT = 1
+_META = "meta.json"
+# A staged folder this old was left by a process that died or rolled back (a build stages in seconds).
+STAGED_STALE_SECONDS = 3600
+
+
+@dataclass
+class IndexParts:
+    """What an IndexFrame is made of, as frames and arrays (candidates.IndexFrame.parts / restored)."""
+
+    frames: dict[str, pl.DataFrame]
+    arrays: dict[str, np.ndarray]
+    meta: dict
+
+
+def image_dir() -> Path | None:
+    folder = getattr(settings, "CT4_INDEX_IMAGE_DIR", "")
+    return Path(folder) if folder else None
+
+
+def index_version() -> str | None:
+    """The current index version (None before the first refresh)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT version::text FROM canon.drivers_index_counts")
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def image_read(version: str | None) -> IndexParts | None:
+    """The image of `version`, or None when there is none that this code can use."""
+    folder = image_dir()
+    if folder is None or version is None:
+        return None
+    path = folder / version
+    try:
+        meta = json.loads((path / _META).read_text())
+        if meta.get("format") != IMAGE_FORMAT or meta.get("version") != version:
+            return None
+        frames = {name: pl.read_ipc(path / f"{name}.arrow") for name in meta["frames"]}
+        arrays = {name: np.load(path / f"{name}.npy") for name in meta["arrays"]}
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - any damaged image: read the database instead
+        log.warning("drivers index image %s unreadable (%s): reading the index from the database", path, exc)
+        return None
+    return IndexParts(frames=frames, arrays=arrays, meta=meta["values"])
+
+
+def image_stage(parts: IndexParts) -> Path | None:
+    """Write `parts` into a new temporary folder beside the images (image_publish names it)."""
+    folder = image_dir()
+    if folder is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    staged = Path(tempfile.mkdtemp(prefix=".staged-", dir=folder))
+    try:
+        for name, frame in parts.frames.items():
+            frame.write_ipc(staged / f"{name}.arrow", compression="uncompressed")
+        for name, array in parts.arrays.items():
+            np.save(staged / f"{name}.npy", array)
+        meta = {"format": IMAGE_FORMAT, "frames": list(parts.frames), "arrays": list(parts.arrays),
+                "values": parts.meta}
+        (staged / _META).write_text(json.dumps(meta))
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return staged
+
+
+def image_publish(staged: Path | None, version: str) -> Path | None:
+    """Name a staged image after `version` (atomically) and remove the other images. An image of that
+    version already there (another process's) is kept. Never raises: without an image the next run
+    reads the database."""
+    if staged is None:
+        return None
+    try:
+        meta_path = staged / _META
+        meta = json.loads(meta_path.read_text())
+        meta["version"] = version
+        meta_path.write_text(json.dumps(meta))
+        final = staged.parent / version
+        try:
+            os.rename(staged, final)
+        except OSError:  # the same version published meanwhile
+            shutil.rmtree(staged, ignore_errors=True)
+        for other in staged.parent.iterdir():
+            # Another process's folder being staged now is left alone; one left by a crash, after a while.
+            if other.name != version and (not other.name.startswith(".staged-") or _stale(other)):
+                shutil.rmtree(other, ignore_errors=True)
+    except OSError as exc:
+        log.warning("drivers index image not published (%s)", exc)
+        shutil.rmtree(staged, ignore_errors=True)
+        return None
+    return final
+
+
+def image_write(version: str, parts: IndexParts) -> Path | None:
+    """Stage and publish in one step (a run that read the index from the database leaves its image)."""
+    try:
+        staged = image_stage(parts)
+    except OSError as exc:  # a full or read-only disk costs the next run its shortcut, nothing else
+        log.warning("drivers index image not written (%s)", exc)
+        return None
+    return image_publish(staged, version)
+
+
+def _stale(path: Path) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > STAGED_STALE_SECONDS
+    except OSError:
+        return False

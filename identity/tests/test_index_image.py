@@ -1,0 +1,151 @@
+"""The drivers index image (identity.index_image): a run reads it instead of the database only when it
+is the current index's, it is the index the database gives, and nothing wrong with it fails a run."""
+
+import numpy as np
+import pytest
+from django.utils import timezone
+
+from identity import candidates, index_image
+from identity.candidates import IndexFrame
+from identity.index import drivers_index_refresh
+from identity.models import Driver
+from identity.resolution import MatchContext, leads_decide_frame, leads_load
+from identity.tests.factories import make_driver, make_lead
+
+
+@pytest.fixture
+def images(settings, tmp_path):
+    settings.CT4_INDEX_IMAGE_DIR = str(tmp_path / "images")
+    return tmp_path / "images"
+
+
+@pytest.fixture
+def park(db):
+    make_driver(driver_id="D1", first_name="Juan Carlos", last_name="Quispe Mamani", phone="951234567",
+                document="44556677")
+    make_driver(driver_id="D2", first_name="Rosa", last_name="Quispe Mamani", phone="951234567", email="")
+    make_driver(driver_id="D3", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344")
+    make_driver(driver_id="D4", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344",
+                plate="ABC123")  # the same person as D3: two records of one person
+    make_lead(external_id="A", first_name="Juan Carlos", last_name="Quispe Mamani", phone="951 234 567")
+    make_lead(external_id="C", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344")
+
+
+def _first_build(django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks(execute=True):
+        drivers_index_refresh()
+
+
+def _database_read(monkeypatch) -> list:
+    """Records every read of the index's rows from the database."""
+    reads, read = [], candidates.frame_read
+    monkeypatch.setattr(candidates, "frame_read", lambda query, *a, **k: reads.append(query) or read(query, *a, **k))
+    return reads
+
+
+def _assert_same_index(a: IndexFrame, b: IndexFrame) -> None:
+    pa, pb = a.parts(), b.parts()
+    assert pa.meta == pb.meta
+    for name, frame in pa.frames.items():
+        other = pb.frames[name]
+        if name in ("tokens", "hires"):  # tables: their order means nothing
+            frame, other = frame.sort(frame.columns), other.sort(other.columns)
+        assert frame.equals(other), name
+        assert frame.schema == other.schema, name
+    for name, array in pa.arrays.items():
+        assert np.array_equal(array, pb.arrays[name]), name
+
+
+def _decisions(context: MatchContext) -> dict:
+    resolved = leads_decide_frame(leads_load(), context)
+    return {row["source_pk"]: (row["outcome"], row["person_key"], round(row["score"] or 0, 9))
+            for row in resolved.decisions.iter_rows(named=True)}
+
+
+def test_a_first_build_leaves_the_image_that_a_run_reads_instead_of_the_database(
+        park, images, settings, monkeypatch, django_capture_on_commit_callbacks):
+    _first_build(django_capture_on_commit_callbacks)
+    version = index_image.index_version()
+    assert [p.name for p in images.iterdir()] == [version]
+    assert images.stat().st_mode & 0o077 == 0  # personal data: its owner's only
+
+    reads = _database_read(monkeypatch)
+    from_image = IndexFrame.load()
+    assert reads == []
+    with_image = _decisions(MatchContext.load(in_memory=True))
+
+    settings.CT4_INDEX_IMAGE_DIR = ""
+    from_database = IndexFrame.load()
+    assert reads  # this time the rows were read
+    _assert_same_index(from_image, from_database)
+    assert _decisions(MatchContext.load(in_memory=True)) == with_image
+    assert with_image["A"][0] == "link" and with_image["C"][0] == "link"
+
+
+def test_after_a_change_the_old_image_is_never_read_and_the_run_leaves_the_new_one(
+        park, images, monkeypatch, django_capture_on_commit_callbacks):
+    _first_build(django_capture_on_commit_callbacks)
+    old = index_image.index_version()
+    Driver.objects.filter(driver_id="D1").update(phone="961234578", updated_at=timezone.now())
+    drivers_index_refresh()
+    new = index_image.index_version()
+    assert new != old
+
+    reads = _database_read(monkeypatch)
+    index = IndexFrame.load()
+    assert reads  # the image of the older index was not used
+    assert "+51961234578" in index.records["phone"].to_list()
+    assert [p.name for p in images.iterdir()] == [new]  # written for the next run; the old one removed
+    reads.clear()
+    _assert_same_index(IndexFrame.load(), index)
+    assert reads == []
+
+
+def test_an_index_changed_without_a_new_version_is_not_read_from_an_image_of_another_version(
+        park, images, monkeypatch, django_capture_on_commit_callbacks):
+    # An image whose own record names another version than its folder's is not trusted.
+    _first_build(django_capture_on_commit_callbacks)
+    version = index_image.index_version()
+    meta = images / version / "meta.json"
+    meta.write_text(meta.read_text().replace(version, "00000000-0000-4000-8000-000000000000"))
+    reads = _database_read(monkeypatch)
+    IndexFrame.load()
+    assert reads
+
+
+def test_a_damaged_image_means_the_database_is_read(park, images, monkeypatch, caplog,
+                                                     django_capture_on_commit_callbacks):
+    _first_build(django_capture_on_commit_callbacks)
+    records = images / index_image.index_version() / "records.arrow"
+    records.write_bytes(records.read_bytes()[:100])
+    reads = _database_read(monkeypatch)
+    index = IndexFrame.load()
+    assert reads and index.records.height == 4
+    assert "unreadable" in caplog.text
+
+
+def test_an_image_of_another_format_is_not_read(park, images, monkeypatch, django_capture_on_commit_callbacks):
+    _first_build(django_capture_on_commit_callbacks)
+    monkeypatch.setattr(index_image, "IMAGE_FORMAT", index_image.IMAGE_FORMAT + 1)
+    reads = _database_read(monkeypatch)
+    IndexFrame.load()
+    assert reads
+
+
+def test_images_off_write_nothing(park, settings, tmp_path, django_capture_on_commit_callbacks):
+    settings.CT4_INDEX_IMAGE_DIR = ""
+    _first_build(django_capture_on_commit_callbacks)
+    IndexFrame.load()
+    assert index_image.image_dir() is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_disk_that_refuses_the_image_costs_the_run_nothing(park, settings, tmp_path, caplog,
+                                                             django_capture_on_commit_callbacks):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    settings.CT4_INDEX_IMAGE_DIR = str(blocker / "images")  # a folder that cannot be made
+    _first_build(django_capture_on_commit_callbacks)
+    assert index_image.index_version() is not None
+    assert IndexFrame.load().records.height == 4
+    assert "not staged" in caplog.text and "not written" in caplog.text
