@@ -234,6 +234,8 @@ def _first_build(cursor, result: RefreshResult) -> Future | None:
             frame_copy(cursor, "canon.drivers_index", entries)
             counts = (drivers.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
                       .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
+            # Freed before the image is built beside the index builds: the refresh's peak memory is then.
+            del drivers, persons
         # The matcher's in-memory index, built from these frames on a second thread while PostgreSQL
         # builds the secondary indexes (the first match run then reads it from disk: identity.index_image).
         staging = _IMAGE_THREAD.submit(_image_staged, entries, counts) if index_image.image_dir() else None
@@ -263,9 +265,10 @@ _IMAGE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-imag
 def _image_staged(entries: pl.DataFrame, tokens: pl.DataFrame) -> Path | None:
     """The in-memory index of a first build, staged on disk, as IndexFrame.load would read it from the
     tables just written (empty text is NULL there: frame_copy writes it so)."""
-    records = entries.select(
-        [pl.col(name).replace("", None) if dtype == pl.String else pl.col(name) for name, dtype in RECORD_SCHEMA.items()]
-    ).cast(RECORD_SCHEMA)
+    # A selection shares the entries' columns; only a text column holding "" (none, normally) is copied.
+    records = entries.select(list(RECORD_SCHEMA))
+    blank = [name for name, dtype in RECORD_SCHEMA.items() if dtype == pl.String and (records[name] == "").any()]
+    records = records.with_columns(pl.col(blank).replace("", None)).cast(RECORD_SCHEMA) if blank else records.cast(RECORD_SCHEMA)
     return index_image.image_stage(IndexFrame(records=records, freq=frequencies_load(records=records, tokens=tokens)).parts())
 
 
