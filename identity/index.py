@@ -199,7 +199,7 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
             counts_refresh(cursor)
     if staging is not None:
         with _phase(result, "image"):
-            _image_publish(staging, cursor)
+            _image_publish(staging)
     return result
 
 
@@ -272,15 +272,14 @@ def _image_staged(entries: pl.DataFrame, tokens: pl.DataFrame) -> Path | None:
     return index_image.image_stage(IndexFrame(records=records, freq=frequencies_load(records=records, tokens=tokens)).parts())
 
 
-def _image_publish(staging: Future, cursor) -> None:
+def _image_publish(staging: Future) -> None:
     """Once the first build commits, its staged image is named after the index version it built."""
     try:
         staged = staging.result()
     except Exception:  # the image only saves the next run time; the build stands
         log.warning("drivers index image not staged", exc_info=True)
         return
-    cursor.execute("SELECT version::text FROM canon.drivers_index_counts")
-    (version,) = cursor.fetchone()
+    version = index_image.index_version()  # this transaction's: the one its commit makes current
     transaction.on_commit(lambda: index_image.image_publish(staged, version))
 
 
