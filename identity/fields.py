@@ -209,6 +209,10 @@ class BlockKind(StrEnum):
     # The same value in lead_column and index_column, and at least INITIALS_MIN_SHARED of the lead's
     # name tokens' first letters among the record's: one typo in every key and name token survives it.
     EQUAL_AND_INITIALS = "equal_and_initials"
+    # As EQUAL_AND_INITIALS, with the lead's value one typo off the index column's: one character
+    # changed (a digit for a digit, a letter for a letter or digit) or two neighbours swapped, the
+    # one_typo level of a key (same length, Damerau-Levenshtein distance 1).
+    ONE_TYPO_AND_INITIALS = "one_typo_and_initials"
 
 
 @dataclass(frozen=True)
@@ -236,8 +240,13 @@ BLOCKING_RULES: tuple[BlockingRule, ...] = (
     # A document and a name token both typed wrong leave no exact key and no known name pair; the
     # birth date with the name's initials still finds the record (FEBRL-style typos, docs/engine.md).
     BlockingRule("birth_date_initials", BlockKind.EQUAL_AND_INITIALS, "birth_date", "birth_date", stage=2, cap=20),
+    # A document or phone typed one typo off, and a name token typed wrong too: no exact key and no
+    # known name pair finds the record; the key's one-typo neighbours with the name's initials do
+    # (issue 12 item 2; FEBRL corrupts one digit of the ID and a name token together).
+    BlockingRule("document_one_typo", BlockKind.ONE_TYPO_AND_INITIALS, "document", "document", stage=2, cap=20),
+    BlockingRule("phone_one_typo", BlockKind.ONE_TYPO_AND_INITIALS, "phone", "phone", stage=2, cap=20),
 )
-# Initials the lead's name and the record's must share for birth_date_initials (fewer when the
+# Initials the lead's name and the record's must share for the *_AND_INITIALS rules (fewer when the
 # lead gives fewer name tokens).
 INITIALS_MIN_SHARED = 2
 

@@ -30,10 +30,11 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v6"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v7"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
-# v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate)
+# v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
+# v7: the document_one_typo and phone_one_typo blocking rules, a word typed in two pieces joined
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path
@@ -372,6 +373,28 @@ def _token_similarity(pairs: pl.DataFrame) -> pl.Series:
     return pl.Series("similarity", similarity, dtype=pl.Float64)
 
 
+def _split_words(lead_tokens: pl.DataFrame, records: pl.DataFrame, missing: pl.DataFrame,
+                 pool_tokens: pl.DataFrame) -> pl.DataFrame:
+    """(r, first, second, token): neighbouring lead tokens, both missing from record r, whose
+    concatenation is a token of r; a lead token joins at most one neighbour."""
+    if not missing.height or not missing.group_by("r").len().filter(pl.col("len") >= 2).height:
+        return pl.DataFrame(schema={"r": pl.UInt32, "first": pl.String, "second": pl.String, "token": pl.String})
+    neighbours = (lead_tokens.filter(pl.col("lead_n") >= 2)
+                  .select("lead_i", pl.col("lead_token").list.head(pl.col("lead_n") - 1).alias("first"),
+                          pl.col("lead_token").list.tail(pl.col("lead_n") - 1).alias("second"))
+                  .explode("first", "second")
+                  .with_columns((pl.col("first") + pl.col("second")).alias("token"),
+                                pl.int_range(pl.len()).over("lead_i").alias("at")))
+    found = (records.select("r", "lead_i").join(neighbours, on="lead_i")
+             .join(pool_tokens, on=["r", "token"], how="semi")
+             .join(missing, left_on=["r", "first"], right_on=["r", "lead_token"], how="semi")
+             .join(missing, left_on=["r", "second"], right_on=["r", "lead_token"], how="semi")
+             .sort("r", "at"))
+    # "a b c" where both "ab" and "bc" are the record's: the first pair only.
+    return (found.filter(pl.col("first") != pl.col("second").shift(1).over("r").fill_null(""))
+            .select("r", "first", "second", "token"))
+
+
 def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
     """The lead's words against each record's given names and surnames, token by token.
 
@@ -401,6 +424,15 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
     pool_tokens = pool.select("r", "token").unique()
     exact = wanted.join(pool_tokens, left_on=["r", "lead_token"], right_on=["r", "token"], how="semi")
     missing = wanted.join(pool_tokens, left_on=["r", "lead_token"], right_on=["r", "token"], how="anti")
+    # A word the lead typed in two pieces ("cla rke", "soph ie"): two neighbouring lead tokens that are
+    # not the record's but whose concatenation is one of its tokens are that one token, hit exactly.
+    joined = _split_words(lead_tokens, records, missing, pool_tokens)
+    if joined.height:
+        exact = pl.concat([exact, joined.select("r", pl.col("token").alias("lead_token"))])
+        parts = pl.concat([joined.select("r", pl.col(side).alias("lead_token")) for side in ("first", "second")])
+        missing = missing.join(parts, on=["r", "lead_token"], how="anti")
+        records = records.join(joined.group_by("r").agg(pl.len().alias("joins")), on="r", how="left").with_columns(
+            (pl.col("lead_n") - pl.col("joins").fill_null(0)).alias("lead_n")).drop("joins")
     fuzzy = missing.join(pool.select("r", "token", "position"), on="r")
     lead_len, token_len = pl.col("lead_token").str.len_chars(), pl.col("token").str.len_chars()
     fuzzy = fuzzy.filter(((lead_len >= 4) & (token_len >= 4))

@@ -12,10 +12,20 @@ from django.core.management import call_command
 from django.db.models.functions import Now
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rapidfuzz.distance import DamerauLevenshtein
 
 from identity import estimate, resolution
 from identity import fields as registry
-from identity.candidates import IndexFrame, _contained, blocking_report, frequencies_load, initials_hits
+from identity.candidates import (
+    _VARIANTS_IN_PYTHON_MAX,
+    IndexFrame,
+    _contained,
+    _one_typo_variants_small,
+    blocking_report,
+    frequencies_load,
+    initials_hits,
+    one_typo_variants,
+)
 from identity.estimate import SHARE_RANGE
 from identity.fields import FIELDS, Field, Kind, Role
 from identity.index import drivers_index_refresh
@@ -35,7 +45,7 @@ from identity.matching import (
     pairs_frame,
     pairs_score,
 )
-from identity.models import CabinetLead, IdentityLink, IdentityUnmatched, JobRun, MatchModel, ReasonCode
+from identity.models import CabinetLead, IdentityLink, IdentityUnmatched, JobRun, MatchModel, ReasonCode, SourceTable
 from identity.resolution import MatchContext, leads_decide_frame, leads_load, leads_match
 from identity.tests.factories import make_driver, make_lead
 from identity.tests.factories import make_lead as _make_lead
@@ -99,6 +109,12 @@ def test_birth_date_levels(lead_day, record_day, expected):
     ("rosa quispe mamani", "juan carlos", "quispe mamani", "surnames_only"),
     ("juan carlos flores", "juan carlos", "quispe mamani", "given_only"),
     ("rosa flores", "juan carlos", "quispe mamani", "different"),
+    # A word typed in two pieces is that word: "quis pe" is quispe, hit exactly.
+    ("juan carlos quis pe mamani", "juan carlos", "quispe mamani", "exact"),
+    ("ju an carlos quis pe mamani", "juan carlos", "quispe mamani", "exact"),
+    ("juan carlos qui spe mamani pedro", "juan carlos", "quispe mamani", "subset"),
+    ("juan carlos quispemamani", "juan carlos", "quispe mamani", "subset"),  # not the other way round
+    ("juan carlos quis pa mamani", "juan carlos", "quispe mamani", "subset"),  # pieces must join exactly
 ])
 def test_name_levels(lead_name, given, surnames, expected):
     assert level("name", lead(lead_name), record(given=given, surnames=surnames)) == expected
@@ -286,6 +302,22 @@ def test_blocking_report_counts_each_rules_new_pairs(park):
     assert report["name_tokens"].pairs >= 4 and report["name_tokens"].new_leads == 2  # C and D
 
 
+def test_blocking_report_counts_the_links_each_rule_finds(park, capsys):
+    leads_match()
+    linked = IdentityLink.objects.filter(source_table=SourceTable.CABINET_LEADS)
+    links = pl.DataFrame([(link.source_pk, str(link.person_id)) for link in linked],
+                         schema={"source_pk": pl.String, "person_key": pl.String}, orient="row")
+    assert sorted(links["source_pk"]) == ["A", "B", "D", "E"]
+    report = {r.rule: (r.links, r.new_links) for r in blocking_report(leads_load(), IndexFrame.load(), links)}
+    assert report["phone"] == (3, 3)  # A, B and E by their phone
+    assert report["name_tokens"] == (4, 1)  # all four by name; D by name first
+    assert report["document_one_typo"] == (1, 0)  # D's document is one typo off D3's; found by name already
+    assert sum(new for _, new in report.values()) == 4  # every link found once
+    call_command("blocking_report")
+    out = capsys.readouterr().out
+    assert "6 leads, 4 of them linked" in out and "links some rule finds: 4 of 4 linked leads" in out
+
+
 def test_leads_match_writes_links_and_unmatched_rows_with_evidence_in_bulk(park, settings):
     settings.CT4_IN_MEMORY_MIN_LEADS = 1  # the in-memory path even for this small park
     totals = leads_match()
@@ -325,7 +357,8 @@ def test_birth_date_initials_blocking_finds_a_lead_with_a_typo_in_every_key(typo
     resolved = leads_decide_frame(leads_load(), context)
     rules = resolved.hits.group_by("person_key").agg(pl.col("rule").unique())
     found = {tuple(sorted(r)) for r in rules["rule"].to_list()}
-    assert found == {("birth_date_initials",)}  # T1 only: T2 shares the date and one initial ("h")
+    # T1 only, by its birth date and by its document one typo off; T2 shares the date and one initial ("h")
+    assert found == {("birth_date_initials", "document_one_typo")}
     decision = decisions_materialize(resolved.decisions, resolved.scores)["TYPO"]
     assert decision.is_link
     assert {f.field: f.level for f in decision.candidates[0].fields}["document"] == "one_typo"
@@ -340,6 +373,77 @@ def test_birth_date_initials_blocking_needs_the_initials(typo_park):
     assert hits.height == 1 and hits["person_key"][0] != initials_hits(IndexFrame.load(), rule, leads)["person_key"][0]
     no_date = leads.with_columns(pl.lit(None, pl.Date).alias("birth_date"))
     assert initials_hits(IndexFrame.load(), rule, no_date).height == 0
+
+
+@pytest.fixture
+def key_typo_park(db):
+    """Leads whose document (K1) or phone (K2) is one typo off their driver's and whose given name and a
+    surname are typed wrong too: no exact key, no known pair of name tokens, no birth date; only a
+    key's one-typo neighbours with the name's initials find the driver."""
+    make_driver(driver_id="K1", first_name="Yesenia", last_name="Ccorimanya Huallpa", phone="951000222",
+                document="41526374")
+    make_driver(driver_id="K2", first_name="Wilfredo", last_name="Pumacayo Tintaya", phone="962000333",
+                document="52637485")
+    # One typo off the DOC lead's document as well, but another name: its initials (r, q) are not the lead's.
+    make_driver(driver_id="K3", first_name="Rosa", last_name="Quispe", document="41526348")
+    drivers_index_refresh()
+    _make_lead(external_id="DOC", first_name="Yessenia", last_name="Ccorimanay Huallpa", document="41526347",
+               phone=None, email=None, birth_date=None)
+    _make_lead(external_id="PHONE", first_name="Wilfreddo", last_name="Pumacayo Tintayaa", document=None,
+               phone="962000343", email=None, birth_date=None)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_one_typo_blocking_finds_a_lead_whose_key_and_name_both_carry_a_typo(key_typo_park, in_memory):
+    context = MatchContext.load(in_memory=in_memory)
+    resolved = leads_decide_frame(leads_load(), context)
+    pks = dict(zip(resolved.decisions["lead_i"], resolved.decisions["source_pk"], strict=True))
+    found = {(pks[i], rule) for i, rule in resolved.hits.select("lead_i", "rule").unique().iter_rows()}
+    assert found == {("DOC", "document_one_typo"), ("PHONE", "phone_one_typo")}
+    assert resolved.hits["person_key"].n_unique() == 2  # K1 and K2; not K3 (other initials)
+    decisions = decisions_materialize(resolved.decisions, resolved.scores)
+    doc, phone = decisions["DOC"].candidates[0], decisions["PHONE"].candidates[0]
+    assert {f.field: f.level for f in doc.fields}["document"] == "one_typo"
+    assert {f.field: f.level for f in phone.fields}["phone"] == "one_typo"
+    assert decisions["DOC"].is_link  # a personal key one typo off, given name and surname agreeing
+
+
+def test_one_typo_blocking_needs_the_initials(key_typo_park):
+    rule = next(r for r in registry.BLOCKING_RULES if r.name == "document_one_typo")
+    leads = leads_load().filter(pl.col("source_pk") == "DOC")
+    k1 = initials_hits(IndexFrame.load(), rule, leads)
+    assert k1.height == 1
+    k3 = initials_hits(IndexFrame.load(), rule, leads.with_columns(pl.lit(["rosa", "quispe"]).alias("name_tokens")))
+    assert k3.height == 1 and k3["person_key"][0] != k1["person_key"][0]
+    nobody = leads.with_columns(pl.lit(["pedro", "mamani"]).alias("name_tokens"))
+    assert initials_hits(IndexFrame.load(), rule, nobody).height == 0
+
+
+def test_one_typo_variants_are_the_one_typo_level_of_a_key():
+    wanted = pl.DataFrame({"lead_i": [0, 1, 2], "value": ["41526374", "+51962000333", "CE0A1"]})
+    variants = one_typo_variants(wanted)
+    for i, value in enumerate(wanted["value"]):
+        mine = variants.filter(pl.col("lead_i") == i)["value"].to_list()
+        assert len(mine) == len(set(mine)) and value not in mine
+        assert all(len(v) == len(value) and DamerauLevenshtein.distance(v, value) == 1 for v in mine)
+    dni = variants.filter(pl.col("lead_i") == 0)["value"].to_list()
+    assert len(dni) == 8 * 9 + 7  # every digit changed to another, every neighbouring pair swapped
+    assert "41526347" in dni and "41526384" in dni and "41526X74" not in dni
+    phone = variants.filter(pl.col("lead_i") == 1)["value"]
+    assert phone.str.starts_with("+").all()  # "+" is never changed
+    ce = variants.filter(pl.col("lead_i") == 2)["value"].to_list()
+    assert "CE0B1" in ce and "CE091" in ce and "CE0A1" not in ce  # a letter becomes a letter or a digit
+    assert one_typo_variants(wanted.clear()).height == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789AZ+-ñ", min_size=1, max_size=12), min_size=65, max_size=90))
+def test_one_typo_variants_frame_wise_and_value_by_value_agree(values):
+    wanted = pl.DataFrame({"lead_i": range(len(values)), "value": values},
+                          schema={"lead_i": pl.UInt32, "value": pl.String})
+    assert wanted.height > _VARIANTS_IN_PYTHON_MAX  # the frame-wise way
+    frame_wise = one_typo_variants(wanted).sort("lead_i", "value")
+    assert frame_wise.equals(_one_typo_variants_small(wanted).sort("lead_i", "value"))
 
 
 # --- m estimated from the data, used by the scorer ------------------------------------------------

@@ -27,8 +27,11 @@ def park(db):
     make_driver(driver_id="D3", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344")
     make_driver(driver_id="D4", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344",
                 plate="ABC123")  # the same person as D3: two records of one person
-    make_lead(external_id="A", first_name="Juan Carlos", last_name="Quispe Mamani", phone="951 234 567")
-    make_lead(external_id="C", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344")
+    # Only the keys each case names: the factory's own numbers are sequential, so a default document
+    # could fall one typo off a driver's, and which one depends on how many rows earlier tests made.
+    none = {"phone": None, "document": None, "email": None, "birth_date": None}
+    make_lead(**{**none, "phone": "951 234 567"}, external_id="A", first_name="Juan Carlos", last_name="Quispe Mamani")
+    make_lead(**{**none, "document": "11223344"}, external_id="C", first_name="Wilmer", last_name="Ccahuana Huillca")
 
 
 def _first_build(django_capture_on_commit_callbacks):
