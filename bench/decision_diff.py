@@ -91,7 +91,7 @@ def main() -> None:
             by_case[(case, a[0], b[0])] += 1
         if row:
             right = {persons.get(d) for d in row["true_driver_ids"].split(";") if d}
-            for side, (outcome, person) in (("old", a), ("new", b)):
+            for side, (outcome, person, _rule) in (("old", a), ("new", b)):
                 if outcome == "link":
                     verdicts[(side, "right" if person in right else "wrong")] += 1
     print(f"leads: {len(new)} (new) / {len(old)} (old); changed outcome or person: {sum(changed.values())}")
