@@ -540,30 +540,9 @@ class Scores:
     records: pl.DataFrame | None = None
 
 
-def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thresholds: Thresholds, *,
-                per_record: bool = False) -> Scores:
-    """Score every pair of a batch, column-wise, one expression per level of each declared field.
-    A person's evidence for a field is its best record's."""
-    pairs = pairs.with_columns(pl.col("lead_i").cast(pl.UInt32))
-    candidates = (pairs.group_by(PERSON, maintain_order=True).agg(pl.col("excluded").any())
-                  .with_columns(pl.col("lead_i").cast(pl.UInt32)))
-    keys = [f for f in FIELDS.values() if f.kind == Kind.KEY]
-    frames = [_compare_keys(keys, leads, pairs, freq).with_columns(pl.col("lead_i").cast(pl.UInt32))] if keys else []
-    for f in FIELDS.values():
-        if f.kind == Kind.KEY:
-            continue
-        if f.kind == Kind.DATE:
-            frame = _compare_date(f, leads, pairs, freq)
-        elif f.kind == Kind.NAME:
-            frame = _compare_name(f, leads, pairs, freq)
-        else:
-            frame = _compare_recruitment(f, leads, pairs, freq, thresholds.recruit_window_days)
-        frames.append(frame.with_columns(pl.col("lead_i").cast(pl.UInt32), pl.lit(f.name).alias("field")))
-    # Every field's pairs in one frame: the per-field steps below are one expression each, not one frame
-    # operation per field (a one-lead frame paid ~0.1 ms for each of ~50 of them).
-    compared = pl.concat(frames, how="vertical_relaxed")
-    # bits = log2(m / u): an estimated m moves each level's bits by log2(m_estimated / m_declared),
-    # whatever u (term frequency included) the pair's value has. A field not weighed adds no bits.
+def _weighed(compared: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
+    """bits = log2(m / u): an estimated m moves each level's bits by log2(m_estimated / m_declared),
+    whatever u (term frequency included) the pair's value has. A field not weighed adds no bits."""
     shift = {key: bits for key, bits in m_shift_bits({}, freq.m).items() if bits}
     unweighed = [f.name for f in FIELDS.values() if not f.weighed]
     if shift:
@@ -574,6 +553,80 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     if unweighed:
         compared = compared.with_columns(pl.when(pl.col("field").is_in(unweighed)).then(0.0).otherwise("bits")
                                          .alias("bits"))
+    return compared
+
+
+def _name_bits_bound(f: Field, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
+    """(lead_i, name_bound): the most name bits any record can give the lead (at least 0, what a record
+    without a name gives). u is at least the frequency of every lead token hit (a typo hit counts
+    FUZZY_TOKEN_WEIGHT of the rarest token possible; a word joined from two pieces is one token), and
+    at least the floor; m at most the largest of the name levels' (estimated where estimated)."""
+    denominator = freq.drivers + PSEUDO_DRIVERS
+    rarest = -math.log2(PSEUDO_DRIVERS * BASE_TOKEN_F / denominator) * FUZZY_TOKEN_WEIGHT
+    m_most = max(freq.m.get(f.name, {}).get(level.name, level.m) for level in f.levels)
+    tokens = (leads.select("lead_i", pl.col(f.lead_column).list.unique().alias("token")).explode("token")
+              .drop_nulls("token").join(freq.tokens_frame(), on="token", how="left"))
+    information = pl.max_horizontal(
+        -((pl.col("drivers").fill_null(0) + PSEUDO_DRIVERS * BASE_TOKEN_F) / denominator).log(2), pl.lit(rarest))
+    return (tokens.group_by("lead_i").agg(information.sum().alias("information"))
+            .select(pl.col("lead_i").cast(pl.UInt32),
+                    pl.max_horizontal(pl.lit(0.0), math.log2(m_most)
+                                      + pl.min_horizontal(pl.col("information"), pl.lit(math.log2(denominator))))
+                    .alias("name_bound")))
+
+
+def _hopeless_dropped(leads: pl.DataFrame, pairs: pl.DataFrame, compared: pl.DataFrame, name: Field,
+                      freq: Frequencies, thresholds: Thresholds) -> pl.DataFrame:
+    """`pairs` without the persons no name could make plausible: not excluded, no key or birth date
+    agreeing (AGREEING_LEVELS), and a score below weak_bits even with the name's bound. Such a person
+    is never a lead's best plausible candidate nor a rival, so no decision changes; it is spared the
+    name comparison, the costliest (stage 2's name blocks bring namesakes by the hundred)."""
+    if not compared.height:
+        return pairs
+    per_field = compared.group_by(*PERSON, "field").agg(
+        pl.col("bits").max(), pl.col("level").is_in(list(AGREEING_LEVELS)).any().alias("agrees"))
+    per_person = per_field.group_by(PERSON).agg(
+        pl.col("bits").sum(), (pl.col("agrees") & pl.col("field").is_in(list(AGREEING_FIELDS))).any().alias("agrees"))
+    hopeless = (per_person.join(_name_bits_bound(name, leads, freq), on="lead_i", how="left")
+                .filter(~pl.col("agrees") & ((freq.prior_bits + pl.col("bits") + pl.col("name_bound").fill_null(0.0))
+                                            < thresholds.weak_bits))
+                .select(PERSON))
+    excluded = pairs.filter(pl.col("excluded")).select(PERSON)
+    return pairs.join(hopeless.join(excluded, on=PERSON, how="anti"), on=PERSON, how="anti")
+
+
+def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thresholds: Thresholds, *,
+                per_record: bool = False, prune: bool = False) -> Scores:
+    """Score every pair of a batch, column-wise, one expression per level of each declared field.
+    A person's evidence for a field is its best record's. `prune`: persons no name could make
+    plausible are dropped before the names are compared (_hopeless_dropped): the same decisions,
+    fewer candidates in the scores and the evidence."""
+    pairs = pairs.with_columns(pl.col("lead_i").cast(pl.UInt32))
+    keys = [f for f in FIELDS.values() if f.kind == Kind.KEY]
+    frames = [_compare_keys(keys, leads, pairs, freq).with_columns(pl.col("lead_i").cast(pl.UInt32))] if keys else []
+    names = [f for f in FIELDS.values() if f.kind == Kind.NAME]
+    for f in FIELDS.values():
+        if f.kind in (Kind.KEY, Kind.NAME):
+            continue
+        if f.kind == Kind.DATE:
+            frame = _compare_date(f, leads, pairs, freq)
+        else:
+            frame = _compare_recruitment(f, leads, pairs, freq, thresholds.recruit_window_days)
+        frames.append(frame.with_columns(pl.col("lead_i").cast(pl.UInt32), pl.lit(f.name).alias("field")))
+    if prune and len(names) == 1 and frames:
+        before = pairs.height
+        pairs = _hopeless_dropped(leads, pairs, _weighed(pl.concat(frames, how="vertical_relaxed"), freq), names[0],
+                                  freq, thresholds)
+        if pairs.height < before:
+            frames = [frame.join(pairs.select(PERSON).unique(), on=PERSON, how="semi") for frame in frames]
+    for f in names:
+        frames.append(_compare_name(f, leads, pairs, freq).with_columns(pl.col("lead_i").cast(pl.UInt32),
+                                                                        pl.lit(f.name).alias("field")))
+    candidates = (pairs.group_by(PERSON, maintain_order=True).agg(pl.col("excluded").any())
+                  .with_columns(pl.col("lead_i").cast(pl.UInt32)))
+    # Every field's pairs in one frame: the per-field steps below are one expression each, not one frame
+    # operation per field (a one-lead frame paid ~0.1 ms for each of ~50 of them).
+    compared = _weighed(pl.concat(frames, how="vertical_relaxed"), freq)
     by_record = compared.select("lead_i", "person_key", "driver_id", "field", "level", "bits") if per_record else None
     # A person's evidence for a field is its best record's (ties: lowest driver_id).
     best = (compared.sort([*PERSON, "field", "order", "driver_id"])

@@ -178,7 +178,7 @@ def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000
     frames = []
     for start in range(0, leads.height, chunk):
         batch = leads.slice(start, chunk).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
-        resolved = leads_decide_frame(batch, context)
+        resolved = leads_decide_frame(batch, context, prune=False)
         frames.append(resolved.scores.candidates.join(batch.select("lead_i", "source_pk"), on="lead_i"))
     if not frames:
         return pl.DataFrame(schema={"source_pk": pl.String, **{name: pl.String for name in FIELDS}})
@@ -310,8 +310,10 @@ def _pairs(leads: pl.DataFrame, hits: pl.DataFrame, source, rejected: pl.DataFra
     return pairs.with_columns(pl.col("excluded").fill_null(False)).select(list(PAIR_SCHEMA)).cast(PAIR_SCHEMA)
 
 
-def _score(leads, hits, source, rejected, freq, thresholds, per_record=False) -> tuple[Scores, pl.DataFrame]:
-    scores = pairs_score(leads, _pairs(leads, hits, source, rejected), freq, thresholds, per_record=per_record)
+def _score(leads, hits, source, rejected, freq, thresholds, per_record=False,
+           prune=False) -> tuple[Scores, pl.DataFrame]:
+    scores = pairs_score(leads, _pairs(leads, hits, source, rejected), freq, thresholds, per_record=per_record,
+                         prune=prune)
     return scores, decisions_make(leads, scores, thresholds)
 
 
@@ -343,7 +345,7 @@ def _stage_two_merged(first: Resolved, second: Resolved, retry: pl.DataFrame) ->
 
 
 def _decide_scored_once(leads: pl.DataFrame, source, rejected: pl.DataFrame, freq, thresholds, per_record: bool,
-                        hits: pl.DataFrame) -> Resolved:
+                        hits: pl.DataFrame, prune: bool = False) -> Resolved:
     """leads_decide_frame's decisions for a small batch, from one scoring pass over both stages'
     candidates. A candidate's score depends on the lead and that candidate alone, so the stage-1
     decision is decisions_make over the stage-1 candidates' rows of this pass, and an unsettled lead's
@@ -351,7 +353,10 @@ def _decide_scored_once(leads: pl.DataFrame, source, rejected: pl.DataFrame, fre
     for row (identity/tests/test_engine.py compares them), for one scoring pass instead of two."""
     more = stage_hits(source, 2, leads, freq)
     every = pl.concat([hits, more])
-    scores = pairs_score(leads, _pairs(leads, every, source, rejected), freq, thresholds, per_record=per_record)
+    # Pruning drops no stage-1 candidate (each agrees on the key that found it), so the stage-1 rows
+    # are the staged path's either way.
+    scores = pairs_score(leads, _pairs(leads, every, source, rejected), freq, thresholds, per_record=per_record,
+                         prune=prune)
     first_scores = _scores_of(scores, hits.select(PERSON).unique(), on=PERSON)
     first = Resolved(leads=leads, decisions=decisions_make(leads, first_scores, thresholds), scores=first_scores,
                      hits=hits)
@@ -367,17 +372,20 @@ def _decide_scored_once(leads: pl.DataFrame, source, rejected: pl.DataFrame, fre
 
 
 def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record: bool = False,
-                       score_once: bool | None = None) -> Resolved:
+                       score_once: bool | None = None, prune: bool = True) -> Resolved:
     """Decisions for a batch: the key rules first; the leads they did not settle get the name
     rules too, and are scored again with every candidate. `per_record` keeps every driver
     record's own evidence too (Scores.records). A batch of at most SCORE_ONCE_MAX_LEADS leads (or any,
-    with score_once=True) gets the same decisions from one scoring pass (_decide_scored_once)."""
+    with score_once=True) gets the same decisions from one scoring pass (_decide_scored_once).
+    `prune`: the second stage drops the candidates no name could make plausible before comparing
+    names (matching._hopeless_dropped): the same decisions; False keeps every candidate in the scores
+    (the model estimate weighs them all; explain_lead shows them all)."""
     source = context.source
     rejected = linking.rejected_frame(source_pks=leads["source_pk"].to_list())
     freq = dataclasses.replace(context.freq, keys=source.key_counts(leads))
     hits = stage_hits(source, 1, leads, freq)
     if score_once or (score_once is None and leads.height <= SCORE_ONCE_MAX_LEADS):
-        return _decide_scored_once(leads, source, rejected, freq, context.thresholds, per_record, hits)
+        return _decide_scored_once(leads, source, rejected, freq, context.thresholds, per_record, hits, prune)
     scores, decisions = _score(leads, hits, source, rejected, freq, context.thresholds, per_record)
     unsettled = leads.join(decisions.filter(~pl.col("outcome").is_in(SETTLED_BY_KEYS)), on="lead_i", how="semi")
     more = stage_hits(source, 2, unsettled, freq) if unsettled.height else None
@@ -387,7 +395,7 @@ def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record
     retry = more.select("lead_i").unique()
     more = pl.concat([hits.join(retry, on="lead_i", how="semi"), more])
     retried = leads.join(retry, on="lead_i", how="semi")
-    scores2, decisions2 = _score(retried, more, source, rejected, freq, context.thresholds, per_record)
+    scores2, decisions2 = _score(retried, more, source, rejected, freq, context.thresholds, per_record, prune)
     return _stage_two_merged(first, Resolved(leads=retried, decisions=decisions2, scores=scores2, hits=more), retry)
 
 
@@ -617,7 +625,7 @@ def lead_explain(source_pk: str) -> Explanation | None:
     if not leads.height:
         return None
     context = MatchContext.load()
-    resolved = leads_decide_frame(leads, context, per_record=True)
+    resolved = leads_decide_frame(leads, context, per_record=True, prune=False)
     decision = decisions_materialize(resolved.decisions, resolved.scores)[source_pk]
     record_levels: dict[tuple[str, str], dict[str, str]] = {}
     for row in resolved.scores.records.iter_rows(named=True):

@@ -30,6 +30,7 @@ from identity.estimate import SHARE_RANGE
 from identity.fields import FIELDS, Field, Kind, Role
 from identity.index import drivers_index_refresh
 from identity.matching import (
+    PERSON,
     PSEUDO_PERSONS,
     Candidate,
     DriverRecord,
@@ -118,6 +119,36 @@ def test_birth_date_levels(lead_day, record_day, expected):
 ])
 def test_name_levels(lead_name, given, surnames, expected):
     assert level("name", lead(lead_name), record(given=given, surnames=surnames)) == expected
+
+
+def test_pruning_drops_only_persons_no_name_could_make_plausible():
+    the_lead = lead(phone="+51987654321", document="44556677", email="juan.quispe@correo.pe",
+                    birth_date=date(1990, 5, 17))
+    rows = [
+        (0, "TRUE", record("D1", phone="+51987654321", document="44556677"), False),
+        # Namesakes found by the name blocks: every key they have differs from the lead's.
+        *((0, f"NAMESAKE{i}", record(f"N{i}", phone=f"+5191111111{i}", document=f"1122334{i}",
+                                     email=f"jq{i}@correo.pe", birth_date=date(1970, 1, 1 + i)), False)
+          for i in range(5)),
+        # Keys differing too, but the birth date agrees: plausible whatever its score, kept.
+        (0, "SAME_DAY", record("B1", given="rosa", surnames="flores", phone="+51922222222",
+                               birth_date=date(1990, 5, 17)), False),
+        # Rejected by a reviewer: kept, so that the evidence shows it.
+        (0, "REJECTED", record("R1", phone="+51933333333", document="99887766"), True),
+        # Nothing but a rare name: could reach weak_bits on its name alone, kept.
+        (1, "RARE", record("W1", given="wilmer", surnames="ccahuana huillca"), False),
+    ]
+    leads = leads_frame([the_lead, lead("wilmer ccahuana huillca", pk="L2", phone="+51944444444")])
+    pairs = pairs_frame(rows)
+    full = pairs_score(leads, pairs, FREQ, T)
+    pruned = pairs_score(leads, pairs, FREQ, T, prune=True)
+    dropped = set(full.candidates["person_key"]) - set(pruned.candidates["person_key"])
+    assert dropped == {f"NAMESAKE{i}" for i in range(5)}
+    assert full.candidates.filter(pl.col("person_key").str.starts_with("NAMESAKE"))["bits"].max() < T.weak_bits
+    assert decisions_make(leads, pruned, T).equals(decisions_make(leads, full, T))
+    kept = full.candidates.join(pruned.candidates.select(PERSON), on=PERSON, how="semi").sort(PERSON)
+    assert kept.select(*PERSON, pl.col("bits").round(9)).equals(
+        pruned.candidates.sort(PERSON).select(*PERSON, pl.col("bits").round(9)))
 
 
 def test_a_persons_best_record_gives_its_name_evidence():
