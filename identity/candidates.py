@@ -7,8 +7,9 @@ Two sources give the same pairs for the same data:
   and small batches, where reading a million records first would cost more than it saves.
 
 Rules: a stage-1 rule (equal keys) applies to every lead; stage-2 rules (name blocks; the birth date,
-or a key one typo off, with the name's initials) to the leads stage 1 did not settle. A key value carried by more persons than its rule's cap, or a name block
-holding more drivers than its cap, blocks nothing (it identifies no one).
+or a key one typo off, with the name's initials) to the leads stage 1 did not settle. A key value
+carried by more persons than its rule's cap, or a name block holding more drivers than its cap,
+blocks nothing (it identifies no one).
 """
 
 from __future__ import annotations
@@ -377,8 +378,12 @@ def _initials(tokens: pl.Expr) -> pl.Expr:
 
 # The characters a typo may put in place of another: a digit for a digit; a letter for a letter or a
 # digit (CE numbers and plates mix them). Other characters ("+" of a phone) are never changed.
-_TYPO_ALPHABET = pl.DataFrame({"kind": ["digit"] * 10 + ["letter"] * 36,
-                               "char": list(string.digits) + list(string.ascii_uppercase + string.digits)})
+_DIGITS, _ALNUM = string.digits, string.ascii_uppercase + string.digits
+_TYPO_ALPHABET = pl.DataFrame({"kind": ["digit"] * len(_DIGITS) + ["letter"] * len(_ALNUM),
+                               "char": list(_DIGITS) + list(_ALNUM)})
+# Up to this many values, variants are made in Python: a lead arriving now paid ~6 ms of frame operations
+# per key for them; the frame way pays off from a few hundred values on.
+_VARIANTS_IN_PYTHON_MAX = 64
 
 
 def one_typo_variants(wanted: pl.DataFrame) -> pl.DataFrame:
@@ -390,24 +395,22 @@ def one_typo_variants(wanted: pl.DataFrame) -> pl.DataFrame:
         return _one_typo_variants_small(wanted)
     value = pl.col("value")
     longest = wanted["value"].str.len_chars().max()
+    position = pl.col("pos")
     at = (wanted.join(pl.DataFrame({"pos": range(longest or 0)}, schema={"pos": pl.Int64}), how="cross")
-          .filter(pl.col("pos") < value.str.len_chars())
-          .with_columns(value.str.slice(pl.col("pos"), 1).alias("old"), value.str.slice(pl.col("pos") + 1, 1).alias("next")))
+          .filter(position < value.str.len_chars())
+          .with_columns(value.str.slice(position, 1).alias("old"), value.str.slice(position + 1, 1).alias("next")))
     kind = (pl.when(pl.col("old").str.contains("^[0-9]$")).then(pl.lit("digit"))
             .when(pl.col("old").str.contains("^[A-Z]$")).then(pl.lit("letter")))
-    head = value.str.slice(0, pl.col("pos"))
-    changed = (at.with_columns(kind.alias("kind")).join(_TYPO_ALPHABET, on="kind").filter(pl.col("char") != pl.col("old"))
-               .with_columns(pl.concat_str(head, pl.col("char"), value.str.slice(pl.col("pos") + 1)).alias("value")))
-    swapped = (at.filter(pl.col("old").str.contains("^[0-9A-Z]$") & pl.col("next").str.contains("^[0-9A-Z]$")
+    head = value.str.slice(0, position)
+    changed = (at.with_columns(kind.alias("kind")).join(_TYPO_ALPHABET, on="kind")
+               .filter(pl.col("char") != pl.col("old"))
+               .with_columns(pl.concat_str(head, pl.col("char"), value.str.slice(position + 1)).alias("value")))
+    alnum = "^[0-9A-Z]$"
+    swapped = (at.filter(pl.col("old").str.contains(alnum) & pl.col("next").str.contains(alnum)
                          & (pl.col("next") != pl.col("old")))
-               .with_columns(pl.concat_str(head, pl.col("next"), pl.col("old"), value.str.slice(pl.col("pos") + 2)).alias("value")))
+               .with_columns(pl.concat_str(head, pl.col("next"), pl.col("old"), value.str.slice(position + 2))
+                             .alias("value")))
     return pl.concat([changed.select(wanted.columns), swapped.select(wanted.columns)])
-
-
-# Up to this many values, variants are made in Python: a lead arriving now paid ~6 ms of frame operations
-# per key for them; the frame way pays off from a few hundred values on.
-_VARIANTS_IN_PYTHON_MAX = 64
-_DIGITS, _ALNUM = string.digits, string.ascii_uppercase + string.digits
 
 
 def _one_typo_variants_small(wanted: pl.DataFrame) -> pl.DataFrame:

@@ -34,7 +34,8 @@ RULE_VERSION = "fs-2026.12-v7"  # v2: the vectorized engine; v3: no recruitment 
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
-# v7: the document_one_typo and phone_one_typo blocking rules, a word typed in two pieces joined
+# v7: the document_one_typo and phone_one_typo blocking rules, a word typed in two pieces joined (and, deciding
+# nothing differently, the candidates no name could make plausible dropped before names are compared)
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path
