@@ -396,7 +396,7 @@ def one_typo_variants(wanted: pl.DataFrame) -> pl.DataFrame:
     value = pl.col("value")
     longest = wanted["value"].str.len_chars().max()
     position = pl.col("pos")
-    at = (wanted.join(pl.DataFrame({"pos": range(longest or 0)}, schema={"pos": pl.Int64}), how="cross")
+    at = (wanted.join(pl.DataFrame({"pos": range(longest)}, schema={"pos": pl.Int64}), how="cross")
           .filter(position < value.str.len_chars())
           .with_columns(value.str.slice(position, 1).alias("old"), value.str.slice(position + 1, 1).alias("next")))
     kind = (pl.when(pl.col("old").str.contains("^[0-9]$")).then(pl.lit("digit"))

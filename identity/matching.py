@@ -447,7 +447,7 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
         exact.select("r", pl.col("lead_token").alias("token"), pl.lit(True).alias("exact")),
         fuzzy.select("r", "token", pl.lit(False).alias("exact")),
     ]).group_by("r", "token").agg(pl.col("exact").any())
-    token_f = ((pl.col("drivers").fill_null(0) + PSEUDO_DRIVERS * BASE_TOKEN_F) / (freq.drivers + PSEUDO_DRIVERS))
+    token_f = _token_frequency(freq)
     hits = hits.join(freq.tokens_frame(), on="token", how="left").with_columns(
         (token_f.log(2) * pl.when(pl.col("exact")).then(1.0).otherwise(FUZZY_TOKEN_WEIGHT)).alias("log_u"))
     per_record = hits.group_by("r").agg(pl.len().alias("hits"), pl.col("exact").all().alias("all_exact"),
@@ -557,6 +557,12 @@ def _weighed(compared: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
     return compared
 
 
+def _token_frequency(freq: Frequencies) -> pl.Expr:
+    """A name token's frequency among driver records, from its count in column "drivers" (null: never
+    seen), smoothed by PSEUDO_DRIVERS records at BASE_TOKEN_F: the u behind name weights."""
+    return (pl.col("drivers").fill_null(0) + PSEUDO_DRIVERS * BASE_TOKEN_F) / (freq.drivers + PSEUDO_DRIVERS)
+
+
 def _name_bits_bound(f: Field, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
     """(lead_i, name_bound): the most name bits any record can give the lead (at least 0, what a record
     without a name gives). u is at least the frequency of every lead token hit (a typo hit counts
@@ -567,8 +573,7 @@ def _name_bits_bound(f: Field, leads: pl.DataFrame, freq: Frequencies) -> pl.Dat
     m_most = max(freq.m.get(f.name, {}).get(level.name, level.m) for level in f.levels)
     tokens = (leads.select("lead_i", pl.col(f.lead_column).list.unique().alias("token")).explode("token")
               .drop_nulls("token").join(freq.tokens_frame(), on="token", how="left"))
-    information = pl.max_horizontal(
-        -((pl.col("drivers").fill_null(0) + PSEUDO_DRIVERS * BASE_TOKEN_F) / denominator).log(2), pl.lit(rarest))
+    information = pl.max_horizontal(-_token_frequency(freq).log(2), pl.lit(rarest))
     return (tokens.group_by("lead_i").agg(information.sum().alias("information"))
             .select(pl.col("lead_i").cast(pl.UInt32),
                     pl.max_horizontal(pl.lit(0.0), math.log2(m_most)
@@ -576,10 +581,11 @@ def _name_bits_bound(f: Field, leads: pl.DataFrame, freq: Frequencies) -> pl.Dat
                     .alias("name_bound")))
 
 
-def _hopeless_dropped(leads: pl.DataFrame, pairs: pl.DataFrame, compared: pl.DataFrame, name: Field,
+def _hopeless_dropped(leads: pl.DataFrame, pairs: pl.DataFrame, compared: pl.DataFrame, names: list[Field],
                       freq: Frequencies, thresholds: Thresholds) -> pl.DataFrame:
     """`pairs` without the persons no name could make plausible: not excluded, no key or birth date
-    agreeing (AGREEING_LEVELS), and a score below weak_bits even with the name's bound. Such a person
+    agreeing (AGREEING_LEVELS), and a score below weak_bits even with the bounds of the name fields
+    (`names`, not yet compared: `compared` holds every other field). Such a person
     is never a lead's best plausible candidate nor a rival, so no decision changes; it is spared the
     name comparison, the costliest (stage 2's name blocks bring namesakes by the hundred)."""
     if not compared.height:
@@ -588,7 +594,9 @@ def _hopeless_dropped(leads: pl.DataFrame, pairs: pl.DataFrame, compared: pl.Dat
         pl.col("bits").max(), pl.col("level").is_in(list(AGREEING_LEVELS)).any().alias("agrees"))
     per_person = per_field.group_by(PERSON).agg(
         pl.col("bits").sum(), (pl.col("agrees") & pl.col("field").is_in(list(AGREEING_FIELDS))).any().alias("agrees"))
-    hopeless = (per_person.join(_name_bits_bound(name, leads, freq), on="lead_i", how="left")
+    bound = (pl.concat([_name_bits_bound(f, leads, freq) for f in names]).group_by("lead_i").agg(pl.col("name_bound").sum())
+             if names else pl.DataFrame(schema={"lead_i": pl.UInt32, "name_bound": pl.Float64}))
+    hopeless = (per_person.join(bound, on="lead_i", how="left")
                 .filter(~pl.col("agrees") & ((freq.prior_bits + pl.col("bits") + pl.col("name_bound").fill_null(0.0))
                                             < thresholds.weak_bits))
                 .select(PERSON))
@@ -614,9 +622,9 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
         else:
             frame = _compare_recruitment(f, leads, pairs, freq, thresholds.recruit_window_days)
         frames.append(frame.with_columns(pl.col("lead_i").cast(pl.UInt32), pl.lit(f.name).alias("field")))
-    if prune and len(names) == 1 and frames:
+    if prune and frames:
         before = pairs.height
-        pairs = _hopeless_dropped(leads, pairs, _weighed(pl.concat(frames, how="vertical_relaxed"), freq), names[0],
+        pairs = _hopeless_dropped(leads, pairs, _weighed(pl.concat(frames, how="vertical_relaxed"), freq), names,
                                   freq, thresholds)
         if pairs.height < before:
             frames = [frame.join(pairs.select(PERSON).unique(), on=PERSON, how="semi") for frame in frames]
