@@ -105,27 +105,34 @@ LABELS = {
 }
 
 
-def _fetch(sql: str, params: dict | None = None) -> list[tuple]:
-    """Run a check's query with hash joins only.
+def _fetch(sql: str, params: dict | None = None, *, nested_loops: bool = False) -> list[tuple]:
+    """Run a check's query with hash joins only (unless `nested_loops`).
 
     Every check compares whole sets, so hash joins keep it linear. Left to itself the planner
     picks nested loops when the statistics are stale (one big recovery run adds fewer links than
     autovacuum's 10 % threshold on a table of a million driver links), and a check then takes
     minutes instead of a second. SET LOCAL inside a savepoint, set back before it is released, so
     the rest of a caller's transaction plans as usual.
+
+    `nested_loops=True` is for a query whose lookups are per row by nature (a LATERAL call per lead):
+    forbidding nested loops there turns each row's index lookup into a scan of the whole table.
     """
     with transaction.atomic(using=DEFAULT_DB_ALIAS), connections[DEFAULT_DB_ALIAS].cursor() as cursor:
-        cursor.execute("SET LOCAL enable_nestloop = off")
+        if not nested_loops:
+            cursor.execute("SET LOCAL enable_nestloop = off")
         cursor.execute(sql, params or {})
         rows = cursor.fetchall()
-        cursor.execute("SET LOCAL enable_nestloop TO DEFAULT")
+        if not nested_loops:
+            cursor.execute("SET LOCAL enable_nestloop TO DEFAULT")
         return rows
 
 
-def _problems(sql: str, categories: list[str], params: dict | None = None) -> tuple[dict, dict, list[str]]:
+def _problems(sql: str, categories: list[str], params: dict | None = None, *,
+              nested_loops: bool = False) -> tuple[dict, dict, list[str]]:
     """Counts, display samples and offender ids per category of a query yielding (category, offender, display).
 
-    Aggregated in SQL, so a check costs one query however many offenders there are.
+    Aggregated in SQL, so a check costs one query however many offenders there are (see _fetch for
+    `nested_loops`).
     """
     rows = _fetch(
         f"""
@@ -136,6 +143,7 @@ def _problems(sql: str, categories: list[str], params: dict | None = None) -> tu
         GROUP BY p.category
         """,
         {"leads": LEADS_TABLE, **(params or {})},
+        nested_loops=nested_loops,
     )
     found = {category: (count, offenders, shown) for category, count, offenders, shown in rows}
     counts = {c: found.get(c, (0,))[0] for c in categories}
@@ -346,7 +354,7 @@ def identity_links_origins_check() -> CheckResult:
     """Links name registered persons, lead links have origins, matched jobs and queue rows have links,
     canon.drivers_unlinked lists exactly the drivers no link names, and ops.lead_window_14d holds exactly
     the direct computation of each linked lead's person, drivers, trips in its window and claimed milestones."""
-    sql = f"""
+    sql = """
         -- the foreign key makes this impossible; counted anyway, as the runbook asks
         SELECT 'link_person_missing', il.source_pk, il.source_table || ':' || il.source_pk
         FROM canon.identity_links il
@@ -382,14 +390,20 @@ def identity_links_origins_check() -> CheckResult:
         WHERE EXISTS (SELECT 1 FROM canon.identity_links il
                       WHERE il.source_table = %(drivers)s AND il.source_pk = du.driver_id)
            OR NOT EXISTS (SELECT 1 FROM public.drivers d WHERE d.driver_id = du.driver_id)
-        UNION ALL
-        -- ops.lead_window_14d (trigger-kept; the money, limbo and funnel views read it) in step
-        SELECT category, lead_source_pk, display FROM ({lead_window.DIFFERENCES_SQL}) lead_window
     """
     categories = ["link_person_missing", "lead_link_without_origin", "matched_job_without_link",
-                  "matched_queue_without_link", "unlinked_driver_not_listed", "listed_driver_not_unlinked",
-                  "lead_window_missing", "lead_window_stray", "lead_window_wrong"]
+                  "matched_queue_without_link", "unlinked_driver_not_listed", "listed_driver_not_unlinked"]
     counts, samples, offenders = _problems(sql, categories, {"drivers": DRIVERS_TABLE})
+    # ops.lead_window_14d (trigger-kept; the money, limbo and funnel views read it) in step. A query of
+    # its own: its direct side calls ops.person_window_trips per linked lead, index lookups that a plan
+    # without nested loops turned into a scan of every driver link per lead (hours at a million drivers).
+    window_categories = ["lead_window_missing", "lead_window_stray", "lead_window_wrong"]
+    window_counts, window_samples, window_offenders = _problems(
+        f"SELECT category, lead_source_pk, display FROM ({lead_window.DIFFERENCES_SQL}) lead_window",
+        window_categories, nested_loops=True)
+    counts.update(window_counts)
+    samples.update(window_samples)
+    offenders += [pk for pk in window_offenders if pk not in offenders][:max(OFFENDERS_SHOWN - len(offenders), 0)]
     ((matched_no_link,),) = _fetch(RUNBOOK_MATCHED_NO_LINK)
     return _result(
         "check_identity_links_origins", counts, samples, offenders, runbook_matched_no_link=matched_no_link,

@@ -301,6 +301,27 @@ def test_matched_no_link_is_the_runbook_query(park):
     assert result.details["runbook_matched_no_link"] == result.details["counts"]["matched_job_without_link"] == 1
 
 
+def test_links_check_plans_set_comparisons_without_nested_loops_and_the_window_with_them(park):
+    # The lead-window comparison calls ops.person_window_trips once per linked lead: without nested
+    # loops each call scanned every driver link (at a million drivers the check never finished).
+    # The set comparisons keep hash joins, safe from statistics a big run leaves stale.
+    seen: list[tuple[str, str]] = []
+
+    def record(execute, sql, params, many, context):
+        (setting,) = context["connection"].connection.execute("SHOW enable_nestloop").fetchone()
+        seen.append((sql, setting))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(record):
+        result = guardrails.identity_links_origins_check()
+
+    assert result.ok
+    window = [setting for sql, setting in seen if "person_window_trips" in sql]
+    sets = [setting for sql, setting in seen if "unlinked_driver_not_listed" in sql]
+    assert window == ["on"]
+    assert sets == ["off"]
+
+
 def test_drain_counts_every_matched_row_not_only_the_newest(park):
     # The leak is the oldest matched row: outside --n 1, still caught by the full count.
     KpiRedRecoveryQueue.objects.filter(lead_source_pk=park.lead_nomatch.source_pk).update(
