@@ -160,7 +160,8 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
             )
         result.changed = cursor.rowcount
     staging = None
-    if result.changed and _index_is_empty(cursor):
+    first_build = bool(result.changed) and _index_is_empty(cursor)
+    if first_build:
         staging = _first_build(cursor, result)
     elif result.changed:
         bulk = full or result.changed >= BULK_THRESHOLD
@@ -192,7 +193,7 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
             for table in ("canon.drivers_index", "canon.name_token_stats", "canon.identity_registry",
                           "canon.identity_links"):
                 cursor.execute(f"ANALYZE {table}")
-    if full:
+    if full and not first_build:  # a first build indexed the drivers it read (one deleted since: the next --full)
         result.removed = _drop_entries_of_deleted_drivers(cursor)
     if (result.changed or result.removed) and "counts" not in result.phases:
         with _phase(result, "counts"):
@@ -230,7 +231,7 @@ def _first_build(cursor, result: RefreshResult) -> Future | None:
             entries = drivers.join(persons, on="driver_id").select(
                 "driver_id", "person_key", "park_id", "phone", "document", "license_document", "doc_key", "email",
                 "plate", "given_tokens", "surname_tokens", "name_tokens", "name_key", "birth_date", "hire_date",
-                pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at"))
+                pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at")).sort("driver_id")
             frame_copy(cursor, "canon.drivers_index", entries)
             counts = (drivers.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
                       .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
