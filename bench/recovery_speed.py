@@ -158,6 +158,7 @@ def main() -> int:
     out = args.data or Path(tempfile.mkdtemp(prefix="ct4-recovery-"))
     print(f"recovery speed: {args.drivers} drivers, {args.leads} leads (database {BENCH_DB}, files {out})")
     if args.reuse_db:
+        manage("migrate", "--noinput", "-v", "0", env=env)  # the code under test may bring migrations
         sql_run(RESET_SQL, env)
         sql_run("VACUUM ANALYZE", env)
     else:

@@ -244,7 +244,13 @@ class Claimed:
     position: tuple | None
 
 
-def queue_claim(*, limit: int, source_pks: list[str] | None = None, after: tuple | None = None) -> Claimed:
+# (k, n): the k-th of n disjoint parts of the queue, by a hash of the lead (0 <= k < n). The workers of one
+# run each claim (and decide ahead) their own part first, so none scores leads another will claim.
+Shard = tuple[int, int]
+
+
+def queue_claim(*, limit: int, source_pks: list[str] | None = None, after: tuple | None = None,
+                shard: Shard | None = None) -> Claimed:
     """Lock up to `limit` pending rows no other worker holds, newest lead first.
 
     Must run inside the batch's transaction: the row locks are what keep other workers off
@@ -253,25 +259,33 @@ def queue_claim(*, limit: int, source_pks: list[str] | None = None, after: tuple
     `source_pks` restricts the claim to those leads. `after` (the previous claim's position)
     makes each claim start where the last one stopped: rows done earlier in the run stay in
     the index until vacuum, and walking past them on every claim would make a run quadratic.
+    `shard` restricts it to one part of the queue (Shard).
     """
     if not connection.in_atomic_block:
         raise RuntimeError("queue_claim must run inside the batch transaction")
-    return _pending(limit=limit, source_pks=source_pks, after=after, lock=True)
+    return _pending(limit=limit, source_pks=source_pks, after=after, shard=shard, lock=True)
 
 
-def queue_peek(*, limit: int, after: tuple | None = None) -> list[str]:
+def queue_peek(*, limit: int, after: tuple | None = None, shard: Shard | None = None) -> list[str]:
     """The next `limit` pending leads in claim order after `after`, locked by someone or not, locking
     nothing: what the next claims will most likely take (recovery decides them ahead)."""
-    return queue_ahead(limit=limit, after=after).source_pks
+    return queue_ahead(limit=limit, after=after, shard=shard).source_pks
 
 
-def queue_ahead(*, limit: int, after: tuple | None = None) -> Claimed:
+def queue_ahead(*, limit: int, after: tuple | None = None, shard: Shard | None = None) -> Claimed:
     """queue_peek with the position after the leads it returns (where the window after them starts)."""
-    return _pending(limit=limit, after=after, lock=False)
+    return _pending(limit=limit, after=after, shard=shard, lock=False)
 
 
-def _pending(*, limit: int, source_pks: list[str] | None = None, after: tuple | None = None, lock: bool) -> Claimed:
+def _pending(*, limit: int, source_pks: list[str] | None = None, after: tuple | None = None,
+             shard: Shard | None = None, lock: bool) -> Claimed:
     conditions, params = ["q.status = %s"], [WorkStatus.PENDING]
+    if shard is not None:
+        part, parts = shard
+        if not 0 <= part < parts:
+            raise ValueError(f"shard {part} of {parts}: want 0 <= k < n")
+        conditions.append("mod(hashtext(q.lead_source_pk) & 2147483647, %s) = %s")
+        params += [parts, part]
     if source_pks is not None:
         conditions.append("q.lead_source_pk = ANY(%s)")
         params.append(source_pks)

@@ -20,6 +20,7 @@ class WorkerSpec:
     # The parent's live connection settings (NAME, HOST, ...): under pytest the parent talks to
     # the test database, which the settings module alone would not name.
     database: dict = field(default_factory=dict)
+    workers: int = 1  # how many workers the run started: worker k claims the k-th part of the queue first
 
 
 def recover_worker_main(spec: WorkerSpec, worker_no: int, remaining, pending, messages) -> None:

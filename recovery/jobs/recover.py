@@ -47,6 +47,7 @@ from identity.runs import (
 from recovery.jobs import WorkerSpec, recover_worker_main
 from recovery.models import RECOVERY_TABLES, WorkStatus
 from recovery.queue import (
+    Shard,
     lead_links,
     queue_ahead,
     queue_claim,
@@ -176,18 +177,22 @@ def queue_recover(
 
 def worker_drain_in_process(
     *, handle: RunHandle, budget: Budget, batch_size: int, on_batch: Callable[[dict], None] | None = None,
+    shard: Shard | None = None,
 ) -> dict:
     """Claim and recover batches until the budget or the unlocked pending rows run out.
 
     A batch that loses its connection rolled back whole and its rows are pending again:
     `reconnecting` waits for the database and claims afresh from the same position.
+    With a `shard` (one of several workers of a run) it claims and decides ahead its own part of the
+    queue first, then, that part drained, whatever pending rows are left (another worker's, not
+    locked: SKIP LOCKED still keeps any two workers off the same lead).
     """
     leads = budget.pending.value if budget.remaining.value < 0 else min(budget.pending.value, budget.remaining.value)
     context = reconnecting(lambda: MatchContext.for_leads(leads), handle=handle)
     if context.index is not None and leads >= ESTIMATE_MIN_LEADS:
         # A big drain after the index changed estimates the match model first (docs/matching.md).
         context = reconnecting(lambda: match_model_current(context, run_id=handle.run.pk), handle=handle)
-    ahead = DecidedAhead(context) if context.index is not None else None
+    ahead = DecidedAhead(context, shard=shard) if context.index is not None else None
     try:
         deadlocks = 0
         position = None
@@ -198,7 +203,7 @@ def worker_drain_in_process(
             try:
                 claimed, next_position, counts = reconnecting(
                     lambda: _claim_and_recover(want=want, position=position, context=context, handle=handle,
-                                               ahead=ahead),
+                                               ahead=ahead, shard=shard),
                     handle=handle)
             except Exception as exc:
                 budget.give_back(want)
@@ -210,20 +215,24 @@ def worker_drain_in_process(
                     continue
                 raise
             budget.give_back(want - len(claimed))
-            if not claimed:
-                break
-            position = next_position
-            deadlocks = 0
-            counts["batches"] = 1
-            handle.add(**counts)
-            handle.log_batch(
-                handle.counts["batches"], processed=counts["processed"], matched=counts["matched"],
-                failed=counts["failed"], pending=budget.processed(counts["processed"]),
-            )
-            if on_batch:
-                on_batch(counts)
+            if claimed:
+                position = next_position
+                deadlocks = 0
+                counts["batches"] = 1
+                handle.add(**counts)
+                handle.log_batch(
+                    handle.counts["batches"], processed=counts["processed"], matched=counts["matched"],
+                    failed=counts["failed"], pending=budget.processed(counts["processed"]),
+                )
+                if on_batch:
+                    on_batch(counts)
             if len(claimed) < want:
-                break
+                if shard is None:
+                    break
+                # This worker's part is drained: on to what is left of the others', from the top.
+                shard, position = None, None
+                if ahead is not None:
+                    ahead.shard_set(None)
     finally:
         if ahead is not None:
             ahead.close()
@@ -232,6 +241,7 @@ def worker_drain_in_process(
 
 def _claim_and_recover(
     *, want: int, position: tuple | None, context: MatchContext, handle: RunHandle, ahead: DecidedAhead | None = None,
+    shard: Shard | None = None,
 ) -> tuple[list[str], tuple | None, dict]:
     """One batch in one transaction: claim up to `want` pending rows after `position`, recover them.
 
@@ -250,7 +260,7 @@ def _claim_and_recover(
             ahead.forget()
     try:
         with transaction.atomic():
-            claim = queue_claim(limit=want, after=position)
+            claim = queue_claim(limit=want, after=position, shard=shard)
             claimed, position = claim.source_pks, claim.position
             if claimed:
                 counts = _recover_batch(claimed, context, ahead=ahead)
@@ -274,8 +284,9 @@ class DecidedAhead:
     thread (its own connection, reads only): PostgreSQL works on the writes while the scorer works
     on the next leads, as match_leads overlaps its writes with its scoring."""
 
-    def __init__(self, context: MatchContext):
+    def __init__(self, context: MatchContext, *, shard: Shard | None = None):
         self.context = context
+        self.shard = shard  # the part of the queue the worker claims (Shard), None: all of it
         self.resolved: Resolved | None = None
         self.decided: set[str] = set()
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decide-ahead")
@@ -284,7 +295,7 @@ class DecidedAhead:
     def _window(self, limit: int, after: tuple | None) -> tuple[set[str], Resolved | None, tuple | None]:
         """The next `limit` pending leads after `after` decided (with their evidence), and the position
         after them."""
-        window = queue_ahead(limit=limit, after=after)
+        window = queue_ahead(limit=limit, after=after, shard=self.shard)
         leads = leads_load(window.source_pks)
         if not leads.height:
             return set(), None, window.position
@@ -302,7 +313,7 @@ class DecidedAhead:
 
     def prepare(self, *, want: int, after: tuple | None) -> None:
         """Decide the next AHEAD_BATCHES batches' leads when the next claim's are not decided yet."""
-        upcoming = set(queue_peek(limit=want, after=after))
+        upcoming = set(queue_peek(limit=want, after=after, shard=self.shard))
         if upcoming <= self.decided:
             return
         window = None
@@ -317,6 +328,11 @@ class DecidedAhead:
     def _start_next(self, want: int, end: tuple | None) -> None:
         if self._pool is not None and end is not None:
             self._next = self._pool.submit(self._window_in_background, want * AHEAD_BATCHES, end)
+
+    def shard_set(self, shard: Shard | None) -> None:
+        """Claims go to another part of the queue from now on: what was decided ahead is for the old one."""
+        self.shard = shard
+        self.forget()
 
     def forget(self) -> None:
         self.resolved, self.decided = None, set()
@@ -422,6 +438,7 @@ def worker_drain(*, spec: WorkerSpec, worker_no: int, remaining, pending, messag
         worker_drain_in_process(
             handle=handle, budget=Budget(remaining, pending), batch_size=spec.batch_size,
             on_batch=lambda counts: messages.put(("batch", worker_no, counts)),
+            shard=(worker_no - 1, spec.workers) if spec.workers > 1 else None,
         )
     except BaseException as exc:  # noqa: BLE001 - whatever ends a worker, its parent hears why; exit 1
         messages.put(("error", worker_no, safe_error(exc)))
@@ -440,6 +457,7 @@ def _drain_in_processes(*, run: RunHandle, workers: int, budget: Budget, batch_s
         run_id=run.run.pk, batch_size=batch_size,
         settings_module=os.environ.get("DJANGO_SETTINGS_MODULE") or settings.SETTINGS_MODULE,
         database={key: connection.settings_dict[key] for key in ("NAME", "USER", "PASSWORD", "HOST", "PORT")},
+        workers=workers,
     )
     procs = {
         n: ctx.Process(target=recover_worker_main, args=(spec, n, budget.remaining, budget.pending, messages),

@@ -3,6 +3,7 @@
 
 import json
 import logging
+import multiprocessing
 import signal
 import time
 from datetime import timedelta
@@ -13,12 +14,13 @@ from django.utils import timezone
 
 from identity.index import drivers_index_refresh
 from identity.models import CabinetLead, IdentityLink, IdentityOrigin, IdentityUnmatched, JobRun
+from identity.runs import job_run
 from identity.tests.factories import link_lead, make_driver, make_person
 from recovery.guardrails import guardrails_run_all
 from recovery.jobs import recover as recover_module
 from recovery.jobs.recover import queue_recover
 from recovery.models import IdentityMatchingJob, KpiRedRecoveryQueue
-from recovery.queue import queue_seed
+from recovery.queue import queue_ahead, queue_seed
 from recovery.sql_views import KpiRedBacklog, KpiRedRecoveryMetricsDaily
 from recovery.tests.factories import (
     LEADS,
@@ -288,3 +290,41 @@ def test_a_failing_look_ahead_leaves_each_batch_to_decide_its_own_leads(settings
     result = queue_recover(batch_size=40)
     assert (result.processed, result.matched) == (120, matchable)
     assert "ERROR" not in result.by_reason
+
+
+def test_queue_shards_split_the_pending_leads_in_claim_order():
+    bulk_leads(90)
+    queue_seed()
+    every = queue_ahead(limit=1000).source_pks
+    parts = [queue_ahead(limit=1000, shard=(k, 3)).source_pks for k in range(3)]
+    assert sorted(pk for part in parts for pk in part) == sorted(every)  # disjoint, and nothing left out
+    assert all(part for part in parts)
+    assert all(part == [pk for pk in every if pk in set(part)] for part in parts)  # each in claim order
+    with pytest.raises(ValueError, match="shard 3 of 3"):
+        queue_ahead(limit=10, shard=(3, 3))
+
+
+def test_a_worker_claims_its_part_first_then_what_the_others_left(settings, monkeypatch):
+    """One of two workers, alone: it drains its part of the queue (and decides ahead only that part),
+    then claims the rest, so no lead is left when another worker stops early."""
+    matchable = bulk_leads(200, matchable_every=5)
+    drivers_index_refresh()
+    queue_seed()
+    claims, windows = [], []
+
+    def recording(calls, real):
+        return lambda **kw: (calls.append(kw.get("shard")), real(**kw))[1]
+
+    monkeypatch.setattr(recover_module, "queue_claim", recording(claims, recover_module.queue_claim))
+    monkeypatch.setattr(recover_module, "queue_ahead", recording(windows, recover_module.queue_ahead))
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    ctx = multiprocessing.get_context("spawn")
+    with job_run(recover_module.JOB, singleton=False) as run:
+        counts = recover_module.worker_drain_in_process(
+            handle=run, budget=recover_module.Budget(ctx.Value("q", -1), ctx.Value("q", 200)), batch_size=20,
+            shard=(1, 2))
+    assert (counts["processed"], counts["matched"]) == (200, matchable)
+    assert not KpiRedRecoveryQueue.objects.filter(status="pending").exists()
+    first_unsharded = claims.index(None)
+    assert first_unsharded > 0 and set(claims[:first_unsharded]) == {(1, 2)} and set(claims[first_unsharded:]) == {None}
+    assert windows[0] == (1, 2) and None in windows
