@@ -228,10 +228,11 @@ def _first_build(cursor, result: RefreshResult) -> Future | None:
             # the statement's time, later than the job's own attempts in the same transaction).
             cursor.execute("SELECT now()::text")
             (now,) = cursor.fetchone()
-            entries = drivers.join(persons, on="driver_id").select(
+            # In driver_id order (drivers is): the primary key's b-tree then grows at its right edge.
+            entries = drivers.join(persons, on="driver_id", maintain_order="left").select(
                 "driver_id", "person_key", "park_id", "phone", "document", "license_document", "doc_key", "email",
                 "plate", "given_tokens", "surname_tokens", "name_tokens", "name_key", "birth_date", "hire_date",
-                pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at")).sort("driver_id")
+                pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at"))
             frame_copy(cursor, "canon.drivers_index", entries)
             counts = (drivers.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
                       .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
