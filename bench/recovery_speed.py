@@ -12,7 +12,7 @@ statistics as the recovery left them and again after ANALYZE; the median plannin
 time is printed. Last, run_guardrails must pass. Targets (2-core machine, issue 11): seed + recover
 under 20 s with one worker, and faster with two; every view query under 500 ms. Exit status 0 when
 every target holds, 1 otherwise.
---reuse-db skips generating and loading when a previous run left the same park in the database.
+--reuse-db skips generating and loading when a previous run left the same park in the database (it still migrates).
 """
 
 from __future__ import annotations
