@@ -622,20 +622,22 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
         else:
             frame = _compare_recruitment(f, leads, pairs, freq, thresholds.recruit_window_days)
         frames.append(frame.with_columns(pl.col("lead_i").cast(pl.UInt32), pl.lit(f.name).alias("field")))
-    if prune and frames:
+    # Every field's pairs in one frame: the per-field steps below are one expression each, not one frame
+    # operation per field (a one-lead frame paid ~0.1 ms for each of ~50 of them). The fields other
+    # than names are weighed first: pruning reads them before the names are compared.
+    weighed = [_weighed(pl.concat(frames, how="vertical_relaxed"), freq)] if frames else []
+    if prune and weighed:
         before = pairs.height
-        pairs = _hopeless_dropped(leads, pairs, _weighed(pl.concat(frames, how="vertical_relaxed"), freq), names,
-                                  freq, thresholds)
+        pairs = _hopeless_dropped(leads, pairs, weighed[0], names, freq, thresholds)
         if pairs.height < before:
-            frames = [frame.join(pairs.select(PERSON).unique(), on=PERSON, how="semi") for frame in frames]
-    for f in names:
-        frames.append(_compare_name(f, leads, pairs, freq).with_columns(pl.col("lead_i").cast(pl.UInt32),
-                                                                        pl.lit(f.name).alias("field")))
+            weighed = [weighed[0].join(pairs.select(PERSON).unique(), on=PERSON, how="semi")]
+    named = [_compare_name(f, leads, pairs, freq).with_columns(pl.col("lead_i").cast(pl.UInt32),
+                                                               pl.lit(f.name).alias("field")) for f in names]
+    if named:
+        weighed.append(_weighed(pl.concat(named, how="vertical_relaxed"), freq))
     candidates = (pairs.group_by(PERSON, maintain_order=True).agg(pl.col("excluded").any())
                   .with_columns(pl.col("lead_i").cast(pl.UInt32)))
-    # Every field's pairs in one frame: the per-field steps below are one expression each, not one frame
-    # operation per field (a one-lead frame paid ~0.1 ms for each of ~50 of them).
-    compared = _weighed(pl.concat(frames, how="vertical_relaxed"), freq)
+    compared = pl.concat(weighed, how="vertical_relaxed")
     by_record = compared.select("lead_i", "person_key", "driver_id", "field", "level", "bits") if per_record else None
     # A person's evidence for a field is its best record's (ties: lowest driver_id).
     best = (compared.sort([*PERSON, "field", "order", "driver_id"])
