@@ -30,12 +30,13 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v7"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v8"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
 # v7: the document_one_typo and phone_one_typo blocking rules, a word typed in two pieces joined (and, deciding
-# nothing differently, the candidates no name could make plausible dropped before names are compared)
+# nothing differently, the candidates no name could make plausible dropped before names are compared);
+# v8: the fs_document_birth_date path (the document and the birth date exact corroborate whatever the name says)
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path
@@ -44,6 +45,7 @@ LINK_RULES = (
     "fs_document_plus_key",  # the document and another exact key (phone, e-mail, birth date) agree
     "fs_personal_key",  # a key one human owns (document, e-mail, birth date) with a given name and a surname
     "fs_shared_key",  # only a key relatives share (phone, plate, an e-mail one typo off) with the names
+    "fs_document_birth_date",  # the document and the birth date exact, and no name agreeing (a wrong name box)
 )
 # The rule of a decision that links through no path (review, no candidates, ...).
 NO_LINK_RULE = "fellegi_sunter"
@@ -712,6 +714,12 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
       a subset only (the same surnames, one side with a given name the other lacks: a father and a
       son "Juan Quispe" / "Juan Carlos Quispe"), a personal key that *differs* (document, e-mail,
       birth date) says another member of the family: review, never a link.
+    - fs_document_birth_date: the document and the birth date both exact, whatever the names say. Two
+      keys one human owns, neither shared in a family (a DNI typed onto a relative's record brings
+      the relative's DNI, not also his birth date; twins share the birth date, never the DNI). Last,
+      so it names only the links no other path makes (a name box holding someone else's name, FEBRL's
+      replaced names), and an audit can demote it alone. The score decides as on every path: the
+      name's `different` level weighs against it.
     """
     document_plus_exact = _is("document", "exact") & (
         _is("phone", "exact") | _is("email", "exact") | _is("birth_date", "exact"))
@@ -725,6 +733,7 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
         "fs_document_plus_key": document_plus_exact & (some_name | ~has_name),
         "fs_personal_key": has_name & personal & _is("name", *NAME_CORROBORATES),
         "fs_shared_key": has_name & shareable & _is("name", *NAME_AGREES_WITHOUT_CONFLICT) & ~relatives,
+        "fs_document_birth_date": _is("document", "exact") & _is("birth_date", "exact"),
     }
 
 

@@ -372,3 +372,36 @@ def test_a_shared_phone_with_a_subset_name_and_one_more_agreeing_key_links():
     one_more = lead("wilmer ccahuana huillca", phone="+51987654321", document="09876543", birth_date=date(1990, 5, 17))
     decision = lead_decide(one_more, [person("P1", son)], FREQ, T)
     assert decision.is_link
+
+
+def test_the_document_and_the_birth_date_link_whatever_name_the_lead_box_holds():
+    # The lead's name box holds someone else's name (FEBRL replaces whole names); its DNI and birth
+    # date, two keys one human owns and no family shares, are the driver's.
+    decision = lead_decide(lead("rosa flores", document="44556677", birth_date=date(1990, 5, 17)),
+                           [person("P1", JUAN)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "different"
+    assert decision.is_link and decision.rule == "fs_document_birth_date"
+
+
+def test_the_document_and_a_shared_key_with_another_name_do_not_link():
+    # The trap beside it: the DNI and the family phone with another name (a relative's DNI typed on
+    # the lead, the family's number) stay a review; only the birth date makes the DNI's owner certain.
+    decision = lead_decide(lead("rosa flores", document="44556677", phone="+51987654321"),
+                           [person("P1", JUAN)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "different" and not decision.candidates[0].corroborated
+    assert not decision.is_link
+
+
+def test_twins_with_the_same_birth_date_and_a_document_one_typo_off_do_not_link():
+    # Twins: the surnames and the birth date agree, the DNIs are consecutive numbers (one typo off).
+    twin = driver("D1", "rosa", "quispe mamani", document="44556677", birth_date=date(1990, 5, 17))
+    decision = lead_decide(lead("ana quispe mamani", document="44556678", birth_date=date(1990, 5, 17)),
+                           [person("P1", twin)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "surnames_only"
+    assert not decision.is_link
+
+
+def test_the_document_and_the_birth_date_link_under_the_usual_names_path_when_a_name_agrees():
+    decision = lead_decide(lead("juan quispe", document="44556677", birth_date=date(1990, 5, 17)),
+                           [person("P1", JUAN)], FREQ, T)
+    assert decision.is_link and decision.rule == "fs_document_plus_key"
