@@ -30,13 +30,14 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v8"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v9"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
 # v7: the document_one_typo and phone_one_typo blocking rules, a word typed in two pieces joined (and, deciding
 # nothing differently, the candidates no name could make plausible dropped before names are compared);
 # v8: the fs_document_birth_date path (the document and the birth date exact corroborate whatever the name says)
+# v9: the document's two_typos level (two digits typed wrong: weight, never an agreeing key)
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path
@@ -278,16 +279,17 @@ def _workers(pairs: int) -> int:
     return -1 if pairs >= THREADED_MIN_PAIRS else 1
 
 
-def _distances(a: pl.Series, b: pl.Series) -> np.ndarray:
-    """Damerau-Levenshtein distance of each pair, capped at 2 (we only ask "at most one edit?")."""
+def _distances(a: pl.Series, b: pl.Series, cutoff: int = 1) -> np.ndarray:
+    """Damerau-Levenshtein distance of each pair, capped at cutoff + 1 (we only ask "at most `cutoff` edits?")."""
     if not len(a):
         return np.zeros(0, dtype=np.int32)
-    return process.cpdist(a.to_list(), b.to_list(), scorer=DamerauLevenshtein.distance, score_cutoff=1,
+    return process.cpdist(a.to_list(), b.to_list(), scorer=DamerauLevenshtein.distance, score_cutoff=cutoff,
                           workers=_workers(len(a)))
 
 
 def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
-    """exact (u from the value's frequency) / one_typo / different, over each key field's index columns,
+    """exact (u from the value's frequency) / one_typo / two_typos (the fields that declare it) / different,
+    over each key field's index columns,
     every key field in one frame (one distance call; a one-lead frame paid ~12 frame operations per
     key field when they were compared one by one)."""
     columns = pl.DataFrame(
@@ -308,10 +310,12 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
     values = values.with_columns(exact.alias("exact"))
     maybe = ~values["exact"] & (values["value"].str.len_chars() == values["lead_value"].str.len_chars())
     rows = np.flatnonzero(maybe.to_numpy())
-    distance = np.full(values.height, 2, dtype=np.int32)
-    distance[rows] = _distances(values["value"].gather(rows), values["lead_value"].gather(rows))
+    distance = np.full(values.height, 3, dtype=np.int32)
+    distance[rows] = _distances(values["value"].gather(rows), values["lead_value"].gather(rows), cutoff=2)
+    two_typos = [f.name for f in fields if "two_typos" in f.level_names]
     values = values.with_columns(
-        pl.when(pl.col("exact")).then(0).when(pl.Series(distance) <= 1).then(1).otherwise(2).alias("rank"))
+        pl.when(pl.col("exact")).then(0).when(pl.Series(distance) <= 1).then(1)
+        .when((pl.Series(distance) == 2) & pl.col("field").is_in(two_typos)).then(2).otherwise(3).alias("rank"))
     # A record's best value per field (its document before its licence DNI on a tie).
     best = (values.sort(["lead_i", "driver_id", "field", "rank", "column_order"])
             .unique(subset=["lead_i", "driver_id", "field"], keep="first", maintain_order=True))
@@ -324,12 +328,16 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
     exact_u = (others + per_field({f.name: f.share_rate for f in fields})) / freq.population
     exact_m = per_field({f.name: f.level("exact").m for f in fields})
     typo_bits = per_field({f.name: math.log2(f.level("one_typo").m / f.level("one_typo").u) for f in fields})
+    two_typos_bits = per_field({f.name: math.log2(f.level("two_typos").m / f.level("two_typos").u) if f.name in two_typos
+                                else 0.0 for f in fields})
     different_bits = per_field({f.name: math.log2(f.level("different").m / f.level("different").u) for f in fields})
     return best.select(
         "lead_i", "person_key",
-        pl.col("rank").replace_strict({0: "exact", 1: "one_typo", 2: "different"}, return_dtype=pl.String).alias("level"),
+        pl.col("rank").replace_strict({0: "exact", 1: "one_typo", 2: "two_typos", 3: "different"},
+                                      return_dtype=pl.String).alias("level"),
         pl.when(pl.col("rank") == 0).then(_log2(exact_m / exact_u))
-        .when(pl.col("rank") == 1).then(typo_bits).otherwise(different_bits).alias("bits"),
+        .when(pl.col("rank") == 1).then(typo_bits).when(pl.col("rank") == 2).then(two_typos_bits)
+        .otherwise(different_bits).alias("bits"),
         "driver_id",
         pl.when(pl.col("rank") == 0).then(pl.col("persons").fill_null(1)).alias("shared_by"),
         pl.col("rank").cast(pl.Float64).alias("order"),
@@ -713,7 +721,9 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
       "partial", and not enough. Guard (relatives sharing a phone or a car): when the names agree as
       a subset only (the same surnames, one side with a given name the other lacks: a father and a
       son "Juan Quispe" / "Juan Carlos Quispe"), a personal key that *differs* (document, e-mail,
-      birth date) says another member of the family: review, never a link.
+      birth date) says another member of the family: review, never a link. A document two typos off
+      does not differ here: its weight is for the same person (about 2^9 more likely among matches
+      than among others, estimated), as one typo's is; a relative's DNI is that close by chance only.
     - fs_document_birth_date: the document and the birth date both exact, whatever the names say. Two
       keys one human owns, neither shared in a family (a DNI typed onto a relative's record brings
       the relative's DNI, not also his birth date; twins share the birth date, never the DNI). Last,

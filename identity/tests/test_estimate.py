@@ -23,7 +23,7 @@ from identity.fields import FIELDS, Kind
 # The true m of every level in the synthetic pairs below: inside each declared range, and away from
 # the declared m, so an estimate equal to the truth cannot be the registry's value handed back.
 TRUE_M = {
-    "document": {"exact": 0.90, "one_typo": 0.06, "different": 0.04},
+    "document": {"exact": 0.88, "one_typo": 0.06, "two_typos": 0.02, "different": 0.04},
     "phone": {"exact": 0.70, "one_typo": 0.05, "different": 0.25},
     "email": {"exact": 0.88, "one_typo": 0.05, "different": 0.07},
     "plate": {"exact": 0.75, "one_typo": 0.05, "different": 0.20},
@@ -46,7 +46,7 @@ def _pairs(n_matches: int, *, true_m=TRUE_M, n_others: int = 0, seed: int = 5) -
     rng = np.random.default_rng(seed)
     columns = {name: _draw(rng, true_m[name], n_matches, PRESENT[name]) for name in true_m}
     matches = pl.DataFrame(columns, schema={name: pl.String for name in true_m})
-    u = {"document": {"exact": 0.001, "one_typo": 0.001, "different": 0.998},
+    u = {"document": {"exact": 0.001, "one_typo": 0.001, "two_typos": 0.001, "different": 0.997},
          "phone": {"exact": 0.3, "one_typo": 0.001, "different": 0.699},
          "email": {"exact": 0.001, "one_typo": 0.01, "different": 0.989},
          "plate": {"exact": 0.2, "one_typo": 0.001, "different": 0.799},

@@ -405,3 +405,42 @@ def test_the_document_and_the_birth_date_link_under_the_usual_names_path_when_a_
     decision = lead_decide(lead("juan quispe", document="44556677", birth_date=date(1990, 5, 17)),
                            [person("P1", JUAN)], FREQ, T)
     assert decision.is_link and decision.rule == "fs_document_plus_key"
+
+
+def test_a_document_with_two_digits_wrong_is_its_own_level_between_one_typo_and_different():
+    lead_ = lead("juan carlos quispe mamani", document="44556688", phone="+51987654321")
+    scored = candidate_score(lead_, person("P1", JUAN), FREQ)
+    different = candidate_score(lead("juan carlos quispe mamani", document="12345678",
+                                     phone="+51987654321"), person("P1", JUAN), FREQ)
+    one_typo = candidate_score(lead("juan carlos quispe mamani", document="44556678", phone="+51987654321"),
+                               person("P1", JUAN), FREQ)
+    assert (scored.level_of("document"), one_typo.level_of("document"), different.level_of("document")) == (
+        "two_typos", "one_typo", "different")
+    assert different.bits < scored.bits < one_typo.bits
+
+
+def test_a_document_two_digits_off_with_the_phone_and_the_whole_name_links():
+    # The DNI typed with two digits wrong; the phone and the whole name say who it is.
+    decision = lead_decide(lead("juan carlos quispe mamani", document="44556688", phone="+51987654321"),
+                           [person("P1", JUAN)], FREQ, T)
+    assert decision.candidates[0].level_of("document") == "two_typos" and decision.is_link
+
+
+def test_a_document_two_digits_off_and_the_name_alone_do_not_link():
+    # Two digits off is weight, not a key: with nothing else agreeing but the name, a person looks.
+    decision = lead_decide(lead("juan carlos quispe mamani", document="44556688"), [person("P1", JUAN)], FREQ, T)
+    assert decision.candidates[0].level_of("document") == "two_typos" and not decision.is_link
+
+
+def test_a_document_two_digits_off_is_not_the_different_document_of_the_family_phone_guard():
+    # The guard's near miss: a subset name on the family phone with the record's DNI typed with two
+    # digits wrong is the record's owner (two typos weigh for the same person); with a wholly
+    # different DNI it is another member of the family (the guard: review).
+    son = driver("D1", "wilmer alberto", "ccahuana huillca", phone="+51987654321", document="44556677")
+    typed = lead_decide(lead("wilmer ccahuana huillca", phone="+51987654321", document="44556688"),
+                        [person("P1", son)], FREQ, T)
+    father = lead_decide(lead("wilmer ccahuana huillca", phone="+51987654321", document="09876543"),
+                         [person("P1", son)], FREQ, T)
+    assert typed.candidates[0].level_of("document") == "two_typos" and typed.is_link
+    assert father.candidates[0].level_of("document") == "different"
+    assert father.outcome == ReasonCode.WEAK_MATCH_ONLY
