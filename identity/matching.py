@@ -36,7 +36,7 @@ RULE_VERSION = "fs-2026.12-v9"  # v2: the vectorized engine; v3: no recruitment 
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
 # v7: the document_one_typo and phone_one_typo blocking rules, a word typed in two pieces joined (and, deciding
 # nothing differently, the candidates no name could make plausible dropped before names are compared);
-# v8: the fs_document_birth_date path (the document and the birth date exact corroborate whatever the name says)
+# v8: the fs_document_birth_date path (the document and the birth date exact corroborate whatever the name says);
 # v9: the document's two_typos level (two digits typed wrong: weight, never an agreeing key)
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
