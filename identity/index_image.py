@@ -11,13 +11,15 @@ an image of an older index is never read. Anything wrong with an image (missing,
 another format) means the index is read from the database, as without an image.
 
 Written into a temporary folder and renamed into place, so a reader never sees half an image; each
-new image removes the older ones. The image holds what the drivers index holds (names, phones,
-documents): its folder is readable by its owner only. CT4_INDEX_IMAGE_DIR sets the folder; empty
-turns images off.
+new image removes the older ones of its database (each database has a folder of its own under
+CT4_INDEX_IMAGE_DIR: several on one machine never remove each other's). The image holds what the
+drivers index holds (names, phones, documents): its folder is readable by its owner only.
+CT4_INDEX_IMAGE_DIR sets the folder; empty turns images off.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -51,8 +53,21 @@ class IndexParts:
 
 
 def image_dir() -> Path | None:
+    """This database's image folder: CT4_INDEX_IMAGE_DIR / one folder per database (name, host, port), so
+    that databases sharing a machine (the demo, benches, another environment) never remove each
+    other's images. None when images are off."""
     folder = getattr(settings, "CT4_INDEX_IMAGE_DIR", "")
-    return Path(folder) if folder else None
+    return Path(folder) / _database_folder() if folder else None
+
+
+def _database_folder() -> str:
+    """A folder name for the current database: its name, readable, and a digest of name, host and port
+    (two servers may both hold a "ct4")."""
+    db = connection.settings_dict
+    name = str(db.get("NAME") or "default")
+    where = "\x00".join(str(db.get(key) or "") for key in ("NAME", "HOST", "PORT"))
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)[:60]
+    return f"{safe}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
 
 
 def index_version() -> str | None:
@@ -88,7 +103,8 @@ def image_stage(parts: IndexParts) -> Path | None:
     folder = image_dir()
     if folder is None:
         return None
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.mkdir(exist_ok=True, mode=0o700)
     staged = Path(tempfile.mkdtemp(prefix=".staged-", dir=folder))
     try:
         for name, frame in parts.frames.items():
@@ -124,6 +140,11 @@ def image_publish(staged: Path | None, version: str) -> Path | None:
             # Another process's folder being staged now is left alone; one left by a crash, after a while.
             if other.name != version and (not other.name.startswith(".staged-") or _stale(other)):
                 shutil.rmtree(other, ignore_errors=True)
+        # Images of the layout before one folder per database (straight under CT4_INDEX_IMAGE_DIR): no
+        # run reads them any more, and they hold personal data.
+        for old in staged.parent.parent.iterdir():
+            if (old / _META).is_file():
+                shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         log.warning("drivers index image not published (%s)", exc)
         shutil.rmtree(staged, ignore_errors=True)

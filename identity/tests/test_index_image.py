@@ -15,8 +15,11 @@ from identity.tests.factories import make_driver, make_lead
 
 @pytest.fixture
 def images(settings, tmp_path):
+    """This database's image folder (CT4_INDEX_IMAGE_DIR / the database's own folder)."""
     settings.CT4_INDEX_IMAGE_DIR = str(tmp_path / "images")
-    return tmp_path / "images"
+    folder = index_image.image_dir()
+    assert folder.parent == tmp_path / "images"
+    return folder
 
 
 @pytest.fixture
@@ -71,6 +74,7 @@ def test_a_first_build_leaves_the_image_that_a_run_reads_instead_of_the_database
     version = index_image.index_version()
     assert [p.name for p in images.iterdir()] == [version]
     assert images.stat().st_mode & 0o077 == 0  # personal data: its owner's only
+    assert images.parent.stat().st_mode & 0o077 == 0
 
     reads = _database_read(monkeypatch)
     from_image = IndexFrame.load()
@@ -133,6 +137,24 @@ def test_an_image_of_another_format_is_not_read(park, images, monkeypatch, djang
     reads = _database_read(monkeypatch)
     IndexFrame.load()
     assert reads
+
+
+def test_two_databases_on_one_machine_keep_their_own_images(park, images, monkeypatch,
+                                                             django_capture_on_commit_callbacks):
+    # Another database's image (the demo's, a bench's) beside this one's, and an image of the layout
+    # before one folder per database: this database's new image removes only the latter.
+    other = images.parent / "ct4_other-0123456789" / "11111111-1111-4111-8111-111111111111"
+    other.mkdir(parents=True)
+    (other / "meta.json").write_text("{}")
+    legacy = images.parent / "22222222-2222-4222-8222-222222222222"
+    legacy.mkdir()
+    (legacy / "meta.json").write_text("{}")
+    _first_build(django_capture_on_commit_callbacks)
+    assert [p.name for p in images.iterdir()] == [index_image.index_version()]
+    assert other.is_dir() and not legacy.exists()
+    assert sorted(p.name for p in images.parent.iterdir()) == sorted([images.name, other.parent.name])
+    monkeypatch.setitem(index_image.connection.settings_dict, "NAME", "ct4_other")
+    assert index_image.image_dir() != images  # another database, another folder
 
 
 def test_images_off_write_nothing(park, settings, tmp_path, django_capture_on_commit_callbacks):
