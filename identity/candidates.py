@@ -167,8 +167,10 @@ class IndexFrame:
         if column not in self._lookups:
             hashes = self.records[column].hash().to_numpy()
             rows = np.flatnonzero(self.records[column].is_not_null().to_numpy())
-            order = np.argsort(hashes[rows], kind="stable")
-            self._lookups[column] = (hashes[rows][order], rows[order])
+            # Sorted by (hash, row) on every core: numpy's stable argsort, the same order, took ~120 ms
+            # of each column's first lookup at 1M on one core (six columns a run), this ~50 ms.
+            lookup = pl.DataFrame({"hash": hashes[rows], "row": rows}).sort("hash", "row")
+            self._lookups[column] = (lookup["hash"].to_numpy(), lookup["row"].to_numpy())
         ordered, rows = self._lookups[column]
         wanted = values.cast(self.records.schema[column]).drop_nulls()
         if not wanted.len() or not len(ordered):
