@@ -239,8 +239,8 @@ def queue_pending_count() -> int:
 @dataclass
 class Claimed:
     source_pks: list[str]
-    # Where the claim stopped in claim order (lead_created_at, lead_source_pk): the next claim of
-    # the same worker starts after it.
+    # Where the claim stopped in claim order (lead_created_at as PostgreSQL's text, lead_source_pk): the
+    # next claim of the same worker starts after it.
     position: tuple | None
 
 
@@ -295,12 +295,16 @@ def _pending(*, limit: int, source_pks: list[str] | None = None, after: tuple | 
             conditions.append("(q.lead_created_at IS NOT NULL OR q.lead_source_pk > %s)")
             params.append(source_pk)
         else:
-            conditions.append("q.lead_created_at <= %s AND (q.lead_created_at < %s OR q.lead_source_pk > %s)")
+            conditions.append("q.lead_created_at <= %s::timestamptz "
+                              "AND (q.lead_created_at < %s::timestamptz OR q.lead_source_pk > %s)")
             params += [created, created, source_pk]
     with connection.cursor() as cursor:
+        # The lead date as text: only the last row's is used (the position), and turning every row's
+        # timestamptz into a datetime cost Python ~3 us a row (a 1M recovery reads ~230,000 rows
+        # through claims, peeks and look-ahead windows). Exact: the text round-trips to the same instant.
         cursor.execute(
             f"""
-            SELECT q.lead_source_pk, q.lead_created_at FROM {QUEUE} q
+            SELECT q.lead_source_pk, q.lead_created_at::text FROM {QUEUE} q
             WHERE {" AND ".join(conditions)}
             ORDER BY q.lead_created_at DESC, q.lead_source_pk
             LIMIT %s
