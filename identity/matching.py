@@ -313,9 +313,10 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
     distance = np.full(values.height, 3, dtype=np.int32)
     distance[rows] = _distances(values["value"].gather(rows), values["lead_value"].gather(rows), cutoff=2)
     two_typos = [f.name for f in fields if "two_typos" in f.level_names]
+    edits = pl.Series(distance)
     values = values.with_columns(
-        pl.when(pl.col("exact")).then(0).when(pl.Series(distance) <= 1).then(1)
-        .when((pl.Series(distance) == 2) & pl.col("field").is_in(two_typos)).then(2).otherwise(3).alias("rank"))
+        pl.when(pl.col("exact")).then(0).when(edits <= 1).then(1)
+        .when((edits == 2) & pl.col("field").is_in(two_typos)).then(2).otherwise(3).alias("rank"))
     # A record's best value per field (its document before its licence DNI on a tie).
     best = (values.sort(["lead_i", "driver_id", "field", "rank", "column_order"])
             .unique(subset=["lead_i", "driver_id", "field"], keep="first", maintain_order=True))
