@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -105,12 +106,18 @@ class RefreshResult:
         return asdict(self)
 
 
-def drivers_index_refresh(*, full: bool = False, trigger: str = "command", run_id: int | None = None) -> RefreshResult:
-    """Bring the index up to date with the drivers table and register new drivers as persons."""
+def drivers_index_refresh(*, full: bool = False, trigger: str = "command", run_id: int | None = None,
+                          on_index: Callable[[IndexFrame], None] | None = None) -> RefreshResult:
+    """Bring the index up to date with the drivers table and register new drivers as persons.
+
+    On a first build, `on_index` is handed the matcher's in-memory index of what the build writes as
+    soon as it is built, on another thread, while PostgreSQL is still writing and indexing the tables:
+    a caller may decide leads against it, and must write nothing that names its persons before this
+    call returns (they are committed then; a failed build rolls them back)."""
     started = time.monotonic()
     with job_run(JOB_NAME, params={"full": full}, trigger=trigger, run_id=run_id) as run:
         with transaction.atomic(), connection.cursor() as cursor:
-            result = _refresh(cursor, full=full)
+            result = _refresh(cursor, full=full, on_index=on_index)
         result.seconds = round(time.monotonic() - started, 2)
         run.add(**{k: v for k, v in result.as_dict().items() if k not in ("seconds", "phases")})
         run.counts["phases"] = result.phases
@@ -124,7 +131,7 @@ def _phase(result: RefreshResult, name: str):
     result.phases[name] = round(time.monotonic() - started, 2)
 
 
-def _refresh(cursor, *, full: bool) -> RefreshResult:
+def _refresh(cursor, *, full: bool, on_index: Callable[[IndexFrame], None] | None = None) -> RefreshResult:
     result = RefreshResult()
     # Drivers whose index entry is missing or was computed from an older version of the row.
     # An anti-join rather than a timestamp watermark: an import that commits late with an
@@ -162,7 +169,7 @@ def _refresh(cursor, *, full: bool) -> RefreshResult:
     staging = None
     first_build = bool(result.changed) and _index_is_empty(cursor)
     if first_build:
-        staging = _first_build(cursor, result)
+        staging = _first_build(cursor, result, on_index)
     elif result.changed:
         bulk = full or result.changed >= BULK_THRESHOLD
         with _phase(result, "normalize"):
@@ -210,7 +217,7 @@ def _index_is_empty(cursor) -> bool:
     return cursor.fetchone()[0]
 
 
-def _first_build(cursor, result: RefreshResult) -> Future | None:
+def _first_build(cursor, result: RefreshResult, on_index: Callable[[IndexFrame], None] | None) -> Future | None:
     """The first build: every driver is new. Normalized column-wise, then persons, index entries
     and driver links each loaded by one COPY, secondary indexes and foreign keys built after."""
     with _phase(result, "normalize"):
@@ -220,27 +227,45 @@ def _first_build(cursor, result: RefreshResult) -> Future | None:
             schema=_RAW_DRIVER_SCHEMA, cursor=cursor)
         drivers = drivers_normalize(raw).sort("driver_id")
         del raw
+        # Persons are drawn in memory first: the matcher's index of the build (records with their person)
+        # is then made on a second thread while PostgreSQL writes and indexes the tables below, and
+        # handed to on_index and staged on disk (the first match run reads it: identity.index_image).
+        build = linking.drivers_first_persons(drivers)
+        # The transaction's now(), as the incremental path writes it (a column default would be the
+        # statement's time, later than the job's own attempts in the same transaction).
+        cursor.execute("SELECT now()::text")
+        (now,) = cursor.fetchone()
+        # In driver_id order (drivers is, and so is build.drivers, row for row): the primary key's b-tree
+        # then grows at its right edge. The person column is put beside the others, which are not copied.
+        if not drivers["driver_id"].equals(build.drivers["driver_id"]):
+            raise AssertionError("persons drawn for other drivers than the ones read")
+        entries = drivers.with_columns(build.drivers["person_key"]).select(
+            "driver_id", "person_key", "park_id", "phone", "document", "license_document", "doc_key", "email",
+            "plate", "given_tokens", "surname_tokens", "name_tokens", "name_key", "birth_date", "hire_date",
+            pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at"))
+        del drivers
+        counts = (entries.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
+                  .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
+        totals = (entries.height, entries["person_key"].n_unique())
+        hires = (entries.drop_nulls(["park_id", "hire_date"]).group_by("park_id", "hire_date")
+                 .agg(pl.len().cast(pl.Int64).alias("hired")))
+    # The index thread is handed the entries in a list it empties: they are freed once both threads
+    # are done with them, not when its task ends (the refresh's and the matcher's peak memory is then).
+    built: Future = Future()
+    staging = (_IMAGE_THREAD.submit(_index_built, [entries], counts, built)
+               if on_index is not None or index_image.image_dir() else None)
     with _bulk_load(cursor, BULK_TABLES, enabled=True, phases=result.phases):
-        with _phase(result, "persons"):
-            persons, registration = linking.drivers_first_build(cursor=cursor, drivers=drivers)
+        # The entries first, the biggest frame, to free them early; the foreign keys come back after both.
         with _phase(result, "write_index"):
-            # The transaction's now(), as the incremental path writes it (a column default would be
-            # the statement's time, later than the job's own attempts in the same transaction).
-            cursor.execute("SELECT now()::text")
-            (now,) = cursor.fetchone()
-            # In driver_id order (drivers is): the primary key's b-tree then grows at its right edge.
-            entries = drivers.join(persons, on="driver_id", maintain_order="left").select(
-                "driver_id", "person_key", "park_id", "phone", "document", "license_document", "doc_key", "email",
-                "plate", "given_tokens", "surname_tokens", "name_tokens", "name_key", "birth_date", "hire_date",
-                pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at"))
             frame_copy(cursor, "canon.drivers_index", entries)
-            counts = (drivers.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
-                      .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
-            # Freed before the image is built beside the index builds: the refresh's peak memory is then.
-            del drivers, persons
-        # The matcher's in-memory index, built from these frames on a second thread while PostgreSQL
-        # builds the secondary indexes (the first match run then reads it from disk: identity.index_image).
-        staging = _IMAGE_THREAD.submit(_image_staged, entries, counts) if index_image.image_dir() else None
+            del entries
+        if on_index is not None:
+            # Handed over once the entries are freed (now, or when the index thread is done): the caller's
+            # work beside the build then never adds to their memory. An index that failed is not handed.
+            built.add_done_callback(lambda done: None if done.exception() else on_index(done.result()))
+        with _phase(result, "persons"):
+            registration = linking.drivers_first_write(cursor=cursor, build=build)
+            del build
     result.new_persons, result.driver_links = registration.new_persons, registration.driver_links
     with _phase(result, "token_stats"):
         cursor.execute("TRUNCATE canon.name_token_stats")
@@ -248,12 +273,9 @@ def _first_build(cursor, result: RefreshResult) -> Future | None:
     with _phase(result, "counts"):
         # From the frames in hand: counting the million rows just loaded again would cost a second.
         cursor.execute("DELETE FROM canon.drivers_index_counts")
-        cursor.execute("INSERT INTO canon.drivers_index_counts (id, drivers, persons) VALUES (1, %s, %s)",
-                       [entries.height, entries["person_key"].n_unique()])
+        cursor.execute("INSERT INTO canon.drivers_index_counts (id, drivers, persons) VALUES (1, %s, %s)", totals)
         cursor.execute("DELETE FROM canon.hires_per_day")
-        frame_copy(cursor, "canon.hires_per_day",
-                   entries.drop_nulls(["park_id", "hire_date"]).group_by("park_id", "hire_date")
-                   .agg(pl.len().cast(pl.Int64).alias("hired")))
+        frame_copy(cursor, "canon.hires_per_day", hires)
     with _phase(result, "analyze"):
         for table in ("canon.drivers_index", "canon.name_token_stats", "canon.identity_registry",
                       "canon.identity_links"):
@@ -264,14 +286,26 @@ def _first_build(cursor, result: RefreshResult) -> Future | None:
 _IMAGE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-image")
 
 
-def _image_staged(entries: pl.DataFrame, tokens: pl.DataFrame) -> Path | None:
-    """The in-memory index of a first build, staged on disk, as IndexFrame.load would read it from the
-    tables just written (empty text is NULL there: frame_copy writes it so)."""
+def _index_built(entries: list[pl.DataFrame], tokens: pl.DataFrame, built: Future) -> Path | None:
+    """The in-memory index of a first build, as IndexFrame.load would read it from the tables just
+    written (empty text is NULL there: frame_copy writes it so): the result of `built`, and staged on
+    disk when images are on. `entries` holds the build's index entries; it is emptied."""
+    try:
+        index = _index_of(entries.pop(), tokens)
+    except BaseException as error:
+        built.set_exception(error)
+        raise
+    built.set_result(index)
+    return index_image.image_stage(index.parts()) if index_image.image_dir() else None
+
+
+def _index_of(entries: pl.DataFrame, tokens: pl.DataFrame) -> IndexFrame:
     # A selection shares the entries' columns; only a text column holding "" (none, normally) is copied.
     records = entries.select(list(RECORD_SCHEMA))
+    del entries
     blank = [name for name, dtype in RECORD_SCHEMA.items() if dtype == pl.String and (records[name] == "").any()]
     records = records.with_columns(pl.col(blank).replace("", None)).cast(RECORD_SCHEMA) if blank else records.cast(RECORD_SCHEMA)
-    return index_image.image_stage(IndexFrame(records=records, freq=frequencies_load(records=records, tokens=tokens)).parts())
+    return IndexFrame(records=records, freq=frequencies_load(records=records, tokens=tokens))
 
 
 def _image_publish(staging: Future) -> None:

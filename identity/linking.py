@@ -17,7 +17,7 @@ import polars as pl
 from django.db import connection, transaction
 from django.utils import timezone
 
-from identity.bulk import frame_copy, frame_read, staging_create
+from identity.bulk import COPY_ROWS, frame_copy, frame_read, staging_create
 from identity.models import LEADS_TABLE, PARK_TIME_ZONE, ReasonCode, UndoneVia, UnmatchedStatus, Verdict
 
 
@@ -117,27 +117,40 @@ def person_keys_new(count: int) -> pl.Series:
         variant, raw.str.slice(17, 3), pl.lit("-"), raw.str.slice(20, 12)).alias("person_key")).to_series()
 
 
-def drivers_first_build(*, cursor, drivers: pl.DataFrame) -> tuple[pl.DataFrame, Registration]:
-    """Persons and driver links for a first build of the drivers index (no entry, no driver link
-    yet): one new person per document, or per driver without one; written by COPY. Returns each
-    driver's person (driver_id, person_key) and the counts."""
-    cursor.execute("SELECT now()::text")  # the transaction's time, as the set-based path writes
-    (now,) = cursor.fetchone()
+@dataclass(frozen=True)
+class FirstBuild:
+    """A first build's persons, made in memory before anything is written: one new person per document,
+    or per driver without one."""
+
+    persons: pl.DataFrame  # (grp, person_key): each new person, by the document (or driver) it stands for
+    drivers: pl.DataFrame  # (driver_id, person_key, doc_key): each driver's person, in driver_id order
+
+
+def drivers_first_persons(drivers: pl.DataFrame) -> FirstBuild:
+    """The persons of a first build of the drivers index (no entry, no driver link yet): their keys
+    drawn here, so that the matcher's index can be built before they are written (drivers_first_write)."""
     groups = drivers.select(pl.coalesce("doc_key", pl.lit("driver:") + pl.col("driver_id")).alias("grp"),
                             "driver_id", "doc_key")
     persons = groups.select("grp").unique()
     persons = persons.with_columns(person_keys_new(persons.height)).sort("person_key")
-    frame_copy(cursor, "canon.identity_registry", persons.select("person_key", pl.lit(now).alias("created_at")))
     mapping = groups.join(persons, on="grp").select("driver_id", "person_key", "doc_key").sort("driver_id")
-    links = mapping.select(
-        pl.lit("drivers").alias("source_table"), pl.col("driver_id").alias("source_pk"), "person_key",
-        pl.when(pl.col("doc_key").is_null()).then(pl.lit("driver_registration")).otherwise(pl.lit("driver_same_document"))
-        .alias("match_rule"),
-        pl.lit("high").alias("confidence_level"), pl.lit("{}").alias("evidence"), pl.lit("index-1").alias("rule_version"),
-        pl.lit(now).alias("linked_at"), pl.lit("system").alias("decided_by"))
-    frame_copy(cursor, "canon.identity_links", links)
-    registration = Registration(new_persons=persons.height, driver_links=links.height)
-    return mapping.select("driver_id", "person_key"), registration
+    return FirstBuild(persons=persons, drivers=mapping)
+
+
+def drivers_first_write(*, cursor, build: FirstBuild) -> Registration:
+    """Write a first build's persons and driver links, each by one COPY."""
+    cursor.execute("SELECT now()::text")  # the transaction's time, as the set-based path writes
+    (now,) = cursor.fetchone()
+    frame_copy(cursor, "canon.identity_registry", build.persons.select("person_key", pl.lit(now).alias("created_at")))
+    # Made and copied a slice at a time: a million rows of constant columns are never whole in memory.
+    for start in range(0, build.drivers.height, COPY_ROWS):
+        frame_copy(cursor, "canon.identity_links", build.drivers.slice(start, COPY_ROWS).select(
+            pl.lit("drivers").alias("source_table"), pl.col("driver_id").alias("source_pk"), "person_key",
+            pl.when(pl.col("doc_key").is_null()).then(pl.lit("driver_registration"))
+            .otherwise(pl.lit("driver_same_document")).alias("match_rule"),
+            pl.lit("high").alias("confidence_level"), pl.lit("{}").alias("evidence"),
+            pl.lit("index-1").alias("rule_version"), pl.lit(now).alias("linked_at"), pl.lit("system").alias("decided_by")))
+    return Registration(new_persons=build.persons.height, driver_links=build.drivers.height)
 
 
 @dataclass(frozen=True)
@@ -445,7 +458,8 @@ __all__ = [
     "LeadLink",
     "ReasonCode",
     "UnlinkOutcome",
-    "drivers_first_build",
+    "drivers_first_persons",
+    "drivers_first_write",
     "drivers_link",
     "drivers_register_persons",
     "judgement_record",

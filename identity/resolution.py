@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -40,7 +40,7 @@ from identity.matching import (
 )
 from identity.estimate import MIN_PAIRS, ModelEstimate, ShareEstimate, labels_load, m_estimate, match_share_estimate
 from identity.fields import FIELDS, LEAD_SOURCES
-from identity.index import index_changed_at
+from identity.index import drivers_index_refresh, index_changed_at
 from identity.models import LEADS_TABLE, MatchModel, ReasonCode
 from identity.rules import rules_demoted
 from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
@@ -123,9 +123,15 @@ class MatchContext:
         # A rule an audit demoted links nobody until a person restores it (identity.rules).
         thresholds = dataclasses.replace(Thresholds.from_settings(), demoted_rules=rules_demoted())
         if in_memory:
-            index = IndexFrame.load()
-            return cls(freq=_with_model(index.freq), thresholds=thresholds, index=index)
+            return cls.of_index(IndexFrame.load(), thresholds=thresholds)
         return cls(freq=_with_model(frequencies_load()), thresholds=thresholds)
+
+    @classmethod
+    def of_index(cls, index: IndexFrame, *, thresholds: Thresholds | None = None) -> MatchContext:
+        """Deciding against this in-memory index (the latest match model's m, the settings' thresholds)."""
+        if thresholds is None:
+            thresholds = dataclasses.replace(Thresholds.from_settings(), demoted_rules=rules_demoted())
+        return cls(freq=_with_model(index.freq), thresholds=thresholds, index=index)
 
     @classmethod
     def for_leads(cls, count: int) -> MatchContext:
@@ -171,10 +177,12 @@ ESTIMATE_MIN_LEADS = 2000
 ESTIMATE_SAMPLE = 10_000
 
 
-def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000) -> pl.DataFrame:
+def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000,
+              labels: pl.DataFrame | None = None) -> pl.DataFrame:
     """These leads' scored candidate pairs as a match run makes them (nothing is written): one row per
     (lead, person) with a level column per field, `source_pk`, and the labels people gave the pair
-    (`positive_label`, `negative_label`: identity.estimate counts the first and leaves the second out)."""
+    (`positive_label`, `negative_label`: identity.estimate counts the first and leaves the second out;
+    `labels`: labels_load's, read earlier)."""
     frames = []
     for start in range(0, leads.height, chunk):
         batch = leads.slice(start, chunk).with_columns(pl.int_range(pl.len(), dtype=pl.UInt32).alias("lead_i"))
@@ -183,8 +191,9 @@ def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000
     if not frames:
         return pl.DataFrame(schema={"source_pk": pl.String, **{name: pl.String for name in FIELDS}})
     pairs = pl.concat(frames, how="diagonal_relaxed")
-    labels = labels_load().select("source_pk", "person_key", pl.col("positive").alias("positive_label"),
-                                  (~pl.col("positive")).alias("negative_label"))
+    labels = (labels_load() if labels is None else labels).select(
+        "source_pk", "person_key", pl.col("positive").alias("positive_label"),
+        (~pl.col("positive")).alias("negative_label"))
     pairs = pairs.join(labels, on=["source_pk", "person_key"], how="left").with_columns(
         pl.col("positive_label").fill_null(False), pl.col("negative_label").fill_null(False))
     if not context.thresholds.recruit_window_days:
@@ -192,14 +201,15 @@ def run_pairs(leads: pl.DataFrame, context: MatchContext, *, chunk: int = 10_000
     return pairs
 
 
-def match_model_estimate(context: MatchContext, *, run_id: int | None = None) -> MatchContext:
+def match_model_estimate(context: MatchContext, *, run_id: int | None = None,
+                         labels: pl.DataFrame | None = None) -> MatchContext:
     """Estimate m from the newest ESTIMATE_SAMPLE leads' candidate pairs (with the context's current
     m: levels do not depend on it), store it as the latest match model, and return the context
     scoring with it. A level the data cannot support (too few pairs, outside its
     declared range) keeps its declared m, and the model row and the log say which and why."""
     # Every lead, linked or not, newest first: the leftovers of earlier runs alone are the hard cases.
     sample = leads_load(limit=ESTIMATE_SAMPLE)
-    pairs = run_pairs(sample, context)
+    pairs = run_pairs(sample, context, labels=labels)
     estimate = m_estimate(pairs)
     usable = estimate.usable_m()
     # A field no pair compares (no lead or no record carries it) has no estimate and needs none.
@@ -229,15 +239,17 @@ def share_estimate(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, 
     return match_share_estimate(weights, leads=leads_with_identifier(leads), persons=freq.persons)
 
 
-def match_model_current(context: MatchContext, *, run_id: int | None = None) -> MatchContext:
-    """The context scoring with a current match model: estimated now when there is none or the
-    index changed after the latest, by one process at a time (recovery workers on several machines
-    start together: the others wait for it, then read it)."""
+def match_model_current(context: MatchContext, *, run_id: int | None = None, stale: bool = False,
+                        labels: pl.DataFrame | None = None) -> MatchContext:
+    """The context scoring with a current match model: estimated now when there is none, the index
+    changed after the latest, or the caller knows it is `stale` (a build not yet committed), by one
+    process at a time (recovery workers on several machines start together: the others wait for it,
+    then read it). `labels`: labels_load's, read earlier."""
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext('ct4.match_model'))")
-        if match_model_stale():
-            return match_model_estimate(context, run_id=run_id)
+        if stale or match_model_stale():
+            return match_model_estimate(context, run_id=run_id, labels=labels)
     return dataclasses.replace(context, freq=_with_model(context.freq))
 
 
@@ -538,10 +550,47 @@ def unlinked_leads(
         return [row[0] for row in cursor.fetchall()]
 
 
+@dataclass
+class _RefreshBeside:
+    """A drivers index refresh running on its own thread (and connection) beside a match run."""
+
+    done: Future  # its RefreshResult, or its error
+    index: IndexFrame | None  # a first build's in-memory index, handed over before the build commits
+
+
+def _refresh_beside() -> _RefreshBeside:
+    """Start `refresh_drivers_index` on another thread and wait until it either hands over a first
+    build's in-memory index (it goes on writing and indexing the tables) or ends."""
+    index_ready: Future = Future()
+
+    def refresh():
+        try:
+            return drivers_index_refresh(on_index=index_ready.set_result)
+        finally:
+            connections.close_all()  # this thread's own connection
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh")
+    done = pool.submit(refresh)
+    pool.shutdown(wait=False)
+    wait([index_ready, done], return_when=FIRST_COMPLETED)
+    if index_ready.done():
+        return _RefreshBeside(done=done, index=index_ready.result())
+    done.result()  # its error is this run's
+    return _RefreshBeside(done=done, index=None)
+
+
+def _held(outcome: BatchOutcome, thresholds: Thresholds) -> BatchOutcome:
+    """A decided batch kept until it may be written: its decisions and their evidence, not its scores."""
+    resolved = outcome.resolved.with_evidence(thresholds)
+    scores = Scores(resolved.scores.candidates.clear(), resolved.scores.fields.clear(), None)
+    return dataclasses.replace(outcome, resolved=dataclasses.replace(resolved, scores=scores,
+                                                                     hits=resolved.hits.clear()))
+
+
 def leads_match(
     *, limit: int | None = None, source_pks: list[str] | None = None, batch_size: int = DEFAULT_BATCH,
     dry_run: bool = False, progress: bool | None = None, shard: tuple[int, int] | None = None,
-    redecide: bool = False,
+    redecide: bool = False, refresh: bool = False,
 ) -> Counter:
     """Match every unlinked lead (or the ones named), batch by batch, as a recorded job run.
 
@@ -553,34 +602,71 @@ def leads_match(
     A lead already decided (an open unmatched row) after the index and the match model last changed,
     by this rule version, and not changed or judged since, is not decided again unless `redecide`:
     the same inputs would give the same decision. The match model is estimated anew (from the newest
-    leads, linked or not) when there is none or the index changed after it."""
+    leads, linked or not) when there is none or the index changed after it.
+
+    `refresh` refreshes the drivers index first (refresh_drivers_index, its own recorded run). When
+    that is a first build, the leads are decided while PostgreSQL writes and indexes it, against the
+    in-memory index the build hands over (the same one the next run would read), and written once the
+    build has committed; a build that fails leaves nothing written by this run either."""
+    if refresh and (dry_run or shard):
+        raise ValueError("refresh does not combine with dry_run or shard")
     started = time.monotonic()
     totals: Counter = Counter()
     name = "match_leads" if shard is None else f"match_leads[{shard[0]}/{shard[1]}]"
-    params = {"limit": limit, "dry_run": dry_run, "named": bool(source_pks), "shard": shard, "redecide": redecide}
+    params = {"limit": limit, "dry_run": dry_run, "named": bool(source_pks), "shard": shard, "redecide": redecide,
+              "refresh": refresh}
     with job_run(name, params=params) as run:
-        if shard or limit:
-            todo = leads_load(unlinked_leads(limit=limit, source_pks=source_pks, shard=shard))
+        beside = None
+        if refresh:
+            # Read first: a first build holds canon.identity_links locked until it commits.
+            todo = leads_load(unlinked_leads(limit=limit, source_pks=source_pks) if limit else source_pks,
+                              unlinked_only=True)
+            labels = labels_load()
+            beside = _refresh_beside()
+        if beside is not None and beside.index is not None:
+            context = MatchContext.of_index(beside.index)
+            if todo.height >= ESTIMATE_MIN_LEADS:  # a new index: any model is older
+                context = match_model_current(context, run_id=run.run.pk, stale=True, labels=labels)
+                totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         else:
-            since = None if (source_pks or redecide) else match_inputs_changed_at()
-            todo = leads_load(source_pks, unlinked_only=True, undecided_since=since)
-        context = MatchContext.for_leads(todo.height)
-        if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run:
-            context = match_model_current(context, run_id=run.run.pk)
-            totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
+            if shard or limit:
+                todo = leads_load(unlinked_leads(limit=limit, source_pks=source_pks, shard=shard))
+            else:
+                since = None if (source_pks or redecide) else match_inputs_changed_at()
+                todo = leads_load(source_pks, unlinked_only=True, undecided_since=since)
+            context = MatchContext.for_leads(todo.height)
+            if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run:
+                context = match_model_current(context, run_id=run.run.pk)
+                totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         totals["load_seconds"] = round(time.monotonic() - started, 2)
+        # Written only once the build beside this run has committed (its persons exist then).
+        gate = beside.done if beside is not None and beside.index is not None else None
         chunk = batch_size * (DECIDE_BATCHES if context.index is not None else 1)
         # Several chunks: each is written by a second thread (its own connection) while the next
         # is decided, so PostgreSQL's work on the writes overlaps the scoring.
-        pipelined = todo.height > chunk and not dry_run
+        pipelined = (todo.height > chunk or gate is not None) and not dry_run
         with progress_bar(todo.height, "matching", progress) as bar, ThreadPoolExecutor(max_workers=1) as writer:
-            in_flight: tuple[int, Future, int] | None = None
+            in_flight: deque[tuple[int, Future, int]] = deque()
+            held: list[tuple[int, BatchOutcome, int]] = []
 
             def finish(batch_no: int, counts: Counter, height: int) -> None:
                 totals.update(counts)
                 run.counts = dict(totals)
                 run.log_batch(batch_no, **counts)
                 bar.update(height)
+
+            def release() -> None:
+                """Hand the decided batches to the writer thread, once the build (if any) committed."""
+                if gate is not None:
+                    gate.result()  # a failed build's error is this run's, before anything is written
+                for batch_no, outcome, height in held:
+                    in_flight.append((batch_no, writer.submit(_write_in_thread, outcome, context, batch_size), height))
+                held.clear()
+
+            def drain(keep: int) -> None:
+                while len(in_flight) > keep:
+                    batch_no, future, height = in_flight.popleft()
+                    finish(batch_no, future.result(), height)
 
             try:
                 for batch_no, start in enumerate(range(0, todo.height, chunk), start=1):
@@ -593,14 +679,19 @@ def leads_match(
                             batch.height)
                         continue
                     outcome = reconnecting(lambda: leads_resolve_frame(batch, context, write=False), handle=run)
-                    if in_flight:
-                        finish(in_flight[0], in_flight[1].result(), in_flight[2])
-                    in_flight = (batch_no, writer.submit(_write_in_thread, outcome, context, batch_size), batch.height)
-                if in_flight:
-                    finish(in_flight[0], in_flight[1].result(), in_flight[2])
+                    if gate is not None and not gate.done():
+                        held.append((batch_no, _held(outcome, context.thresholds), batch.height))
+                        continue
+                    held.append((batch_no, outcome, batch.height))
+                    release()
+                    drain(keep=1)
+                release()
+                drain(keep=0)
             finally:
                 if pipelined:  # the writer thread's own connection
                     writer.submit(connections.close_all).result()
+        if beside is not None:
+            beside.done.result()  # an incremental refresh's, or a build's that had no leads to wait for
         if totals["linked"] and not dry_run:
             tables_analyze(*LINK_TABLES, changed=totals["processed"])
         totals["seconds"] = round(time.monotonic() - started, 2)

@@ -4,17 +4,19 @@ to its leads scored one by one, the registry driving evidence, and both candidat
 import dataclasses
 import json
 import math
+import threading
 from datetime import date
 
 import polars as pl
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db.models.functions import Now
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import DamerauLevenshtein
 
-from identity import estimate, resolution
+from identity import estimate, linking, resolution
 from identity import fields as registry
 from identity.candidates import (
     _VARIANTS_IN_PYTHON_MAX,
@@ -46,7 +48,16 @@ from identity.matching import (
     pairs_frame,
     pairs_score,
 )
-from identity.models import CabinetLead, IdentityLink, IdentityUnmatched, JobRun, MatchModel, ReasonCode, SourceTable
+from identity.models import (
+    CabinetLead,
+    DriverIndexEntry,
+    IdentityLink,
+    IdentityUnmatched,
+    JobRun,
+    MatchModel,
+    ReasonCode,
+    SourceTable,
+)
 from identity.resolution import MatchContext, leads_decide_frame, leads_load, leads_match
 from identity.tests.factories import make_driver, make_lead
 from identity.tests.factories import make_lead as _make_lead
@@ -265,13 +276,24 @@ def test_a_field_declared_in_the_registry_shows_up_in_explain_lead(extra_field, 
 
 @pytest.fixture
 def park(db):
+    _park(indexed=True)
+
+
+@pytest.fixture
+def unindexed_park(transactional_db):
+    """The park, committed, before any refresh of the drivers index."""
+    _park(indexed=False)
+
+
+def _park(*, indexed: bool):
     make_driver(driver_id="D1", first_name="Juan Carlos", last_name="Quispe Mamani", phone="951234567",
                 document="44556677")
     make_driver(driver_id="D2", first_name="Rosa", last_name="Quispe Mamani", phone="951234567")  # his sister
     make_driver(driver_id="D3", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344")
     make_driver(driver_id="D4", first_name="Wilmer", last_name="Ccahuana Huillca", plate="ABC123")
     make_driver(driver_id="D5", first_name="Luz", last_name="Gutierrez Salazar", phone="960703192")
-    drivers_index_refresh()
+    if indexed:
+        drivers_index_refresh()
     # Leads carry only what each case says (the factory would give each a DNI, e-mail and birth date of its own).
     none = {"phone": None, "document": None, "email": None, "birth_date": None}
     make_lead = lambda **fields: _make_lead(**{**none, **fields})  # noqa: E731
@@ -603,6 +625,96 @@ def test_chunks_written_by_a_second_thread_while_the_next_is_decided(transaction
     unmatched = dict(IdentityUnmatched.objects.values_list("source_pk", "reason_code"))
     assert unmatched == {pk: outcome for pk, outcome in alone.items() if outcome != "link"}
     assert JobRun.objects.get(name="match_leads").counts["processed"] == 6
+
+
+def _lead_outcomes() -> dict:
+    """What the runs wrote for each lead: ("link", its person's drivers) or its open unmatched reason."""
+    written = {pk: reason for pk, reason in IdentityUnmatched.objects.filter(status="open")
+               .values_list("source_pk", "reason_code")}
+    for link in IdentityLink.objects.filter(source_table=SourceTable.CABINET_LEADS):
+        drivers = IdentityLink.objects.filter(source_table=SourceTable.DRIVERS, person_id=link.person_id)
+        written[link.source_pk] = ("link", tuple(sorted(drivers.values_list("source_pk", flat=True))))
+    return written
+
+
+@pytest.fixture
+def decided_beside_the_build(monkeypatch):
+    """Holds the first build's writes until the matcher has decided a chunk against the index it handed
+    over (a matcher that waited for the build would never get there: the build goes on after 30 s)."""
+    decided = threading.Event()
+    resolve = resolution.leads_resolve_frame
+
+    def resolve_noted(*args, **kwargs):
+        outcome = resolve(*args, **kwargs)
+        decided.set()
+        return outcome
+
+    write = linking.drivers_first_write
+
+    def write_held(**kwargs):
+        decided.wait(30)
+        return write(**kwargs)
+
+    monkeypatch.setattr(resolution, "leads_resolve_frame", resolve_noted)
+    monkeypatch.setattr(linking, "drivers_first_write", write_held)
+    return decided
+
+
+def test_match_with_refresh_decides_beside_the_first_build_as_after_it(unindexed_park, settings, monkeypatch,
+                                                                      decided_beside_the_build):
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    monkeypatch.setattr(resolution, "DECIDE_BATCHES", 1)
+    totals = leads_match(refresh=True, batch_size=2)
+    assert decided_beside_the_build.is_set()  # decided before the build wrote its persons
+    assert totals["processed"] == 6
+    runs = dict(JobRun.objects.values_list("name", "status"))
+    assert runs == {"refresh_drivers_index": "succeeded", "match_leads": "succeeded"}
+    beside = _lead_outcomes()
+    assert {pk for pk, outcome in beside.items() if outcome[0] == "link"} == {"A", "B", "D", "E"}
+    assert beside["A"] == ("link", ("D1",)) and beside["F"] == ReasonCode.NO_CANDIDATES
+    # The same decisions as a run after the committed build makes against the same index.
+    after = decisions_materialize(*_decided(MatchContext.load(in_memory=True)))
+    assert {pk: d.outcome for pk, d in after.items()} == {
+        pk: "link" if isinstance(outcome, tuple) else outcome for pk, outcome in beside.items()}
+    persons = dict(IdentityLink.objects.filter(source_table=SourceTable.CABINET_LEADS)
+                   .values_list("source_pk", "person_id"))
+    assert {pk: d.person_key for pk, d in after.items() if d.outcome == "link"} == {
+        pk: str(person) for pk, person in persons.items()}
+
+
+def test_a_first_build_failing_beside_the_match_leaves_nothing_written(unindexed_park, settings, monkeypatch,
+                                                                       decided_beside_the_build):
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    write = linking.drivers_first_write
+
+    def write_fails(**kwargs):
+        write(**kwargs)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(linking, "drivers_first_write", write_fails)
+    with pytest.raises(RuntimeError, match="disk full"):
+        leads_match(refresh=True)
+    assert decided_beside_the_build.is_set()
+    assert not IdentityLink.objects.exists() and not IdentityUnmatched.objects.exists()
+    assert not DriverIndexEntry.objects.exists()
+    assert dict(JobRun.objects.values_list("name", "status")) == {"refresh_drivers_index": "failed",
+                                                                  "match_leads": "failed"}
+
+
+def test_match_with_refresh_after_an_incremental_refresh(transactional_db, park, settings):
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+    assert leads_match()["linked"] == 4
+    make_driver(driver_id="D9", first_name="Pedro", last_name="Nadie Nunca", phone="999888777")
+    totals = leads_match(refresh=True)
+    assert totals["processed"] == 2 and totals["linked"] == 1  # C and F decided again; F has a driver now
+    assert _lead_outcomes()["F"] == ("link", ("D9",))
+    assert JobRun.objects.filter(name="refresh_drivers_index").count() == 2
+
+
+@pytest.mark.django_db
+def test_match_with_refresh_refuses_a_dry_run():
+    with pytest.raises(CommandError, match="--refresh does not combine"):
+        call_command("match_leads", "--refresh", "--dry-run")
 
 
 def _decided(context: MatchContext):
