@@ -18,6 +18,7 @@ from rapidfuzz.distance import DamerauLevenshtein
 
 from identity import estimate, linking, resolution
 from identity import fields as registry
+from identity import index as index_module
 from identity.candidates import (
     _VARIANTS_IN_PYTHON_MAX,
     IndexFrame,
@@ -699,6 +700,20 @@ def test_a_first_build_failing_beside_the_match_leaves_nothing_written(unindexed
     assert not DriverIndexEntry.objects.exists()
     assert dict(JobRun.objects.values_list("name", "status")) == {"refresh_drivers_index": "failed",
                                                                   "match_leads": "failed"}
+
+
+def test_match_with_refresh_when_the_builds_index_fails_matches_after_the_build(unindexed_park, settings,
+                                                                                monkeypatch):
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1
+
+    def index_fails(entries, tokens):
+        raise MemoryError("no room for the index")
+
+    monkeypatch.setattr(index_module, "_index_of", index_fails)
+    totals = leads_match(refresh=True)  # the build stands; the leads are decided after it, from the tables
+    assert totals["processed"] == 6 and totals["linked"] == 4
+    assert dict(JobRun.objects.values_list("name", "status")) == {"refresh_drivers_index": "succeeded",
+                                                                  "match_leads": "succeeded"}
 
 
 def test_match_with_refresh_after_an_incremental_refresh(transactional_db, park, settings):
