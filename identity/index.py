@@ -110,8 +110,9 @@ def drivers_index_refresh(*, full: bool = False, trigger: str = "command", run_i
                           on_index: Callable[[IndexFrame], None] | None = None) -> RefreshResult:
     """Bring the index up to date with the drivers table and register new drivers as persons.
 
-    On a first build, `on_index` is handed the matcher's in-memory index of what the build writes as
-    soon as it is built, on another thread, while PostgreSQL is still writing and indexing the tables:
+    On a first build, `on_index` is handed the matcher's in-memory index of what the build writes once
+    the index entries are copied (and that index built, on another thread), while PostgreSQL is still
+    writing the persons and links and indexing the tables:
     a caller may decide leads against it, and must write nothing that names its persons before this
     call returns (they are committed then; a failed build rolls them back)."""
     started = time.monotonic()
