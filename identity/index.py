@@ -212,6 +212,12 @@ def _refresh(cursor, *, full: bool, on_index: Callable[[IndexFrame], None] | Non
     return result
 
 
+def index_is_empty() -> bool:
+    """No index entry and no driver link yet: the next refresh is a first build."""
+    with connection.cursor() as cursor:
+        return _index_is_empty(cursor)
+
+
 def _index_is_empty(cursor) -> bool:
     cursor.execute("SELECT NOT EXISTS (SELECT 1 FROM canon.drivers_index) "
                    "AND NOT EXISTS (SELECT 1 FROM canon.identity_links WHERE source_table = 'drivers')")
@@ -233,7 +239,8 @@ def _first_build(cursor, result: RefreshResult, on_index: Callable[[IndexFrame],
         # handed to on_index and staged on disk (the first match run reads it: identity.index_image).
         build = linking.drivers_first_persons(drivers)
         # The transaction's now(), as the incremental path writes it (a column default would be the
-        # statement's time, later than the job's own attempts in the same transaction).
+        # statement's time, later than the job's own attempts in the same transaction): the entries',
+        # the persons' and the driver links' time.
         cursor.execute("SELECT now()::text")
         (now,) = cursor.fetchone()
         # In driver_id order (drivers is, and so is build.drivers, row for row): the primary key's b-tree
@@ -265,7 +272,7 @@ def _first_build(cursor, result: RefreshResult, on_index: Callable[[IndexFrame],
             # work beside the build then never adds to their memory. An index that failed is not handed.
             built.add_done_callback(lambda done: None if done.exception() else on_index(done.result()))
         with _phase(result, "persons"):
-            registration = linking.drivers_first_write(cursor=cursor, build=build)
+            registration = linking.drivers_first_write(cursor=cursor, build=build, now=now)
             del build
     result.new_persons, result.driver_links = registration.new_persons, registration.driver_links
     with _phase(result, "token_stats"):

@@ -137,10 +137,8 @@ def drivers_first_persons(drivers: pl.DataFrame) -> FirstBuild:
     return FirstBuild(persons=persons, drivers=mapping)
 
 
-def drivers_first_write(*, cursor, build: FirstBuild) -> Registration:
-    """Write a first build's persons and driver links, each by one COPY."""
-    cursor.execute("SELECT now()::text")  # the transaction's time, as the set-based path writes
-    (now,) = cursor.fetchone()
+def drivers_first_write(*, cursor, build: FirstBuild, now: str) -> Registration:
+    """Write a first build's persons and driver links by COPY (`now`: the transaction's time, as text)."""
     frame_copy(cursor, "canon.identity_registry", build.persons.select("person_key", pl.lit(now).alias("created_at")))
     # Made and copied a slice at a time: a million rows of constant columns are never whole in memory.
     for start in range(0, build.drivers.height, COPY_ROWS):

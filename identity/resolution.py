@@ -40,7 +40,7 @@ from identity.matching import (
 )
 from identity.estimate import MIN_PAIRS, ModelEstimate, ShareEstimate, labels_load, m_estimate, match_share_estimate
 from identity.fields import FIELDS, LEAD_SOURCES
-from identity.index import drivers_index_refresh, index_changed_at
+from identity.index import drivers_index_refresh, index_changed_at, index_is_empty
 from identity.models import LEADS_TABLE, MatchModel, ReasonCode
 from identity.rules import rules_demoted
 from identity.runs import LINK_TABLES, job_run, progress_bar, reconnecting, tables_analyze
@@ -120,18 +120,14 @@ class MatchContext:
 
     @classmethod
     def load(cls, *, in_memory: bool = False) -> MatchContext:
-        # A rule an audit demoted links nobody until a person restores it (identity.rules).
-        thresholds = dataclasses.replace(Thresholds.from_settings(), demoted_rules=rules_demoted())
         if in_memory:
-            return cls.of_index(IndexFrame.load(), thresholds=thresholds)
-        return cls(freq=_with_model(frequencies_load()), thresholds=thresholds)
+            return cls.of_index(IndexFrame.load())
+        return cls(freq=_with_model(frequencies_load()), thresholds=_thresholds())
 
     @classmethod
-    def of_index(cls, index: IndexFrame, *, thresholds: Thresholds | None = None) -> MatchContext:
+    def of_index(cls, index: IndexFrame) -> MatchContext:
         """Deciding against this in-memory index (the latest match model's m, the settings' thresholds)."""
-        if thresholds is None:
-            thresholds = dataclasses.replace(Thresholds.from_settings(), demoted_rules=rules_demoted())
-        return cls(freq=_with_model(index.freq), thresholds=thresholds, index=index)
+        return cls(freq=_with_model(index.freq), thresholds=_thresholds(), index=index)
 
     @classmethod
     def for_leads(cls, count: int) -> MatchContext:
@@ -141,6 +137,11 @@ class MatchContext:
     @property
     def source(self) -> IndexFrame | SqlIndex:
         return self.index if self.index is not None else SqlIndex(self.freq)
+
+
+def _thresholds() -> Thresholds:
+    # A rule an audit demoted links nobody until a person restores it (identity.rules).
+    return dataclasses.replace(Thresholds.from_settings(), demoted_rules=rules_demoted())
 
 
 def match_model_latest() -> tuple[dict, float | None]:
@@ -617,13 +618,17 @@ def leads_match(
               "refresh": refresh}
     with job_run(name, params=params) as run:
         beside = None
-        if refresh:
+        if refresh and index_is_empty():
             # Read first: a first build holds canon.identity_links locked until it commits.
             todo = leads_load(unlinked_leads(limit=limit, source_pks=source_pks) if limit else source_pks,
                               unlinked_only=True)
             labels = labels_load()
             beside = _refresh_beside()
-        if beside is not None and beside.index is not None:
+            if beside.index is None:  # the build ended (committed) without handing an index over
+                beside = None
+        elif refresh:  # an incremental refresh: seconds at most, nothing to decide beside it
+            drivers_index_refresh()
+        if beside is not None:
             context = MatchContext.of_index(beside.index)
             if todo.height >= ESTIMATE_MIN_LEADS:  # a new index: any model is older
                 context = match_model_current(context, run_id=run.run.pk, stale=True, labels=labels)
@@ -640,7 +645,7 @@ def leads_match(
                 totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         totals["load_seconds"] = round(time.monotonic() - started, 2)
         # Written only once the build beside this run has committed (its persons exist then).
-        gate = beside.done if beside is not None and beside.index is not None else None
+        gate = beside.done if beside is not None else None
         chunk = batch_size * (DECIDE_BATCHES if context.index is not None else 1)
         # Several chunks: each is written by a second thread (its own connection) while the next
         # is decided, so PostgreSQL's work on the writes overlaps the scoring.
@@ -690,8 +695,6 @@ def leads_match(
             finally:
                 if pipelined:  # the writer thread's own connection
                     writer.submit(connections.close_all).result()
-        if beside is not None:
-            beside.done.result()  # an incremental refresh's, or a build's that had no leads to wait for
         if totals["linked"] and not dry_run:
             tables_analyze(*LINK_TABLES, changed=totals["processed"])
         totals["seconds"] = round(time.monotonic() - started, 2)
