@@ -122,7 +122,7 @@ class FirstBuild:
     """A first build's persons, made in memory before anything is written: one new person per document,
     or per driver without one."""
 
-    persons: pl.DataFrame  # (grp, person_key): each new person, by the document (or driver) it stands for
+    persons: pl.DataFrame  # (person_key): each new person
     drivers: pl.DataFrame  # (driver_id, person_key, doc_key): each driver's person, in driver_id order
 
 
@@ -134,7 +134,8 @@ def drivers_first_persons(drivers: pl.DataFrame) -> FirstBuild:
     persons = groups.select("grp").unique()
     persons = persons.with_columns(person_keys_new(persons.height)).sort("person_key")
     mapping = groups.join(persons, on="grp").select("driver_id", "person_key", "doc_key").sort("driver_id")
-    return FirstBuild(persons=persons, drivers=mapping)
+    # Without the documents they were drawn for: the build holds these frames while the matcher works.
+    return FirstBuild(persons=persons.select("person_key"), drivers=mapping)
 
 
 def drivers_first_write(*, cursor, build: FirstBuild, now: str) -> Registration:
