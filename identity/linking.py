@@ -245,14 +245,19 @@ def origins_refresh(*, cursor, person_keys: list[str] | None = None) -> int:
 
     Earliest = the lead's created_at, ties broken by source_pk. Returns rows written.
     """
-    scope = "AND l.person_key = ANY(%s::uuid[])" if person_keys is not None else ""
+    # For given persons, their links are found through the person index only: `source_table || ''` keeps
+    # the planner off the (source_table, source_pk) index, which the statistics of a run's start (no lead
+    # link yet) made look cheap, and which scans every lead link written so far (a match run's origins
+    # grew from 16 to 500 ms a batch).
+    where = ("l.source_table || '' = %s AND l.person_key = ANY(%s::uuid[])" if person_keys is not None
+             else "l.source_table = %s")
     cursor.execute(
         f"""
         INSERT INTO canon.identity_origin AS o (person_key, origin_tag, origin_source_id, created_at, updated_at)
         SELECT DISTINCT ON (l.person_key) l.person_key, 'cabinet_lead', l.source_pk, now(), now()
         FROM canon.identity_links l
         JOIN public.module_ct_cabinet_leads c ON c.source_pk = l.source_pk
-        WHERE l.source_table = %s {scope}
+        WHERE {where}
         ORDER BY l.person_key, c.created_at, l.source_pk
         ON CONFLICT (person_key) DO UPDATE
             SET origin_source_id = EXCLUDED.origin_source_id, updated_at = now()

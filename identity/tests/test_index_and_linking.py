@@ -4,6 +4,7 @@ import threading
 import uuid
 from datetime import timedelta
 
+import polars as pl
 import pytest
 from django.core.management import call_command
 from django.db import connection, connections
@@ -324,3 +325,44 @@ def test_a_bulk_refresh_builds_every_index_and_foreign_key_again():
         cursor.execute("SELECT t, count(*) FROM canon.drivers_index, unnest(name_tokens) t GROUP BY t")
         direct = dict(cursor.fetchall())
     assert direct and {s.token: s.drivers for s in NameTokenStat.objects.all()} == direct
+
+
+def _links_on_stale_statistics(cursor, *, persons: int, leads: int) -> list[str]:
+    """`persons` persons with a driver link each and `leads` leads, the links table analyzed before any
+    lead link exists (a match run's start after a first build). Returns the person keys."""
+    cursor.execute("INSERT INTO canon.identity_registry (person_key) "
+                   "SELECT gen_random_uuid() FROM generate_series(1, %s)", [persons])
+    cursor.execute(
+        "INSERT INTO canon.identity_links (source_table, source_pk, person_key, match_rule, confidence_level, evidence,"
+        " rule_version, decided_by) SELECT 'drivers', 'D' || row_number() OVER (), person_key, 'driver_registration',"
+        " 'high', '{}', 'index-1', 'system' FROM canon.identity_registry")
+    cursor.execute("INSERT INTO public.module_ct_cabinet_leads (id, created_at) "
+                   "SELECT n, now() - n * interval '1 minute' FROM generate_series(1, %s) n", [leads])
+    cursor.execute("ANALYZE canon.identity_links")
+    cursor.execute("SELECT person_key::text FROM canon.identity_registry ORDER BY person_key")
+    return [row[0] for row in cursor.fetchall()]
+
+
+def _lead_links(first: int, last: int, person_keys: list[str]) -> pl.DataFrame:
+    pks = [str(n) for n in range(first, last + 1)]
+    return pl.DataFrame({"source_pk": pks, "person_key": person_keys[:len(pks)], "match_rule": "fs_personal_key",
+                         "match_score": 20.0, "confidence_level": "high", "evidence": "{}", "rule_version": "r"},
+                        schema={name: pl.Float64 if name == "match_score" else pl.String
+                                for name in linking.LINK_COLUMNS})
+
+
+def test_a_batch_of_links_reads_its_own_persons_not_every_lead_link_written_before_it():
+    # Statistics taken before the run's first lead link made the (source_table, source_pk) index look
+    # like the cheap way to a person's lead links: the origins statement and the lead-window trigger
+    # then read every lead link written so far, at every batch (16 ms growing to 500 ms at 70,000).
+    with connection.cursor() as cursor:
+        person_keys = _links_on_stale_statistics(cursor, persons=6000, leads=5700)
+        linking.leads_link_frame(links=_lead_links(1, 5000, person_keys))
+        cursor.execute("SELECT pg_stat_get_xact_tuples_returned('canon.identity_link_one_per_source'::regclass)")
+        before = cursor.fetchone()[0]
+        outcome = linking.leads_link_frame(links=_lead_links(5001, 5700, person_keys[5000:]))
+        cursor.execute("SELECT pg_stat_get_xact_tuples_returned('canon.identity_link_one_per_source'::regclass)")
+        read = cursor.fetchone()[0] - before
+    assert len(outcome.linked) == 700 and outcome.origins_written == 700
+    # Each new link's own entry, looked up a few times (the lead window, the unmatched rows): not 5,700.
+    assert read <= 3 * 700, f"{read} entries of the (source_table, source_pk) index read for a batch of 700 links"
