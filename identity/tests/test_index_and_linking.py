@@ -319,12 +319,32 @@ def test_a_bulk_refresh_builds_every_index_and_foreign_key_again():
     assert _indexes_and_constraints() == before
     assert _person_of("D1") == _person_of("D2")
     assert uuid.UUID(_person_of("D1")).version == 4
-    with connection.cursor() as cursor:  # the driver links' trigger kept the unlinked set exact
+    with connection.cursor() as cursor:  # the first build emptied the unlinked set (drivers_first_write)
         cursor.execute("SELECT count(*) FROM canon.drivers_unlinked")
         assert cursor.fetchone()[0] == 0
         cursor.execute("SELECT t, count(*) FROM canon.drivers_index, unnest(name_tokens) t GROUP BY t")
         direct = dict(cursor.fetchall())
     assert direct and {s.token: s.drivers for s in NameTokenStat.objects.all()} == direct
+
+
+def test_a_first_build_leaves_a_driver_it_did_not_read_listed_as_unlinked(monkeypatch):
+    # The first build empties canon.drivers_unlinked instead of deleting a million rows through its
+    # trigger, then lists again the drivers still without a link: here one imported after its read.
+    make_driver(driver_id="D1", document="44556677")
+    drawn = linking.drivers_first_persons
+
+    def with_a_late_driver(drivers):
+        make_driver(driver_id="LATE", document="11223344")
+        return drawn(drivers)
+
+    monkeypatch.setattr(linking, "drivers_first_persons", with_a_late_driver)
+    result = drivers_index_refresh(full=True)
+    assert result.driver_links == 1
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT driver_id FROM canon.drivers_unlinked")
+        assert cursor.fetchall() == [("LATE",)]
+        cursor.execute("SELECT tgenabled FROM pg_trigger WHERE tgname = 'drivers_unlinked_link_insert'")
+        assert cursor.fetchone() == ("O",)  # enabled again
 
 
 def _links_on_stale_statistics(cursor, *, persons: int, leads: int) -> list[str]:
