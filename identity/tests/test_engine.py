@@ -22,6 +22,7 @@ from identity import index as index_module
 from identity.candidates import (
     _VARIANTS_IN_PYTHON_MAX,
     IndexFrame,
+    SqlIndex,
     _contained,
     _one_typo_variants_small,
     blocking_report,
@@ -319,6 +320,18 @@ def test_the_database_lookups_and_the_index_in_memory_decide_alike(park):
     assert in_sql == in_memory
     assert in_sql["A"][0] == "link" and in_sql["E"][0] == "link"
     assert in_sql["F"][0] == ReasonCode.NO_CANDIDATES
+
+
+def test_the_database_and_the_index_in_memory_find_the_same_records_by_value(park):
+    # The database probes each value (dates too) instead of one `= ANY`: the same records either way.
+    index = IndexFrame.load()
+    born = DriverIndexEntry.objects.exclude(birth_date=None).values_list("birth_date", flat=True)[0]
+    for column, values in (("birth_date", pl.Series([born, date(1901, 1, 1), None])),
+                           ("document", pl.Series(["11223344", "11223344", "99999999"])), ("phone", pl.Series([None]))):
+        found = [source.records_with(column, values).select("value", "person_key", "given_tokens", "surname_tokens")
+                 .sort("person_key") for source in (SqlIndex(index.freq), index)]
+        assert found[0].equals(found[1]), column
+        assert found[0].height == {"birth_date": 1, "document": 1, "phone": 0}[column]
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
