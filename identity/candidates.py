@@ -104,6 +104,8 @@ class IndexFrame:
     # of a scan of every record per lookup; built on a column's first lookup (50 ms at 1M), never saved
     # (a hash is only stable within one process).
     _lookups: dict = field(init=False, default_factory=dict, repr=False)
+    # Each record's name initials as bits (_initials), by row: made on the first initials rule's lookup.
+    _initials: np.ndarray | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         # By person, then driver: the same rows in the same order whatever order the records came in.
@@ -155,7 +157,7 @@ class IndexFrame:
         frames = parts.frames
         index.records, index.vocabulary, index.token_pairs = frames["records"], frames["vocabulary"], frames["token_pairs"]
         index.person_starts, index.token_keys = parts.arrays["person_starts"], parts.arrays["token_keys"]
-        index._lookups = {}
+        index._lookups, index._initials = {}, None
         index.freq = Frequencies(persons=parts.meta["persons"], drivers=parts.meta["drivers"], tokens=frames["tokens"],
                                  hires=frames["hires"])
         return index
@@ -234,9 +236,25 @@ class IndexFrame:
         return self.records.filter(pl.col("person_key").is_in(person_keys.unique().implode())).drop("person_i")
 
     def records_with(self, column: str, values: pl.Series) -> pl.DataFrame:
-        """Every record whose `column` is one of `values` (value, person_key, person_i, name tokens)."""
-        return self.records.select(pl.col(column).alias("value"), "person_key", "person_i", "given_tokens",
-                                   "surname_tokens")[self._rows_with(column, values)]
+        """Every record whose `column` is one of `values` (value, person_key, person_i, initials: the bits
+        of its name tokens' first letters)."""
+        rows = self._rows_with(column, values)
+        return self.records.select(pl.col(column).alias("value"), "person_key", "person_i")[rows].with_columns(
+            pl.Series("initials", self.initials()[rows], dtype=pl.UInt32))
+
+    def initials(self) -> np.ndarray:
+        """Each record's name initials as bits (see _initials), from its tokens' codes: computed once (a
+        birth date's records, gathered with their tokens for every batch, cost a tenth of deciding)."""
+        if self._initials is None:
+            bits = self.vocabulary.sort("code").select(_initial_bits(pl.col("token"))).to_series().to_numpy()
+            driver = (self.token_keys >> np.uint64(32)).astype(np.int64)
+            code = (self.token_keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            initials = np.zeros(self.records.height, dtype=np.uint32)
+            if len(driver):  # the keys are sorted: each record's tokens are one run
+                starts = np.flatnonzero(np.append(True, driver[1:] != driver[:-1]))
+                initials[driver[starts]] = np.bitwise_or.reduceat(bits[code], starts)
+            self._initials = initials
+        return self._initials
 
     def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
         """(lead_i, record columns...): every record of each (lead_i, person_i), by slicing."""
@@ -349,7 +367,7 @@ class SqlIndex:
                   "surname_tokens": pl.List(pl.String)}
         wanted = values.drop_nulls().unique().to_list()
         if not wanted:
-            return pl.DataFrame(schema=schema)
+            return pl.DataFrame(schema=schema).select("value", "person_key", pl.lit(0, pl.UInt32).alias("initials"))
         # One index probe per value, whatever their number: a key's one-typo variants are ~100 a value
         # (27,700 for 1,000 leads), and `= ANY` of that many made the planner scan the million rows
         # on every core (210 ms, against 70-140 ms probing on one).
@@ -357,7 +375,8 @@ class SqlIndex:
                           f"FROM unnest(%s::{'date' if schema['value'] == pl.Date else 'text'}[]) AS v(value) "
                           f"CROSS JOIN LATERAL ("
                           f"SELECT * FROM canon.drivers_index x WHERE x.{column} = v.value OFFSET 0) d",
-                          [wanted], schema=schema)
+                          [wanted], schema=schema).select(
+            "value", "person_key", _initials(pl.concat_list("given_tokens", "surname_tokens")).alias("initials"))
 
 
 def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
@@ -383,8 +402,19 @@ def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, f
     return pl.concat(parts) if parts else pl.DataFrame(schema=HITS_SCHEMA)
 
 
+# A name token's first letter as one bit: tokens are [a-z]+ (identity.normalize), so a set of initials
+# fits in 26 bits, and the initials two names share are the bits of an AND.
+_INITIAL_BITS = {letter: 1 << i for i, letter in enumerate(string.ascii_lowercase)}
+
+
+def _initial_bits(token: pl.Expr) -> pl.Expr:
+    """A token's first letter as its bit (a token outside [a-z]+ is an error, not a silent 0)."""
+    return token.str.slice(0, 1).replace_strict(_INITIAL_BITS, return_dtype=pl.UInt32)
+
+
 def _initials(tokens: pl.Expr) -> pl.Expr:
-    return tokens.list.eval(pl.element().str.slice(0, 1)).list.unique()
+    """The set of a list of tokens' first letters, as bits (0: no token)."""
+    return tokens.list.eval(_initial_bits(pl.element())).list.unique().list.sum().fill_null(0).cast(pl.UInt32)
 
 
 # The characters a typo may put in place of another: a digit for a digit; a letter for a letter or a
@@ -446,17 +476,16 @@ def initials_hits(source: IndexFrame | SqlIndex, rule: BlockingRule, leads: pl.D
     INITIALS_MIN_SHARED of the lead's (all of them when the lead has fewer); a lead finding more
     persons than the rule's cap this way finds none."""
     wanted = (leads.select("lead_i", pl.col(rule.lead_column).alias("value"), _initials(pl.col("name_tokens")).alias("lead_initials"))
-              .drop_nulls("value").filter(pl.col("lead_initials").list.len() > 0))
+              .drop_nulls("value").filter(pl.col("lead_initials") > 0))
     values = wanted.select("lead_i", "value")
     if rule.kind == BlockKind.ONE_TYPO_AND_INITIALS:
         values = one_typo_variants(values)
     if not values.height:
         return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
     found = source.records_with(rule.index_column, values["value"])
-    found = found.with_columns(_initials(pl.concat_list("given_tokens", "surname_tokens")).alias("initials"))
-    shared = pl.col("lead_initials").list.set_intersection(pl.col("initials")).list.len()
-    need = pl.min_horizontal(pl.col("lead_initials").list.len(), pl.lit(INITIALS_MIN_SHARED))
-    hits = (values.join(found.drop("given_tokens", "surname_tokens"), on="value")
+    shared = (pl.col("lead_initials") & pl.col("initials")).bitwise_count_ones()
+    need = pl.min_horizontal(pl.col("lead_initials").bitwise_count_ones(), pl.lit(INITIALS_MIN_SHARED, pl.UInt32))
+    hits = (values.join(found, on="value")
             .join(wanted.select("lead_i", "lead_initials"), on="lead_i").filter(shared >= need)
             .drop("lead_initials", "initials", "value").unique(subset=["lead_i", "person_key"]))
     small = hits.group_by("lead_i").agg(pl.len().alias("persons")).filter(pl.col("persons") <= rule.cap)

@@ -328,10 +328,16 @@ def test_the_database_and_the_index_in_memory_find_the_same_records_by_value(par
     born = DriverIndexEntry.objects.exclude(birth_date=None).values_list("birth_date", flat=True)[0]
     for column, values in (("birth_date", pl.Series([born, date(1901, 1, 1), None])),
                            ("document", pl.Series(["11223344", "11223344", "99999999"])), ("phone", pl.Series([None]))):
-        found = [source.records_with(column, values).select("value", "person_key", "given_tokens", "surname_tokens")
-                 .sort("person_key") for source in (SqlIndex(index.freq), index)]
+        found = [source.records_with(column, values).select("value", "person_key", "initials").sort("person_key")
+                 for source in (SqlIndex(index.freq), index)]
         assert found[0].equals(found[1]), column
         assert found[0].height == {"birth_date": 1, "document": 1, "phone": 0}[column]
+    # D3, "Wilmer Ccahuana Huillca": w, c and h.
+    assert _found_initials(SqlIndex(index.freq)) == _found_initials(index) == (1 << 22) | (1 << 2) | (1 << 7)
+
+
+def _found_initials(source) -> int:
+    return source.records_with("document", pl.Series(["11223344"]))["initials"].item()
 
 
 @pytest.mark.parametrize("in_memory", [True, False])
