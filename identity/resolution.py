@@ -654,8 +654,8 @@ def leads_match(
         # Written only once the build beside this run has committed (its persons exist then).
         gate = beside.done if beside is not None else None
         chunk = batch_size * (DECIDE_BATCHES if context.index is not None else 1)
-        # Several chunks: each is written by a second thread (its own connection) while the next
-        # is decided, so PostgreSQL's work on the writes overlaps the scoring.
+        # Several chunks: each is written by a writer thread (WRITERS, each its own connection) while the
+        # next is decided, so PostgreSQL's work on the writes overlaps the scoring.
         pipelined = (todo.height > chunk or gate is not None) and not dry_run
         writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"match-writer-{i}")
                    for i in range(WRITERS if pipelined else 1)]

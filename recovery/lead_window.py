@@ -214,7 +214,9 @@ FUNCTIONS: list[tuple[str, str, str, str]] = [
         UNION
         SELECT ll.source_pk
         FROM (SELECT DISTINCT c.person_key FROM c WHERE c.source_table = '{DRIVERS_TABLE}') p
-        JOIN canon.identity_links ll ON ll.source_table || '' = '{LEADS_TABLE}' AND ll.person_key = p.person_key""",
+        JOIN canon.identity_links ll ON ll.source_table || '' = '{LEADS_TABLE}' AND ll.person_key = p.person_key
+        -- checked once: without any lead link (a first build's million driver links) nothing is joined
+        WHERE EXISTS (SELECT 1 FROM canon.identity_links x WHERE x.source_table = '{LEADS_TABLE}')""",
         ),
     ),
     (
