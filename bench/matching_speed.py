@@ -75,10 +75,13 @@ def _split_leads(source: Path, out: Path, later: int) -> tuple[Path, Path, Path]
     return files
 
 
-def _phases(env: dict, job: str) -> dict:
-    rows = sql_rows(f"SELECT counts::text FROM ops.job_runs WHERE name = '{job}' ORDER BY id DESC LIMIT 1", env)
+def _phases_line(env: dict) -> str:
+    """The phases of the latest refresh_drivers_index run, as `name=seconds` pairs."""
+    rows = sql_rows("SELECT counts::text FROM ops.job_runs WHERE name = 'refresh_drivers_index' "
+                    "ORDER BY id DESC LIMIT 1", env)
     counts = json.loads(rows[0][0]) if rows else {}
-    return counts.get("phases") or {k: v for k, v in counts.items() if k.endswith("seconds")}
+    phases = counts.get("phases") or {k: v for k, v in counts.items() if k.endswith("seconds")}
+    return "  ".join(f"{k}={v}s" for k, v in phases.items())
 
 
 def _load() -> str:
@@ -116,7 +119,7 @@ def main() -> None:
     if args.sequential:
         refresh, rss_refresh, _ = manage("refresh_drivers_index", "--full", env=env)
         print(f"refresh (full)      {refresh:7.1f}s  peak_rss={rss_refresh}MB  {_load()}")
-        print("  phases: " + "  ".join(f"{k}={v}s" for k, v in _phases(env, "refresh_drivers_index").items()))
+        print("  phases: " + _phases_line(env))
         match, rss_match, match_out = manage("match_leads", "--json", env=env)
         counts = json.loads(match_out.strip().splitlines()[-1])
         print(f"match_leads         {match:7.1f}s  peak_rss={rss_match}MB  {_load()}  "
@@ -132,7 +135,7 @@ def main() -> None:
               f"linked={counts.get('linked')}")
         print(f"  its first build {float(refresh_secs):.1f}s; deciding began after {counts.get('load_seconds')}s "
               "(leads read, index handed over, model estimated); phases of the build: "
-              + "  ".join(f"{k}={v}s" for k, v in _phases(env, "refresh_drivers_index").items()))
+              + _phases_line(env))
     print(f"OURS refresh+match  {ours:7.1f}s [{'PASS' if ours < 20 else 'FAIL'} < 20s]  peak_rss={peak}MB "
           f"[{'PASS' if peak < 1536 else 'FAIL'} < 1536MB]")
 

@@ -624,7 +624,7 @@ def leads_match(
     params = {"limit": limit, "dry_run": dry_run, "named": bool(source_pks), "shard": shard, "redecide": redecide,
               "refresh": refresh}
     with job_run(name, params=params) as run:
-        beside = None
+        beside, labels = None, None
         if refresh and index_is_empty():
             # Read first: a first build holds canon.identity_links locked until it commits.
             todo = leads_load(unlinked_leads(limit=limit, source_pks=source_pks) if limit else source_pks,
@@ -637,9 +637,6 @@ def leads_match(
             drivers_index_refresh()
         if beside is not None:
             context = MatchContext.of_index(beside.index)
-            if todo.height >= ESTIMATE_MIN_LEADS:  # a new index: any model is older
-                context = match_model_current(context, run_id=run.run.pk, stale=True, labels=labels)
-                totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         else:
             if shard or limit:
                 todo = leads_load(unlinked_leads(limit=limit, source_pks=source_pks, shard=shard))
@@ -647,9 +644,10 @@ def leads_match(
                 since = None if (source_pks or redecide) else match_inputs_changed_at()
                 todo = leads_load(source_pks, unlinked_only=True, undecided_since=since)
             context = MatchContext.for_leads(todo.height)
-            if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run:
-                context = match_model_current(context, run_id=run.run.pk)
-                totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
+        if context.index is not None and todo.height >= ESTIMATE_MIN_LEADS and not dry_run:
+            # Beside a first build the model is estimated anew: the index is new, any model is older.
+            context = match_model_current(context, run_id=run.run.pk, stale=beside is not None, labels=labels)
+            totals["m_levels_estimated"] = sum(len(levels) for levels in context.freq.m.values())
         totals["load_seconds"] = round(time.monotonic() - started, 2)
         # Written only once the build beside this run has committed (its persons exist then).
         gate = beside.done if beside is not None else None
@@ -657,8 +655,8 @@ def leads_match(
         # Several chunks: each is written by a writer thread (WRITERS, each its own connection) while the
         # next is decided, so PostgreSQL's work on the writes overlaps the scoring.
         pipelined = (todo.height > chunk or gate is not None) and not dry_run
-        writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"match-writer-{i}")
-                   for i in range(WRITERS if pipelined else 1)]
+        writers = ([ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"match-writer-{i}") for i in range(WRITERS)]
+                   if pipelined else [])
         with progress_bar(todo.height, "matching", progress) as bar:
             in_flight: deque[tuple[int, Future, int]] = deque()
             held: list[tuple[int, BatchOutcome, int]] = []
@@ -670,7 +668,7 @@ def leads_match(
                 bar.update(height)
 
             def release() -> None:
-                """Hand the decided batches to the writer thread, once the build (if any) committed."""
+                """Hand the decided batches to the writer threads, once the build (if any) committed."""
                 if gate is not None:
                     gate.result()  # a failed build's error is this run's, before anything is written
                 for batch_no, outcome, height in held:
@@ -704,8 +702,7 @@ def leads_match(
                 drain(keep=0)
             finally:
                 for writer in writers:
-                    if pipelined:  # each writer thread's own connection
-                        writer.submit(connections.close_all).result()
+                    writer.submit(connections.close_all).result()  # each writer thread's own connection
                     writer.shutdown()
         if totals["linked"] and not dry_run:
             tables_analyze(*LINK_TABLES, changed=totals["processed"])
