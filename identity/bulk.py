@@ -8,11 +8,20 @@ a query comes out with one COPY into a frame. Text arrays travel in PostgreSQL's
 from __future__ import annotations
 
 import io
+import itertools
+from collections.abc import Iterable
+from queue import Queue
 
 import polars as pl
 from django.db import connection
+from psycopg._copy_base import MAX_BUFFER_SIZE
+from psycopg.copy import QueuedLibpqWriter
 
 COPY_ROWS = 100_000
+# A bulk write is formatted and sent SEND_ROWS rows at a time (about 8 MB of CSV for index rows), with at
+# most AHEAD_BYTES formatted but not yet sent.
+SEND_ROWS = 25_000
+AHEAD_BYTES = 8 * 1024 * 1024
 
 
 def _raw(cursor):
@@ -69,18 +78,42 @@ def _csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
 def frame_copy(cursor, table: str, frame: pl.DataFrame) -> int:
     """COPY the frame's rows into `table` (its columns named as the frame's). Returns rows.
 
-    Written COPY_ROWS rows at a time: the CSV of a million index rows is never whole in memory,
-    and PostgreSQL parses one slice while the next is formatted."""
-    if not frame.height:
+    Written COPY_ROWS rows at a time: the CSV of a million index rows is never whole in memory."""
+    return frames_copy(cursor, table, [frame])
+
+
+class _AheadWriter(QueuedLibpqWriter):
+    """psycopg's QueuedLibpqWriter (a thread sends while the caller formats), with a queue of AHEAD_BYTES:
+    its own queue holds 128 MB, all of a million index rows' CSV when PostgreSQL parses slower than
+    Polars formats (a first build's peak memory grew by up to 170 MB)."""
+
+    def __init__(self, cursor):
+        super().__init__(cursor)
+        self._queue = Queue(maxsize=max(1, AHEAD_BYTES // MAX_BUFFER_SIZE))  # items of at most MAX_BUFFER_SIZE
+
+
+def frames_copy(cursor, table: str, frames: Iterable[pl.DataFrame]) -> int:
+    """COPY the rows of several frames with the same columns into `table`, in one statement. Returns rows.
+
+    `frames` may be made one at a time (a generator): a million rows of a bulk write are never whole in
+    memory. Each slice of SEND_ROWS rows is formatted while a writer thread sends the ones before
+    (_AheadWriter), so PostgreSQL parses while Polars formats: a million index rows took 0.7-2 s less than
+    formatting and sending in turn, and a first build 7 s less with the changes of migration 0019."""
+    frames = (frame for frame in frames if frame.height)
+    first = next(frames, None)
+    if first is None:
         return 0
-    columns = ", ".join(f'"{name}"' for name in frame.columns)
-    with _raw(cursor).copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)") as copy:
-        for start in range(0, frame.height, COPY_ROWS):
-            buffer = io.BytesIO()
-            _csv_ready(frame.slice(start, COPY_ROWS)).write_csv(buffer, include_header=False, null_value="",
-                                                                quote_style="necessary")
-            copy.write(buffer.getbuffer())
-    return frame.height
+    raw, rows = _raw(cursor), 0
+    columns = ", ".join(f'"{name}"' for name in first.columns)
+    with raw.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", writer=_AheadWriter(raw)) as copy:
+        for frame in itertools.chain([first], frames):
+            for start in range(0, frame.height, SEND_ROWS):
+                buffer = io.BytesIO()
+                _csv_ready(frame.slice(start, SEND_ROWS)).write_csv(buffer, include_header=False, null_value="",
+                                                                    quote_style="necessary")
+                copy.write(buffer.getbuffer())
+            rows += frame.height
+    return rows
 
 
 def staging_create(cursor, name: str, columns: dict[str, str]) -> None:

@@ -238,11 +238,6 @@ def _first_build(cursor, result: RefreshResult, on_index: Callable[[IndexFrame],
         # is then made on a second thread while PostgreSQL writes and indexes the tables below, and
         # handed to on_index and staged on disk (the first match run reads it: identity.index_image).
         build = linking.drivers_first_persons(drivers)
-        # The transaction's now(), as the incremental path writes it (a column default would be the
-        # statement's time, later than the job's own attempts in the same transaction): the entries',
-        # the persons' and the driver links' time.
-        cursor.execute("SELECT now()::text")
-        (now,) = cursor.fetchone()
         # In driver_id order (drivers is, and so is build.drivers, row for row): the primary key's b-tree
         # then grows at its right edge. The person column is put beside the others, which are not copied.
         if not drivers["driver_id"].equals(build.drivers["driver_id"]):
@@ -250,7 +245,7 @@ def _first_build(cursor, result: RefreshResult, on_index: Callable[[IndexFrame],
         entries = drivers.with_columns(build.drivers["person_key"]).select(
             "driver_id", "person_key", "park_id", "phone", "document", "license_document", "doc_key", "email",
             "plate", "given_tokens", "surname_tokens", "name_tokens", "name_key", "birth_date", "hire_date",
-            pl.col("updated_at").alias("source_updated_at"), pl.lit(now).alias("indexed_at"))
+            pl.col("updated_at").alias("source_updated_at"))
         del drivers
         counts = (entries.select(pl.col("name_tokens").alias("token")).explode("token").drop_nulls()
                   .group_by("token").agg(pl.len().cast(pl.Int64).alias("drivers")))
@@ -272,7 +267,7 @@ def _first_build(cursor, result: RefreshResult, on_index: Callable[[IndexFrame],
             # work beside the build then never adds to their memory. An index that failed is not handed.
             built.add_done_callback(lambda done: None if done.exception() else on_index(done.result()))
         with _phase(result, "persons"):
-            registration = linking.drivers_first_write(cursor=cursor, build=build, now=now)
+            registration = linking.drivers_first_write(cursor=cursor, build=build)
             del build
     result.new_persons, result.driver_links = registration.new_persons, registration.driver_links
     with _phase(result, "token_stats"):

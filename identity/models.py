@@ -9,7 +9,7 @@ import uuid
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
-from django.contrib.postgres.functions import RandomUUID
+from django.contrib.postgres.functions import RandomUUID, TransactionNow
 from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
@@ -187,7 +187,8 @@ class Person(models.Model):
     """One human: `canon.identity_registry`. A person_key is never changed or re-issued."""
 
     person_key = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    created_at = models.DateTimeField(db_default=Now())
+    # The transaction's time: what a bulk first build leaves to the default (migration 0019).
+    created_at = models.DateTimeField(db_default=TransactionNow())
 
     class Meta:
         db_table = 'canon"."identity_registry'
@@ -218,7 +219,8 @@ class IdentityLink(models.Model):
     confidence_level = models.TextField(choices=ConfidenceLevel.choices)
     evidence = models.JSONField(default=dict, blank=True)
     rule_version = models.TextField(default="")
-    linked_at = models.DateTimeField(db_default=Now())
+    # The transaction's time: what a bulk first build leaves to the default (migration 0019).
+    linked_at = models.DateTimeField(db_default=TransactionNow())
     # 'system' for automatic jobs, the reviewer's username for a human decision.
     decided_by = models.TextField(default="system")
 
@@ -463,7 +465,8 @@ class DriverIndexEntry(models.Model):
     hire_date = models.DateField(null=True, blank=True)
     # drivers.updated_at when this entry was computed: a differing value means "refresh me".
     source_updated_at = models.DateTimeField(null=True)
-    indexed_at = models.DateTimeField(db_default=Now())
+    # The transaction's time: what a bulk first build leaves to the default (migration 0019).
+    indexed_at = models.DateTimeField(db_default=TransactionNow())
 
     class Meta:
         db_table = 'canon"."drivers_index'

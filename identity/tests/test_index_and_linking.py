@@ -22,10 +22,11 @@ from identity.models import (
     IdentityUnmatched,
     JobRun,
     NameTokenStat,
+    Person,
 )
 from identity.normalize import name_key
 from identity.resolution import leads_match, leads_resolve, unlinked_leads
-from identity.tests.factories import LIMA, lima_today, make_driver, make_lead
+from identity.tests.factories import LIMA, lima_today, link_lead, make_driver, make_lead, make_trips
 
 pytestmark = pytest.mark.django_db
 
@@ -345,6 +346,37 @@ def test_a_first_build_leaves_a_driver_it_did_not_read_listed_as_unlinked(monkey
         assert cursor.fetchall() == [("LATE",)]
         cursor.execute("SELECT tgenabled FROM pg_trigger WHERE tgname = 'drivers_unlinked_link_insert'")
         assert cursor.fetchone() == ("O",)  # enabled again
+
+
+def test_a_first_build_stamps_its_persons_links_and_entries_with_its_transaction_time():
+    # Left to the columns' default (migration 0019), the time of the build's one transaction: with the
+    # statement's time each COPY would stamp its own.
+    make_driver(driver_id="D1", document="44556677")
+    make_driver(driver_id="D2", document="11223344")
+    drivers_index_refresh(full=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT (SELECT array_agg(DISTINCT created_at) FROM canon.identity_registry),"
+                       " (SELECT array_agg(DISTINCT linked_at) FROM canon.identity_links),"
+                       " (SELECT array_agg(DISTINCT indexed_at) FROM canon.drivers_index)")
+        persons, links, entries = cursor.fetchone()
+    assert len(persons) == 1
+    assert persons == links == entries
+
+
+def test_a_first_build_leaves_the_lead_window_kept_for_leads_linked_after_it():
+    # Its driver links are copied with the lead window's insert trigger disabled (their persons are new):
+    # enabled again, it fills the window of a lead linked after the build.
+    driver = make_driver(driver_id="D1", document="44556677")
+    lead = make_lead(days_ago=5)
+    make_trips(driver, start=lead.lead_date, counts=[2, 3])
+    drivers_index_refresh(full=True)
+    link_lead(lead, Person.objects.get(pk=_person_of("D1")))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT trips_14d FROM ops.lead_window_14d WHERE lead_source_pk = %s", [lead.source_pk])
+        assert cursor.fetchone() == (5,)
+        cursor.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'canon.identity_links'::regclass"
+                       " AND NOT tgisinternal AND tgenabled <> 'O'")
+        assert cursor.fetchall() == []
 
 
 def _links_on_stale_statistics(cursor, *, persons: int, leads: int) -> list[str]:
