@@ -78,8 +78,8 @@ def _csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
 def frame_copy(cursor, table: str, frame: pl.DataFrame) -> int:
     """COPY the frame's rows into `table` (its columns named as the frame's). Returns rows.
 
-    Written COPY_ROWS rows at a time: the CSV of a million index rows is never whole in memory."""
-    return frames_copy(cursor, table, [frame])
+    Written SEND_ROWS rows at a time: the CSV of a million index rows is never whole in memory."""
+    return frames_copy(cursor, table, [frame], ahead=frame.height > SEND_ROWS)
 
 
 class _AheadWriter(QueuedLibpqWriter):
@@ -92,20 +92,21 @@ class _AheadWriter(QueuedLibpqWriter):
         self._queue = Queue(maxsize=max(1, AHEAD_BYTES // MAX_BUFFER_SIZE))  # items of at most MAX_BUFFER_SIZE
 
 
-def frames_copy(cursor, table: str, frames: Iterable[pl.DataFrame]) -> int:
+def frames_copy(cursor, table: str, frames: Iterable[pl.DataFrame], *, ahead: bool = True) -> int:
     """COPY the rows of several frames with the same columns into `table`, in one statement. Returns rows.
 
     `frames` may be made one at a time (a generator): a million rows of a bulk write are never whole in
     memory. Each slice of SEND_ROWS rows is formatted while a writer thread sends the ones before
     (_AheadWriter), so PostgreSQL parses while Polars formats: a million index rows took 0.7-2 s less than
-    formatting and sending in turn, and a first build 7 s less with the changes of migration 0019."""
+    formatting and sending in turn, and a first build 7 s less with the changes of migration 0019.
+    `ahead=False` sends from the caller's thread: a single slice (a batch's rows) has nothing to overlap."""
     frames = (frame for frame in frames if frame.height)
     first = next(frames, None)
     if first is None:
         return 0
     raw, rows = _raw(cursor), 0
     columns = ", ".join(f'"{name}"' for name in first.columns)
-    with raw.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", writer=_AheadWriter(raw)) as copy:
+    with raw.copy(f"COPY {table} ({columns}) FROM STDIN WITH (FORMAT csv)", writer=_AheadWriter(raw) if ahead else None) as copy:
         for frame in itertools.chain([first], frames):
             for start in range(0, frame.height, SEND_ROWS):
                 buffer = io.BytesIO()

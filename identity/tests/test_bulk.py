@@ -4,7 +4,7 @@ from datetime import date
 
 import polars as pl
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from identity import bulk
 
@@ -13,7 +13,7 @@ SCHEMA = {"id": pl.Int64, "name": pl.String, "tokens": pl.List(pl.String), "day"
 
 @pytest.mark.django_db
 def test_a_frame_goes_in_slice_by_slice_and_comes_back_whole(monkeypatch):
-    monkeypatch.setattr(bulk, "COPY_ROWS", 2)  # five rows: three slices
+    monkeypatch.setattr(bulk, "SEND_ROWS", 2)  # five rows: three slices, sent by the writer thread
     frame = pl.DataFrame({
         "id": [1, 2, 3, 4, 5],
         "name": ["quispe", None, "o'brien, jr", "ñahui", ""],
@@ -25,3 +25,28 @@ def test_a_frame_goes_in_slice_by_slice_and_comes_back_whole(monkeypatch):
         assert bulk.frame_copy(cursor, "_bulk_test", frame) == 5
         back = bulk.frame_read("SELECT id, name, tokens, day FROM _bulk_test ORDER BY id", schema=SCHEMA, cursor=cursor)
     assert back.equals(frame)  # NULL stays NULL and "" stays "" (written quoted), lists and dates intact
+
+
+@pytest.mark.django_db
+def test_frames_made_one_at_a_time_go_in_and_a_bad_row_fails_the_caller(monkeypatch):
+    monkeypatch.setattr(bulk, "SEND_ROWS", 2)
+    made = []
+
+    def frames(last_day: str):
+        for first in (1, 4, 7):
+            made.append(first)
+            yield pl.DataFrame({"id": [first, first + 1, first + 2], "day": ["2024-01-01", "2024-01-02",
+                                                                          last_day if first == 7 else "2024-01-03"]})
+
+    with connection.cursor() as cursor:
+        bulk.staging_create(cursor, "_bulk_test", {"id": "bigint", "day": "date"})
+        assert bulk.frames_copy(cursor, "_bulk_test", frames("2024-01-03")) == 9
+        cursor.execute("SELECT array_agg(id ORDER BY id) FROM _bulk_test")
+        assert cursor.fetchone()[0] == list(range(1, 10))
+        cursor.execute("TRUNCATE _bulk_test")
+        # The last slice's bad date, sent by the writer thread, fails the caller's statement.
+        with pytest.raises(Exception, match="date"), transaction.atomic():
+            bulk.frames_copy(cursor, "_bulk_test", frames("not a date"))
+        cursor.execute("SELECT count(*) FROM _bulk_test")
+        assert cursor.fetchone()[0] == 0
+    assert made == [1, 4, 7, 1, 4, 7]
