@@ -85,7 +85,8 @@ def frame_copy(cursor, table: str, frame: pl.DataFrame) -> int:
 class _AheadWriter(QueuedLibpqWriter):
     """psycopg's QueuedLibpqWriter (a thread sends while the caller formats), with a queue of AHEAD_BYTES:
     its own queue holds 128 MB, all of a million index rows' CSV when PostgreSQL parses slower than
-    Polars formats (a first build's peak memory grew by up to 170 MB)."""
+    Polars formats (a first build's peak memory grew by up to 170 MB). It replaces psycopg's private
+    `_queue` (psycopg is pinned; identity/tests/test_bulk.py fails if its writer stops reading that name)."""
 
     def __init__(self, cursor):
         super().__init__(cursor)

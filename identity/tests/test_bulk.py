@@ -50,3 +50,16 @@ def test_frames_made_one_at_a_time_go_in_and_a_bad_row_fails_the_caller(monkeypa
         cursor.execute("SELECT count(*) FROM _bulk_test")
         assert cursor.fetchone()[0] == 0
     assert made == [1, 4, 7, 1, 4, 7]
+
+
+@pytest.mark.django_db
+def test_the_writer_thread_queue_is_the_bounded_one_psycopg_uses():
+    # _AheadWriter replaces psycopg's private queue (128 MB) by one of AHEAD_BYTES: a psycopg whose writer
+    # no longer reads `_queue` would silently queue a whole build's CSV again.
+    from psycopg.copy import QueuedLibpqWriter  # noqa: PLC0415 - the class whose private name is relied on
+
+    assert "_queue" in QueuedLibpqWriter.write.__code__.co_names
+    assert "_queue" in QueuedLibpqWriter.worker.__code__.co_names
+    with connection.cursor() as cursor:
+        writer = bulk._AheadWriter(bulk._raw(cursor))
+    assert writer._queue.maxsize * bulk.MAX_BUFFER_SIZE <= bulk.AHEAD_BYTES
