@@ -67,6 +67,18 @@ def _parse(name: str, dtype) -> pl.Expr:
     return column.cast(dtype).alias(name)
 
 
+def array_param(values: list[str], sql_type: str = "text") -> tuple[str, str | list[str]]:
+    """An array of `sql_type` as one query parameter: (the SQL to put in place of the array, its
+    parameter). Normally the values joined by spaces and split again by PostgreSQL: psycopg quotes a
+    list's strings one by one in Python (0.25 s of the 100,000 one-typo keys of 1,000 leads, about a
+    tenth of deciding them); one string is quoted at once. Values holding a space, and an empty value
+    (which would not survive the split), go as a list."""
+    joined = " ".join(values)
+    if joined.count(" ") == max(len(values) - 1, 0) and "" not in values:
+        return f"string_to_array(%s, ' ')::{sql_type}[]", joined
+    return f"%s::{sql_type}[]", values
+
+
 def _csv_ready(frame: pl.DataFrame) -> pl.DataFrame:
     """Lists as PostgreSQL array literals; everything else as Polars writes it."""
     lists = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.List)]

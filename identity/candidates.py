@@ -23,7 +23,7 @@ import polars as pl
 from django.db import connection
 
 from identity import index_image
-from identity.bulk import frame_read
+from identity.bulk import array_param, frame_read
 from identity.fields import (
     BLOCKING_RULES,
     FIELDS,
@@ -315,11 +315,12 @@ class SqlIndex:
             values = _lead_values(leads, FIELDS[name].lead_column)["value"].unique().to_list()
             if not values:
                 continue
+            array, param = array_param(values)
             union = " UNION ".join(
-                f"SELECT {column} AS value, person_key FROM canon.drivers_index WHERE {column} = ANY(%s)"
+                f"SELECT {column} AS value, person_key FROM canon.drivers_index WHERE {column} = ANY({array})"
                 for column in FIELDS[name].index_columns)
             selects.append(f"SELECT '{name}', value, count(DISTINCT person_key) FROM ({union}) v GROUP BY value")
-            params += [values] * len(FIELDS[name].index_columns)
+            params += [param] * len(FIELDS[name].index_columns)
         if not selects:
             return pl.DataFrame(schema=KEYS_SCHEMA)
         with connection.cursor() as cursor:
@@ -328,9 +329,10 @@ class SqlIndex:
         return pl.DataFrame(rows, schema=KEYS_SCHEMA, orient="row")
 
     def equal_hits(self, rule: BlockingRule, wanted: pl.DataFrame) -> pl.DataFrame:
+        array, param = array_param(wanted["value"].unique().to_list())
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT {rule.index_column}, person_key::text FROM canon.drivers_index "
-                           f"WHERE {rule.index_column} = ANY(%s)", [wanted["value"].unique().to_list()])
+                           f"WHERE {rule.index_column} = ANY({array})", [param])
             found = pl.DataFrame(cursor.fetchall(), schema={"value": pl.String, "person_key": pl.String}, orient="row")
         return wanted.join(found, on="value").select("lead_i", "person_key")
 
@@ -338,13 +340,15 @@ class SqlIndex:
         if not blocks.height:
             return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
         numbered = blocks.with_row_index("block_i")
+        # Tokens are [a-z]+ (identity.normalize): a block's tokens joined by spaces, the blocks by commas.
         with connection.cursor() as cursor:
             cursor.execute(
                 """
-                SELECT b.i, h.person_key::text FROM unnest(%s::int[], %s::text[]) AS b(i, tokens)
+                SELECT b.i - 1, h.person_key::text
+                FROM unnest(string_to_array(%s, ',')) WITH ORDINALITY AS b(tokens, i)
                 CROSS JOIN LATERAL canon.name_block(string_to_array(b.tokens, ' '), %s) h
                 """,
-                [numbered["block_i"].to_list(), numbered["block"].list.join(" ").to_list(), cap + 1],
+                [",".join(numbered["block"].list.join(" ")), cap + 1],
             )
             found = pl.DataFrame(cursor.fetchall(), schema={"block_i": pl.UInt32, "person_key": pl.String},
                                  orient="row")
@@ -356,8 +360,9 @@ class SqlIndex:
         keys = person_keys.unique().to_list()
         if not keys:
             return pl.DataFrame(schema=RECORD_SCHEMA)
-        return frame_read(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index WHERE person_key = ANY(%s::uuid[])",
-                          [keys], schema=RECORD_SCHEMA)
+        array, param = array_param(keys, "uuid")
+        return frame_read(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index WHERE person_key = ANY({array})",
+                          [param], schema=RECORD_SCHEMA)
 
     def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
         return persons.select("lead_i", "person_key").join(self.persons_records(persons["person_key"]), on="person_key")
@@ -371,11 +376,15 @@ class SqlIndex:
         # One index probe per value, whatever their number: a key's one-typo variants are ~100 a value
         # (27,700 for 1,000 leads), and `= ANY` of that many made the planner scan the million rows
         # on every core (210 ms, against 70-140 ms probing on one).
+        if schema["value"] == pl.Date:
+            array, param = array_param([value.isoformat() for value in wanted], "date")
+        else:
+            array, param = array_param(wanted)
         return frame_read(f"SELECT d.{column}, d.person_key, d.given_tokens, d.surname_tokens "
-                          f"FROM unnest(%s::{'date' if schema['value'] == pl.Date else 'text'}[]) AS v(value) "
+                          f"FROM unnest({array}) AS v(value) "
                           f"CROSS JOIN LATERAL ("
                           f"SELECT * FROM canon.drivers_index x WHERE x.{column} = v.value OFFSET 0) d",
-                          [wanted], schema=schema).select(
+                          [param], schema=schema).select(
             "value", "person_key", _initials(pl.concat_list("given_tokens", "surname_tokens")).alias("initials"))
 
 

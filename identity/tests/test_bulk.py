@@ -63,3 +63,24 @@ def test_the_writer_thread_queue_is_the_bounded_one_psycopg_uses():
     with connection.cursor() as cursor:
         writer = bulk._AheadWriter(bulk._raw(cursor))
     assert writer._queue.maxsize * bulk.MAX_BUFFER_SIZE <= bulk.AHEAD_BYTES
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("values, sql_type", [
+    (["51987654321", "+51987654321", "ABC123"], "text"),
+    ([], "text"),
+    (["a b", "c"], "text"),  # a space inside a value: sent as a list, not split
+    (["", "x"], "text"),  # an empty value would vanish in the split
+    ([""], "text"),
+    (["2024-02-29", "1990-01-01"], "date"),
+    (["6f1c3e0a-3c1e-4f8e-9a51-0d2a8f1b7c11"], "uuid"),
+])
+def test_an_array_parameter_arrives_as_the_values_it_was_given(values, sql_type):
+    array, param = bulk.array_param(values, sql_type)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT v::text FROM unnest({array}) WITH ORDINALITY AS a(v, i) ORDER BY i", [param])
+        assert [row[0] for row in cursor.fetchall()] == values
+    # The same through COPY, whose parameters psycopg binds on the client.
+    got = bulk.frame_read(f"SELECT v::text FROM unnest({array}) WITH ORDINALITY AS a(v, i) ORDER BY i", [param],
+                          schema={"v": pl.String})
+    assert got["v"].fill_null("").to_list() == values
