@@ -473,20 +473,28 @@ backlog_stay AS (
     WHERE lo.out_at IS NULL OR lo.out_at > lo.start_at
 ),
 day_flow AS (
-    -- per day: leads entering and leaving the backlog
-    SELECT d AS metric_date, sum(n_in) AS n_in, sum(n_out) AS n_out
+    -- per day: leads entering and leaving the backlog, counted in one pass over the stays (GROUPING SETS:
+    -- by the day each began, and by the day each ended). Every CTE above is read once, so PostgreSQL
+    -- inlines them instead of writing each lead's stay aside and reading it twice.
+    SELECT
+        CASE WHEN c.by_out = 0 THEN c.in_day ELSE c.out_day END AS metric_date,
+        coalesce(sum(c.stays) FILTER (WHERE c.by_out = 0), 0) AS n_in,
+        coalesce(sum(c.stays) FILTER (WHERE c.by_out = 1), 0) AS n_out
     FROM (
-        SELECT in_day AS d, 1 AS n_in, 0 AS n_out FROM backlog_stay
-        UNION ALL
-        SELECT out_day, 0, 1 FROM backlog_stay WHERE out_day IS NOT NULL
-    ) flow
-    GROUP BY d
+        SELECT in_day, out_day, GROUPING(in_day) AS by_out, count(*) AS stays
+        FROM backlog_stay
+        GROUP BY GROUPING SETS ((in_day), (out_day))
+    ) c
+    WHERE c.by_out = 0 OR c.out_day IS NOT NULL
+    GROUP BY 1
 ),
 calendar AS (
-    -- every day from the first lead's day to today, so quiet days still get a row
+    -- every day from the first lead's day to today, so quiet days still get a row (every stay's lead_date
+    -- is a lead's, so the leads' earliest is the stays' earliest; read from cabinet_lead_date_idx)
     SELECT gs::date AS metric_date
     FROM generate_series(
-        (SELECT LEAST(min(lead_date), {TODAY}) FROM lead_out)::timestamp, {TODAY}::timestamp, interval '1 day'
+        (SELECT LEAST(min(lead_date), {TODAY}) FROM public.module_ct_cabinet_leads)::timestamp,
+        {TODAY}::timestamp, interval '1 day'
     ) gs
 ),
 daily AS (
