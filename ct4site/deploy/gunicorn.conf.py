@@ -26,6 +26,13 @@ keepalive = 5
 # Recycle workers now and then: memory stays flat over weeks.
 max_requests = int(os.environ.get("CT4_WEB_MAX_REQUESTS", "2000"))
 max_requests_jitter = max_requests // 10
+# Each worker on one CPU of the master's, in turn (CT4_WEB_PIN_CPUS=0: off). A worker runs the matcher's
+# one-lead path for the review screens (identity.resolution.lead_explain): about 300 Polars operations
+# on frames of a few rows, each handed to Polars' thread pool. With the pool spread over every CPU, each
+# hand-over woke a thread on another CPU, which costs most on virtual machines: a lead's explanation
+# took p50 133-138 ms, p95 172-180 ms at 1M, and 98-107 / 137-138 ms on one CPU (docs/deploy.md). The
+# workers still share the CPUs between them, and PostgreSQL's processes are not pinned.
+pin_cpus = os.environ.get("CT4_WEB_PIN_CPUS", "1").strip() != "0"
 # The heartbeat file on tmpfs: a worker blocked on a slow disk is not killed by mistake.
 if Path("/dev/shm").is_dir():
     worker_tmp_dir = "/dev/shm"
@@ -74,6 +81,13 @@ def on_starting(server):
 def on_exit(server):
     if _own_metrics_dir:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
+
+
+def post_fork(server, worker):
+    # Before the application is loaded: Polars sizes its thread pool by the CPUs the process may use.
+    if pin_cpus and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpus[worker.age % len(cpus)]})
 
 
 def child_exit(server, worker):

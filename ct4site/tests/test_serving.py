@@ -66,7 +66,7 @@ def production_server(tmp_path):
                     break
             except OSError:
                 time.sleep(0.3)
-        yield base, tmp_path / "static"
+        yield base, tmp_path / "static", process.pid
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -79,7 +79,7 @@ def production_server(tmp_path):
 @pytest.mark.slow
 @pytest.mark.django_db
 def test_gunicorn_with_production_settings_serves_probes_static_files_and_metrics(production_server):
-    base, static_root = production_server
+    base, static_root, _ = production_server
     status, _, body = _get(f"{base}/healthz")
     assert (status, json.loads(body)) == (200, {"status": "ok"})
     status, _, body = _get(f"{base}/readyz")
@@ -118,3 +118,31 @@ def test_gunicorn_with_production_settings_serves_probes_static_files_and_metric
     static_hits = sum(float(value) for value in re.findall(
         r'^ct4_http_requests_total\{method="GET",status="200",view="static"\} (\S+)$', text, re.M))
     assert static_hits == len(admin_assets) + len(sidecar) + 1
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115 - /proc, read at once
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="CPU affinity is Linux's")
+def test_each_gunicorn_worker_runs_on_one_cpu_and_the_workers_take_them_in_turn(production_server):
+    _, _, master = production_server
+    deadline = time.monotonic() + 30
+    while len(workers := _children(master)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(workers) == 2, workers
+    cpus = [os.sched_getaffinity(worker) for worker in workers]
+    assert all(len(allowed) == 1 for allowed in cpus), cpus
+    if len(os.sched_getaffinity(master)) > 1:
+        assert cpus[0] != cpus[1], cpus
