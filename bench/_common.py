@@ -47,11 +47,13 @@ def _create_database_on_server(url: str, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
-def manage(*args: str, env: dict, check: bool = True, quiet: bool = True) -> tuple[float, int, str]:
-    """Run manage.py; return (seconds, peak RSS in MB of that process, stdout)."""
+def manage(*args: str, env: dict, check: bool = True, quiet: bool = True,
+           prefix: list[str] | None = None) -> tuple[float, int, str]:
+    """Run manage.py (behind `prefix`, e.g. taskset); return (seconds, peak RSS in MB of that process, stdout)."""
     started = time.monotonic()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([PY, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    proc = subprocess.run([*(prefix or []), PY, "manage.py", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True)
     seconds = time.monotonic() - started
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if check and proc.returncode not in (0,):

@@ -13,7 +13,9 @@ Generates (or reuses) a park, imports it (not timed) holding back the last --lat
    + `match_leads` (target: under 2 s), twice: as two commands (each with its own process start), and
    --later more again inside one running process, as a django-q2 worker runs its scheduled jobs
    (the target's verdict is on that one: a worker starts once, not per job);
-3. the single-lead path: one lead resolved and written at a time (p50/p95/p99 over --single leads);
+3. the single-lead path: one lead resolved and written at a time (p50/p95/p99 over --single leads), in a
+   free process and again on one CPU (`taskset -c 0`), as a web worker runs it for the review screens
+   (ct4site/deploy/gunicorn.conf.py), each on its own half of the unlinked leads;
 4. Splink 5 end to end (load, clean, train, predict, best link) on the same drivers.csv and
    cabinet_leads.csv, in its own process (bench/splink_baseline.py; needs `make bench-setup`), with
    precision and recall beside ours (bench/_truth.py).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,9 +41,10 @@ from bench._common import BENCH_DB, PY, ROOT, bench_env, manage, reset_database,
 from bench._truth import evaluate_links, truth_load
 
 SINGLE_LEAD_SCRIPT = """
-import json, random, time
+import hashlib, json, random, time
 from identity.resolution import MatchContext, leads_resolve, unlinked_leads
-pks = unlinked_leads()
+# Two disjoint halves of the unlinked leads (by a hash of the key): one per variant, each lead seen once.
+pks = [pk for pk in unlinked_leads() if (hashlib.md5(pk.encode()).digest()[0] < 128) == ({half} == 0)]
 random.Random(7).shuffle(pks)
 context = MatchContext.load()
 timings = []
@@ -157,13 +161,20 @@ def main() -> None:
           f"links={quality['links']} wrong={quality['wrong']}")
 
     if args.single:
-        _, _, single_out = manage("shell", "-c", SINGLE_LEAD_SCRIPT.replace("{n}", str(args.single)), env=env)
-        timings = sorted(json.loads(single_out.strip().splitlines()[-1]))
-        if timings:
-            p = lambda q: timings[min(len(timings) - 1, int(q * len(timings)))]  # noqa: E731
-            print(f"single lead         p50={p(0.50):.1f}ms p95={p(0.95):.1f}ms p99={p(0.99):.1f}ms "
-                  f"mean={statistics.mean(timings):.1f}ms over {len(timings)} leads "
-                  f"[{'PASS' if p(0.95) < 50 else 'FAIL'} p95 < 50ms] {_load()}")
+        # Free (a qcluster worker, a command), then on one CPU as a web worker runs it (gunicorn.conf.py pins
+        # each to one: the review screens' one-lead path), on the other half of the leads.
+        pinned = ["taskset", "-c", "0"] if shutil.which("taskset") else None
+        for half, prefix, label in ((0, None, "single lead        "), (1, pinned, "single lead, 1 CPU ")):
+            if half and not prefix:
+                break
+            script = SINGLE_LEAD_SCRIPT.replace("{n}", str(args.single)).replace("{half}", str(half))
+            _, _, single_out = manage("shell", "-c", script, env=env, prefix=prefix)
+            timings = sorted(json.loads(single_out.strip().splitlines()[-1]))
+            if timings:
+                p = lambda q: timings[min(len(timings) - 1, int(q * len(timings)))]  # noqa: E731
+                print(f"{label} p50={p(0.50):.1f}ms p95={p(0.95):.1f}ms p99={p(0.99):.1f}ms "
+                      f"mean={statistics.mean(timings):.1f}ms over {len(timings)} leads "
+                      f"[{'PASS' if p(0.95) < 50 else 'FAIL'} p95 < 50ms] {_load()}")
 
     if args.splink != "none":
         figures = work / "splink.json"
