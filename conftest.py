@@ -39,3 +39,14 @@ def index_images_off(settings, monkeypatch):
     .data/ from every test database. The environment variable reaches the subprocesses."""
     settings.CT4_INDEX_IMAGE_DIR = ""
     monkeypatch.setenv("CT4_INDEX_IMAGE_DIR", "")
+
+
+@pytest.fixture(autouse=True)
+def index_kept_off(settings, monkeypatch):
+    """No in-memory index kept from one run to the next in a process (identity.candidates._KEPT), except in
+    the tests of that feature: for the same reason as the images, and the test process runs every test."""
+    from identity import candidates  # noqa: PLC0415 - after Django is set up
+
+    settings.CT4_INDEX_KEEP = False
+    monkeypatch.setenv("CT4_INDEX_KEEP", "false")
+    monkeypatch.setattr(candidates, "_KEPT", {"key": None, "index": None})

@@ -221,6 +221,10 @@ CT4_IN_MEMORY_MIN_LEADS = int(os.environ.get("CT4_IN_MEMORY_MIN_LEADS", "2000"))
 # (identity.index_image): a run reads it instead of the database. It holds what the index holds
 # (names, keys); empty turns it off.
 CT4_INDEX_IMAGE_DIR = os.environ.get("CT4_INDEX_IMAGE_DIR", str(BASE_DIR / ".data" / "index-image"))
+# A process keeps the in-memory index it read while no refresh has changed it (about 0.8 GB at a
+# million drivers): a worker's next run, of any size, decides against it (identity.candidates). Off: each
+# run reads it again, and runs under CT4_IN_MEMORY_MIN_LEADS ask the database.
+CT4_INDEX_KEEP = os.environ.get("CT4_INDEX_KEEP", "true").lower() in ("1", "true", "yes", "on")
 
 # A job whose database connection is lost mid-batch rolls the batch back, reconnects with
 # backoff and goes on; past this many seconds without the database it stops (identity.runs).

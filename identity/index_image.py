@@ -57,10 +57,10 @@ def image_dir() -> Path | None:
     that databases sharing a machine (the demo, benches, another environment) never remove each
     other's images. None when images are off."""
     folder = getattr(settings, "CT4_INDEX_IMAGE_DIR", "")
-    return Path(folder) / _database_folder() if folder else None
+    return Path(folder) / database_folder() if folder else None
 
 
-def _database_folder() -> str:
+def database_folder() -> str:
     """A folder name for the current database: its name, readable, and a digest of name, host and port
     (two servers may both hold a "ct4")."""
     db = connection.settings_dict

@@ -136,7 +136,14 @@ class MatchContext:
 
     @classmethod
     def for_leads(cls, count: int) -> MatchContext:
+        """In memory for a run of at least CT4_IN_MEMORY_MIN_LEADS leads, or of any size when this process
+        kept the current index from an earlier run (candidates.IndexFrame.load); else the database's
+        indexes."""
         minimum = getattr(settings, "CT4_IN_MEMORY_MIN_LEADS", IN_MEMORY_MIN_LEADS)
+        if count < minimum:
+            kept = IndexFrame.kept_current()
+            if kept is not None:
+                return cls.of_index(kept)
         return cls.load(in_memory=count >= minimum)
 
     @property

@@ -174,3 +174,59 @@ def test_a_disk_that_refuses_the_image_costs_the_run_nothing(park, settings, tmp
     assert index_image.index_version() is not None
     assert IndexFrame.load().records.height == 4
     assert "not staged" in caplog.text and "not written" in caplog.text
+
+
+# --- The index a process keeps between runs (candidates._KEPT, CT4_INDEX_KEEP) ---------------------------
+
+
+def _index_reads(reads: list) -> int:
+    return sum(query.rstrip().endswith("FROM canon.drivers_index") for query in reads)  # the whole index
+
+
+@pytest.fixture
+def keep(settings):
+    settings.CT4_INDEX_KEEP = True
+    settings.CT4_IN_MEMORY_MIN_LEADS = 1000
+
+
+def test_a_process_decides_its_next_run_against_the_index_it_kept_until_a_refresh_changes_it(
+        park, keep, monkeypatch, django_capture_on_commit_callbacks):
+    _first_build(django_capture_on_commit_callbacks)
+    reads = _database_read(monkeypatch)
+    assert MatchContext.for_leads(2).index is None  # nothing kept yet: a small run asks the database
+    first = IndexFrame.load()
+    assert _index_reads(reads) == 1
+    # Kept: a second run of any size gets the same index, without a read.
+    assert IndexFrame.load() is first
+    assert MatchContext.for_leads(2).index is first
+    assert MatchContext.for_leads(5000).index is first
+    assert _index_reads(reads) == 1
+    assert _decisions(MatchContext.for_leads(2)) == _decisions(MatchContext.load(in_memory=False))
+
+    # A refresh gives the index a new version: the kept one is not used again.
+    Driver.objects.filter(driver_id="D1").update(phone="961234578", updated_at=timezone.now())
+    drivers_index_refresh()
+    assert MatchContext.for_leads(2).index is None
+    again = IndexFrame.load()
+    assert again is not first and _index_reads(reads) == 2
+    assert "+51961234578" in again.records["phone"].to_list()
+    assert MatchContext.for_leads(2).index is again
+
+
+def test_an_index_read_while_a_refresh_committed_is_not_kept(park, keep, monkeypatch,
+                                                             django_capture_on_commit_callbacks):
+    _first_build(django_capture_on_commit_callbacks)
+    versions = iter([index_image.index_version(), "00000000-0000-4000-8000-000000000000"])
+    monkeypatch.setattr(index_image, "index_version", lambda: next(versions))
+    IndexFrame.load()  # the version read after the rows is not the one before them
+    assert candidates._KEPT["index"] is None
+
+
+def test_with_keeping_off_every_run_reads_the_index_again(park, settings, monkeypatch,
+                                                          django_capture_on_commit_callbacks):
+    settings.CT4_INDEX_KEEP = False
+    _first_build(django_capture_on_commit_callbacks)
+    reads = _database_read(monkeypatch)
+    assert IndexFrame.load() is not IndexFrame.load()
+    assert _index_reads(reads) == 2
+    assert MatchContext.for_leads(2).index is None
