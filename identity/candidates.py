@@ -154,6 +154,11 @@ class IndexFrame:
         return index
 
     @classmethod
+    def image_current(cls) -> bool:
+        """Whether the database's current index has an image on disk (load would read it, not the rows)."""
+        return index_image.image_exists(index_image.index_version())
+
+    @classmethod
     def kept_current(cls) -> IndexFrame | None:
         """The index this process kept, when it is still the database's current version (one query)."""
         if _KEPT["index"] is None:

@@ -78,6 +78,18 @@ def index_version() -> str | None:
     return row[0] if row else None
 
 
+def image_exists(version: str | None) -> bool:
+    """Whether an image of `version` in this code's format is on disk (its record alone is read)."""
+    folder = image_dir()
+    if folder is None or version is None:
+        return False
+    try:
+        meta = json.loads((folder / version / _META).read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("format") == IMAGE_FORMAT and meta.get("version") == version
+
+
 def image_read(version: str | None) -> IndexParts | None:
     """The image of `version`, or None when there is none that this code can use."""
     folder = image_dir()

@@ -230,3 +230,20 @@ def test_with_keeping_off_every_run_reads_the_index_again(park, settings, monkey
     assert IndexFrame.load() is not IndexFrame.load()
     assert _index_reads(reads) == 2
     assert MatchContext.for_leads(2).index is None
+
+
+def test_a_run_over_the_image_minimum_reads_a_current_image_and_keeps_it(
+        park, keep, images, settings, monkeypatch, django_capture_on_commit_callbacks):
+    settings.CT4_IN_MEMORY_IMAGE_MIN_LEADS = 10
+    _first_build(django_capture_on_commit_callbacks)  # leaves the image of its version
+    reads = _database_read(monkeypatch)
+    assert MatchContext.for_leads(9).index is None  # under the image minimum: the database's indexes
+    from_image = MatchContext.for_leads(10).index
+    assert from_image is not None and _index_reads(reads) == 0  # read from the image, not the rows
+    assert MatchContext.for_leads(1).index is from_image  # kept for the next runs, of any size
+
+    # After a refresh the image is not the current index's: a small run asks the database again.
+    Driver.objects.filter(driver_id="D1").update(phone="961234578", updated_at=timezone.now())
+    drivers_index_refresh()
+    assert not IndexFrame.image_current()
+    assert MatchContext.for_leads(10).index is None
