@@ -384,14 +384,15 @@ class SqlIndex:
             return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
         numbered = blocks.with_row_index("block_i")
         # Tokens are [a-z]+ (identity.normalize): a block's tokens joined by spaces, the blocks by commas.
+        array, param = array_param(numbered["block"].list.join(" ").to_list(), sep=",")
         with connection.cursor() as cursor:
             cursor.execute(
-                """
+                f"""
                 SELECT b.i - 1, h.person_key::text
-                FROM unnest(string_to_array(%s, ',')) WITH ORDINALITY AS b(tokens, i)
+                FROM unnest({array}) WITH ORDINALITY AS b(tokens, i)
                 CROSS JOIN LATERAL canon.name_block(string_to_array(b.tokens, ' '), %s) h
                 """,
-                [",".join(numbered["block"].list.join(" ")), cap + 1],
+                [param, cap + 1],
             )
             found = pl.DataFrame(cursor.fetchall(), schema={"block_i": pl.UInt32, "person_key": pl.String},
                                  orient="row")

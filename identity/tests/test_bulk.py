@@ -74,9 +74,12 @@ def test_the_writer_thread_queue_is_the_bounded_one_psycopg_uses():
     ([""], "text"),
     (["2024-02-29", "1990-01-01"], "date"),
     (["6f1c3e0a-3c1e-4f8e-9a51-0d2a8f1b7c11"], "uuid"),
+    (["ana maria", "rosa"], "text,"),  # joined by commas (name blocks): spaces inside are kept
+    (["ana maria", "luz,flor"], "text,"),  # ... and a comma inside goes as a list
 ])
 def test_an_array_parameter_arrives_as_the_values_it_was_given(values, sql_type):
-    array, param = bulk.array_param(values, sql_type)
+    sql_type, sep = (sql_type[:-1], ",") if sql_type.endswith(",") else (sql_type, " ")
+    array, param = bulk.array_param(values, sql_type, sep=sep)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT v::text FROM unnest({array}) WITH ORDINALITY AS a(v, i) ORDER BY i", [param])
         assert [row[0] for row in cursor.fetchall()] == values
