@@ -134,7 +134,7 @@ class IndexFrame:
         version (CT4_INDEX_KEEP), else from its image on disk when there is one (identity.index_image),
         else read from the database (and its image written for the next run)."""
         version = index_image.index_version()
-        kept = _kept_of(version)
+        kept = kept_of(version)
         if kept is not None:
             return kept
         _keep(None, None)  # a stale one goes before the new one is read: never two in memory
@@ -152,18 +152,6 @@ class IndexFrame:
                 index_image.image_write(version, index.parts())
             _keep(version, index)
         return index
-
-    @classmethod
-    def image_current(cls) -> bool:
-        """Whether the database's current index has an image on disk (load would read it, not the rows)."""
-        return index_image.image_exists(index_image.index_version())
-
-    @classmethod
-    def kept_current(cls) -> IndexFrame | None:
-        """The index this process kept, when it is still the database's current version (one query)."""
-        if _KEPT["index"] is None:
-            return None
-        return _kept_of(index_image.index_version())
 
     def parts(self) -> IndexParts:
         """Everything this index is made of, to be saved as an image (identity.index_image)."""
@@ -297,7 +285,8 @@ class IndexFrame:
 _KEPT: dict = {"key": None, "index": None}
 
 
-def _kept_of(version: str | None) -> IndexFrame | None:
+def kept_of(version: str | None) -> IndexFrame | None:
+    """The index this process kept, when it is of `version` (the database's current one, to the caller)."""
     if version is None or not getattr(settings, "CT4_INDEX_KEEP", True):
         return None
     return _KEPT["index"] if _KEPT["key"] == (index_image.database_folder(), version) else None

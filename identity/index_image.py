@@ -78,34 +78,43 @@ def index_version() -> str | None:
     return row[0] if row else None
 
 
-def image_exists(version: str | None) -> bool:
-    """Whether an image of `version` in this code's format is on disk (its record alone is read)."""
-    folder = image_dir()
-    if folder is None or version is None:
-        return False
-    try:
-        meta = json.loads((folder / version / _META).read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("format") == IMAGE_FORMAT and meta.get("version") == version
-
-
-def image_read(version: str | None) -> IndexParts | None:
-    """The image of `version`, or None when there is none that this code can use."""
+def _image_meta(version: str | None) -> tuple[Path, dict] | None:
+    """The folder and record of `version`'s image when it is one this code can use, else None. Raises
+    what reading a damaged record raises (but a missing one: None)."""
     folder = image_dir()
     if folder is None or version is None:
         return None
     path = folder / version
     try:
         meta = json.loads((path / _META).read_text())
-        if meta.get("format") != IMAGE_FORMAT or meta.get("version") != version:
+    except FileNotFoundError:
+        return None
+    return (path, meta) if meta.get("format") == IMAGE_FORMAT and meta.get("version") == version else None
+
+
+def image_exists(version: str | None) -> bool:
+    """Whether an image of `version` in this code's format is on disk (its record alone is read)."""
+    try:
+        return _image_meta(version) is not None
+    except (OSError, ValueError):
+        return False
+
+
+def image_read(version: str | None) -> IndexParts | None:
+    """The image of `version`, or None when there is none that this code can use."""
+    path = None
+    try:
+        found = _image_meta(version)
+        if found is None:
             return None
+        path, meta = found
         frames = {name: pl.read_ipc(path / f"{name}.arrow") for name in meta["frames"]}
         arrays = {name: np.load(path / f"{name}.npy") for name in meta["arrays"]}
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - any damaged image: read the database instead
-        log.warning("drivers index image %s unreadable (%s): reading the index from the database", path, exc)
+        log.warning("drivers index image %s unreadable (%s): reading the index from the database",
+                    path or version, exc)
         return None
     return IndexParts(frames=frames, arrays=arrays, meta=meta["values"])
 

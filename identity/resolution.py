@@ -17,9 +17,9 @@ import polars as pl
 from django.conf import settings
 from django.db import connection, connections, transaction
 
-from identity import linking
+from identity import index_image, linking
 from identity.bulk import frame_read
-from identity.candidates import IndexFrame, SqlIndex, frequencies_load, stage_hits
+from identity.candidates import IndexFrame, SqlIndex, frequencies_load, kept_of, stage_hits
 from identity.matching import (
     LEAD_SCHEMA,
     PAIR_SCHEMA,
@@ -147,11 +147,12 @@ class MatchContext:
         database's indexes."""
         minimum = getattr(settings, "CT4_IN_MEMORY_MIN_LEADS", IN_MEMORY_MIN_LEADS)
         if count < minimum:
-            kept = IndexFrame.kept_current()
+            version = index_image.index_version()
+            kept = kept_of(version)
             if kept is not None:
                 return cls.of_index(kept)
             from_image = getattr(settings, "CT4_IN_MEMORY_IMAGE_MIN_LEADS", IN_MEMORY_IMAGE_MIN_LEADS)
-            if count >= from_image and IndexFrame.image_current():
+            if count >= from_image and index_image.image_exists(version):
                 return cls.load(in_memory=True)
         return cls.load(in_memory=count >= minimum)
 
