@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import string
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,6 +43,11 @@ from identity.matching import KEYS_SCHEMA, RECORD_SCHEMA, TOKENS_SCHEMA, Frequen
 HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "person_i": pl.UInt32, "rule": pl.String}
 PERSON_HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "person_i": pl.UInt32}
 _RECORD_COLUMNS = ", ".join(RECORD_SCHEMA)
+# The record columns IndexFrame looks values up in (its point lookups): every key field's columns and every
+# key-based blocking rule's; an index image carries their lookups.
+LOOKUP_COLUMNS = tuple(dict.fromkeys(
+    [column for name in KEY_FIELDS for column in FIELDS[name].index_columns]
+    + [rule.index_column for rule in BLOCKING_RULES if rule.kind != BlockKind.NAME_TOKENS]))
 
 
 def _pair(low: str, high: str) -> pl.Expr:
@@ -102,11 +108,14 @@ class IndexFrame:
     # driver_i << 32 | code of every (record, token), sorted: "does record r carry token t?" by bisection
     token_keys: np.ndarray = field(init=False)
     # column -> (sorted hashes of its non-null values, their rows): point lookups by bisection instead
-    # of a scan of every record per lookup; built on a column's first lookup (50 ms at 1M), never saved
-    # (a hash is only stable within one process).
+    # of a scan of every record per lookup; built on a column's first lookup (0.08-0.19 s at 1M), or read
+    # with an image (Polars' hash is stable within one Polars version: the image records which).
     _lookups: dict = field(init=False, default_factory=dict, repr=False)
     # Each record's name initials as bits (_initials), by row: made on the first initials rule's lookup.
     _initials: np.ndarray | None = field(init=False, default=None, repr=False)
+    # Held while a lookup or the initials are built: the image thread of a first build (parts) and the
+    # matcher deciding beside it build each once, not twice.
+    _building: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         # By person, then driver: the same rows in the same order whatever order the records came in.
@@ -154,12 +163,17 @@ class IndexFrame:
         return index
 
     def parts(self) -> IndexParts:
-        """Everything this index is made of, to be saved as an image (identity.index_image)."""
+        """Everything this index is made of, to be saved as an image (identity.index_image), with the
+        structures its first lookups would build (the initials, every LOOKUP_COLUMNS lookup: about 1 s at
+        1M that a worker's first run would otherwise pay), built now when they are not yet."""
+        arrays = {"person_starts": self.person_starts, "token_keys": self.token_keys, "initials": self.initials()}
+        for column in LOOKUP_COLUMNS:
+            arrays[f"lookup_hash.{column}"], arrays[f"lookup_row.{column}"] = self._lookup(column)
         return IndexParts(
             frames={"records": self.records, "vocabulary": self.vocabulary, "token_pairs": self.token_pairs,
                     "tokens": self.freq.tokens_frame(), "hires": self.freq.hires_frame()},
-            arrays={"person_starts": self.person_starts, "token_keys": self.token_keys},
-            meta={"persons": self.freq.persons, "drivers": self.freq.drivers})
+            arrays=arrays,
+            meta={"persons": self.freq.persons, "drivers": self.freq.drivers, "lookups": list(LOOKUP_COLUMNS)})
 
     @classmethod
     def restored(cls, parts: IndexParts) -> IndexFrame:
@@ -168,7 +182,10 @@ class IndexFrame:
         frames = parts.frames
         index.records, index.vocabulary, index.token_pairs = frames["records"], frames["vocabulary"], frames["token_pairs"]
         index.person_starts, index.token_keys = parts.arrays["person_starts"], parts.arrays["token_keys"]
-        index._lookups, index._initials = {}, None
+        index._initials = parts.arrays.get("initials")
+        index._lookups = {column: (parts.arrays[f"lookup_hash.{column}"], parts.arrays[f"lookup_row.{column}"])
+                          for column in parts.meta.get("lookups", ())}
+        index._building = threading.Lock()
         index.freq = Frequencies(persons=parts.meta["persons"], drivers=parts.meta["drivers"], tokens=frames["tokens"],
                                  hires=frames["hires"])
         return index
@@ -177,14 +194,7 @@ class IndexFrame:
         """The rows of records whose `column` hashes like one of `values`, ascending: the rows holding
         one of them, and, were two values ever to share a 64-bit hash, a row holding the other. Every
         caller joins the rows' values with the values it asked for, which drops such a row."""
-        if column not in self._lookups:
-            hashes = self.records[column].hash().to_numpy()
-            rows = np.flatnonzero(self.records[column].is_not_null().to_numpy())
-            # Sorted by (hash, row) on every core: numpy's stable argsort, the same order, took ~120 ms
-            # of each column's first lookup at 1M on one core (six columns a run), this ~50 ms.
-            lookup = pl.DataFrame({"hash": hashes[rows], "row": rows}).sort("hash", "row")
-            self._lookups[column] = (lookup["hash"].to_numpy(), lookup["row"].to_numpy())
-        ordered, rows = self._lookups[column]
+        ordered, rows = self._lookup(column)
         wanted = values.cast(self.records.schema[column]).drop_nulls()
         if not wanted.len() or not len(ordered):
             return np.zeros(0, dtype=np.int64)
@@ -194,6 +204,21 @@ class IndexFrame:
         starts, ends = np.searchsorted(ordered, hashed, "left"), np.searchsorted(ordered, hashed, "right")
         counts = ends - starts
         return np.sort(rows[np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())])
+
+    def _lookup(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """`column`'s lookup: the hashes of its non-null values, sorted, and their rows (_rows_with)."""
+        found = self._lookups.get(column)
+        if found is None:
+            with self._building:
+                found = self._lookups.get(column)
+                if found is None:
+                    hashes = self.records[column].hash().to_numpy()
+                    rows = np.flatnonzero(self.records[column].is_not_null().to_numpy())
+                    # Sorted by (hash, row) on every core: numpy's stable argsort, the same order, took ~120 ms
+                    # of each column's first lookup at 1M on one core (six columns a run), this ~50 ms.
+                    lookup = pl.DataFrame({"hash": hashes[rows], "row": rows}).sort("hash", "row")
+                    found = self._lookups[column] = (lookup["hash"].to_numpy(), lookup["row"].to_numpy())
+        return found
 
     def _carrying(self, columns: tuple[str, ...], values: pl.Series) -> pl.DataFrame:
         """(value, person_key, person_i) of every record holding one of `values` in one of `columns`."""
@@ -257,15 +282,20 @@ class IndexFrame:
         """Each record's name initials as bits (see _initials), from its tokens' codes: computed once (a
         birth date's records, gathered with their tokens for every batch, cost a tenth of deciding)."""
         if self._initials is None:
-            bits = self.vocabulary.sort("code").select(_initial_bits(pl.col("token"))).to_series().to_numpy()
-            driver = (self.token_keys >> np.uint64(32)).astype(np.int64)
-            code = (self.token_keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
-            initials = np.zeros(self.records.height, dtype=np.uint32)
-            if len(driver):  # the keys are sorted: each record's tokens are one run
-                starts = np.flatnonzero(np.append(True, driver[1:] != driver[:-1]))
-                initials[driver[starts]] = np.bitwise_or.reduceat(bits[code], starts)
-            self._initials = initials
+            with self._building:
+                if self._initials is None:
+                    self._initials = self._initials_made()
         return self._initials
+
+    def _initials_made(self) -> np.ndarray:
+        bits = self.vocabulary.sort("code").select(_initial_bits(pl.col("token"))).to_series().to_numpy()
+        driver = (self.token_keys >> np.uint64(32)).astype(np.int64)
+        code = (self.token_keys & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        initials = np.zeros(self.records.height, dtype=np.uint32)
+        if len(driver):  # the keys are sorted: each record's tokens are one run
+            starts = np.flatnonzero(np.append(True, driver[1:] != driver[:-1]))
+            initials[driver[starts]] = np.bitwise_or.reduceat(bits[code], starts)
+        return initials
 
     def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
         """(lead_i, record columns...): every record of each (lead_i, person_i), by slicing."""

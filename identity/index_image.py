@@ -6,7 +6,8 @@ again (about 5 s at a million drivers).
 The version is canon.drivers_index_counts.version: a new random value each time the index refresh
 writes the counts, which it does after every change to the index, in the transaction of the change
 (identity.index). An image is read only when its version is the database's current one and its
-format is this code's (IMAGE_FORMAT): a refresh that rolled back leaves a version nobody sees, and
+format is this code's (IMAGE_FORMAT, and the Polars version that wrote it: the image carries lookups by
+Polars' hash, stable within one Polars version only): a refresh that rolled back leaves a version nobody sees, and
 an image of an older index is never read. Anything wrong with an image (missing, partly deleted,
 another format) means the index is read from the database, as without an image.
 
@@ -19,6 +20,7 @@ CT4_INDEX_IMAGE_DIR sets the folder; empty turns images off.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,7 +39,8 @@ from django.db import connection
 log = logging.getLogger("ct4.matching")
 
 # Bump when IndexFrame's parts change shape (columns, dtypes, meaning): older images are then ignored.
-IMAGE_FORMAT = 1
+# 2: the records' initials and the key columns' lookups (hashes by Polars: see _format).
+IMAGE_FORMAT = 2
 _META = "meta.json"
 # A staged folder this old was left by a process that died or rolled back (a build stages in seconds).
 STAGED_STALE_SECONDS = 3600
@@ -89,7 +92,13 @@ def _image_meta(version: str | None) -> tuple[Path, dict] | None:
         meta = json.loads((path / _META).read_text())
     except FileNotFoundError:
         return None
-    return (path, meta) if meta.get("format") == IMAGE_FORMAT and meta.get("version") == version else None
+    return (path, meta) if meta.get("format") == _format() and meta.get("version") == version else None
+
+
+def _format() -> str:
+    """This code's image format: IMAGE_FORMAT and the Polars version, whose hash the lookups were sorted
+    by (Polars keeps Series.hash stable within a version, not across versions)."""
+    return f"{IMAGE_FORMAT}/polars-{pl.__version__}"
 
 
 def image_exists(version: str | None) -> bool:
@@ -132,7 +141,7 @@ def image_stage(parts: IndexParts) -> Path | None:
             frame.write_ipc(staged / f"{name}.arrow", compression="uncompressed")
         for name, array in parts.arrays.items():
             np.save(staged / f"{name}.npy", array)
-        meta = {"format": IMAGE_FORMAT, "frames": list(parts.frames), "arrays": list(parts.arrays),
+        meta = {"format": _format(), "frames": list(parts.frames), "arrays": list(parts.arrays),
                 "values": parts.meta}
         (staged / _META).write_text(json.dumps(meta))
     except BaseException:
@@ -143,8 +152,8 @@ def image_stage(parts: IndexParts) -> Path | None:
 
 def image_publish(staged: Path | None, version: str) -> Path | None:
     """Name a staged image after `version` (atomically) and remove the other images. An image of that
-    version already there (another process's) is kept. Never raises: without an image the next run
-    reads the database."""
+    version already there (another process's) is kept, unless this code cannot read it. Never raises:
+    without an image the next run reads the database."""
     if staged is None:
         return None
     try:
@@ -155,7 +164,13 @@ def image_publish(staged: Path | None, version: str) -> Path | None:
         final = staged.parent / version
         try:
             os.rename(staged, final)
-        except OSError:  # the same version published meanwhile
+        except OSError:  # the same version published meanwhile, or before an upgrade in another format
+            if not image_exists(version):
+                # One this code cannot read would stay until the index changes: every run would read
+                # the database again. Replaced (a reader of the old code then reads the database).
+                shutil.rmtree(final, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    os.rename(staged, final)
             shutil.rmtree(staged, ignore_errors=True)
         for other in staged.parent.iterdir():
             # Another process's folder being staged now is left alone; one left by a crash, after a while.

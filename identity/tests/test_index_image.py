@@ -79,6 +79,8 @@ def test_a_first_build_leaves_the_image_that_a_run_reads_instead_of_the_database
     reads = _database_read(monkeypatch)
     from_image = IndexFrame.load()
     assert reads == []
+    # What a first run would build comes with the image (the comparison below checks it is right).
+    assert set(from_image._lookups) == set(candidates.LOOKUP_COLUMNS) and from_image._initials is not None
     with_image = _decisions(MatchContext.load(in_memory=True))
 
     settings.CT4_INDEX_IMAGE_DIR = ""
@@ -137,6 +139,30 @@ def test_an_image_of_another_format_is_not_read(park, images, monkeypatch, djang
     reads = _database_read(monkeypatch)
     IndexFrame.load()
     assert reads
+
+
+def test_an_image_written_by_another_polars_is_not_read(park, images, monkeypatch,
+                                                        django_capture_on_commit_callbacks):
+    # Its lookups are ordered by Polars' hash, which Polars keeps stable within one version only.
+    _first_build(django_capture_on_commit_callbacks)
+    monkeypatch.setattr(index_image.pl, "__version__", "0.0.1")
+    reads = _database_read(monkeypatch)
+    IndexFrame.load()
+    assert reads
+
+
+def test_an_image_of_the_same_version_in_another_format_is_replaced_by_the_next_run(
+        park, images, monkeypatch, django_capture_on_commit_callbacks):
+    # Left by the code before an upgrade: kept, no run of this code would ever use an image of it.
+    _first_build(django_capture_on_commit_callbacks)
+    meta = images / index_image.index_version() / "meta.json"
+    meta.write_text(meta.read_text().replace(f'"format": "{index_image._format()}"', '"format": 1'))
+    reads = _database_read(monkeypatch)
+    IndexFrame.load()
+    assert reads
+    reads.clear()
+    IndexFrame.load()
+    assert reads == []
 
 
 def test_two_databases_on_one_machine_keep_their_own_images(park, images, monkeypatch,
