@@ -30,7 +30,6 @@ from identity.fields import (
     BLOCKING_RULES,
     FIELDS,
     KEY_FIELDS,
-    INITIALS_MIN_SHARED,
     NAME_BLOCK_MAX_EXPECTED,
     NAME_BLOCK_MIN_TOKEN,
     BlockingRule,
@@ -545,7 +544,7 @@ def _one_typo_variants_small(wanted: pl.DataFrame) -> pl.DataFrame:
 def initials_hits(source: IndexFrame | SqlIndex, rule: BlockingRule, leads: pl.DataFrame) -> pl.DataFrame:
     """(lead_i, person_key[, person_i]): records with the lead's value in rule.index_column (for
     ONE_TYPO_AND_INITIALS, a value one typo off it) whose name tokens' initials include at least
-    INITIALS_MIN_SHARED of the lead's (all of them when the lead has fewer); a lead finding more
+    rule.initials_min of the lead's (all of them when the lead has fewer); a lead finding more
     persons than the rule's cap this way finds none."""
     wanted = (leads.select("lead_i", pl.col(rule.lead_column).alias("value"), _initials(pl.col("name_tokens")).alias("lead_initials"))
               .drop_nulls("value").filter(pl.col("lead_initials") > 0))
@@ -556,7 +555,7 @@ def initials_hits(source: IndexFrame | SqlIndex, rule: BlockingRule, leads: pl.D
         return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
     found = source.records_with(rule.index_column, values["value"])
     shared = (pl.col("lead_initials") & pl.col("initials")).bitwise_count_ones()
-    need = pl.min_horizontal(pl.col("lead_initials").bitwise_count_ones(), pl.lit(INITIALS_MIN_SHARED, pl.UInt32))
+    need = pl.min_horizontal(pl.col("lead_initials").bitwise_count_ones(), pl.lit(rule.initials_min, pl.UInt32))
     hits = (values.join(found, on="value")
             .join(wanted.select("lead_i", "lead_initials"), on="lead_i").filter(shared >= need)
             .drop("lead_initials", "initials", "value").unique(subset=["lead_i", "person_key"]))

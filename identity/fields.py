@@ -213,7 +213,7 @@ INDEX_SOURCES = (
 class BlockKind(StrEnum):
     EQUAL = "equal"  # the lead's value equals the index column
     NAME_TOKENS = "name_tokens"  # the record carries every token of one of the lead's name blocks
-    # The same value in lead_column and index_column, and at least INITIALS_MIN_SHARED of the lead's
+    # The same value in lead_column and index_column, and at least the rule's initials_min of the lead's
     # name tokens' first letters among the record's: one typo in every key and name token survives it.
     EQUAL_AND_INITIALS = "equal_and_initials"
     # As EQUAL_AND_INITIALS, with the lead's value one typo off the index column's: one character
@@ -234,6 +234,9 @@ class BlockingRule:
     # A value shared by more persons than this identifies no one (placeholders, call centres,
     # "Juan Quispe"): it blocks nothing.
     cap: int = 20
+    # *_AND_INITIALS rules: the name initials the lead's name and the record's must share (fewer when the
+    # lead gives fewer name tokens).
+    initials_min: int = 2
 
 
 BLOCKING_RULES: tuple[BlockingRule, ...] = (
@@ -250,12 +253,14 @@ BLOCKING_RULES: tuple[BlockingRule, ...] = (
     # A document or phone typed one typo off, and a name token typed wrong too: no exact key and no
     # known name pair finds the record; the key's one-typo neighbours with the name's initials do
     # (issue 12 item 2; FEBRL corrupts one digit of the ID and a name token together).
-    BlockingRule("document_one_typo", BlockKind.ONE_TYPO_AND_INITIALS, "document", "document", stage=2, cap=20),
+    # One initial is enough beside a document: a DNI has 79 one-typo neighbours among 10^8 numbers, so
+    # a million drivers put about one record on them by chance, where a birth date holds about fifty.
+    # With two, a duplicate whose other name was replaced (FEBRL) was never found; its one-typo DNI and
+    # exact birth date can link it when the given name agrees (matching: fs_document_typo_birth_date).
+    BlockingRule("document_one_typo", BlockKind.ONE_TYPO_AND_INITIALS, "document", "document", stage=2, cap=20,
+                 initials_min=1),
     BlockingRule("phone_one_typo", BlockKind.ONE_TYPO_AND_INITIALS, "phone", "phone", stage=2, cap=20),
 )
-# Initials the lead's name and the record's must share for the *_AND_INITIALS rules (fewer when the
-# lead gives fewer name tokens).
-INITIALS_MIN_SHARED = 2
 
 # Name blocks: tokens known to the index, at least this long; a block expected (were tokens
 # independent) to hold more drivers than this is skipped: "Juan Carlos Quispe Mamani" blocks nothing.

@@ -492,6 +492,21 @@ def test_one_typo_blocking_needs_the_initials(key_typo_park):
     assert initials_hits(IndexFrame.load(), rule, nobody).height == 0
 
 
+def test_one_typo_blocking_beside_a_document_needs_one_initial_and_beside_a_phone_two(key_typo_park):
+    # "Yesenia Flores": only the given name's initial is K1's (y, c, h); K2's phone one typo off likewise.
+    document_rule, phone_rule = (next(r for r in registry.BLOCKING_RULES if r.name == name)
+                                 for name in ("document_one_typo", "phone_one_typo"))
+    one_initial = leads_load().with_columns(pl.lit(["yesenia", "flores"]).alias("name_tokens"))
+    doc = one_initial.filter(pl.col("source_pk") == "DOC")
+    index = IndexFrame.load()
+    k1 = index.records.filter(pl.col("driver_id") == "K1")["person_key"].item()
+    for source in (index, SqlIndex(index.freq)):
+        assert initials_hits(source, document_rule, doc)["person_key"].to_list() == [k1]
+    phone = (one_initial.filter(pl.col("source_pk") == "PHONE")
+             .with_columns(pl.lit(["wilfredo", "flores"]).alias("name_tokens")))
+    assert initials_hits(IndexFrame.load(), phone_rule, phone).height == 0
+
+
 def test_one_typo_variants_are_the_one_typo_level_of_a_key():
     wanted = pl.DataFrame({"lead_i": [0, 1, 2], "value": ["41526374", "+51962000333", "CE0A1"]})
     variants = one_typo_variants(wanted)

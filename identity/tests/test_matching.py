@@ -401,6 +401,23 @@ def test_twins_with_the_same_birth_date_and_a_document_one_typo_off_do_not_link(
     assert not decision.is_link
 
 
+def test_a_document_one_typo_off_the_birth_date_and_the_given_name_link_whatever_the_surnames():
+    # The surnames box holds another family's name (FEBRL replaces one name): the DNI one digit off, the
+    # birth date and the given name are the driver's.
+    decision = lead_decide(lead("juan carlos flores", document="44556678", birth_date=date(1990, 5, 17)),
+                           [person("P1", JUAN)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "given_only"
+    assert decision.candidates[0].level_of("document") == "one_typo"
+    assert decision.is_link and decision.rule == "fs_document_typo_birth_date"
+
+
+def test_a_document_one_typo_off_and_the_given_name_without_the_birth_date_do_not_link():
+    # The near miss: without the birth date, a DNI one digit off and a given name are not one person's.
+    decision = lead_decide(lead("juan carlos flores", document="44556678"), [person("P1", JUAN)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "given_only" and not decision.candidates[0].corroborated
+    assert not decision.is_link
+
+
 def test_the_document_and_the_birth_date_link_under_the_usual_names_path_when_a_name_agrees():
     decision = lead_decide(lead("juan quispe", document="44556677", birth_date=date(1990, 5, 17)),
                            [person("P1", JUAN)], FREQ, T)
