@@ -430,11 +430,10 @@ class SqlIndex:
         return persons.select("lead_i", "person_key").join(self.persons_records(persons["person_key"]), on="person_key")
 
     def records_with(self, column: str, values: pl.Series) -> pl.DataFrame:
-        schema = {"value": RECORD_SCHEMA[column], "person_key": pl.String, "given_tokens": pl.List(pl.String),
-                  "surname_tokens": pl.List(pl.String)}
+        schema = {"value": RECORD_SCHEMA[column], "person_key": pl.String, "initials": pl.UInt32}
         wanted = values.drop_nulls().unique().to_list()
         if not wanted:
-            return pl.DataFrame(schema=schema).select("value", "person_key", pl.lit(0, pl.UInt32).alias("initials"))
+            return pl.DataFrame(schema=schema)
         # One index probe per value, whatever their number: a key's one-typo variants are ~100 a value
         # (27,700 for 1,000 leads), and `= ANY` of that many made the planner scan the million rows
         # on every core (210 ms, against 70-140 ms probing on one).
@@ -442,12 +441,15 @@ class SqlIndex:
             array, param = array_param([value.isoformat() for value in wanted], "date")
         else:
             array, param = array_param(wanted)
-        return frame_read(f"SELECT d.{column}, d.person_key, d.given_tokens, d.surname_tokens "
+        # The initials as _initials makes them (tokens are [a-z]+: "a" is bit 0), here rather than from the
+        # tokens in a frame: a lead arriving now saved ~0.7 ms of each of its three initials rules.
+        return frame_read(f"SELECT d.{column}, d.person_key, "
+                          f"(SELECT coalesce(bit_or(1 << (ascii(t) - 97)), 0) "
+                          f"FROM unnest(d.given_tokens || d.surname_tokens) t) "
                           f"FROM unnest({array}) AS v(value) "
                           f"CROSS JOIN LATERAL ("
                           f"SELECT * FROM canon.drivers_index x WHERE x.{column} = v.value OFFSET 0) d",
-                          [param], schema=schema).select(
-            "value", "person_key", _initials(pl.concat_list("given_tokens", "surname_tokens")).alias("initials"))
+                          [param], schema=schema)
 
 
 def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:

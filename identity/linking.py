@@ -17,7 +17,7 @@ import polars as pl
 from django.db import connection, transaction
 from django.utils import timezone
 
-from identity.bulk import COPY_ROWS, frame_copy, frame_read, frames_copy, staging_create
+from identity.bulk import COPY_ROWS, frame_copy, frame_read, frames_copy, rows_source
 from identity.models import LEADS_TABLE, PARK_TIME_ZONE, ReasonCode, UndoneVia, UnmatchedStatus, Verdict
 
 
@@ -230,20 +230,19 @@ def leads_link_frame(*, links: pl.DataFrame, decided_by: str = "system") -> Link
     with transaction.atomic(), connection.cursor() as cursor:
         person_keys = sorted(set(links["person_key"].to_list()))
         _lock_persons(cursor, person_keys)
-        staging_create(cursor, "_lead_links", LINK_COLUMNS)
-        frame_copy(cursor, "_lead_links", links.select(list(LINK_COLUMNS)))
+        source, params = rows_source(cursor, "_lead_links", links, LINK_COLUMNS, "l")
         cursor.execute(
-            """
+            f"""
             INSERT INTO canon.identity_links
                 (source_table, source_pk, person_key, match_rule, match_score, confidence_level,
                  evidence, rule_version, linked_at, decided_by)
             SELECT %s, l.source_pk, l.person_key, l.match_rule, l.match_score, l.confidence_level,
                    l.evidence, l.rule_version, now(), %s
-            FROM _lead_links l ORDER BY l.source_pk
+            FROM {source} ORDER BY l.source_pk
             ON CONFLICT (source_table, source_pk) DO NOTHING
             RETURNING source_pk
             """,
-            [LEADS_TABLE, decided_by],
+            [LEADS_TABLE, decided_by, *params],
         )
         outcome.linked = [row[0] for row in cursor.fetchall()]
         linked = set(outcome.linked)
@@ -403,20 +402,19 @@ def leads_record_unmatched_frame(*, outcomes: pl.DataFrame, snapshot_date=None) 
         return 0
     snapshot_date = snapshot_date or lima_today()
     with connection.cursor() as cursor:
-        staging_create(cursor, "_lead_unmatched", UNMATCHED_COLUMNS)
-        frame_copy(cursor, "_lead_unmatched", outcomes.select(list(UNMATCHED_COLUMNS)))
+        source, params = rows_source(cursor, "_lead_unmatched", outcomes, UNMATCHED_COLUMNS, "o")
         cursor.execute(
-            """
+            f"""
             INSERT INTO canon.identity_unmatched AS u
                 (source_table, source_pk, reason_code, details, snapshot_date, status, created_at, updated_at)
             SELECT %s, o.source_pk, o.reason_code, o.details, %s, 'open', now(), now()
-            FROM _lead_unmatched o ORDER BY o.source_pk
+            FROM {source} ORDER BY o.source_pk
             ON CONFLICT (source_table, source_pk) DO UPDATE SET
                 reason_code = EXCLUDED.reason_code, details = EXCLUDED.details,
                 snapshot_date = EXCLUDED.snapshot_date, updated_at = now(),
                 status = CASE WHEN u.status = 'ignored' THEN u.status ELSE 'open' END
             """,
-            [LEADS_TABLE, snapshot_date],
+            [LEADS_TABLE, snapshot_date, *params],
         )
         return cursor.rowcount
 

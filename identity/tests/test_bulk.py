@@ -1,5 +1,6 @@
 """COPY in and out of frames (identity.bulk), on PostgreSQL."""
 
+import json
 from datetime import date
 
 import polars as pl
@@ -87,3 +88,25 @@ def test_an_array_parameter_arrives_as_the_values_it_was_given(values, sql_type)
     got = bulk.frame_read(f"SELECT v::text FROM unnest({array}) WITH ORDINALITY AS a(v, i) ORDER BY i", [param],
                           schema={"v": pl.String})
     assert got["v"].fill_null("").to_list() == values
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("rows", [3, bulk.PARAM_ROWS + 1])  # array parameters; a staging table
+def test_a_statement_reads_a_frames_rows_alike_from_parameters_and_from_a_staging_table(rows):
+    columns = {"source_pk": "text", "person_key": "uuid", "score": "float8", "details": "jsonb"}
+    frame = pl.DataFrame({
+        "source_pk": [f"L{i}" if i != 1 else "o'brien, \"jr\"" for i in range(rows)],
+        "person_key": [None if i == 2 else f"00000000-0000-4000-8000-{i:012d}" for i in range(rows)],
+        "score": [None if i == 0 else i / 3 for i in range(rows)],
+        "details": ['{"why": "ñahui, \\"quoted\\"", "n": [1, 2]}' if i % 2 else None for i in range(rows)],
+    })
+    with connection.cursor() as cursor:
+        source, params = bulk.rows_source(cursor, "_rows_test", frame, columns, "r")
+        assert (params == []) == (rows > bulk.PARAM_ROWS)
+        back = bulk.frame_read(f"SELECT r.source_pk, r.person_key::text, r.score, r.details::text FROM {source}",
+                               params, schema=dict(zip(columns, [pl.String, pl.String, pl.Float64, pl.String])),
+                               cursor=cursor)
+    def rows_of(f: pl.DataFrame) -> list:  # jsonb orders an object's keys its own way
+        return sorted((pk, person, score, details and json.loads(details)) for pk, person, score, details in f.rows())
+
+    assert rows_of(back) == rows_of(frame)
