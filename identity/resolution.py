@@ -392,6 +392,14 @@ def _decide_scored_once(leads: pl.DataFrame, source, rejected: pl.DataFrame, fre
     # are the staged path's either way.
     scores = pairs_score(leads, _pairs(leads, every, source, rejected), freq, thresholds, per_record=per_record,
                          prune=prune)
+
+    def every_lead_again() -> Resolved:
+        # What _stage_two_merged gives when every lead is retried, without cutting and joining the frames
+        # into the same ones (a lead arriving now saved ~20 frame operations, ~2 ms).
+        return Resolved(leads=leads, decisions=decisions_make(leads, scores, thresholds), scores=scores, hits=every)
+
+    if not hits.height and more["lead_i"].n_unique() == leads.height:
+        return every_lead_again()  # no key found anyone: no lead is settled by stage 1, each has stage 2's
     first_scores = _scores_of(scores, hits.select(PERSON).unique(), on=PERSON)
     first = Resolved(leads=leads, decisions=decisions_make(leads, first_scores, thresholds), scores=first_scores,
                      hits=hits)
@@ -399,6 +407,8 @@ def _decide_scored_once(leads: pl.DataFrame, source, rejected: pl.DataFrame, fre
     retry = more.select("lead_i").unique().join(unsettled, on="lead_i", how="semi")
     if not retry.height:
         return first
+    if retry.height == leads.height:
+        return every_lead_again()
     again = _scores_of(scores, retry, on=["lead_i"])
     retried = leads.join(retry, on="lead_i", how="semi")
     second = Resolved(leads=retried, decisions=decisions_make(retried, again, thresholds), scores=again,

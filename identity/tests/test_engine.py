@@ -352,6 +352,15 @@ def test_a_small_batch_scored_once_decides_as_the_staged_path(park, in_memory):
     staged = leads_decide_frame(leads, context, score_once=False, per_record=True)
     once = leads_decide_frame(leads, context, score_once=True, per_record=True)
     assert leads.height <= resolution.SCORE_ONCE_MAX_LEADS  # what the single-lead path does by default
+    _assert_same_resolved(once, staged, context)
+    g = once.decisions.filter(pl.col("source_pk") == "G")
+    assert g["outcome"].item() == "link"
+    d4 = IndexFrame.load().records.filter(pl.col("driver_id") == "D4")["person_key"].item()
+    g_candidates = once.scores.candidates.join(g.select("lead_i"), on="lead_i")["person_key"].to_list()
+    assert d4 not in g_candidates
+
+
+def _assert_same_resolved(once, staged, context) -> None:
     assert once.decisions.equals(staged.decisions)
     assert evidence_json(once.decisions, once.scores, context.thresholds).sort("lead_i").equals(
         evidence_json(staged.decisions, staged.scores, context.thresholds).sort("lead_i"))
@@ -361,11 +370,29 @@ def test_a_small_batch_scored_once_decides_as_the_staged_path(park, in_memory):
         assert ours.sort(order).equals(theirs.sort(order)), frame
     hits = ["lead_i", "person_key", "rule"]
     assert once.hits.select(hits).unique().sort(hits).equals(staged.hits.select(hits).unique().sort(hits))
-    g = once.decisions.filter(pl.col("source_pk") == "G")
-    assert g["outcome"].item() == "link"
-    d4 = IndexFrame.load().records.filter(pl.col("driver_id") == "D4")["person_key"].item()
-    g_candidates = once.scores.candidates.join(g.select("lead_i"), on="lead_i")["person_key"].to_list()
-    assert d4 not in g_candidates
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_each_lead_alone_scored_once_decides_as_the_staged_path(park, in_memory):
+    # One lead a batch, as a lead arriving now: a lead no key finds, and one a key finds without settling,
+    # go on to stage 2 whole (_decide_scored_once's shortcut); a lead a key settles stops at stage 1.
+    # The family phone finds D1 and D2, neither of them "Maria": unsettled, her surnames block both again.
+    _make_lead(external_id="M", first_name="Maria", last_name="Quispe Mamani", phone="951234567", document=None,
+               email=None, birth_date=None)
+    context = MatchContext.load(in_memory=in_memory)
+    paths = set()
+    for pk in leads_load()["source_pk"]:
+        lead = leads_load([pk])
+        staged = leads_decide_frame(lead, context, score_once=False, per_record=True)
+        once = leads_decide_frame(lead, context, score_once=True, per_record=True)
+        _assert_same_resolved(once, staged, context)
+        paths.add((bool(staged.hits.filter(pl.col("rule").is_in([r.name for r in registry.BLOCKING_RULES
+                                                                   if r.stage == 1])).height),
+                   staged.decisions["outcome"].item() in resolution.SETTLED_BY_KEYS,
+                   bool(staged.hits.filter(pl.col("rule").is_in([r.name for r in registry.BLOCKING_RULES
+                                                                    if r.stage == 2])).height)))
+    # Each way through: no key hit and stage 2's candidates; a key hit, unsettled, and stage 2's; settled.
+    assert {(False, False, True), (True, False, True)} <= paths and any(settled for _, settled, _ in paths)
 
 
 def test_blocking_report_counts_each_rules_new_pairs(park):
