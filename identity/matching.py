@@ -30,7 +30,7 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v10"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v11"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
@@ -39,7 +39,8 @@ RULE_VERSION = "fs-2026.12-v10"  # v2: the vectorized engine; v3: no recruitment
 # v8: the fs_document_birth_date path (the document and the birth date exact corroborate whatever the name says);
 # v9: the document's two_typos level (two digits typed wrong: weight, never an agreeing key)
 # v10: the fs_document_typo_birth_date path (the document one typo off, the birth date exact and the given
-# name agreeing, whatever the surnames say), and document_one_typo blocking with one shared initial
+# name agreeing), and document_one_typo blocking with one shared initial
+# v11: that path also with the surnames agreeing instead, when the documents are not numbered in sequence (twins)
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path
@@ -672,13 +673,35 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     has_name = leads.select("lead_i", (pl.col("name_tokens").list.len() > 0).alias("lead_has_name"))
     candidates = (candidates.with_columns((prior + pl.sum_horizontal([pl.col(c).fill_null(0) for c in bit_columns]))
                                           .alias("bits"))
-                  .drop(bit_columns).join(has_name, on="lead_i", how="left"))
+                  .drop(bit_columns).join(has_name, on="lead_i", how="left")
+                  .join(_documents_in_sequence(leads, pairs), on=PERSON, how="left"))
     candidates = candidates.with_columns(_corroborated().alias("corroborated"), _link_paths().alias("link_paths"),
                                          _key_agrees().alias("key_agrees"))
     fields = evidence.with_columns(
         pl.col("field").replace_strict({name: i for i, name in enumerate(FIELDS)}, return_dtype=pl.Int32)
         .alias("field_order"))
-    return Scores(candidates.drop("lead_has_name"), fields, by_record)
+    return Scores(candidates.drop("lead_has_name", "document_in_sequence"), fields, by_record)
+
+
+# Documents issued one after the other differ by less than this (twins registered together, DNIs in sequence).
+IN_SEQUENCE_BELOW = 10
+
+
+def _documents_in_sequence(leads: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """(lead_i, person_key, document_in_sequence) of the candidates one of whose records holds a document
+    numbered next to the lead's: both all digits, the same length, 1 to IN_SEQUENCE_BELOW - 1 apart. That
+    is the shape of twins' DNIs, issued when they were registered together, and it is also one typo
+    off (a last digit changed): such a typo says nothing against twins (fs_document_typo_birth_date)."""
+    document = FIELDS["document"]
+    lead = leads.select("lead_i", pl.col(document.lead_column).alias("lead_document")).drop_nulls()
+    records = pl.concat([pairs.select(*PERSON, pl.col(column).alias("document")) for column in document.index_columns])
+    digits = r"^[0-9]{1,18}$"
+    apart = (pl.col("document").cast(pl.Int64, strict=False) - pl.col("lead_document").cast(pl.Int64, strict=False)).abs()
+    return (records.drop_nulls().join(lead, on="lead_i")
+            .filter(pl.col("document").str.contains(digits) & pl.col("lead_document").str.contains(digits)
+                    & (pl.col("document").str.len_chars() == pl.col("lead_document").str.len_chars())
+                    & apart.is_between(1, IN_SEQUENCE_BELOW - 1))
+            .select(*PERSON, pl.lit(True).alias("document_in_sequence")).unique())
 
 
 def m_shift_bits(m_from: dict, m_to: dict) -> dict[tuple[str, str], float]:
@@ -735,11 +758,14 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
       replaced names), and an audit can demote it alone. The score decides as on every path: the
       name's `different` level weighs against it.
     - fs_document_typo_birth_date: the document one typo off and the birth date exact, with the given
-      name agreeing and the surnames not (a surname replaced or mistyped past a typo). Twins are the
-      trap: the birth date and the surnames agree, and DNIs issued together can be one digit apart;
-      their given names differ (`surnames_only`), so they stay a review. By chance, a million drivers
-      put about one record on a DNI's 79 one-typo neighbours, and one in ~20,000 of those has the
-      lead's birth date, fewer still its given name.
+      name agreeing and the surnames not (a surname replaced or mistyped past a typo), or the surnames
+      agreeing and the given name not, unless the two documents are numbered in sequence. Twins are the
+      trap: the birth date and the surnames agree, their given names differ, and twins registered
+      together hold DNIs issued one after the other (1 to 9 apart: a last digit changed, one typo);
+      a typo elsewhere in the number (another digit, two swapped) is not their shape. Twins registered
+      apart hold numbers far apart, which is no one-typo level. By chance, a million drivers put about
+      one record on a DNI's 79 one-typo neighbours, and one in ~20,000 of those has the lead's birth
+      date, fewer still its surnames or given name.
     """
     document_plus_exact = _is("document", "exact") & (
         _is("phone", "exact") | _is("email", "exact") | _is("birth_date", "exact"))
@@ -754,7 +780,9 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
         "fs_personal_key": has_name & personal & _is("name", *NAME_CORROBORATES),
         "fs_shared_key": has_name & shareable & _is("name", *NAME_AGREES_WITHOUT_CONFLICT) & ~relatives,
         "fs_document_birth_date": _is("document", "exact") & _is("birth_date", "exact"),
-        "fs_document_typo_birth_date": _is("document", "one_typo") & _is("birth_date", "exact") & _is("name", "given_only"),
+        "fs_document_typo_birth_date": _is("document", "one_typo") & _is("birth_date", "exact") & (
+            _is("name", "given_only")
+            | (_is("name", "surnames_only") & ~pl.col("document_in_sequence").fill_null(False))),
     }
 
 

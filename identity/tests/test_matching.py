@@ -3,6 +3,7 @@
 import math
 from datetime import date
 
+import polars as pl
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from identity.matching import (
     Frequencies,
     LeadKeys,
     Thresholds,
+    _documents_in_sequence,
     candidate_score,
     lead_decide,
 )
@@ -416,6 +418,33 @@ def test_a_document_one_typo_off_and_the_given_name_without_the_birth_date_do_no
     decision = lead_decide(lead("juan carlos flores", document="44556678"), [person("P1", JUAN)], FREQ, T)
     assert decision.candidates[0].level_of("name") == "given_only" and not decision.candidates[0].corroborated
     assert not decision.is_link
+
+
+def test_a_document_one_typo_off_out_of_sequence_the_birth_date_and_the_surnames_link():
+    # The twins' shape but for the number: a digit other than the last typed wrong (4455_8_677), which
+    # twins' DNIs, issued one after the other, never show. The given name box holds another name.
+    twin = driver("D1", "rosa", "quispe mamani", document="44556677", birth_date=date(1990, 5, 17))
+    decision = lead_decide(lead("ana quispe mamani", document="44586677", birth_date=date(1990, 5, 17)),
+                           [person("P1", twin)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "surnames_only"
+    assert decision.candidates[0].level_of("document") == "one_typo"
+    assert decision.is_link and decision.rule == "fs_document_typo_birth_date"
+
+
+def test_documents_in_sequence_are_numbers_next_to_each_other_of_the_same_length():
+    lead_documents = ["44556678", "44586677", "4455667", "X4455667", None, "55667789", "44556687", "44556668"]
+    leads = pl.DataFrame({"lead_i": list(range(len(lead_documents))), "document": lead_documents},
+                         schema={"lead_i": pl.UInt32, "document": pl.String})
+    # Every lead against one record holding 44556677 (its licence: X4455668, then another DNI, 55667788).
+    pairs = pl.DataFrame({"lead_i": list(range(len(lead_documents))), "person_key": ["P1"] * len(lead_documents),
+                          "document": ["44556677"] * len(lead_documents),
+                          "license_document": ["X4455668"] * 5 + ["55667788"] + ["X4455668"] * 2},
+                         schema={"lead_i": pl.UInt32, "person_key": pl.String, "document": pl.String,
+                                 "license_document": pl.String})
+    found = _documents_in_sequence(leads, pairs)
+    # 1 apart: yes; 30,000 apart: no; shorter: no; letters: no; none: no; 1 from the licence's DNI: yes;
+    # 10 apart: no; 9 below: yes.
+    assert sorted(found["lead_i"].to_list()) == [0, 5, 7]
 
 
 def test_the_document_and_the_birth_date_link_under_the_usual_names_path_when_a_name_agrees():
