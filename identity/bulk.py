@@ -1,8 +1,9 @@
 """Bulk reads and writes between PostgreSQL and Polars frames, by COPY (CSV over the wire).
 
 A frame goes in with one COPY into a temporary staging table and then one set-based statement (a few
-rows as array parameters instead: rows_source); a query comes out with one COPY into a frame. Text arrays travel in PostgreSQL's own literal form
-('{a,b}'), which our normalized tokens ([a-z]+) never need to quote.
+rows as array parameters instead: rows_source); a query comes out with one COPY into a frame. Text
+arrays travel in PostgreSQL's own literal form ('{a,b}'), which our normalized tokens ([a-z]+) never
+need to quote.
 """
 
 from __future__ import annotations
