@@ -4,6 +4,7 @@ import math
 from datetime import date
 
 import polars as pl
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -394,13 +395,22 @@ def test_the_document_and_a_shared_key_with_another_name_do_not_link():
     assert not decision.is_link
 
 
-def test_twins_with_the_same_birth_date_and_a_document_one_typo_off_do_not_link():
+@pytest.mark.parametrize(("lead_document", "links"), [
     # Twins: the surnames and the birth date agree, the DNIs are consecutive numbers (one typo off).
+    ("44556678", False),
+    # The twins' shape but for the number: a digit other than the last typed wrong (4455_8_677), which
+    # twins' DNIs, issued one after the other, never show. The given name box holds another name.
+    ("44586677", True),
+], ids=["twins_documents_in_sequence", "one_typo_out_of_sequence"])
+def test_the_birth_date_the_surnames_and_a_document_one_typo_off_link_unless_in_sequence(lead_document, links):
     twin = driver("D1", "rosa", "quispe mamani", document="44556677", birth_date=date(1990, 5, 17))
-    decision = lead_decide(lead("ana quispe mamani", document="44556678", birth_date=date(1990, 5, 17)),
+    decision = lead_decide(lead("ana quispe mamani", document=lead_document, birth_date=date(1990, 5, 17)),
                            [person("P1", twin)], FREQ, T)
     assert decision.candidates[0].level_of("name") == "surnames_only"
-    assert not decision.is_link
+    assert decision.candidates[0].level_of("document") == "one_typo"
+    assert decision.is_link == links
+    if links:
+        assert decision.rule == "fs_document_typo_birth_date"
 
 
 def test_a_document_one_typo_off_the_birth_date_and_the_given_name_link_whatever_the_surnames():
@@ -418,17 +428,6 @@ def test_a_document_one_typo_off_and_the_given_name_without_the_birth_date_do_no
     decision = lead_decide(lead("juan carlos flores", document="44556678"), [person("P1", JUAN)], FREQ, T)
     assert decision.candidates[0].level_of("name") == "given_only" and not decision.candidates[0].corroborated
     assert not decision.is_link
-
-
-def test_a_document_one_typo_off_out_of_sequence_the_birth_date_and_the_surnames_link():
-    # The twins' shape but for the number: a digit other than the last typed wrong (4455_8_677), which
-    # twins' DNIs, issued one after the other, never show. The given name box holds another name.
-    twin = driver("D1", "rosa", "quispe mamani", document="44556677", birth_date=date(1990, 5, 17))
-    decision = lead_decide(lead("ana quispe mamani", document="44586677", birth_date=date(1990, 5, 17)),
-                           [person("P1", twin)], FREQ, T)
-    assert decision.candidates[0].level_of("name") == "surnames_only"
-    assert decision.candidates[0].level_of("document") == "one_typo"
-    assert decision.is_link and decision.rule == "fs_document_typo_birth_date"
 
 
 def test_documents_in_sequence_are_numbers_next_to_each_other_of_the_same_length():
