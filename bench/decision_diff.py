@@ -57,6 +57,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="a generated park with ground truth")
     parser.add_argument("--old-ref", default="0b4df08", help="the revision to compare with (default: engine v1)")
+    parser.add_argument("--list", action="store_true",
+                        help="also print each changed lead (source_pk, tags, old -> new) to look at with explain_lead")
     args = parser.parse_args()
     env = bench_env()
     reset_database(env)
@@ -76,6 +78,7 @@ def main() -> None:
     rows = {r["lead_source_pk"]: r for r in truth.rows}
     persons = _persons_of_drivers(env)
     changed = Counter()
+    listed = []
     by_case = Counter()
     verdicts = Counter()
     renamed = Counter()
@@ -87,6 +90,7 @@ def main() -> None:
             continue
         changed[(a[0], b[0])] += 1
         row = rows.get(pk)
+        listed.append(f"  {pk:<20} {';'.join(lead_cases(row)) if row else '?':<40} {a[0]} -> {b[0]}")
         for case in lead_cases(row) if row else ["?"]:
             by_case[(case, a[0], b[0])] += 1
         if row:
@@ -101,6 +105,9 @@ def main() -> None:
     for (case, a, b), n in sorted(by_case.items(), key=lambda kv: (-kv[1], kv[0])):
         print(f"  {case:<16} {a:<30} -> {b:<30} {n:>6}")
     print("links among the changed leads:", dict(verdicts))
+    if args.list:
+        print("changed leads (manage.py explain_lead SOURCE_PK on database " + env["CT4_DB_NAME"] + "):")
+        print("\n".join(listed))
     print("unchanged links by rule (old rule -> new rule):")
     for (a, b), n in renamed.most_common():
         print(f"  {a or '-':<30} -> {b or '-':<30} {n:>6}")

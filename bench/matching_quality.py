@@ -206,7 +206,7 @@ def _true_key_agreement(cursor, truth) -> dict[str, str]:
             overlap[pk] = "exact"
         elif overlap.get(pk) != "exact" and (
             (dob and dob == d_dob)
-            or any(a and b and len(a) == len(b) and DamerauLevenshtein.distance(a, b) <= 1 for a, b in pairs_of_keys)
+            or any(a and b and DamerauLevenshtein.distance(a, b) <= 1 for a, b in pairs_of_keys)
         ):
             overlap[pk] = "shared"
     return overlap

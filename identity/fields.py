@@ -93,7 +93,7 @@ def _key_levels(exact_m: float, typo_m: float, typo_u: float, different_m: float
     exact_range, typo_range, different_range = ranges
     return (
         Level("exact", exact_m, None, "same normalized value", "agree", exact_range),
-        Level("one_typo", typo_m, typo_u, "one character changed, or two swapped", m_range=typo_range),
+        Level("one_typo", typo_m, typo_u, "one character changed, dropped or added, or two swapped", m_range=typo_range),
         *((two_typos,) if two_typos else ()),
         Level("different", different_m, 1.0, "both present and different", "disagree", different_range),
     )
@@ -103,6 +103,8 @@ FIELDS: dict[str, Field] = {
     f.name: f
     for f in (
         # A DNI is personal; typed wrong now and then; rarely different for the same person.
+        # one_typo's u: a DNI's 79 same-length neighbours among 10^8 numbers (~8e-7); the shorter and
+        # longer ones a dropped or doubled digit reaches add little, 7- and 9-digit documents being rare.
         Field("document", "Document (DNI / CE)", Role.PERSONAL_ID, Kind.KEY,
               _key_levels(exact_m=0.95, typo_m=0.03, typo_u=1e-6, different_m=0.02,
                           ranges=((0.80, 0.995), (0.002, 0.08), (0.002, 0.12)),
@@ -217,8 +219,9 @@ class BlockKind(StrEnum):
     # name tokens' first letters among the record's: one typo in every key and name token survives it.
     EQUAL_AND_INITIALS = "equal_and_initials"
     # As EQUAL_AND_INITIALS, with the lead's value one typo off the index column's: one character
-    # changed (a digit for a digit, a letter for a letter or digit) or two neighbours swapped, the
-    # one_typo level of a key (same length, Damerau-Levenshtein distance 1).
+    # changed (a digit for a digit, a letter for a letter or digit) or two neighbours swapped, and, for
+    # a rule with `indels`, one character dropped or added: the one_typo level of a key
+    # (Damerau-Levenshtein distance 1).
     ONE_TYPO_AND_INITIALS = "one_typo_and_initials"
 
 
@@ -237,6 +240,13 @@ class BlockingRule:
     # *_AND_INITIALS rules: the name initials the lead's name and the record's must share (fewer when the
     # lead gives fewer name tokens).
     initials_min: int = 2
+    # ONE_TYPO_AND_INITIALS rules: also the values one character shorter or longer than the lead's (a
+    # digit dropped or typed twice). Only for keys whose length varies: a phone or a plate missing a
+    # character is no valid phone or plate, so the index never holds one.
+    indels: bool = False
+    # The initials a record found through a dropped or added character must share (fewer when the lead
+    # gives fewer name tokens): those neighbours add to the same-length ones (identity.candidates).
+    indels_initials_min: int = 2
 
 
 BLOCKING_RULES: tuple[BlockingRule, ...] = (
@@ -255,10 +265,12 @@ BLOCKING_RULES: tuple[BlockingRule, ...] = (
     # (issue 12 item 2; FEBRL corrupts one digit of the ID and a name token together).
     # One initial is enough beside a document: a DNI has 79 one-typo neighbours among 10^8 numbers, so
     # a million drivers put about one record on them by chance, where a birth date holds about fifty.
+    # A digit dropped or typed twice adds 8 shorter and about 80 longer neighbours; few records hold
+    # a 7-digit document (a DNI whose leading zero a spreadsheet dropped) or a 9-digit one (a CE).
     # With two, a duplicate whose other name was replaced (FEBRL) was never found; its one-typo DNI and
     # exact birth date can link it when the given name agrees (matching: fs_document_typo_birth_date).
     BlockingRule("document_one_typo", BlockKind.ONE_TYPO_AND_INITIALS, "document", "document", stage=2, cap=20,
-                 initials_min=1),
+                 initials_min=1, indels=True),
     BlockingRule("phone_one_typo", BlockKind.ONE_TYPO_AND_INITIALS, "phone", "phone", stage=2, cap=20),
 )
 

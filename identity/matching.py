@@ -30,7 +30,7 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v11"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v12"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
@@ -41,6 +41,8 @@ RULE_VERSION = "fs-2026.12-v11"  # v2: the vectorized engine; v3: no recruitment
 # v10: the fs_document_typo_birth_date path (the document one typo off, the birth date exact and the given
 # name agreeing), and document_one_typo blocking with one shared initial
 # v11: that path also with the surnames agreeing instead, when the documents are not numbered in sequence (twins)
+# v12: a key's one_typo level counts one character dropped or added (documents without their leading
+# zeros), and document_one_typo blocking finds the documents a digit shorter or longer
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path
@@ -304,23 +306,36 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
     values = (pairs.select("lead_i", "person_key", "driver_id", *columns["column"].unique(maintain_order=True))
               .unpivot(index=["lead_i", "person_key", "driver_id"], variable_name="column", value_name="value")
               .drop_nulls("value").join(columns, on="column").join(lead_values, on=["lead_i", "field"]))
-    exact = pl.col("value") == pl.col("lead_value")
+    # A spreadsheet's dropped leading zeros are no typo: such a field's numbers also compare without them
+    # (00844210 and 844210 are one document; 844210 and 00844211 one typo). A typed 0 can be a typo too
+    # (02759585 for 22059585: two digits changed), so the typos are counted both ways and the fewer count.
+    stripped, lead_stripped = pl.col("value"), pl.col("lead_value")
     zeros = [f.name for f in fields if f.leading_zeros_equal]
     if zeros:
-        stripped = pl.col("value").str.strip_chars_start("0")
-        exact = exact | (pl.col("field").is_in(zeros) & pl.col("value").str.contains(r"^[0-9]+$")
-                         & pl.col("lead_value").str.contains(r"^[0-9]+$")
-                         & (stripped == pl.col("lead_value").str.strip_chars_start("0")) & (stripped != ""))
-    values = values.with_columns(exact.alias("exact"))
-    maybe = ~values["exact"] & (values["value"].str.len_chars() == values["lead_value"].str.len_chars())
-    rows = np.flatnonzero(maybe.to_numpy())
-    distance = np.full(values.height, 3, dtype=np.int32)
-    distance[rows] = _distances(values["value"].gather(rows), values["lead_value"].gather(rows), cutoff=2)
+        numbers = (pl.col("field").is_in(zeros) & pl.col("value").str.contains(r"^[0-9]+$")
+                   & pl.col("lead_value").str.contains(r"^[0-9]+$"))
+        stripped = pl.when(numbers).then(pl.col("value").str.strip_chars_start("0"))
+        lead_stripped = pl.when(numbers).then(pl.col("lead_value").str.strip_chars_start("0"))
+    exact = (pl.col("value") == pl.col("lead_value")) | ((stripped == lead_stripped) & (stripped != "")).fill_null(False)
+    values = values.with_columns(stripped.alias("stripped"), lead_stripped.alias("lead_stripped"), exact.alias("exact"))
+    # One typo: a character changed, dropped or added, or two swapped (Damerau-Levenshtein 1). Two typos:
+    # two characters changed or swapped, same length (the level's u counts those neighbours only).
+    edits, same_length_two = np.full(values.height, 3, dtype=np.int32), np.zeros(values.height, dtype=bool)
+    for a, b in (("value", "lead_value"), ("stripped", "lead_stripped")):
+        gap = (values[a].str.len_chars().cast(pl.Int32) - values[b].str.len_chars().cast(pl.Int32)).abs()
+        maybe = (~values["exact"] & (gap <= 1)).fill_null(False)
+        if a == "stripped":  # only where a zero went: elsewhere the same strings as the first pass
+            maybe &= ((values[a] != values["value"]) | (values[b] != values["lead_value"])).fill_null(False)
+        rows = np.flatnonzero(maybe.to_numpy())
+        if not len(rows):
+            continue
+        distance = _distances(values[a].gather(rows), values[b].gather(rows), cutoff=2)
+        edits[rows] = np.minimum(edits[rows], distance)
+        same_length_two[rows] |= (distance == 2) & (gap.gather(rows).to_numpy() == 0)
     two_typos = [f.name for f in fields if "two_typos" in f.level_names]
-    edits = pl.Series(distance)
     values = values.with_columns(
-        pl.when(pl.col("exact")).then(0).when(edits <= 1).then(1)
-        .when((edits == 2) & pl.col("field").is_in(two_typos)).then(2).otherwise(3).alias("rank"))
+        pl.when(pl.col("exact")).then(0).when(pl.Series(edits) <= 1).then(1)
+        .when(pl.Series(same_length_two) & pl.col("field").is_in(two_typos)).then(2).otherwise(3).alias("rank"))
     # A record's best value per field (its document before its licence DNI on a tie).
     best = (values.sort(["lead_i", "driver_id", "field", "rank", "column_order"])
             .unique(subset=["lead_i", "driver_id", "field"], keep="first", maintain_order=True))

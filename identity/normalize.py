@@ -596,8 +596,14 @@ def _without_junk(pattern: str) -> dict[str, pl.Expr]:
     return {"value": pl.when(~_VALUE.str.contains(_rust_regex(pattern))).then(_VALUE)}
 
 
+def document_zero_restored(value: pl.Expr) -> pl.Expr:
+    """A 7-digit number with its lost leading zero back, as normalize_document gives it; other values as
+    they are. Also for values made from normalized documents (a one-typo variant a digit shorter)."""
+    return pl.when(value.str.contains(_DOCUMENT_TO_PAD)).then("0" + value).otherwise(value)
+
+
 _USABLE_DOCUMENT = (
-    {"value": pl.when(_VALUE.str.contains(_DOCUMENT_TO_PAD)).then("0" + _VALUE).otherwise(_VALUE)},
+    {"value": document_zero_restored(_VALUE)},
     _without_junk(DOCUMENT_JUNK_PATTERN),
 )
 _DOCUMENT_IN_LICENSE = (

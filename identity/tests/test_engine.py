@@ -91,8 +91,17 @@ def level(field_name: str, the_lead: LeadKeys, *records: DriverRecord) -> str | 
     ({"phone": "+51987654321"}, {}, None),  # the record has no phone: no evidence either way
     ({"document": "44556677"}, {"license_document": "44556677"}, "exact"),  # a licence DNI counts
     ({"document": "844210"}, {"document": "00844210"}, "exact"),  # leading zeros lost in a spreadsheet
-    ({"document": "44556677"}, {"document": "4455667"}, "different"),  # a dropped digit is not one_typo
+    # A digit dropped or typed twice is one typo (since fs-2026.12-v12), counted without leading zeros.
+    ({"document": "44556677"}, {"document": "4455667"}, "one_typo"),
+    ({"document": "44556677"}, {"document": "445566777"}, "one_typo"),
+    ({"document": "5552692"}, {"document": "005052692"}, "one_typo"),  # zeros lost, then one digit changed
+    ({"document": "02759585"}, {"document": "22059585"}, "two_typos"),  # a typed 0 can be a typo too
+    ({"document": "44556677"}, {"document": "445567"}, "different"),  # two digits dropped
+    ({"document": "44556677"}, {"document": "4455677"}, "one_typo"),  # one of two equal digits dropped
+    ({"document": "44556677"}, {"document": "4495667"}, "different"),  # dropped and changed: two, not same length
+    ({"document": "44556677"}, {"document": "44596627"}, "two_typos"),
     ({"email": "jc@gmail.com"}, {"email": "jc@gmial.com"}, "one_typo"),
+    ({"email": "josecontreras@gmail.com"}, {"email": "josecotreras@gmail.com"}, "one_typo"),  # a letter dropped
     ({"plate": "ABC123"}, {"plate": "ABC123"}, "exact"),
 ])
 def test_key_levels(lead_keys, record_keys, expected):
@@ -534,6 +543,29 @@ def test_one_typo_blocking_beside_a_document_needs_one_initial_and_beside_a_phon
     assert initials_hits(IndexFrame.load(), phone_rule, phone).height == 0
 
 
+# K1's DNI 41526374 typed with a digit dropped (the last: normalized 04152637, as any 7-digit number) or
+# typed twice; K4's 5263741 on its record (stored 05263741) with the lead's DNI a digit longer.
+@pytest.mark.parametrize(("typed", "driver"), [("4152637", "K1"), ("4152674", "K1"), ("415263744", "K1"),
+                                               ("052637419", "K4"), ("52637411", "K4")])
+def test_one_typo_blocking_beside_a_document_finds_a_digit_dropped_or_typed_twice(key_typo_park, typed, driver):
+    make_driver(driver_id="K4", first_name="Yesenia", last_name="Huallpa Quispe", document="5263741")
+    drivers_index_refresh()
+    rule = next(r for r in registry.BLOCKING_RULES if r.name == "document_one_typo")
+    CabinetLead.objects.filter(external_id="DOC").update(document=typed)
+    doc = leads_load().filter(pl.col("source_pk") == "DOC")  # initials y, c, h: two of K1's, two of K4's
+    index = IndexFrame.load()
+    wanted = index.records.filter(pl.col("driver_id") == driver)["person_key"].item()
+    for source in (index, SqlIndex(index.freq)):
+        assert initials_hits(source, rule, doc)["person_key"].to_list() == [wanted]
+        assert initials_hits(source, dataclasses.replace(rule, indels=False), doc).height == 0
+        # Through a dropped or added digit one shared initial is not enough (beside a same-length typo it is).
+        one_initial = doc.with_columns(pl.lit(["yesenia", "flores"]).alias("name_tokens"))
+        assert initials_hits(source, rule, one_initial).height == 0
+    resolved = leads_decide_frame(doc, MatchContext.load(in_memory=True))
+    decision = decisions_materialize(resolved.decisions, resolved.scores)["DOC"]
+    assert {f.field: f.level for f in decision.candidates[0].fields}["document"] == "one_typo"
+
+
 def test_one_typo_variants_are_the_one_typo_level_of_a_key():
     wanted = pl.DataFrame({"lead_i": [0, 1, 2], "value": ["41526374", "+51962000333", "CE0A1"]})
     variants = one_typo_variants(wanted)
@@ -551,14 +583,32 @@ def test_one_typo_variants_are_the_one_typo_level_of_a_key():
     assert one_typo_variants(wanted.clear()).height == 0
 
 
+def test_one_typo_variants_with_indels_add_a_character_dropped_or_added():
+    wanted = pl.DataFrame({"lead_i": [0, 1], "value": ["41526374", "CE0A1"]})
+    variants = one_typo_variants(wanted, indels=True)
+    for i, value in enumerate(wanted["value"]):
+        mine = variants.filter(pl.col("lead_i") == i)["value"].to_list()
+        assert len(mine) == len(set(mine)) and value not in mine
+        assert all(DamerauLevenshtein.distance(v, value) == 1 for v in mine)
+        assert set(one_typo_variants(wanted, indels=False).filter(pl.col("lead_i") == i)["value"]) < set(mine)
+    dni = variants.filter(pl.col("lead_i") == 0)["value"].to_list()
+    # 79 as above; 8 digits dropped (all different); 9 places x 10 digits, less the 8 that double a digit twice
+    assert len(dni) == 79 + 8 + 9 * 10 - 8
+    assert {"4152637", "415263744", "1526374", "415263740", "041526374"} <= set(dni)
+    assert all(v.isdigit() for v in dni)  # a digit goes into a number
+    ce = variants.filter(pl.col("lead_i") == 1)["value"].to_list()
+    assert "CEX0A1" in ce and "CE0A" in ce  # a letter or digit into other values
+
+
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.text(alphabet="0123456789AZ+-ñ", min_size=1, max_size=12), min_size=65, max_size=90))
-def test_one_typo_variants_frame_wise_and_value_by_value_agree(values):
+@given(st.lists(st.text(alphabet="0123456789AZ+-ñ", min_size=1, max_size=12), min_size=65, max_size=90),
+       st.booleans())
+def test_one_typo_variants_frame_wise_and_value_by_value_agree(values, indels):
     wanted = pl.DataFrame({"lead_i": range(len(values)), "value": values},
                           schema={"lead_i": pl.UInt32, "value": pl.String})
     assert wanted.height > _VARIANTS_IN_PYTHON_MAX  # the frame-wise way
-    frame_wise = one_typo_variants(wanted).sort("lead_i", "value")
-    assert frame_wise.equals(_one_typo_variants_small(wanted).sort("lead_i", "value"))
+    frame_wise = one_typo_variants(wanted, indels).sort("lead_i", "value")
+    assert frame_wise.equals(_one_typo_variants_small(wanted, indels).sort("lead_i", "value"))
 
 
 # --- m estimated from the data, used by the scorer ------------------------------------------------

@@ -40,7 +40,7 @@ RATES: dict[str, tuple[float | dict[str, float], str]] = {
     "lead_working_hours": (0.90, "leads registered between 08:00 and 21:00 Lima time"),
     # hard cases, exact shares of leads
     "case_typo_phone": (0.040, "one digit changed or two adjacent digits swapped (own phone only)"),
-    "case_typo_document": (0.030, "one digit changed or swapped in the document"),
+    "case_typo_document": (0.030, "one digit changed, swapped, dropped or typed twice in the document"),
     "case_typo_email": (0.025, "one letter changed/dropped/doubled in the e-mail, or a misspelt domain"),
     "case_typo_plate": (0.020, "one character changed or two digits swapped in the plate"),
     "case_typo_name": (0.040, "one letter changed in one name (b/v, s/z, y/i, dropped h, ...)"),
@@ -1135,7 +1135,8 @@ class _Generator:
             own.append("document")
             digits = lead.document
             if "document" in lead.typos:
-                digits = _typo_key(r, digits, keys.document_taken, _typo_digits, keep=2 if h.foreign else 0)
+                digits = _typo_key(r, digits, keys.document_taken, _typo_digits, keep=2 if h.foreign else 0,
+                                   indels=True)
                 lead.cases.append("typo_document")
             elif "document_two" in lead.typos:
                 digits = _typo_key(r, digits, keys.document_taken, _typo_two_digits, keep=2 if h.foreign else 0)
@@ -1258,13 +1259,21 @@ def _typo_key(r: Random, value: str, taken, typo, **kwargs) -> str:
     return candidate
 
 
-def _typo_digits(r: Random, digits: str, keep: int = 0) -> str:
-    """One digit changed or two adjacent different digits swapped; the first `keep` stay."""
+def _typo_digits(r: Random, digits: str, keep: int = 0, indels: bool = False) -> str:
+    """One digit changed or two adjacent different digits swapped; with `indels`, also one digit dropped
+    or typed twice (a DNI's eight digits typed as seven or nine). The first `keep` stay."""
     chars = list(digits)
     swaps = [i for i in range(keep, len(chars) - 1) if chars[i] != chars[i + 1]]
-    if swaps and r.random() < 0.4:
+    roll = r.random() if swaps or indels else 1.0
+    if swaps and roll < 0.4:
         i = swaps[int(r.random() * len(swaps))]
         chars[i], chars[i + 1] = chars[i + 1], chars[i]
+    elif indels and roll >= 0.8:
+        i = keep + int(r.random() * (len(chars) - keep))
+        if roll < 0.9:
+            del chars[i]
+        else:
+            chars.insert(i, chars[i])
     else:
         i = keep + int(r.random() * (len(chars) - keep))
         chars[i] = str((int(chars[i]) + 1 + int(r.random() * 9)) % 10)

@@ -13,6 +13,7 @@ from datetime import date
 import pytest
 from django.conf import settings
 from django.core.management import call_command
+from rapidfuzz.distance import DamerauLevenshtein
 
 from recovery.demo.generator import RATES, demo_data_generate
 
@@ -240,6 +241,22 @@ def test_typos_stay_close_to_the_real_value(park):
         real = {_digits(r["phone"]) for r in park.records_of[truth["human_id"]] if r["phone"]}
         assert typed not in real and not park.humans_by_phone.get(typed)
         assert any(sum(a != b for a, b in zip(typed, phone)) <= 2 for phone in real) or not real
+
+
+def test_document_typos_are_one_edit_some_a_digit_dropped_or_typed_twice(park):
+    leads = [(lead, truth) for lead, truth in park.tagged("typo_document") if truth["human_id"]]
+    assert leads
+    lengths = Counter()
+    for lead, truth in leads:
+        typed = re.sub(r"[^0-9A-Z]", "", lead["document"].upper().removeprefix("DNI ").removeprefix("CE "))
+        real = {(r["document"] or r["license_number"][1:]).lstrip("0") for r in park.records_of[truth["human_id"]]
+                if r["document"] or r["license_number"]}
+        if not real:
+            continue
+        nearest = min(real, key=lambda value: DamerauLevenshtein.distance(typed.lstrip("0"), value))
+        assert DamerauLevenshtein.distance(typed.lstrip("0"), nearest) == 1
+        lengths[len(typed.lstrip("0")) - len(nearest)] += 1
+    assert lengths[-1] and lengths[1] and lengths[0] > lengths[-1] + lengths[1]
 
 
 def test_every_case_type_occurs_about_as_declared(park):
