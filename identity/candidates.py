@@ -546,20 +546,24 @@ def _one_typo_variants_small(wanted: pl.DataFrame, indels: bool = False) -> pl.D
     rows = []
     others = [c for c in wanted.columns if c != "value"]
     for row in wanted.iter_rows(named=True):
-        v = row["value"]
-        variants = []
-        for i, old in enumerate(v):
-            alphabet = _DIGITS if old in _DIGITS else _ALNUM if old in _ALNUM else ""
-            variants += [v[:i] + c + v[i + 1:] for c in alphabet if c != old]
-            if i + 1 < len(v) and old in _ALNUM and v[i + 1] in _ALNUM and v[i + 1] != old:
-                variants.append(v[:i] + v[i + 1] + old + v[i + 2:])
-        if indels:
-            alphabet = _DIGITS if v.isdigit() else _ALNUM
-            extra = ([v[:i] + v[i + 1:] for i in range(len(v))] if len(v) > 1 else []) + [
-                v[:i] + c + v[i:] for i in range(len(v) + 1) for c in alphabet]
-            variants = list(dict.fromkeys(variants + extra))
-        rows += [{**{c: row[c] for c in others}, "value": variant} for variant in variants]
+        rows += [{**{c: row[c] for c in others}, "value": variant} for variant in _value_variants(row["value"], indels)]
     return pl.DataFrame(rows, schema=wanted.schema, orient="row") if rows else wanted.clear()
+
+
+def _value_variants(v: str, indels: bool) -> list[str]:
+    """The values one typo off v, once each (one_typo_variants for one value)."""
+    variants = []
+    for i, old in enumerate(v):
+        alphabet = _DIGITS if old in _DIGITS else _ALNUM if old in _ALNUM else ""
+        variants += [v[:i] + c + v[i + 1:] for c in alphabet if c != old]
+        if i + 1 < len(v) and old in _ALNUM and v[i + 1] in _ALNUM and v[i + 1] != old:
+            variants.append(v[:i] + v[i + 1] + old + v[i + 2:])
+    if indels:
+        alphabet = _DIGITS if v.isascii() and v.isdigit() else _ALNUM
+        extra = ([v[:i] + v[i + 1:] for i in range(len(v))] if len(v) > 1 else []) + [
+            v[:i] + c + v[i:] for i in range(len(v) + 1) for c in alphabet]
+        variants = list(dict.fromkeys(variants + extra))
+    return variants
 
 
 def _typo_variants_as_indexed(values: pl.DataFrame, rule: BlockingRule) -> pl.DataFrame:
@@ -573,6 +577,8 @@ def _typo_variants_as_indexed(values: pl.DataFrame, rule: BlockingRule) -> pl.Da
     a DNI has made about 5 of every 1,000 non-drivers' leads a review of a stranger)."""
     if not rule.indels:
         return one_typo_variants(values).with_columns(pl.lit(rule.initials_min, pl.UInt32).alias("initials_min"))
+    if values.height <= _VARIANTS_IN_PYTHON_MAX:
+        return _typo_variants_as_indexed_small(values, rule)
     stems = values.with_columns(pl.lit(False).alias("unpadded"), pl.col("value").str.len_chars().alias("typed_length"))
     if FIELDS[rule.lead_column].leading_zeros_equal:
         stems = pl.concat([stems, stems.filter(pl.col("value").str.contains("^0[0-9]+$")).with_columns(
@@ -588,6 +594,26 @@ def _typo_variants_as_indexed(values: pl.DataFrame, rule: BlockingRule) -> pl.Da
     # A value reached both ways keeps the smaller need; a lead's own value is no typo of it.
     variants = variants.group_by("lead_i", "value", maintain_order=True).agg(pl.col("initials_min").min())
     return variants.join(values, on=["lead_i", "value"], how="anti")
+
+
+def _typo_variants_as_indexed_small(values: pl.DataFrame, rule: BlockingRule) -> pl.DataFrame:
+    """_typo_variants_as_indexed made value by value (a lead arriving now: about ten frame operations fewer)."""
+    zeros = FIELDS[rule.lead_column].leading_zeros_equal
+    same, indel = rule.initials_min, max(rule.indels_initials_min, rule.initials_min)
+    need: dict[tuple, int] = {}
+    for lead_i, value in values.select("lead_i", "value").iter_rows():
+        stems = [(value, False)]
+        if zeros and len(value) > 1 and value[0] == "0" and value.isascii() and value.isdigit():
+            stems.append((value.lstrip("0"), True))
+        for stem, unpadded in stems:
+            for variant in _value_variants(stem, indels=True):
+                wanted = indel if unpadded or len(variant) != len(value) else same
+                if zeros:
+                    variant = normalize.document_zero_restored_text(variant)
+                if variant != value:
+                    need[lead_i, variant] = min(need.get((lead_i, variant), wanted), wanted)
+    return pl.DataFrame([(lead_i, variant, n) for (lead_i, variant), n in need.items()], orient="row",
+                        schema={"lead_i": values.schema["lead_i"], "value": pl.String, "initials_min": pl.UInt32})
 
 
 def initials_hits(source: IndexFrame | SqlIndex, rule: BlockingRule, leads: pl.DataFrame) -> pl.DataFrame:

@@ -317,21 +317,28 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
         stripped = pl.when(numbers).then(pl.col("value").str.strip_chars_start("0"))
         lead_stripped = pl.when(numbers).then(pl.col("lead_value").str.strip_chars_start("0"))
     exact = (pl.col("value") == pl.col("lead_value")) | ((stripped == lead_stripped) & (stripped != "")).fill_null(False)
-    values = values.with_columns(stripped.alias("stripped"), lead_stripped.alias("lead_stripped"), exact.alias("exact"))
+
+    def gap(a: pl.Expr, b: pl.Expr) -> pl.Expr:
+        return (a.str.len_chars().cast(pl.Int32) - b.str.len_chars().cast(pl.Int32)).abs()
+
+    # One frame operation for all the columns the passes read (a one-lead frame pays ~0.1 ms each).
+    values = values.with_columns(
+        stripped.alias("stripped"), lead_stripped.alias("lead_stripped"), exact.alias("exact"),
+        gap(pl.col("value"), pl.col("lead_value")).alias("gap"), gap(stripped, lead_stripped).fill_null(9).alias("stripped_gap"),
+        ((stripped != pl.col("value")) | (lead_stripped != pl.col("lead_value"))).fill_null(False).alias("zeros_went"))
     # One typo: a character changed, dropped or added, or two swapped (Damerau-Levenshtein 1). Two typos:
     # two characters changed or swapped, same length (the level's u counts those neighbours only).
+    not_exact = ~values["exact"].to_numpy()
     edits, same_length_two = np.full(values.height, 3, dtype=np.int32), np.zeros(values.height, dtype=bool)
-    for a, b in (("value", "lead_value"), ("stripped", "lead_stripped")):
-        gap = (values[a].str.len_chars().cast(pl.Int32) - values[b].str.len_chars().cast(pl.Int32)).abs()
-        maybe = (~values["exact"] & (gap <= 1)).fill_null(False)
-        if a == "stripped":  # only where a zero went: elsewhere the same strings as the first pass
-            maybe &= ((values[a] != values["value"]) | (values[b] != values["lead_value"])).fill_null(False)
-        rows = np.flatnonzero(maybe.to_numpy())
+    for a, b, gaps, where in (("value", "lead_value", values["gap"].to_numpy(), not_exact),
+                              ("stripped", "lead_stripped", values["stripped_gap"].to_numpy(),
+                               not_exact & values["zeros_went"].to_numpy())):  # elsewhere the first pass's strings
+        rows = np.flatnonzero(where & (gaps <= 1))
         if not len(rows):
             continue
         distance = _distances(values[a].gather(rows), values[b].gather(rows), cutoff=2)
         edits[rows] = np.minimum(edits[rows], distance)
-        same_length_two[rows] |= (distance == 2) & (gap.gather(rows).to_numpy() == 0)
+        same_length_two[rows] |= (distance == 2) & (gaps[rows] == 0)
     two_typos = [f.name for f in fields if "two_typos" in f.level_names]
     values = values.with_columns(
         pl.when(pl.col("exact")).then(0).when(pl.Series(edits) <= 1).then(1)

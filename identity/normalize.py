@@ -266,12 +266,18 @@ def normalize_document(raw: str | None) -> str | None:
     if not raw:
         return None
     if len(raw) >= 6 and raw.isascii() and raw.isdigit():  # a bare DNI or CE number: most rows
-        number = "0" + raw if len(raw) == 7 else raw
+        number = document_zero_restored_text(raw)
         return None if number in _DOCUMENT_PLACEHOLDER_SET or number == number[0] * len(number) else number
     value = _alnum_upper(raw)
     value = _DOCUMENT_PREFIX_RE.sub("", value, count=1)
     value = _DOCUMENT_PAD_RE.sub("0", value, count=1)
     return _usable_document(value)
+
+
+def document_zero_restored_text(value: str) -> str:
+    """A 7-digit number with its lost leading zero back (a spreadsheet read the DNI 04455667 as a number);
+    other values as they are. Frame-wise: document_zero_restored."""
+    return "0" + value if len(value) == 7 and value.isascii() and value.isdigit() else value
 
 
 def _usable_document(value: str) -> str | None:

@@ -25,6 +25,8 @@ from identity.candidates import (
     SqlIndex,
     _contained,
     _one_typo_variants_small,
+    _typo_variants_as_indexed,
+    _typo_variants_as_indexed_small,
     blocking_report,
     frequencies_load,
     initials_hits,
@@ -609,6 +611,21 @@ def test_one_typo_variants_frame_wise_and_value_by_value_agree(values, indels):
     assert wanted.height > _VARIANTS_IN_PYTHON_MAX  # the frame-wise way
     frame_wise = one_typo_variants(wanted, indels).sort("lead_i", "value")
     assert frame_wise.equals(_one_typo_variants_small(wanted, indels).sort("lead_i", "value"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.text(alphabet="000123456789A", min_size=1, max_size=10), min_size=1, max_size=90))
+def test_typo_variants_as_indexed_frame_wise_and_value_by_value_agree(values):
+    rule = next(r for r in registry.BLOCKING_RULES if r.name == "document_one_typo")
+    wanted = pl.DataFrame({"lead_i": range(len(values)), "value": values},
+                          schema={"lead_i": pl.UInt32, "value": pl.String})
+    small = _typo_variants_as_indexed_small(wanted, rule).sort("lead_i", "value")
+    filler = pl.DataFrame({"lead_i": range(1000, 1000 + _VARIANTS_IN_PYTHON_MAX), "value": "41526374"},
+                          schema={"lead_i": pl.UInt32, "value": pl.String})  # past the Python way's bound
+    frame_wise = _typo_variants_as_indexed(pl.concat([wanted, filler]), rule)
+    assert frame_wise.filter(pl.col("lead_i") < 1000).sort("lead_i", "value").equals(small)
+    for (lead_i, value), rows in small.group_by("lead_i", "value"):
+        assert rows.height == 1 and value != values[lead_i] and rows["initials_min"][0] in (1, 2)
 
 
 # --- m estimated from the data, used by the scorer ------------------------------------------------
