@@ -505,7 +505,7 @@ def one_typo_variants(wanted: pl.DataFrame, indels: bool = False) -> pl.DataFram
     its own, the one_typo level of a key: one character changed (see _TYPO_ALPHABET) or two
     neighbouring letters or digits swapped, and with `indels` one character dropped or one added (a
     digit into a number, a letter or digit into other values); the value itself never among them. 79
-    variants of a DNI (about 165 with indels), about 100 of a phone."""
+    variants of a DNI (169 with indels), about 100 of a phone."""
     if wanted.height <= _VARIANTS_IN_PYTHON_MAX:
         return _one_typo_variants_small(wanted, indels)
     value = pl.col("value")
@@ -574,7 +574,7 @@ def _typo_variants_as_indexed(values: pl.DataFrame, rule: BlockingRule) -> pl.Da
     41526374), and a variant a digit shorter than an 8-digit DNI is sought with its zero back. Those
     neighbours are as dense as the same-length ones, so a record found through a dropped or added
     character must share rule.indels_initials_min initials (at 1M, with one, the 8 + 80 more neighbours
-    a DNI has made about 5 of every 1,000 non-drivers' leads a review of a stranger)."""
+    a DNI has made about 2 of every 100 non-drivers' leads a review of a stranger)."""
     if not rule.indels:
         return one_typo_variants(values).with_columns(pl.lit(rule.initials_min, pl.UInt32).alias("initials_min"))
     if values.height <= _VARIANTS_IN_PYTHON_MAX:
@@ -623,9 +623,11 @@ def initials_hits(source: IndexFrame | SqlIndex, rule: BlockingRule, leads: pl.D
     persons than the rule's cap this way finds none."""
     wanted = (leads.select("lead_i", pl.col(rule.lead_column).alias("value"), _initials(pl.col("name_tokens")).alias("lead_initials"))
               .drop_nulls("value").filter(pl.col("lead_initials") > 0))
-    values = wanted.select("lead_i", "value", pl.lit(rule.initials_min, pl.UInt32).alias("initials_min"))
+    values = wanted.select("lead_i", "value")
     if rule.kind == BlockKind.ONE_TYPO_AND_INITIALS:
-        values = _typo_variants_as_indexed(values.drop("initials_min"), rule)
+        values = _typo_variants_as_indexed(values, rule)
+    else:
+        values = values.with_columns(pl.lit(rule.initials_min, pl.UInt32).alias("initials_min"))
     if not values.height:
         return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
     found = source.records_with(rule.index_column, values["value"])
