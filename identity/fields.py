@@ -169,9 +169,12 @@ def shown_as(field_name: str, level: str | None) -> str:
 
 
 KEY_FIELDS = tuple(f.name for f in FIELDS.values() if f.kind == Kind.KEY)
-# Fields whose agreement (exact or one typo) makes a candidate worth a look whatever its score.
+# Fields whose exact agreement makes a candidate worth a look whatever its score. A key one typo off does
+# not (since fs-2026.12-v13): the typo blocking rules search a DNI's 169 neighbours and a phone's ~100, so
+# at 1M a lead meets about one stranger there by chance, and a namesake's e-mail is often a letter off.
+# Such a candidate is worth a look when its score says so (weak_bits), as every other one.
 AGREEING_FIELDS = (*KEY_FIELDS, "birth_date")
-AGREEING_LEVELS = ("exact", "one_typo")
+AGREEING_LEVELS = ("exact",)
 
 
 # --- Where the compared columns come from ---------------------------------------------------

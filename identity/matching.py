@@ -30,7 +30,7 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v12"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v13"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
@@ -43,6 +43,8 @@ RULE_VERSION = "fs-2026.12-v12"  # v2: the vectorized engine; v3: no recruitment
 # v11: that path also with the surnames agreeing instead, when the documents are not numbered in sequence (twins)
 # v12: a key's one_typo level counts one character dropped or added (documents without their leading
 # zeros), and document_one_typo blocking finds the documents a digit shorter or longer
+# v13: a key one typo off alone no longer makes a candidate plausible (AGREEING_LEVELS): its score must
+# reach weak_bits, so a stranger the typo rules met by chance is no review
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path

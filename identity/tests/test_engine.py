@@ -145,6 +145,24 @@ def test_name_levels(lead_name, given, surnames, expected):
     assert level("name", lead(lead_name), record(given=given, surnames=surnames)) == expected
 
 
+@pytest.mark.parametrize(("document", "name", "expected"), [
+    # A stranger whose DNI is one typo off the lead's: the typo rules meet such records by chance (a DNI
+    # has 169 one-typo neighbours), so the typo alone makes no review; its score would have to.
+    ("44556678", ("rosa", "flores ccahuana"), ReasonCode.NO_CANDIDATES),
+    ("44556677", ("rosa", "flores ccahuana"), ReasonCode.WEAK_MATCH_ONLY),  # an exact DNI: worth a look
+    ("44556678", ("juan carlos", "quispe mamani"), "link"),  # one typo off with the name: the score says so
+])
+def test_a_key_one_typo_off_alone_makes_no_candidate_plausible(document, name, expected):
+    the_lead = lead(document="44556677")
+    decision = lead_decide(the_lead, [Candidate("P1", (record("D1", *name, document=document),))], FREQ, T)
+    if expected == "link":
+        assert decision.is_link
+    else:
+        assert decision.outcome == expected and not decision.is_link
+    if expected == ReasonCode.NO_CANDIDATES:
+        assert decision.candidates[0].level_of("document") == "one_typo" and decision.candidates[0].bits < T.weak_bits
+
+
 def test_pruning_drops_only_persons_no_name_could_make_plausible():
     the_lead = lead(phone="+51987654321", document="44556677", email="juan.quispe@correo.pe",
                     birth_date=date(1990, 5, 17))

@@ -10,6 +10,7 @@ from identity.index import drivers_index_refresh
 from identity.tests.factories import make_trips
 from recovery.models import KpiRedRecoveryQueue
 from recovery.review.listing import review_queue
+from recovery.review.rules import stored_plausible
 from recovery.tests.factories import conflict, recover, weak
 
 pytestmark = pytest.mark.django_db
@@ -51,3 +52,14 @@ def test_list_is_high_risk_first_then_money_at_stake():
     assert review_queue(risk="medium").total == 2
     assert review_queue(limit=2, offset=2).total == 4
     assert [r.source_pk for r in review_queue(limit=2, offset=2).rows] == [medium_idle.source_pk, low.source_pk]
+
+
+def test_a_stored_candidate_one_typo_off_alone_is_not_plausible():
+    """The review screens read the matcher's rule (identity.fields.AGREEING_LEVELS): a key one typo off
+    makes a candidate worth a look only when its score reaches the weak threshold."""
+    different_name = {"field": "name", "level": "different"}
+    typo = {"score": -15.0, "fields": [{"field": "document", "level": "one_typo"}, different_name]}
+    exact = {"score": -15.0, "fields": [{"field": "phone", "level": "exact"}, different_name]}
+    assert not stored_plausible(typo, weak_bits=-6.0)
+    assert stored_plausible({**typo, "score": -5.0}, weak_bits=-6.0)
+    assert stored_plausible(exact, weak_bits=-6.0)
