@@ -147,6 +147,11 @@ FIELDS: dict[str, Field] = {
                   m_range=(0.02, 0.40)),
             Level("partial", 0.03, None, "given name and surname agree; both sides have other tokens",
                   m_range=(0.002, 0.15)),
+            # Nothing disagrees: one side gives no given name (or no surname), and every token it gives agrees.
+            # A blank box is no evidence of another person, as a different given name is (a relative). A
+            # source that never leaves a box blank shows it 0 times: the range reaches down for it.
+            Level("part_missing", 0.02, None, "the name one side gives agrees; it lacks a given name or a surname",
+                  m_range=(0.0001, 0.15)),
             Level("surnames_only", 0.01, None, "surnames agree, given names do not", m_range=(0.001, 0.10)),
             Level("given_only", 0.004, None, "given names agree, surnames do not", m_range=(0.0005, 0.05)),
             Level("different", 0.002, 1.0, "no token in common", "disagree", (0.0001, 0.02)),

@@ -30,7 +30,7 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v13"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v14"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
@@ -45,6 +45,8 @@ RULE_VERSION = "fs-2026.12-v13"  # v2: the vectorized engine; v3: no recruitment
 # zeros), and document_one_typo blocking finds the documents a digit shorter or longer
 # v13: a key one typo off alone no longer makes a candidate plausible (AGREEING_LEVELS): its score must
 # reach weak_bits, so a stranger the typo rules met by chance is no review
+# v14: the name level part_missing (a side lacks a given name or a surname, and nothing it gives
+# disagrees) and the fs_personal_key_name_part path
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path
@@ -55,6 +57,7 @@ LINK_RULES = (
     "fs_shared_key",  # only a key relatives share (phone, plate, an e-mail one typo off) with the names
     "fs_document_birth_date",  # the document and the birth date exact, and no name agreeing (a wrong name box)
     "fs_document_typo_birth_date",  # the document one typo off, the birth date exact, the given name agreeing
+    "fs_personal_key_name_part",  # the document or e-mail exact, a side without a given name or surname, nothing differing
 )
 # The rule of a decision that links through no path (review, no candidates, ...).
 NO_LINK_RULE = "fellegi_sunter"
@@ -446,9 +449,17 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
     lead_tokens = (leads.select("lead_i", pl.col(f.lead_column).list.unique(maintain_order=True).alias("lead_token"))
                    .filter(pl.col("lead_token").list.len() > 0)
                    .with_columns(pl.col("lead_token").list.len().alias("lead_n")))
+    # Which parts each side gives: a lead's given names are its tokens outside the surname box.
+    lead_parts = leads.select("lead_i", pl.col(f.lead_column).list.set_difference("surname_tokens").list.len().gt(0)
+                              .alias("lead_has_given"), pl.col("surname_tokens").list.len().gt(0).alias("lead_has_surname"))
     records = (pairs.select("lead_i", "person_key", "driver_id", "given_tokens", "surname_tokens")
                .filter((pl.col("given_tokens").list.len() + pl.col("surname_tokens").list.len()) > 0)
                .join(lead_tokens.select("lead_i", "lead_n"), on="lead_i")
+               .join(lead_parts, on="lead_i", how="left")
+               .with_columns(
+                   (~pl.col("lead_has_given").fill_null(False) | pl.col("given_tokens").list.len().eq(0)).alias("no_given"),
+                   (~pl.col("lead_has_surname").fill_null(False) | pl.col("surname_tokens").list.len().eq(0))
+                   .alias("no_surname"))
                .with_row_index("r"))
     if not records.height:
         return pl.DataFrame(schema={c: t for c, t in _EVIDENCE_SCHEMA.items()})
@@ -494,7 +505,8 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
     sides = (pool.join(hits.select("r", "token"), on=["r", "token"], how="semi")
              .group_by("r").agg(pl.col("is_given").any().alias("given_hit"), (~pl.col("is_given")).any().alias("surname_hit"),
                                 pl.len().alias("pool_hit")))
-    scored = (records.select("r", "lead_i", "person_key", "driver_id", "lead_n").join(pool_n, on="r")
+    scored = (records.select("r", "lead_i", "person_key", "driver_id", "lead_n", "no_given", "no_surname")
+              .join(pool_n, on="r")
               .join(per_record, on="r", how="left").join(sides, on="r", how="left")
               .with_columns(pl.col("hits").fill_null(0), pl.col("given_hit").fill_null(False),
                             pl.col("surname_hit").fill_null(False), pl.col("pool_hit").fill_null(0)))
@@ -506,6 +518,9 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
              .when(both & lead_all & pool_all).then(pl.lit("typo"))
              .when(both & (lead_all | pool_all)).then(pl.lit("subset"))
              .when(both).then(pl.lit("partial"))
+             # One part is missing on a side, and every token of a side agrees: nothing disagrees.
+             .when((lead_all | pool_all) & ((pl.col("surname_hit") & pl.col("no_given"))
+                                            | (pl.col("given_hit") & pl.col("no_surname")))).then(pl.lit("part_missing"))
              .when(pl.col("surname_hit")).then(pl.lit("surnames_only"))
              .otherwise(pl.lit("given_only")))
     # The lead's two surnames are the record's in the other order: another family, usually.
@@ -783,13 +798,19 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
       name's `different` level weighs against it.
     - fs_document_typo_birth_date: the document one typo off and the birth date exact, with the given
       name agreeing and the surnames not (a surname replaced or mistyped past a typo), or the surnames
-      agreeing and the given name not, unless the two documents are numbered in sequence. Twins are the
+      agreeing and the given name not (or missing on a side), unless the two documents are numbered in
+      sequence. Twins are the
       trap: the birth date and the surnames agree, their given names differ, and twins registered
       together hold DNIs issued one after the other (1 to 9 apart: a last digit changed, one typo);
       a typo elsewhere in the number (another digit, two swapped) is not their shape. Twins registered
       apart hold numbers far apart, which is no one-typo level. By chance, a million drivers put about
       one record on a DNI's 79 one-typo neighbours, and one in ~20,000 of those has the lead's birth
       date, fewer still its surnames or given name.
+    - fs_personal_key_name_part: the document or the e-mail exact, with the name agreeing on every part
+      one side gives, the other side lacking a given name or a surname (name level `part_missing`), and
+      no document, e-mail or birth date differing. A blank box says nothing against the person, as a
+      different given name does (a relative's DNI on the lead). Not a document one typo off (twins
+      registered together), not the birth date alone (namesakes born the same day, in a big park).
     """
     document_plus_exact = _is("document", "exact") & (
         _is("phone", "exact") | _is("email", "exact") | _is("birth_date", "exact"))
@@ -806,7 +827,9 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
         "fs_document_birth_date": _is("document", "exact") & _is("birth_date", "exact"),
         "fs_document_typo_birth_date": _is("document", "one_typo") & _is("birth_date", "exact") & (
             _is("name", "given_only")
-            | (_is("name", "surnames_only") & ~pl.col("document_in_sequence").fill_null(False))),
+            | (_is("name", "surnames_only", "part_missing") & ~pl.col("document_in_sequence").fill_null(False))),
+        "fs_personal_key_name_part": (has_name & (_is("document", "exact") | _is("email", "exact"))
+                                      & _is("name", "part_missing") & ~contradicted),
     }
 
 

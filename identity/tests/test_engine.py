@@ -145,6 +145,24 @@ def test_name_levels(lead_name, given, surnames, expected):
     assert level("name", lead(lead_name), record(given=given, surnames=surnames)) == expected
 
 
+@pytest.mark.parametrize(("lead_name", "surname_box", "given", "surnames", "expected"), [
+    # One side gives no given name (or no surname) and every token it gives agrees: nothing disagrees.
+    ("mccarthy", "mccarthy", "travis", "mccarthy", "part_missing"),  # the lead's given-name box blank
+    ("alyssa clarke", "clarke", "", "clarke", "part_missing"),  # the record's given name blank
+    ("quispe", "quispe", "", "quispe mamani", "part_missing"),
+    ("madison", "", "madison", "ebdell", "part_missing"),  # the lead's surname box blank
+    # Another given name is not a blank one (a relative), nor a surname the record lacks.
+    ("rosa quispe", "quispe", "juan", "quispe", "surnames_only"),
+    ("quispe rojas", "quispe rojas", "juan", "quispe mamani", "surnames_only"),
+    ("juan quispe", "", "pedro", "quispe", "surnames_only"),  # all in the given-name box: a given name
+    ("juan flores", "flores", "juan", "quispe", "given_only"),
+])
+def test_a_blank_name_part_is_not_a_different_one(lead_name, surname_box, given, surnames, expected):
+    the_lead = LeadKeys("L1", name_tokens=tuple(lead_name.split()), surname_tokens=tuple(surname_box.split()),
+                        phone="+51987654321")
+    assert level("name", the_lead, record(given=given, surnames=surnames, phone="+51987654321")) == expected
+
+
 @pytest.mark.parametrize(("document", "name", "expected"), [
     # A stranger whose DNI is one typo off the lead's: the typo rules meet such records by chance (a DNI
     # has 169 one-typo neighbours), so the typo alone makes no review; its score would have to.

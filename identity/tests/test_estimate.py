@@ -28,8 +28,8 @@ TRUE_M = {
     "email": {"exact": 0.88, "one_typo": 0.05, "different": 0.07},
     "plate": {"exact": 0.75, "one_typo": 0.05, "different": 0.20},
     "birth_date": {"exact": 0.90, "near": 0.06, "different": 0.04},
-    "name": {"exact": 0.70, "surnames_swapped": 0.005, "typo": 0.08, "subset": 0.15, "partial": 0.03,
-             "surnames_only": 0.02, "given_only": 0.01, "different": 0.005},
+    "name": {"exact": 0.69, "surnames_swapped": 0.005, "typo": 0.08, "subset": 0.15, "partial": 0.03,
+             "part_missing": 0.01, "surnames_only": 0.02, "given_only": 0.01, "different": 0.005},
 }
 # How often each side carries the field (a missing value is a null level).
 PRESENT = {"document": 0.6, "phone": 0.9, "email": 0.3, "plate": 0.2, "birth_date": 0.25, "name": 1.0}
@@ -52,7 +52,7 @@ def _pairs(n_matches: int, *, true_m=TRUE_M, n_others: int = 0, seed: int = 5) -
          "plate": {"exact": 0.2, "one_typo": 0.001, "different": 0.799},
          "birth_date": {"exact": 0.001, "near": 0.01, "different": 0.989},
          "name": {"exact": 0.2, "surnames_swapped": 0.05, "typo": 0.05, "subset": 0.05, "partial": 0.05,
-                  "surnames_only": 0.3, "given_only": 0.2, "different": 0.1}}
+                  "part_missing": 0.05, "surnames_only": 0.25, "given_only": 0.2, "different": 0.1}}
     others = pl.DataFrame({name: _draw(rng, u[name], n_others, PRESENT[name]) for name in u},
                           schema={name: pl.String for name in u})
     return pl.concat([matches, others]).with_columns(pl.lit(False).alias("excluded"))

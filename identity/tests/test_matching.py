@@ -413,6 +413,69 @@ def test_the_birth_date_the_surnames_and_a_document_one_typo_off_link_unless_in_
         assert decision.rule == "fs_document_typo_birth_date"
 
 
+def surname_only_lead(**keys) -> LeadKeys:
+    """A lead whose given-name box is blank: "quispe mamani" in the surname box."""
+    return LeadKeys(source_pk="L1", name_tokens=("quispe", "mamani"), surname_tokens=("quispe", "mamani"), **keys)
+
+
+@pytest.mark.parametrize(("keys", "rule"), [
+    # The near miss: the DNI (or the e-mail) exact, the surnames the record's, the given name blank.
+    ({"document": "44556677"}, "fs_personal_key_name_part"),
+    # The traps: a key that differs says another member of the family (a relative's DNI on the lead)...
+    ({"document": "44556677", "birth_date": date(1961, 2, 3)}, None),
+    ({"document": "44556677", "email": "rosa.q@gmail.com"}, None),
+    # ...and a key relatives share, or a DNI one digit off in sequence (a twin), is not enough.
+    ({"phone": "+51987654321"}, None),
+    ({"document": "44556678", "birth_date": date(1990, 5, 17)}, None),
+    # A DNI typo elsewhere in the number with the birth date: the typo path, as with the surnames only.
+    ({"document": "44586677", "birth_date": date(1990, 5, 17)}, "fs_document_typo_birth_date"),
+], ids=["document", "birth_date_differs", "email_differs", "shared_phone", "twins_documents",
+        "document_typo_birth_date"])
+def test_a_blank_given_name_links_on_a_personal_key_when_nothing_differs(keys, rule):
+    decision = lead_decide(surname_only_lead(**keys), [person("P1", JUAN)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "part_missing"
+    assert decision.is_link == (rule is not None)
+    if rule:
+        assert decision.rule == rule
+    else:
+        assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
+def test_a_blank_given_name_links_on_the_email_when_the_score_says_so():
+    # The e-mail weighs less than the DNI: with two common surnames (quispe mamani) the score stays below
+    # link_bits, a review; with rare ones it links, by the same path.
+    common = lead_decide(surname_only_lead(email="jcquispe@gmail.com"), [person("P1", JUAN)], FREQ, T)
+    assert common.candidates[0].corroborated and not common.is_link
+    son = driver("D1", "wilmer", "ccahuana huillca", email="wch@gmail.com")
+    the_lead = LeadKeys(source_pk="L1", name_tokens=("ccahuana", "huillca"), surname_tokens=("ccahuana", "huillca"),
+                        email="wch@gmail.com")
+    rare = lead_decide(the_lead, [person("P1", son)], FREQ, T)
+    assert rare.is_link and rare.rule == "fs_personal_key_name_part"
+
+
+@pytest.mark.parametrize("differing", [{"birth_date": date(1961, 2, 3)}, {"email": "rosa.ch@gmail.com"}])
+def test_a_blank_given_name_with_a_personal_key_differing_stays_a_review_whatever_the_score(differing):
+    # Rare surnames and the DNI make the score a link's; the birth date (or e-mail) that differs says
+    # another member of the family, whose given name the blank box hides: the guard, not the score.
+    son = driver("D1", "wilmer", "ccahuana huillca", document="44556677", birth_date=date(1990, 5, 17),
+                 email="wch@gmail.com")
+    the_lead = LeadKeys(source_pk="L1", name_tokens=("ccahuana", "huillca"), surname_tokens=("ccahuana", "huillca"),
+                        document="44556677", **differing)
+    decision = lead_decide(the_lead, [person("P1", son)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "part_missing"
+    assert decision.candidates[0].bits >= T.link_bits and not decision.candidates[0].corroborated
+    assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
+def test_a_different_given_name_with_the_document_stays_a_review():
+    # The trap a blank box is not: another given name with the family's surnames and a relative's DNI.
+    the_lead = LeadKeys(source_pk="L1", name_tokens=("rosa", "quispe", "mamani"), surname_tokens=("quispe", "mamani"),
+                        document="44556677")
+    decision = lead_decide(the_lead, [person("P1", JUAN)], FREQ, T)
+    assert decision.candidates[0].level_of("name") == "surnames_only"
+    assert not decision.is_link and decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
 def test_a_document_one_typo_off_the_birth_date_and_the_given_name_link_whatever_the_surnames():
     # The surnames box holds another family's name (FEBRL replaces one name): the DNI one digit off, the
     # birth date and the given name are the driver's.
