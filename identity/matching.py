@@ -799,13 +799,12 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
     - fs_document_typo_birth_date: the document one typo off and the birth date exact, with the given
       name agreeing and the surnames not (a surname replaced or mistyped past a typo), or the surnames
       agreeing and the given name not (or missing on a side), unless the two documents are numbered in
-      sequence. Twins are the
-      trap: the birth date and the surnames agree, their given names differ, and twins registered
-      together hold DNIs issued one after the other (1 to 9 apart: a last digit changed, one typo);
-      a typo elsewhere in the number (another digit, two swapped) is not their shape. Twins registered
-      apart hold numbers far apart, which is no one-typo level. By chance, a million drivers put about
-      one record on a DNI's 79 one-typo neighbours, and one in ~20,000 of those has the lead's birth
-      date, fewer still its surnames or given name.
+      sequence. Twins are the trap: the birth date and the surnames agree, their given names differ, and
+      twins registered together hold DNIs issued one after the other (1 to 9 apart: a last digit changed,
+      one typo); a typo elsewhere in the number (another digit, two swapped) is not their shape. Twins
+      registered apart hold numbers far apart, which is no one-typo level. By chance, a million drivers
+      put about one record on a DNI's 79 one-typo neighbours, and one in ~20,000 of those has the lead's
+      birth date, fewer still its surnames or given name.
     - fs_personal_key_name_part: the document or the e-mail exact, with the name agreeing on every part
       one side gives, the other side lacking a given name or a surname (name level `part_missing`), and
       no document, e-mail or birth date differing. A blank box says nothing against the person, as a
