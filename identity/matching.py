@@ -446,16 +446,16 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
     that a random person carries all the hit tokens (typo'd ones count FUZZY_TOKEN_WEIGHT).
     A person's name evidence is its best record's.
     """
-    lead_tokens = (leads.select("lead_i", pl.col(f.lead_column).list.unique(maintain_order=True).alias("lead_token"))
+    # Which parts each side gives: a lead's given names are its tokens outside the surname box.
+    lead_tokens = (leads.select("lead_i", pl.col(f.lead_column).list.unique(maintain_order=True).alias("lead_token"),
+                                pl.col(f.lead_column).list.set_difference("surname_tokens").list.len().gt(0)
+                                .alias("lead_has_given"),
+                                pl.col("surname_tokens").list.len().gt(0).alias("lead_has_surname"))
                    .filter(pl.col("lead_token").list.len() > 0)
                    .with_columns(pl.col("lead_token").list.len().alias("lead_n")))
-    # Which parts each side gives: a lead's given names are its tokens outside the surname box.
-    lead_parts = leads.select("lead_i", pl.col(f.lead_column).list.set_difference("surname_tokens").list.len().gt(0)
-                              .alias("lead_has_given"), pl.col("surname_tokens").list.len().gt(0).alias("lead_has_surname"))
     records = (pairs.select("lead_i", "person_key", "driver_id", "given_tokens", "surname_tokens")
                .filter((pl.col("given_tokens").list.len() + pl.col("surname_tokens").list.len()) > 0)
-               .join(lead_tokens.select("lead_i", "lead_n"), on="lead_i")
-               .join(lead_parts, on="lead_i", how="left")
+               .join(lead_tokens.select("lead_i", "lead_n", "lead_has_given", "lead_has_surname"), on="lead_i")
                .with_columns(
                    (~pl.col("lead_has_given").fill_null(False) | pl.col("given_tokens").list.len().eq(0)).alias("no_given"),
                    (~pl.col("lead_has_surname").fill_null(False) | pl.col("surname_tokens").list.len().eq(0))
