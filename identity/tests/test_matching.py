@@ -10,11 +10,13 @@ from hypothesis import strategies as st
 
 from identity.fields import FIELDS
 from identity.matching import (
+    LINK_RULES,
     Candidate,
     DriverRecord,
     Frequencies,
     LeadKeys,
     Thresholds,
+    _corroboration_paths,
     _documents_in_sequence,
     candidate_score,
     lead_decide,
@@ -439,6 +441,19 @@ def test_a_blank_given_name_links_on_a_personal_key_when_nothing_differs(keys, r
         assert decision.rule == rule
     else:
         assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
+def test_every_link_rule_is_one_corroboration_path_in_its_order():
+    # A path missing from LINK_RULES would link under a name no audit can demote (identity.rules lists
+    # LINK_RULES), and the order names a link by its first path.
+    assert tuple(_corroboration_paths()) == LINK_RULES
+
+
+def test_the_blank_box_path_demoted_sends_its_lead_to_review():
+    demoted = Thresholds(demoted_rules=frozenset({"fs_personal_key_name_part"}))
+    decision = lead_decide(surname_only_lead(document="44556677"), [person("P1", JUAN)], FREQ, demoted)
+    assert not decision.is_link and decision.outcome == ReasonCode.WEAK_MATCH_ONLY
+    assert decision.demoted_rule == "fs_personal_key_name_part"
 
 
 def test_a_blank_given_name_links_on_the_email_when_the_score_says_so():
