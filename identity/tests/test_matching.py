@@ -415,9 +415,9 @@ def test_the_birth_date_the_surnames_and_a_document_one_typo_off_link_unless_in_
         assert decision.rule == "fs_document_typo_birth_date"
 
 
-def surname_only_lead(**keys) -> LeadKeys:
-    """A lead whose given-name box is blank: "quispe mamani" in the surname box."""
-    return LeadKeys(source_pk="L1", name_tokens=("quispe", "mamani"), surname_tokens=("quispe", "mamani"), **keys)
+def surname_only_lead(surnames="quispe mamani", **keys) -> LeadKeys:
+    """A lead whose given-name box is blank: only the surnames, in the surname box."""
+    return LeadKeys(source_pk="L1", name_tokens=tuple(surnames.split()), surname_tokens=tuple(surnames.split()), **keys)
 
 
 @pytest.mark.parametrize(("keys", "rule"), [
@@ -462,9 +462,7 @@ def test_a_blank_given_name_links_on_the_email_when_the_score_says_so():
     common = lead_decide(surname_only_lead(email="jcquispe@gmail.com"), [person("P1", JUAN)], FREQ, T)
     assert common.candidates[0].corroborated and not common.is_link
     son = driver("D1", "wilmer", "ccahuana huillca", email="wch@gmail.com")
-    the_lead = LeadKeys(source_pk="L1", name_tokens=("ccahuana", "huillca"), surname_tokens=("ccahuana", "huillca"),
-                        email="wch@gmail.com")
-    rare = lead_decide(the_lead, [person("P1", son)], FREQ, T)
+    rare = lead_decide(surname_only_lead("ccahuana huillca", email="wch@gmail.com"), [person("P1", son)], FREQ, T)
     assert rare.is_link and rare.rule == "fs_personal_key_name_part"
 
 
@@ -474,9 +472,8 @@ def test_a_blank_given_name_with_a_personal_key_differing_stays_a_review_whateve
     # another member of the family, whose given name the blank box hides: the guard, not the score.
     son = driver("D1", "wilmer", "ccahuana huillca", document="44556677", birth_date=date(1990, 5, 17),
                  email="wch@gmail.com")
-    the_lead = LeadKeys(source_pk="L1", name_tokens=("ccahuana", "huillca"), surname_tokens=("ccahuana", "huillca"),
-                        document="44556677", **differing)
-    decision = lead_decide(the_lead, [person("P1", son)], FREQ, T)
+    decision = lead_decide(surname_only_lead("ccahuana huillca", document="44556677", **differing),
+                           [person("P1", son)], FREQ, T)
     assert decision.candidates[0].level_of("name") == "part_missing"
     assert decision.candidates[0].bits >= T.link_bits and not decision.candidates[0].corroborated
     assert decision.outcome == ReasonCode.WEAK_MATCH_ONLY
