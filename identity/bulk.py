@@ -59,6 +59,16 @@ def frame_read(query: str, params: list | dict | None = None, *, schema: dict[st
     return frame.with_columns([_parse(name, dtype) for name, dtype in schema.items()])
 
 
+def frame_fetch(query: str, params: list | dict | None = None, *, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """frame_read for a read of a few rows (a lead arriving now): the rows fetched as Python values instead
+    of COPY's CSV, which costs ~1-2 ms a call to parse whatever its rows (0.6-1.1 ms this way for a dozen
+    index records, measured on one CPU at 1M). The query's columns must already be of `schema`'s types as
+    psycopg returns them: a uuid selected as text (`person_key::text`), a text[] as a list."""
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        return pl.DataFrame(cursor.fetchall(), schema=schema, orient="row")
+
+
 def _parse(name: str, dtype) -> pl.Expr:
     column = pl.col(name)
     if dtype == pl.List(pl.String):

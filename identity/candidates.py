@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection
 
 from identity import index_image, normalize
-from identity.bulk import array_param, frame_read
+from identity.bulk import array_param, frame_fetch, frame_read
 from identity.fields import (
     BLOCKING_RULES,
     FIELDS,
@@ -42,6 +42,8 @@ from identity.matching import KEYS_SCHEMA, RECORD_SCHEMA, TOKENS_SCHEMA, Frequen
 HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "person_i": pl.UInt32, "rule": pl.String}
 PERSON_HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "person_i": pl.UInt32}
 _RECORD_COLUMNS = ", ".join(RECORD_SCHEMA)
+# The same, each as RECORD_SCHEMA types it when fetched as Python values (frame_fetch): a uuid as text.
+_RECORD_VALUES = ", ".join(f"{c}::text" if c == "person_key" else c for c in RECORD_SCHEMA)
 # The record columns IndexFrame looks values up in (its point lookups): every key field's columns and every
 # key-based blocking rule's; an index image carries their lookups.
 LOOKUP_COLUMNS = tuple(dict.fromkeys(
@@ -423,8 +425,8 @@ class SqlIndex:
         if not keys:
             return pl.DataFrame(schema=RECORD_SCHEMA)
         array, param = array_param(keys, "uuid")
-        return frame_read(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index WHERE person_key = ANY({array})",
-                          [param], schema=RECORD_SCHEMA)
+        return frame_fetch(f"SELECT {_RECORD_VALUES} FROM canon.drivers_index WHERE person_key = ANY({array})",
+                           [param], schema=RECORD_SCHEMA)
 
     def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
         return persons.select("lead_i", "person_key").join(self.persons_records(persons["person_key"]), on="person_key")
@@ -443,13 +445,13 @@ class SqlIndex:
             array, param = array_param(wanted)
         # The initials as _initials makes them (tokens are [a-z]+: "a" is bit 0), here rather than from the
         # tokens in a frame: a lead arriving now saved ~0.7 ms of each of its three initials rules.
-        return frame_read(f"SELECT d.{column}, d.person_key, "
-                          f"(SELECT coalesce(bit_or(1 << (ascii(t) - 97)), 0) "
-                          f"FROM unnest(d.given_tokens || d.surname_tokens) t) "
-                          f"FROM unnest({array}) AS v(value) "
-                          f"CROSS JOIN LATERAL ("
-                          f"SELECT * FROM canon.drivers_index x WHERE x.{column} = v.value OFFSET 0) d",
-                          [param], schema=schema)
+        return frame_fetch(f"SELECT d.{column}, d.person_key::text, "
+                           f"(SELECT coalesce(bit_or(1 << (ascii(t) - 97)), 0) "
+                           f"FROM unnest(d.given_tokens || d.surname_tokens) t) "
+                           f"FROM unnest({array}) AS v(value) "
+                           f"CROSS JOIN LATERAL ("
+                           f"SELECT * FROM canon.drivers_index x WHERE x.{column} = v.value OFFSET 0) d",
+                           [param], schema=schema)
 
 
 def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:

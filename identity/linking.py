@@ -17,7 +17,7 @@ import polars as pl
 from django.db import connection, transaction
 from django.utils import timezone
 
-from identity.bulk import COPY_ROWS, frame_copy, frame_read, frames_copy, rows_source
+from identity.bulk import COPY_ROWS, frame_copy, frame_fetch, frames_copy, rows_source
 from identity.models import LEADS_TABLE, PARK_TIME_ZONE, ReasonCode, UndoneVia, UnmatchedStatus, Verdict
 
 
@@ -444,7 +444,8 @@ def rejected_frame(*, source_pks: list[str]) -> pl.DataFrame:
     schema = {"source_pk": pl.String, "person_key": pl.String}
     if not source_pks:
         return pl.DataFrame(schema=schema)
-    return frame_read(
+    # Judgements are few (a reviewer's), whatever the batch: fetched, not copied.
+    return frame_fetch(
         "SELECT source_pk, person_key::text FROM canon.identity_judgements "
         "WHERE source_table = %s AND source_pk = ANY(%s) AND verdict = %s AND person_key IS NOT NULL",
         [LEADS_TABLE, source_pks, Verdict.NOT_THIS_PERSON.value], schema=schema)

@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connection, connections, transaction
 
 from identity import index_image, linking
-from identity.bulk import frame_read
+from identity.bulk import PARAM_ROWS, frame_fetch, frame_read
 from identity.candidates import IndexFrame, SqlIndex, frequencies_load, kept_of, stage_hits
 from identity.matching import (
     LEAD_SCHEMA,
@@ -97,7 +97,9 @@ def leads_load(source_pks: list[str] | None = None, *, unlinked_only: bool = Fal
              + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY c.created_at DESC, c.source_pk"
              + (f" LIMIT {int(limit)}" if limit else ""))
     raw_schema = {name: pl.String for name in _RAW_LEAD_COLUMNS} | {"birth_date": pl.Date, "lead_date": pl.Date}
-    raw = frame_read(query, params or None, schema=raw_schema)
+    # A few leads (one arriving now) are fetched; more are copied (frame_fetch, frame_read).
+    few = source_pks is not None and len(source_pks) <= PARAM_ROWS
+    raw = (frame_fetch if few else frame_read)(query, params or None, schema=raw_schema)
     return leads_normalize(raw)
 
 

@@ -29,6 +29,28 @@ def test_a_frame_goes_in_slice_by_slice_and_comes_back_whole(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_a_few_rows_fetched_are_the_frame_copy_reads():
+    # frame_fetch serves a lead arriving now: the same frame as frame_read's COPY, NULL and "" apart, an
+    # empty list and a missing date intact, a uuid read as text.
+    frame = pl.DataFrame({
+        "id": [1, 2, 3], "name": ["quispe", None, ""], "tokens": [["juan", "carlos"], [], ["luz"]],
+        "day": [date(1990, 1, 2), None, date(2000, 2, 29)],
+        "person": ["7c9e6679-7425-40de-944b-e07fc1f90ae7", None, "00000000-0000-0000-0000-000000000001"],
+    }, schema={**SCHEMA, "person": pl.String})
+    schema = dict(frame.schema)
+    with connection.cursor() as cursor:
+        bulk.staging_create(cursor, "_bulk_test", {"id": "bigint", "name": "text", "tokens": "text[]", "day": "date",
+                                                   "person": "uuid"})
+        bulk.frame_copy(cursor, "_bulk_test", frame)
+        query = "SELECT id, name, tokens, day, person::text FROM _bulk_test WHERE id = ANY(%s) ORDER BY id"
+        copied = bulk.frame_read(query, [[1, 2, 3]], schema=schema, cursor=cursor)
+        fetched = bulk.frame_fetch(query, [[1, 2, 3]], schema=schema)
+        assert bulk.frame_fetch(query, [[]], schema=schema).equals(frame.clear())
+    assert copied.equals(frame)
+    assert fetched.equals(frame)
+
+
+@pytest.mark.django_db
 def test_frames_made_one_at_a_time_go_in_and_a_bad_row_fails_the_caller(monkeypatch):
     monkeypatch.setattr(bulk, "SEND_ROWS", 2)
     made = []
