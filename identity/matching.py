@@ -348,9 +348,10 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
     values = values.with_columns(
         pl.when(pl.col("exact")).then(0).when(pl.Series(edits) <= 1).then(1)
         .when(pl.Series(same_length_two) & pl.col("field").is_in(two_typos)).then(2).otherwise(3).alias("rank"))
-    # A record's best value per field (its document before its licence DNI on a tie).
-    best = (values.sort(["lead_i", "driver_id", "field", "rank", "column_order"])
-            .unique(subset=["lead_i", "driver_id", "field"], keep="first", maintain_order=True))
+    # A record's best value per field (its document before its licence DNI on a tie). A record is one row per
+    # column, so (rank, column_order) is unique within its field: the row holding the least is the one.
+    choice = pl.col("rank") * (columns["column_order"].max() + 1) + pl.col("column_order")
+    best = values.filter(choice == choice.min().over("lead_i", "driver_id", "field"))
     best = best.join(freq.keys_frame().select("field", "value", "persons"), on=["field", "value"], how="left")
 
     def per_field(values: dict[str, float]) -> pl.Expr:
