@@ -60,7 +60,9 @@ def rules(stage: int) -> tuple[BlockingRule, ...]:
 
 
 def _lead_values(leads: pl.DataFrame, column: str) -> pl.DataFrame:
-    return leads.select("lead_i", pl.col(column).alias("value")).drop_nulls("value")
+    # One query, not a selection and then a filter: a lead arriving now makes this frame ~9 times, each frame
+    # operation ~0.1 ms.
+    return leads.lazy().select("lead_i", pl.col(column).alias("value")).drop_nulls("value").collect()
 
 
 def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
