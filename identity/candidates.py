@@ -41,9 +41,8 @@ from identity.matching import KEYS_SCHEMA, RECORD_SCHEMA, TOKENS_SCHEMA, Frequen
 # person_i: the person's position in IndexFrame.records (null from SqlIndex), so its records are a slice.
 HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "person_i": pl.UInt32, "rule": pl.String}
 PERSON_HITS_SCHEMA = {"lead_i": pl.UInt32, "person_key": pl.String, "person_i": pl.UInt32}
-_RECORD_COLUMNS = ", ".join(RECORD_SCHEMA)
-# The same, each as RECORD_SCHEMA types it when fetched as Python values (frame_fetch): a uuid as text.
-_RECORD_VALUES = ", ".join(f"{c}::text" if c == "person_key" else c for c in RECORD_SCHEMA)
+# Each as RECORD_SCHEMA types it, read by COPY or fetched (frame_read, frame_fetch): a uuid as text.
+_RECORD_COLUMNS = ", ".join(f"{c}::text" if c == "person_key" else c for c in RECORD_SCHEMA)
 # The record columns IndexFrame looks values up in (its point lookups): every key field's columns and every
 # key-based blocking rule's; an index image carries their lookups.
 LOOKUP_COLUMNS = tuple(dict.fromkeys(
@@ -388,17 +387,13 @@ class SqlIndex:
             params += [param] * len(FIELDS[name].index_columns)
         if not selects:
             return pl.DataFrame(schema=KEYS_SCHEMA)
-        with connection.cursor() as cursor:
-            cursor.execute(" UNION ALL ".join(selects), params)
-            rows = cursor.fetchall()
-        return pl.DataFrame(rows, schema=KEYS_SCHEMA, orient="row")
+        return frame_fetch(" UNION ALL ".join(selects), params, schema=KEYS_SCHEMA)
 
     def equal_hits(self, rule: BlockingRule, wanted: pl.DataFrame) -> pl.DataFrame:
         array, param = array_param(wanted["value"].unique().to_list())
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT {rule.index_column}, person_key::text FROM canon.drivers_index "
-                           f"WHERE {rule.index_column} = ANY({array})", [param])
-            found = pl.DataFrame(cursor.fetchall(), schema={"value": pl.String, "person_key": pl.String}, orient="row")
+        found = frame_fetch(f"SELECT {rule.index_column}, person_key::text FROM canon.drivers_index "
+                            f"WHERE {rule.index_column} = ANY({array})", [param],
+                            schema={"value": pl.String, "person_key": pl.String})
         return wanted.join(found, on="value").select("lead_i", "person_key")
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
@@ -407,17 +402,13 @@ class SqlIndex:
         numbered = blocks.with_row_index("block_i")
         # Tokens are [a-z]+ (identity.normalize): a block's tokens joined by spaces, the blocks by commas.
         array, param = array_param(numbered["block"].list.join(" ").to_list(), sep=",")
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"""
-                SELECT b.i - 1, h.person_key::text
-                FROM unnest({array}) WITH ORDINALITY AS b(tokens, i)
-                CROSS JOIN LATERAL canon.name_block(string_to_array(b.tokens, ' '), %s) h
-                """,
-                [param, cap + 1],
-            )
-            found = pl.DataFrame(cursor.fetchall(), schema={"block_i": pl.UInt32, "person_key": pl.String},
-                                 orient="row")
+        found = frame_fetch(
+            f"""
+            SELECT b.i - 1, h.person_key::text
+            FROM unnest({array}) WITH ORDINALITY AS b(tokens, i)
+            CROSS JOIN LATERAL canon.name_block(string_to_array(b.tokens, ' '), %s) h
+            """,
+            [param, cap + 1], schema={"block_i": pl.UInt32, "person_key": pl.String})
         small = found.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
         found = found.join(small, on="block_i", how="semi").join(numbered.select("block_i", "lead_i"), on="block_i")
         return found.select("lead_i", "person_key").unique()
@@ -427,7 +418,7 @@ class SqlIndex:
         if not keys:
             return pl.DataFrame(schema=RECORD_SCHEMA)
         array, param = array_param(keys, "uuid")
-        return frame_fetch(f"SELECT {_RECORD_VALUES} FROM canon.drivers_index WHERE person_key = ANY({array})",
+        return frame_fetch(f"SELECT {_RECORD_COLUMNS} FROM canon.drivers_index WHERE person_key = ANY({array})",
                            [param], schema=RECORD_SCHEMA)
 
     def pairs_records(self, persons: pl.DataFrame) -> pl.DataFrame:
