@@ -31,6 +31,7 @@ from identity.fields import (
     FIELDS,
     KEY_FIELDS,
     NAME_BLOCK_MAX_EXPECTED,
+    NAME_BLOCK_MAX_TOKENS,
     NAME_BLOCK_MIN_TOKEN,
     BlockingRule,
     BlockKind,
@@ -66,8 +67,15 @@ def _lead_values(leads: pl.DataFrame, column: str) -> pl.DataFrame:
 
 def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
     """Each lead's name blocks (lead_i, block): its rarest known tokens in a pair, and when it has
-    three, the triple and the (second, third) pair too; a block expected (were tokens independent)
-    to hold more than NAME_BLOCK_MAX_EXPECTED drivers is left out.
+    three, the triple and the (second, third) pair too, and when it has four, the four together; a
+    block expected (were tokens independent) to hold more than NAME_BLOCK_MAX_EXPECTED drivers is left
+    out, and the four tokens are kept where their triple is.
+
+    The four-token block is for names whose tokens go together: a compound given name ("César
+    Augusto", "Jesús Alberto") and a surname put far more drivers in a triple than independence
+    expects, over the rule's cap, and a block over its cap finds nobody; the lead's other surname
+    narrows it to the few who carry the whole name. Where the triple fits within the cap, the four
+    tokens find a part of what it found.
 
     Unknown tokens (typos, usually) are skipped: they would block on nothing.
     """
@@ -77,16 +85,18 @@ def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
              .join(freq.tokens_frame(), on="token")
              .sort(["lead_i", "drivers", "token"])
              .with_columns(pl.int_range(pl.len()).over("lead_i").alias("rank"))
-             .filter(pl.col("rank") < 3))
+             .filter(pl.col("rank") < NAME_BLOCK_MAX_TOKENS))
     wide = known.group_by("lead_i").agg(pl.col("token"), pl.col("drivers")).filter(pl.col("token").list.len() >= 2)
     blocks = []
-    for picks in ((0, 1), (0, 1, 2), (1, 2)):
+    for picks in ((0, 1), (0, 1, 2), (1, 2), (0, 1, 2, 3)):
         need = max(picks) + 1
+        # Four tokens are kept where their first three are: by the triple's expected size.
+        sized = picks[:3]
         part = wide.filter(pl.col("token").list.len() >= need).select(
             "lead_i",
             pl.concat_list([pl.col("token").list.get(i) for i in picks]).alias("block"),
             (pl.lit(float(drivers)) * pl.reduce(lambda a, b: a * b,
-                                                [pl.col("drivers").list.get(i) / drivers for i in picks]))
+                                                [pl.col("drivers").list.get(i) / drivers for i in sized]))
             .alias("expected"),
         )
         blocks.append(part)
@@ -247,10 +257,31 @@ class IndexFrame:
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
         """Records carrying every token of a block: the records holding its first two tokens (one
-        lookup in token_pairs), and for a triple, the third token too."""
+        lookup in token_pairs), and for a triple, the third token too; a block of four tokens is its
+        triple's records (name_blocks makes it only beside its triple) that carry the fourth."""
         if not blocks.height:
             return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
-        coded = (blocks.with_row_index("block_i").explode("block").rename({"block": "token"})
+        numbered = blocks.with_row_index("block_i")
+        length = pl.col("block").list.len()
+        carried = self._carrying_block(numbered.filter(length <= 3))
+        fours = numbered.filter(length == 4)
+        if fours.height:
+            # Not a second lookup of the pair: a triple's records are already few.
+            triples = numbered.filter(length == 3).select(pl.col("block_i").alias("triple_i"), "lead_i", "block")
+            rows = (fours.select("block_i", "lead_i", pl.col("block").list.head(3), pl.col("block").list.get(3).alias("token"))
+                    .join(triples, on=["lead_i", "block"]).join(self.vocabulary, on="token")
+                    .join(carried.rename({"block_i": "triple_i"}), on=["triple_i", "lead_i"]))
+            wanted = _token_key(rows["driver_i"].to_numpy(), rows["code"].to_numpy())
+            carried = pl.concat([carried, rows.filter(pl.Series(_contained(self.token_keys, wanted)))
+                                 .select("block_i", "lead_i", "driver_i")])
+        small = carried.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
+        kept = carried.join(small, on="block_i", how="semi")
+        persons = self.records.select("person_key", "person_i")[kept["driver_i"]]
+        return kept.select("lead_i").with_columns(persons).unique()
+
+    def _carrying_block(self, numbered: pl.DataFrame) -> pl.DataFrame:
+        """(block_i, lead_i, driver_i): the records carrying every token of each block of two or three."""
+        coded = (numbered.explode("block").rename({"block": "token"})
                  .with_columns(pl.int_range(pl.len()).over("block_i").alias("position"))
                  .join(self.vocabulary, on="token", how="left"))
         complete = coded.group_by("block_i").agg(pl.col("code").is_not_null().all().alias("known"))
@@ -265,10 +296,7 @@ class IndexFrame:
             wanted = _token_key(triple["driver_i"].to_numpy(), triple["code"].to_numpy())
             keep = triple.filter(pl.Series(_contained(self.token_keys, wanted))).select("block_i", "lead_i", "driver_i")
             carried = pl.concat([carried.join(third, on="block_i", how="anti"), keep])
-        small = carried.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
-        kept = carried.join(small, on="block_i", how="semi")
-        persons = self.records.select("person_key", "person_i")[kept["driver_i"]]
-        return kept.select("lead_i").with_columns(persons).unique()
+        return carried
 
     def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
         return self.records.filter(pl.col("person_key").is_in(person_keys.unique().implode())).drop("person_i")

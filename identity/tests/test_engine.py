@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rapidfuzz.distance import DamerauLevenshtein
 
+from identity import candidates as candidates_module
 from identity import estimate, linking, resolution
 from identity import fields as registry
 from identity import index as index_module
@@ -30,6 +31,7 @@ from identity.candidates import (
     blocking_report,
     frequencies_load,
     initials_hits,
+    name_blocks,
     one_typo_variants,
 )
 from identity.estimate import SHARE_RANGE
@@ -38,6 +40,7 @@ from identity.index import drivers_index_refresh
 from identity.matching import (
     PERSON,
     PSEUDO_PERSONS,
+    RECORD_SCHEMA,
     Candidate,
     DriverRecord,
     Frequencies,
@@ -520,6 +523,55 @@ def test_birth_date_initials_blocking_needs_the_initials(typo_park):
     assert hits.height == 1 and hits["person_key"][0] != initials_hits(IndexFrame.load(), rule, leads)["person_key"][0]
     no_date = leads.with_columns(pl.lit(None, pl.Date).alias("birth_date"))
     assert initials_hits(IndexFrame.load(), rule, no_date).height == 0
+
+
+@pytest.fixture
+def compound_name_park(db, monkeypatch):
+    """A compound given name: three drivers are "César Augusto Rojas", one of them Quispe too, and four
+    others are Quispes. The lead's three rarest tokens (augusto, cesar, rojas) are carried by three drivers,
+    over the name rule's cap (2 here, as 100 is at a million drivers for names like it); only the four
+    tokens together find its driver."""
+    capped = tuple(dataclasses.replace(r, cap=2) if r.name == "name_tokens" else r for r in registry.BLOCKING_RULES)
+    monkeypatch.setattr(candidates_module, "BLOCKING_RULES", capped)
+    none = {"phone": None, "document": None, "email": None, "plate": None, "birth_date": None}
+    make_driver(driver_id="C1", first_name="César Augusto", last_name="Rojas Quispe", **none)
+    make_driver(driver_id="C2", first_name="Cesar Augusto", last_name="Rojas Vega", **none)
+    make_driver(driver_id="C3", first_name="César Augusto", last_name="Rojas Soto", **none)
+    for i, first in enumerate(["Maria", "Pedro", "Ana", "Luis"]):
+        make_driver(driver_id=f"Q{i}", first_name=first, last_name="Quispe Flores", **none)
+    drivers_index_refresh()
+    _make_lead(external_id="CAQR", first_name="CESAR AUGUSTO", last_name="ROJAS QUISPE", phone="999000111",
+               document=None, email=None, birth_date=None)
+
+
+def test_name_blocks_add_the_four_rarest_tokens_where_their_triple_is_a_block():
+    tokens = {"augusto": 10, "cesar": 20, "rojas": 30, "quispe": 40,
+              "carlos": 20_000, "flores": 20_000, "mamani": 20_000, "juan": 30_000}
+    freq = frequencies_load(records=pl.DataFrame(schema=RECORD_SCHEMA), tokens=pl.DataFrame(
+        {"token": list(tokens), "drivers": list(tokens.values())}, schema={"token": pl.String, "drivers": pl.Int64}))
+    freq = dataclasses.replace(freq, drivers=100_000)
+    leads = pl.DataFrame({"lead_i": [0, 1, 2], "name_tokens": [["cesar", "augusto", "quispe", "rojas"],
+                                                               ["cesar", "augusto", "rojas"],
+                                                               ["juan", "carlos", "mamani", "flores"]]},
+                         schema={"lead_i": pl.UInt32, "name_tokens": pl.List(pl.String)})
+    blocks = {(i, tuple(b)) for i, b in name_blocks(leads, freq).iter_rows()}
+    assert (0, ("augusto", "cesar", "rojas", "quispe")) in blocks
+    assert (0, ("augusto", "cesar", "rojas")) in blocks
+    assert not any(i == 1 and len(b) == 4 for i, b in blocks)  # three tokens: no block of four
+    # Common tokens: the triple (carlos, flores, mamani) would hold 800 drivers were tokens independent, over
+    # NAME_BLOCK_MAX_EXPECTED, so it is no block; nor are the four (240 expected), because their triple is not.
+    assert not any(i == 2 and len(b) >= 3 for i, b in blocks)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_compound_given_name_over_the_cap_is_narrowed_by_the_other_tokens(compound_name_park, in_memory):
+    context = MatchContext.load(in_memory=in_memory)
+    resolved = leads_decide_frame(leads_load(), context)
+    person_of = dict(DriverIndexEntry.objects.values_list("driver_id", "person_id"))
+    found = {(str(person), rule) for person, rule in resolved.hits.select("person_key", "rule").unique().iter_rows()}
+    assert found == {(str(person_of["C1"]), "name_tokens")}
+    decision = decisions_materialize(resolved.decisions, resolved.scores)["CAQR"]
+    assert {f.field: f.level for f in decision.candidates[0].fields}["name"] == "exact"
 
 
 @pytest.fixture
