@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc
 from django.conf import settings
 from django.db import connection
 
@@ -117,8 +119,8 @@ def image_read(version: str | None) -> IndexParts | None:
         if found is None:
             return None
         path, meta = found
-        frames = {name: pl.read_ipc(path / f"{name}.arrow") for name in meta["frames"]}
-        arrays = {name: np.load(path / f"{name}.npy") for name in meta["arrays"]}
+        frames = {name: _frame_mapped(path / f"{name}.arrow") for name in meta["frames"]}
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in meta["arrays"]}
     except FileNotFoundError:
         return None
     except Exception as exc:  # noqa: BLE001 - any damaged image: read the database instead
@@ -126,6 +128,15 @@ def image_read(version: str | None) -> IndexParts | None:
                     path or version, exc)
         return None
     return IndexParts(frames=frames, arrays=arrays, meta=meta["values"])
+
+
+def _frame_mapped(file: Path) -> pl.DataFrame:
+    """An image's frame, its file memory-mapped instead of read: the index's million records in ~0.03 s
+    where pl.read_ipc copied them in 0.5-0.75 s (Polars 2.1 dropped its memory_map). Pages are read from
+    the file as the matcher touches them (a batch of a thousand leads touches few). A mapped file stays
+    readable after a newer image removes it (unlinked, not overwritten: image_publish), and the
+    arrays are mapped read-only the same way (np.load mmap_mode="r"): nothing writes into a read image."""
+    return pl.from_arrow(pa.ipc.open_file(pa.memory_map(str(file))).read_all(), rechunk=False)
 
 
 def image_stage(parts: IndexParts) -> Path | None:

@@ -30,7 +30,7 @@ from rapidfuzz.distance import DamerauLevenshtein, JaroWinkler
 from identity.fields import AGREEING_FIELDS, AGREEING_LEVELS, FIELDS, KEY_FIELDS, Field, Kind
 from identity.models import ReasonCode
 
-RULE_VERSION = "fs-2026.12-v14"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
+RULE_VERSION = "fs-2026.12-v15"  # v2: the vectorized engine; v3: no recruitment rule, swapped surnames;
 # v4: m estimated from each run's data (identity.estimate), the birth_date_initials blocking rule;
 # v5: a link names its corroboration path (LINK_RULES), and a demoted path sends its leads to review;
 # v6: the prior from the estimated share of leads that have a driver (identity.estimate.match_share_estimate);
@@ -47,6 +47,7 @@ RULE_VERSION = "fs-2026.12-v14"  # v2: the vectorized engine; v3: no recruitment
 # reach weak_bits, so a stranger the typo rules met by chance is no review
 # v14: the name level part_missing (a side lacks a given name or a surname, and nothing it gives
 # disagrees) and the fs_personal_key_name_part path
+# v15: a name block of the lead's four rarest tokens together, where their triple is a block (candidates.name_blocks)
 
 # The paths by which a link is corroborated, strongest first (docs/matching.md §5). A link is named by
 # the first path that holds and is not demoted (identity.rules), so an audit that finds one path

@@ -110,6 +110,26 @@ def test_after_a_change_the_old_image_is_never_read_and_the_run_leaves_the_new_o
     assert reads == []
 
 
+def test_an_index_read_from_its_image_stays_whole_after_a_newer_image_removes_its_files(
+        park, images, monkeypatch, django_capture_on_commit_callbacks):
+    _first_build(django_capture_on_commit_callbacks)
+    old = index_image.index_version()
+    reads = _database_read(monkeypatch)
+    mapped = IndexFrame.load()
+    assert reads == []
+    # Read by mapping the image's files (not copying them): its arrays are the files' pages, read-only.
+    assert isinstance(mapped.token_keys, np.memmap) and not mapped.token_keys.flags.writeable
+    before = _decisions(MatchContext.of_index(mapped))
+
+    Driver.objects.filter(driver_id="D1").update(phone="961234578", updated_at=timezone.now())
+    drivers_index_refresh()
+    IndexFrame.load()  # reads the changed index and leaves its image, removing the older one
+    assert not (images / old).exists()
+    # The removed files were unlinked, not overwritten: the mapped index still decides as it did.
+    assert _decisions(MatchContext.of_index(mapped)) == before
+    assert before["A"][0] == "link"
+
+
 def test_an_index_changed_without_a_new_version_is_not_read_from_an_image_of_another_version(
         park, images, monkeypatch, django_capture_on_commit_callbacks):
     # An image whose own record names another version than its folder's is not trusted.
