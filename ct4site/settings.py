@@ -218,7 +218,7 @@ CT4_AUDIT = {
 # (identity.resolution, docs/engine.md); smaller ones use the database's indexes.
 CT4_IN_MEMORY_MIN_LEADS = int(os.environ.get("CT4_IN_MEMORY_MIN_LEADS", "2000"))
 # ... and a run over at least this many when the index's image on disk is current (identity.index_image).
-CT4_IN_MEMORY_IMAGE_MIN_LEADS = int(os.environ.get("CT4_IN_MEMORY_IMAGE_MIN_LEADS", "500"))
+CT4_IN_MEMORY_IMAGE_MIN_LEADS = int(os.environ.get("CT4_IN_MEMORY_IMAGE_MIN_LEADS", "100"))
 # Where that in-memory index is kept on disk between runs, under the index's version
 # (identity.index_image): a run reads it instead of the database. It holds what the index holds
 # (names, keys); empty turns it off.

@@ -55,10 +55,12 @@ DECIDE_BATCHES = 10
 # seconds at a million drivers); smaller ones ask the database's indexes lead by lead.
 IN_MEMORY_MIN_LEADS = 2000
 # From this many leads, a run reads the index from a current image instead of asking the database (below
-# CT4_IN_MEMORY_MIN_LEADS; settings.CT4_IN_MEMORY_IMAGE_MIN_LEADS). In a new process at 1M (2-core VM):
-# 250 leads 1.7-2.1 s from the image against 1.2-1.4 s from the database, 500 leads 1.7 against 1.8-2.0 s,
-# 1,000 leads 1.5-2.2 against 1.8-2.3 s; and the process keeps the index for its next runs (CT4_INDEX_KEEP).
-IN_MEMORY_IMAGE_MIN_LEADS = 500
+# CT4_IN_MEMORY_MIN_LEADS; settings.CT4_IN_MEMORY_IMAGE_MIN_LEADS). In a new process at 1M (2-core VM), the
+# image memory-mapped (identity.index_image): 25 leads 1.26 / 1.19 s from the image against 1.07 / 1.09 s from
+# the database, 100 leads 1.12 / 1.08 against 1.17 / 1.43 s, 250 leads 1.64 / 1.03 against 2.00 / 1.88 s; and
+# the process keeps the index for its next runs (CT4_INDEX_KEEP). (Read by copying, the image cost 0.5-0.75 s
+# more, and the threshold was 500.)
+IN_MEMORY_IMAGE_MIN_LEADS = 100
 # Writer threads of a pipelined match run, each with its own connection, each taking every other chunk.
 # Each batch's statements hold the lead window's lock from its links to its commit (recovery.lead_window);
 # a second writer copies and writes its unmatched rows meanwhile. At 1M, after a first build (100
