@@ -21,6 +21,7 @@ CT4_BENCH_FEBRL_DB (default: the same name + "_febrl").
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -111,6 +112,7 @@ def evaluate(out: Path) -> dict:
         best.update({pk: (person, score) for pk, person, score in cursor.fetchall() if pk not in best})
         key_agreed = _true_key_agreement(cursor, truth.rows)
         phone_owner = _phone_owner_persons(cursor)
+        misses = _miss_shapes(cursor, truth.rows, humans_of_person, linked=set(link))
     scored = evaluate_links(link, truth=truth, humans_of_target=humans_of_person)
     totals = Counter()
     by_case: dict[str, Counter] = defaultdict(Counter)
@@ -148,7 +150,7 @@ def evaluate(out: Path) -> dict:
             "true_with_identifier": scored["true_with_identifier"], "recycled_phone_links_to_owner": recycled_wrong,
             "recycled_phone_wrong_links": recycled_links_wrong, "true_names_only": scored["true_names_only"],
             "no_candidates_despite_key": totals["no_candidates_despite_key"], "by_case": by_case, "by_rule": by_rule,
-            "calibration": calibration}
+            "calibration": calibration, "misses": misses}
 
 
 # Score bands of the calibration table, in bits: the link threshold (8) is a boundary.
@@ -213,6 +215,28 @@ def _true_key_agreement(cursor, truth) -> dict[str, str]:
     return overlap
 
 
+def _miss_shapes(cursor, truth, humans_of_person: dict[str, set], *, linked: set[str]) -> Counter:
+    """The true drivers' leads with an identifier left unlinked, by their outcome and what the stored evidence
+    says of their own driver: its levels field by field, or that blocking never made it a candidate. What
+    limits recall, run by run (docs/benchmarks.md reads these)."""
+    cursor.execute("SELECT source_pk, reason_code, details->'candidates' FROM canon.identity_unmatched "
+                   "WHERE status = 'open'")
+    # Django's cursor hands jsonb over as text.
+    evidence = {pk: (reason, json.loads(candidates) if isinstance(candidates, str) else candidates or [])
+                for pk, reason, candidates in cursor.fetchall()}
+    shapes: Counter = Counter()
+    for row in truth:
+        pk, human = row["lead_source_pk"], row["human_id"]
+        if not human or row["has_identifier"] != "1" or pk in linked:
+            continue
+        reason, candidates = evidence.get(pk, ("unprocessed", []))
+        own = next((c for c in candidates if human in humans_of_person.get(c["person_key"], ())), None)
+        levels = (", ".join(sorted({f"{f['field']} {f['level']}" for f in own["fields"]})) if own
+                  else "its driver not a candidate")
+        shapes[f"{reason}: {levels}"] += 1
+    return shapes
+
+
 def _phone_owner_persons(cursor) -> dict[str, set]:
     """For each lead, the persons whose driver records carry the lead's phone today."""
     cursor.execute(
@@ -273,6 +297,11 @@ def print_report(name: str, result: dict, run: dict, *, recall_target: float) ->
         links = counts["link_ok"] + counts["link_wrong"]
         print(f"  {rule:<40} links={links:>7} wrong={counts['link_wrong']:>5} "
               f"precision={_share(counts['link_ok'], links)}")
+    misses = result["misses"]
+    print(f"misses: true drivers' leads with an identifier left unlinked, {sum(misses.values())}, by outcome and")
+    print(" what the stored evidence shows of their own driver (the 12 commonest):")
+    for shape, count in misses.most_common(12):
+        print(f"{count:>7}  {shape}")
     print("calibration (each decided lead's best candidate by score band, bits: the probability the score")
     print(" claims, 1 / (1 + 2^-score), beside the share that is the lead's true human, Wilson 95 %):")
     print(f"{'score band':<16}{'leads':>8}{'claimed':>10}{'true':>10}   interval")
