@@ -13,7 +13,8 @@ compares the links with ground_truth.csv (bench/_truth.py): a link is right when
 holds a driver record of the lead's true human. Printed per bench, with PASS/FAIL against issue 12's
 targets: precision of automatic links (>= 0.9995); recall of true drivers among leads that show an
 identifier of their own (>= 0.99; FEBRL >= 0.98); names-only recall; recycled-phone leads linked to
-the number's new owner (must be 0); an outcome table by hard-case type; precision by rule.
+the number's new owner (must be 0); an outcome table by hard-case type; precision by rule; the misses
+(true drivers' leads left unlinked) by outcome and their own driver's levels in the stored evidence.
 The generated parks use CT4_BENCH_DB (default ct4_bench_quality); FEBRL its own database,
 CT4_BENCH_FEBRL_DB (default: the same name + "_febrl").
 """
