@@ -94,26 +94,26 @@ def evaluate(out: Path) -> dict:
         for driver_id, person_key in cursor.fetchall():
             humans_of_person[person_key].add(truth.human_of_driver.get(driver_id))
         cursor.execute("SELECT source_pk, person_key::text, "
-                       "match_rule || ' ' || rule_version || ' ' || confidence_level "
-                       "FROM canon.identity_links WHERE source_table = %s", [LEADS_TABLE])
+                       f"match_rule || ' ' || rule_version || ' ' || confidence_level, {LINK_SCORE_SQL} "
+                       "FROM canon.identity_links l WHERE source_table = %s", [LEADS_TABLE])
         rows = cursor.fetchall()
-        link = {pk: person for pk, person, _ in rows}
-        rule_of = {pk: rule for pk, _, rule in rows}
-        cursor.execute("SELECT source_pk, reason_code FROM canon.identity_unmatched WHERE status = 'open'")
-        reason = dict(cursor.fetchall())
+        link = {pk: person for pk, person, _, _ in rows}
+        rule_of = {pk: rule for pk, _, rule, _ in rows}
+        cursor.execute("SELECT source_pk, reason_code, details->'candidates' FROM canon.identity_unmatched "
+                       "WHERE status = 'open'")
+        # Django's cursor hands jsonb over as text.
+        unmatched = {pk: (reason, json.loads(candidates) if isinstance(candidates, str) else candidates or [])
+                     for pk, reason, candidates in cursor.fetchall()}
+        reason = {pk: reason for pk, (reason, _) in unmatched.items()}
         # Each decided lead's best candidate and its score (posterior log-odds, bits): the link's, or
         # the unmatched row's first candidate. The calibration table compares 1 / (1 + 2^-score) with
         # the share of those candidates that are the lead's true human.
-        cursor.execute(f"SELECT source_pk, person_key::text, {LINK_SCORE_SQL} FROM canon.identity_links l "
-                       "WHERE source_table = %s", [LEADS_TABLE])
-        best = {pk: (person, score) for pk, person, score in cursor.fetchall()}
-        cursor.execute("SELECT source_pk, details->'candidates'->0->>'person_key', "
-                       "(details->'candidates'->0->>'score')::float8 FROM canon.identity_unmatched "
-                       "WHERE status = 'open' AND details->'candidates'->0 IS NOT NULL")
-        best.update({pk: (person, score) for pk, person, score in cursor.fetchall() if pk not in best})
+        best = {pk: (person, score) for pk, person, _, score in rows}
+        best.update({pk: (candidates[0]["person_key"], candidates[0]["score"])
+                     for pk, (_, candidates) in unmatched.items() if candidates and pk not in best})
         key_agreed = _true_key_agreement(cursor, truth.rows)
         phone_owner = _phone_owner_persons(cursor)
-        misses = _miss_shapes(cursor, truth.rows, humans_of_person, linked=set(link))
+    misses = _miss_shapes(unmatched, truth.rows, humans_of_person, linked=set(link))
     scored = evaluate_links(link, truth=truth, humans_of_target=humans_of_person)
     totals = Counter()
     by_case: dict[str, Counter] = defaultdict(Counter)
@@ -216,21 +216,17 @@ def _true_key_agreement(cursor, truth) -> dict[str, str]:
     return overlap
 
 
-def _miss_shapes(cursor, truth, humans_of_person: dict[str, set], *, linked: set[str]) -> Counter:
+def _miss_shapes(unmatched: dict[str, tuple[str, list]], truth, humans_of_person: dict[str, set], *,
+                 linked: set[str]) -> Counter:
     """The true drivers' leads with an identifier left unlinked, by their outcome and what the stored evidence
-    says of their own driver: its levels field by field, or that blocking never made it a candidate. What
-    limits recall, run by run (docs/benchmarks.md reads these)."""
-    cursor.execute("SELECT source_pk, reason_code, details->'candidates' FROM canon.identity_unmatched "
-                   "WHERE status = 'open'")
-    # Django's cursor hands jsonb over as text.
-    evidence = {pk: (reason, json.loads(candidates) if isinstance(candidates, str) else candidates or [])
-                for pk, reason, candidates in cursor.fetchall()}
+    (`unmatched`: source_pk -> reason, candidates) says of their own driver: its levels field by field, or that
+    blocking never made it a candidate. What limits recall, run by run (docs/benchmarks.md reads these)."""
     shapes: Counter = Counter()
     for row in truth:
         pk, human = row["lead_source_pk"], row["human_id"]
         if not human or row["has_identifier"] != "1" or pk in linked:
             continue
-        reason, candidates = evidence.get(pk, ("unprocessed", []))
+        reason, candidates = unmatched.get(pk, ("unprocessed", []))
         own = next((c for c in candidates if human in humans_of_person.get(c["person_key"], ())), None)
         levels = (", ".join(sorted({f"{f['field']} {f['level']}" for f in own["fields"]})) if own
                   else "its driver not a candidate")

@@ -31,7 +31,6 @@ from identity.fields import (
     FIELDS,
     KEY_FIELDS,
     NAME_BLOCK_MAX_EXPECTED,
-    NAME_BLOCK_MAX_TOKENS,
     NAME_BLOCK_MIN_TOKEN,
     BlockingRule,
     BlockKind,
@@ -65,6 +64,10 @@ def _lead_values(leads: pl.DataFrame, column: str) -> pl.DataFrame:
     return leads.lazy().select("lead_i", pl.col(column).alias("value")).drop_nulls("value").collect()
 
 
+# The blocks of a lead's rarest known tokens, by rank: a pair, a triple, the (second, third) pair, the four.
+NAME_BLOCK_PICKS = ((0, 1), (0, 1, 2), (1, 2), (0, 1, 2, 3))
+
+
 def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
     """Each lead's name blocks (lead_i, block): its rarest known tokens in a pair, and when it has
     three, the triple and the (second, third) pair too, and when it has four, the four together; a
@@ -85,10 +88,10 @@ def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
              .join(freq.tokens_frame(), on="token")
              .sort(["lead_i", "drivers", "token"])
              .with_columns(pl.int_range(pl.len()).over("lead_i").alias("rank"))
-             .filter(pl.col("rank") < NAME_BLOCK_MAX_TOKENS))
+             .filter(pl.col("rank") <= max(max(picks) for picks in NAME_BLOCK_PICKS)))
     wide = known.group_by("lead_i").agg(pl.col("token"), pl.col("drivers")).filter(pl.col("token").list.len() >= 2)
     blocks = []
-    for picks in ((0, 1), (0, 1, 2), (1, 2), (0, 1, 2, 3)):
+    for picks in NAME_BLOCK_PICKS:
         need = max(picks) + 1
         # Four tokens are kept where their first three are: by the triple's expected size.
         sized = picks[:3]
@@ -271,9 +274,7 @@ class IndexFrame:
             rows = (fours.select("block_i", "lead_i", pl.col("block").list.head(3), pl.col("block").list.get(3).alias("token"))
                     .join(triples, on=["lead_i", "block"]).join(self.vocabulary, on="token")
                     .join(carried.rename({"block_i": "triple_i"}), on=["triple_i", "lead_i"]))
-            wanted = _token_key(rows["driver_i"].to_numpy(), rows["code"].to_numpy())
-            carried = pl.concat([carried, rows.filter(pl.Series(_contained(self.token_keys, wanted)))
-                                 .select("block_i", "lead_i", "driver_i")])
+            carried = pl.concat([carried, self._carrying_token(rows).select("block_i", "lead_i", "driver_i")])
         small = carried.group_by("block_i").agg(pl.len().alias("drivers")).filter(pl.col("drivers") <= cap)
         kept = carried.join(small, on="block_i", how="semi")
         persons = self.records.select("person_key", "person_i")[kept["driver_i"]]
@@ -293,10 +294,14 @@ class IndexFrame:
         third = coded.filter(pl.col("position") == 2).select("block_i", "code")
         if third.height:
             triple = carried.join(third, on="block_i")
-            wanted = _token_key(triple["driver_i"].to_numpy(), triple["code"].to_numpy())
-            keep = triple.filter(pl.Series(_contained(self.token_keys, wanted))).select("block_i", "lead_i", "driver_i")
+            keep = self._carrying_token(triple).select("block_i", "lead_i", "driver_i")
             carried = pl.concat([carried.join(third, on="block_i", how="anti"), keep])
         return carried
+
+    def _carrying_token(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """The rows (driver_i, code, ...) whose record carries the token `code`: bisection in token_keys."""
+        wanted = _token_key(rows["driver_i"].to_numpy(), rows["code"].to_numpy())
+        return rows.filter(pl.Series(_contained(self.token_keys, wanted)))
 
     def persons_records(self, person_keys: pl.Series) -> pl.DataFrame:
         return self.records.filter(pl.col("person_key").is_in(person_keys.unique().implode())).drop("person_i")

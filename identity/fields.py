@@ -286,5 +286,3 @@ BLOCKING_RULES: tuple[BlockingRule, ...] = (
 # independent) to hold more drivers than this is skipped: "Juan Carlos Quispe Mamani" blocks nothing.
 NAME_BLOCK_MIN_TOKEN = 2
 NAME_BLOCK_MAX_EXPECTED = 300
-# A lead's rarest known tokens its blocks are made of: pairs, a triple, and the four together.
-NAME_BLOCK_MAX_TOKENS = 4
