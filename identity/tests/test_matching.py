@@ -562,3 +562,19 @@ def test_a_document_two_digits_off_is_not_the_different_document_of_the_family_p
     assert typed.candidates[0].level_of("document") == "two_typos" and typed.is_link
     assert father.candidates[0].level_of("document") == "different"
     assert father.outcome == ReasonCode.WEAK_MATCH_ONLY
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=st.lists(st.tuples(st.text("ab0123", max_size=9), st.text("ab0123", max_size=9)), max_size=40),
+       cutoff=st.integers(1, 3))
+def test_key_distances_are_damerau_levenshtein_capped_whatever_the_levenshtein_shortcut(pairs, cutoff):
+    # _distances measures Levenshtein first and Damerau-Levenshtein only within 2 * cutoff of it: two swaps
+    # ("abcd" / "badc") are 2 Damerau-Levenshtein edits and 4 Levenshtein ones, and must stay 2.
+    from rapidfuzz.distance import DamerauLevenshtein  # noqa: PLC0415 - the reference, pair by pair
+
+    from identity.matching import _distances  # noqa: PLC0415 - a private helper under test
+
+    pairs = [*pairs, ("abcd", "badc"), ("ca", "abc"), ("ab", "ba"), ("", "")]
+    lead, record = (pl.Series([pair[side] for pair in pairs], dtype=pl.String) for side in (0, 1))
+    got = _distances(lead, record, cutoff=cutoff)
+    assert got.tolist() == [DamerauLevenshtein.distance(a, b, score_cutoff=cutoff) for a, b in pairs]
