@@ -11,13 +11,15 @@ Phases, each timed: load both CSVs as text; clean them in DuckDB SQL (phones to 
 letter plus a DNI also yields that DNI; e-mails lower-case; plates upper-case alphanumerics; names
 lower-case without accents, given names apart from surnames, the first surname apart); train a
 `link_only` model (u by random sampling, the chance two random records match from deterministic
-rules, m by expectation maximisation on two blocking rules); predict above the threshold; keep each
+rules, m by expectation maximisation on two blocking rules, TRAINING); predict above the threshold; keep each
 lead's best driver record. A lead's source_pk is COALESCE(external_id, id).
 
 The evaluation is bench/_truth.py's, the same as bench/matching_quality.py's: a link is right when
 the driver record belongs to the lead's true human; recall is over leads that show an identifier.
 
-Cost: training is dominated by u sampling (about 10 us a pair on 2 cores, whatever the data size);
+Cost: training is dominated by the EM pass on a name block when that block is wide (at 1M drivers / 100k
+leads, given name + first surname gives 4.9M pairs: training 80 s, against 26 s on given name + both
+surnames, 101k pairs, for the same precision and recall), else by u sampling (about 10 us a pair on 2 cores);
 prediction by the name blocks: at 1M drivers / 100k leads, surname1 + park + given-name initial
 alone yields about 48M pairs (surname1 + park alone would be about 370M), about 17 min on two
 shared cores and 6.8 GB peak memory.
@@ -206,6 +208,16 @@ BLOCKING = {
 }
 
 
+# Blocks the EM passes train on (each pass trains the comparisons its block does not use). "names": keys and
+# birth date on given name + first surname (4.9M pairs at 1M seed 7: every namesake pair of a common name), names
+# on the document. "narrow": keys on given name + both surnames (101k pairs there), for a user who
+# wants Splink fast (the held-out run the issue quotes took 44 s end to end).
+TRAINING = {
+    "names": (block_on("given_name", "surname1"), block_on("document")),
+    "narrow": (block_on("given_name", "surnames"), block_on("document")),
+}
+
+
 def settings_make(blocking: str = "wide") -> SettingsCreator:
     return SettingsCreator(
         link_type="link_only",
@@ -227,7 +239,8 @@ def settings_make(blocking: str = "wide") -> SettingsCreator:
 
 def splink_link(drivers_csv: Path, leads_csv: Path, *, threshold: float = DEFAULT_THRESHOLD,
                 max_pairs: float = DEFAULT_MAX_PAIRS, seed: int = SEED, threads: int | None = None,
-                memory_limit: str | None = None, log_level: int = logging.ERROR, blocking: str = "wide") -> dict:
+                memory_limit: str | None = None, log_level: int = logging.ERROR, blocking: str = "wide",
+                training: str = "narrow") -> dict:
     """Link every lead to at most one driver record with Splink; timings, links and their probabilities.
 
     Returns {"seconds", "phases": {load, clean, train, predict, best_link}, "links": {lead source_pk:
@@ -267,9 +280,9 @@ def splink_link(drivers_csv: Path, leads_csv: Path, *, threshold: float = DEFAUL
     linker.training.estimate_probability_two_random_records_match(
         [block_on("document"), block_on("given_name", "surnames", "birth_date")], recall=0.8)
     linker.training.estimate_u_using_random_sampling(max_pairs=max_pairs, seed=seed)
-    # Keys and birth date trained on name blocks; names trained on document blocks.
-    linker.training.estimate_parameters_using_expectation_maximisation(block_on("given_name", "surname1"))
-    linker.training.estimate_parameters_using_expectation_maximisation(block_on("document"))
+    # Keys and birth date trained on name blocks; names trained on document blocks (TRAINING).
+    for rule in TRAINING[training]:
+        linker.training.estimate_parameters_using_expectation_maximisation(rule)
     phases["train"] = time.monotonic() - mark
 
     mark = time.monotonic()
@@ -317,12 +330,16 @@ def main() -> None:
     parser.add_argument("--show-model", action="store_true", help="print each level's m and u")
     parser.add_argument("--blocking", choices=sorted(BLOCKING), default="wide",
                         help="prediction blocking rules: 'same' as our engine's, or 'wide' (two more name rules)")
+    parser.add_argument("--training", choices=sorted(TRAINING), default="narrow",
+                        help="the EM passes' blocks: 'narrow' (keys trained on given name + both surnames), or "
+                             "'names' (on given name + first surname: as good, about 3 times slower to train at 1M)")
     parser.add_argument("--json-out", type=Path, help="also write the figures (no links) as JSON to this file")
     parser.add_argument("--verbose", action="store_true", help="show Splink's log (levels it could not train, ...)")
     args = parser.parse_args()
     result = splink_link(args.data / "drivers.csv", args.data / "cabinet_leads.csv", threshold=args.threshold,
                          max_pairs=args.max_pairs, threads=args.threads, memory_limit=args.memory_limit,
-                         log_level=logging.INFO if args.verbose else logging.ERROR, blocking=args.blocking)
+                         log_level=logging.INFO if args.verbose else logging.ERROR, blocking=args.blocking,
+                         training=args.training)
     scored = evaluate_links(result["links"], args.data)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     if args.json_out:
@@ -330,7 +347,7 @@ def main() -> None:
         args.json_out.write_text(json.dumps({"seconds": result["seconds"], "phases": result["phases"],
                                              "peak_rss_mb": peak_mb, "blocking": args.blocking, **figures}))
     print(f"splink {_splink_version()} (duckdb {duckdb.__version__}) on {args.data}: {result['drivers']} drivers, "
-          f"{result['leads']} leads, threshold {args.threshold}, blocking {args.blocking}")
+          f"{result['leads']} leads, threshold {args.threshold}, blocking {args.blocking}, training {args.training}")
     print("phases: " + "  ".join(f"{k}={v:.1f}s" for k, v in result["phases"].items())
           + f"  total={result['seconds']:.1f}s  peak_rss={peak_mb}MB  load_avg={os.getloadavg()[0]:.2f}")
     print(f"pairs above threshold={result['pairs_above_threshold']} links={scored['links']} wrong={scored['wrong']}")
