@@ -118,7 +118,7 @@ def main() -> None:
                         help="Splink's blocking rules (bench/splink_baseline.py), or none to skip it")
     parser.add_argument("--splink-training", choices=("narrow", "names"), default="narrow",
                         help="the blocks Splink's EM passes train on (bench/splink_baseline.py TRAINING): 'narrow' "
-                             "(given name + both surnames: as good, about 2.5 times faster to train at 1M) or 'names' "
+                             "(given name + both surnames: as good, about 3 times faster to train at 1M) or 'names' "
                              "(given name + first surname, the baseline of sessions 4-22)")
     args = parser.parse_args()
     env = bench_env()

@@ -345,7 +345,8 @@ def main() -> None:
     if args.json_out:
         figures = {k: scored[k] for k in ("precision", "recall", "links", "wrong", "true_with_identifier")}
         args.json_out.write_text(json.dumps({"seconds": result["seconds"], "phases": result["phases"],
-                                             "peak_rss_mb": peak_mb, "blocking": args.blocking, **figures}))
+                                             "peak_rss_mb": peak_mb, "blocking": args.blocking,
+                                             "training": args.training, **figures}))
     print(f"splink {_splink_version()} (duckdb {duckdb.__version__}) on {args.data}: {result['drivers']} drivers, "
           f"{result['leads']} leads, threshold {args.threshold}, blocking {args.blocking}, training {args.training}")
     print("phases: " + "  ".join(f"{k}={v:.1f}s" for k, v in result["phases"].items())

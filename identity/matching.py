@@ -434,7 +434,8 @@ def _token_similarity(pairs: pl.DataFrame) -> pl.Series:
     short = ((lead_len == 3) & (token_len == 4)) | ((lead_len == 4) & (token_len == 3))
     similarity[short & one_edit] = NEAR_EXACT
     three = np.flatnonzero((lead_len == 3) & (token_len == 3))
-    similarity[three[[sorted(a[i]) == sorted(b[i]) for i in three]]] = NEAR_EXACT
+    anagrams = [i for i in three if sorted(a[i]) == sorted(b[i])]
+    similarity[anagrams] = NEAR_EXACT
     return pl.Series("similarity", similarity, dtype=pl.Float64)
 
 
