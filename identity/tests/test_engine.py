@@ -922,7 +922,7 @@ def test_match_with_refresh_when_the_builds_index_fails_matches_after_the_build(
                                                                                 monkeypatch):
     settings.CT4_IN_MEMORY_MIN_LEADS = 1
 
-    def index_fails(entries, tokens):
+    def index_fails(entries, freq):
         raise MemoryError("no room for the index")
 
     monkeypatch.setattr(index_module, "_index_of", index_fails)
