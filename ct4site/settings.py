@@ -227,6 +227,10 @@ CT4_INDEX_IMAGE_DIR = os.environ.get("CT4_INDEX_IMAGE_DIR", str(BASE_DIR / ".dat
 # million drivers): a worker's next run, of any size, decides against it (identity.candidates). Off: each
 # run reads it again, and runs under CT4_IN_MEMORY_MIN_LEADS ask the database.
 CT4_INDEX_KEEP = os.environ.get("CT4_INDEX_KEEP", "true").lower() in ("1", "true", "yes", "on")
+# A batch of at most SCORE_ONCE_MAX_LEADS leads (a lead arriving now, a retry, explain_lead) is decided with
+# Polars' pool threads kept on the caller's core: its hundreds of tiny frame operations then do not each
+# wake another core (identity.cores, docs/engine.md). Off: they run where the system puts them.
+CT4_SMALL_BATCH_ONE_CORE = os.environ.get("CT4_SMALL_BATCH_ONE_CORE", "true").lower() in ("1", "true", "yes", "on")
 
 # A job whose database connection is lost mid-batch rolls the batch back, reconnects with
 # backoff and goes on; past this many seconds without the database it stops (identity.runs).

@@ -20,6 +20,7 @@ from django.db import connection, connections, transaction
 from identity import index_image, linking
 from identity.bulk import PARAM_ROWS, frame_fetch, frame_read
 from identity.candidates import IndexFrame, SqlIndex, frequencies_load, kept_of, stage_hits
+from identity.cores import one_core
 from identity.matching import (
     LEAD_SCHEMA,
     PAIR_SCHEMA,
@@ -429,6 +430,12 @@ def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record
     `prune`: the second stage drops the candidates no name could make plausible before comparing
     names (matching._hopeless_dropped): the same decisions; False keeps every candidate in the scores
     (the model estimate weighs them all; explain_lead shows them all)."""
+    with one_core(enabled=leads.height <= SCORE_ONCE_MAX_LEADS):
+        return _decide_frame(leads, context, per_record, score_once, prune)
+
+
+def _decide_frame(leads: pl.DataFrame, context: MatchContext, per_record: bool, score_once: bool | None,
+                  prune: bool) -> Resolved:
     source = context.source
     rejected = linking.rejected_frame(source_pks=leads["source_pk"].to_list())
     freq = dataclasses.replace(context.freq, keys=source.key_counts(leads))
@@ -490,13 +497,14 @@ def leads_resolve_frame(leads: pl.DataFrame, context: MatchContext, *, write: bo
                         write_batch: int | None = None) -> BatchOutcome:
     """Decide a frame of leads at once, then write the outcomes `write_batch` leads per
     transaction (all in one when None)."""
-    resolved = leads_decide_frame(leads, context)
-    decisions = resolved.decisions
-    outcome = BatchOutcome(outcomes=dict(zip(decisions["source_pk"], decisions["outcome"], strict=True)),
-                           resolved=resolved)
-    if not write or not decisions.height:
-        return outcome
-    return outcome_write(outcome, context, write_batch=write_batch)
+    with one_core(enabled=leads.height <= SCORE_ONCE_MAX_LEADS):  # the writes' frame operations too
+        resolved = leads_decide_frame(leads, context)
+        decisions = resolved.decisions
+        outcome = BatchOutcome(outcomes=dict(zip(decisions["source_pk"], decisions["outcome"], strict=True)),
+                               resolved=resolved)
+        if not write or not decisions.height:
+            return outcome
+        return outcome_write(outcome, context, write_batch=write_batch)
 
 
 def resolved_subset(resolved: Resolved, source_pks: list[str]) -> BatchOutcome:
