@@ -59,9 +59,9 @@ def rules(stage: int) -> tuple[BlockingRule, ...]:
 
 
 def _lead_values(leads: pl.DataFrame, column: str) -> pl.DataFrame:
-    # One query, not a selection and then a filter: a lead arriving now makes this frame ~9 times, each frame
-    # operation ~0.1 ms.
-    return leads.lazy().select("lead_i", pl.col(column).alias("value")).drop_nulls("value").collect()
+    # A filter, then a selection: a lead arriving now makes this frame ~9 times. Pinned to one core
+    # (identity.cores), the two eager operations cost ~0.15 ms together, a lazy query ~0.24 ms.
+    return leads.filter(pl.col(column).is_not_null()).select("lead_i", pl.col(column).alias("value"))
 
 
 # The blocks of a lead's rarest known tokens, by rank: a pair, a triple, the (second, third) pair, the four.

@@ -737,8 +737,10 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
                                           .alias("bits"))
                   .drop(bit_columns).join(has_name, on="lead_i", how="left")
                   .join(_documents_in_sequence(leads, pairs), on=PERSON, how="left"))
-    candidates = candidates.with_columns(_corroborated().alias("corroborated"), _link_paths().alias("link_paths"),
-                                         _key_agrees().alias("key_agrees"))
+    # Corroborated: some path holds, read off the paths found (evaluating every path twice cost a one-lead
+    # batch ~0.6 ms of its ~2.3 ms here).
+    candidates = (candidates.with_columns(_link_paths().alias("link_paths"), _key_agrees().alias("key_agrees"))
+                  .with_columns((pl.col("link_paths").list.len() > 0).alias("corroborated")))
     fields = evidence.with_columns(
         pl.col("field").replace_strict({name: i for i, name in enumerate(FIELDS)}, return_dtype=pl.Int32)
         .alias("field_order"))
@@ -853,11 +855,6 @@ def _corroboration_paths() -> dict[str, pl.Expr]:
         "fs_personal_key_name_part": (has_name & (_is("document", "exact") | _is("email", "exact"))
                                       & _is("name", "part_missing") & ~contradicted),
     }
-
-
-@cache  # constant, as _corroboration_paths
-def _corroborated() -> pl.Expr:
-    return pl.any_horizontal(list(_corroboration_paths().values()))
 
 
 @cache  # constant, as _corroboration_paths
