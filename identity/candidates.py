@@ -254,9 +254,15 @@ class IndexFrame:
                          .select(pl.lit(name).alias("field"), "value", pl.col("persons").cast(pl.Int64)))
         return pl.concat(parts) if parts else pl.DataFrame(schema=KEYS_SCHEMA)
 
-    def equal_hits(self, rule: BlockingRule, wanted: pl.DataFrame) -> pl.DataFrame:
-        found = self._carrying((rule.index_column,), wanted["value"].unique())
-        return wanted.join(found, on="value").select("lead_i", "person_key", "person_i")
+    def equal_hits(self, equal: tuple[BlockingRule, ...], wanted: pl.DataFrame) -> pl.DataFrame:
+        """(lead_i, person_key, person_i, rule): the records holding each wanted (rule, value) in the
+        rule's index column (`wanted`: equal_wanted's)."""
+        index_column = {rule.name: rule.index_column for rule in equal}
+        found = pl.concat([
+            self._carrying((index_column[name],), these["value"].unique()).with_columns(pl.lit(name).alias("rule"))
+            for (name,), these in wanted.partition_by("rule", as_dict=True).items()
+        ])
+        return wanted.join(found, on=["rule", "value"]).select("lead_i", "person_key", "person_i", "rule")
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
         """Records carrying every token of a block: the records holding its first two tokens (one
@@ -422,12 +428,19 @@ class SqlIndex:
             return pl.DataFrame(schema=KEYS_SCHEMA)
         return frame_fetch(" UNION ALL ".join(selects), params, schema=KEYS_SCHEMA)
 
-    def equal_hits(self, rule: BlockingRule, wanted: pl.DataFrame) -> pl.DataFrame:
-        array, param = array_param(wanted["value"].unique().to_list())
-        found = frame_fetch(f"SELECT {rule.index_column}, person_key::text FROM canon.drivers_index "
-                            f"WHERE {rule.index_column} = ANY({array})", [param],
-                            schema={"value": pl.String, "person_key": pl.String})
-        return wanted.join(found, on="value").select("lead_i", "person_key")
+    def equal_hits(self, equal: tuple[BlockingRule, ...], wanted: pl.DataFrame) -> pl.DataFrame:
+        """(lead_i, person_key, rule), as IndexFrame.equal_hits: one query for every rule."""
+        selects, params = [], []
+        index_column = {rule.name: rule.index_column for rule in equal}
+        for name, values in wanted.group_by("rule").agg(pl.col("value").unique()).iter_rows():
+            array, param = array_param(values)
+            # The rule's name and column are the registry's identifiers, not input.
+            selects.append(f"SELECT '{name}'::text, {index_column[name]}, person_key::text FROM canon.drivers_index "
+                           f"WHERE {index_column[name]} = ANY({array})")
+            params.append(param)
+        found = frame_fetch(" UNION ALL ".join(selects), params,
+                            schema={"rule": pl.String, "value": pl.String, "person_key": pl.String})
+        return wanted.join(found, on=["rule", "value"]).select("lead_i", "person_key", "rule")
 
     def name_hits(self, blocks: pl.DataFrame, cap: int) -> pl.DataFrame:
         if not blocks.height:
@@ -483,24 +496,43 @@ class SqlIndex:
 def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
     """(lead_i, person_key, rule): the candidates every rule of a stage finds for these leads.
     `freq.keys` must hold the key counts of these leads (a value over its rule's cap blocks nothing)."""
-    counts = freq.keys_frame()
     parts = []
+    # The EQUAL rules at once: one lookup for all of them (a lead arriving now paid about ten frame
+    # operations and a query per rule).
+    equal = tuple(rule for rule in rules(stage) if rule.kind == BlockKind.EQUAL)
+    wanted = equal_wanted(equal, leads, freq.keys_frame()) if equal else None
+    if wanted is not None and wanted.height:
+        parts.append(source.equal_hits(equal, wanted))
     for rule in rules(stage):
         if rule.kind == BlockKind.EQUAL:
-            field_name = next(f.name for f in FIELDS.values() if f.lead_column == rule.lead_column)
-            usable = counts.filter((pl.col("field") == field_name) & (pl.col("persons") <= rule.cap)).select("value")
-            wanted = _lead_values(leads, rule.lead_column).join(usable, on="value", how="semi")
-            found = source.equal_hits(rule, wanted) if wanted.height else None
-        elif rule.kind in (BlockKind.EQUAL_AND_INITIALS, BlockKind.ONE_TYPO_AND_INITIALS):
+            continue
+        if rule.kind in (BlockKind.EQUAL_AND_INITIALS, BlockKind.ONE_TYPO_AND_INITIALS):
             found = initials_hits(source, rule, leads)
         else:
             found = source.name_hits(name_blocks(leads, freq), rule.cap)
-        if found is not None and found.height:
-            if "person_i" not in found.columns:
-                found = found.with_columns(pl.lit(None, pl.UInt32).alias("person_i"))
-            parts.append(found.select(pl.col("lead_i").cast(pl.UInt32), "person_key", pl.col("person_i").cast(pl.UInt32),
-                                      pl.lit(rule.name).alias("rule")))
+        if found.height:
+            parts.append(found.with_columns(pl.lit(rule.name).alias("rule")))
+    parts = [part.select(pl.col("lead_i").cast(pl.UInt32), "person_key",
+                         (pl.col("person_i") if "person_i" in part.columns else pl.lit(None)).cast(pl.UInt32)
+                         .alias("person_i"), "rule")
+             for part in parts]
     return pl.concat(parts) if parts else pl.DataFrame(schema=HITS_SCHEMA)
+
+
+def equal_wanted(equal: tuple[BlockingRule, ...], leads: pl.DataFrame, counts: pl.DataFrame) -> pl.DataFrame:
+    """(lead_i, rule, value): each EQUAL rule's lead values that some driver carries, held by no more
+    persons than the rule's cap (`counts`: the batch's key counts, field, value, persons)."""
+    spec = pl.DataFrame({
+        "rule": [rule.name for rule in equal],
+        "lead_column": [rule.lead_column for rule in equal],
+        "field": [next(f.name for f in FIELDS.values() if f.lead_column == rule.lead_column) for rule in equal],
+        "cap": [rule.cap for rule in equal],
+    }, schema={"rule": pl.String, "lead_column": pl.String, "field": pl.String, "cap": pl.Int64})
+    columns = list(dict.fromkeys(rule.lead_column for rule in equal))
+    return (leads.select("lead_i", *(pl.col(column).cast(pl.String) for column in columns))
+            .unpivot(index="lead_i", variable_name="lead_column", value_name="value").drop_nulls("value")
+            .join(spec, on="lead_column").join(counts, on=["field", "value"])
+            .filter(pl.col("persons") <= pl.col("cap")).select("lead_i", "rule", "value"))
 
 
 # A name token's first letter as one bit: tokens are [a-z]+ (identity.normalize), so a set of initials

@@ -29,15 +29,18 @@ from identity.candidates import (
     _typo_variants_as_indexed,
     _typo_variants_as_indexed_small,
     blocking_report,
+    equal_wanted,
     frequencies_load,
     initials_hits,
     name_blocks,
     one_typo_variants,
+    stage_hits,
 )
 from identity.estimate import SHARE_RANGE
 from identity.fields import FIELDS, Field, Kind, Role
 from identity.index import drivers_index_refresh
 from identity.matching import (
+    KEYS_SCHEMA,
     PERSON,
     PSEUDO_PERSONS,
     RECORD_SCHEMA,
@@ -384,6 +387,50 @@ def test_the_database_and_the_index_in_memory_find_the_same_records_by_value(par
         assert found[0].height == {"birth_date": 1, "document": 1, "phone": 0}[column]
     # D3, "Wilmer Ccahuana Huillca": w, c and h.
     assert _found_initials(SqlIndex(index.freq)) == _found_initials(index) == (1 << 22) | (1 << 2) | (1 << 7)
+
+
+def test_the_equal_rules_want_each_value_some_driver_holds_within_each_rules_cap():
+    equal = tuple(rule for rule in registry.BLOCKING_RULES if rule.kind == registry.BlockKind.EQUAL)
+    leads = pl.DataFrame({"lead_i": [0, 1, 2], "phone": ["951234567", "999999999", None],
+                          "document": ["44556677", None, "12345678"], "email": [None, None, "rosa@mail.pe"],
+                          "plate": [None, "ABC123", None]},
+                         schema={"lead_i": pl.UInt32, "phone": pl.String, "document": pl.String, "email": pl.String,
+                                 "plate": pl.String})
+    counts = pl.DataFrame([("phone", "951234567", 2), ("phone", "999999999", 400), ("document", "44556677", 1),
+                           ("email", "rosa@mail.pe", 1)], schema=KEYS_SCHEMA, orient="row")
+    wanted = equal_wanted(equal, leads, counts).sort("lead_i", "rule")
+    # The call centre's phone (400 persons) and the values nobody holds (a plate, a document) want nothing;
+    # a document is wanted by both rules that look for it (the document, and a licence's DNI).
+    assert wanted.rows() == [(0, "document", "44556677"), (0, "document_in_licence", "44556677"),
+                             (0, "phone", "951234567"), (2, "email", "rosa@mail.pe")]
+
+
+def test_both_sources_find_the_same_persons_by_each_equal_rule(park):
+    _make_lead(external_id="G", first_name="Wilmer", last_name="Ccahuana Huillca", document="11223344",
+               plate="ABC 123", phone=None, email=None, birth_date=None)
+    index = IndexFrame.load()
+    leads = leads_load()
+    freq = dataclasses.replace(index.freq, keys=index.key_counts(leads))
+
+    def hits(source) -> list[tuple]:
+        found = stage_hits(source, 1, leads, freq).join(leads.select("lead_i", "source_pk"), on="lead_i")
+        return sorted(found.select("source_pk", "person_key", "rule").unique().rows())
+
+    in_memory, in_sql = hits(index), hits(SqlIndex(index.freq))
+    assert in_memory == in_sql
+    persons = dict(index.records.select("driver_id", "person_key").rows())
+    # A's and B's phone is the family's: both siblings, by the phone rule; E's phone is Luz's. C gives no key,
+    # D's document is one typo off (stage 2's), F's phone is nobody's.
+    family = [(persons["D1"], "phone"), (persons["D2"], "phone")]
+    # G: Wilmer's DNI (D3's document; a licence holding it too would be found by its own rule), and D4's plate.
+    records = index.records
+    wilmer = {(person, rule) for rule, column, value in (("document", "document", "11223344"),
+                                                         ("document_in_licence", "license_document", "11223344"),
+                                                         ("plate", "plate", "ABC123"))
+              for person in records.filter(pl.col(column) == value)["person_key"]}
+    assert {rule for _, rule in wilmer} >= {"document", "plate"}
+    assert in_sql == sorted([("A", *hit) for hit in family] + [("B", *hit) for hit in family]
+                            + [("E", persons["D5"], "phone")] + [("G", *hit) for hit in wilmer])
 
 
 def _found_initials(source) -> int:
