@@ -277,8 +277,10 @@ def _log2(expr: pl.Expr) -> pl.Expr:
     return expr.clip(lower_bound=1e-12).log(2)
 
 
-def _level_m(f: Field, level: pl.Expr) -> pl.Expr:
-    return level.replace_strict({lv.name: lv.m for lv in f.levels}, return_dtype=pl.Float64)
+@cache  # constant per field: a replacement's mapping made each call cost a one-lead batch ~0.1 ms
+def _level_m(f: Field) -> pl.Expr:
+    """The declared m of a pair's level (column "level")."""
+    return pl.col("level").replace_strict({lv.name: lv.m for lv in f.levels}, return_dtype=pl.Float64)
 
 
 # Below this many pairs rapidfuzz compares on the calling thread: starting its worker threads costs
@@ -317,14 +319,72 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
     over each key field's index columns,
     every key field in one frame (one distance call; a one-lead frame paid ~12 frame operations per
     key field when they were compared one by one)."""
+    compared = _key_comparison(tuple(fields))
+    columns = compared.columns
+    lead_values = (leads.select("lead_i", *(pl.col(f.lead_column).alias(f.name) for f in fields))
+                   .unpivot(index="lead_i", variable_name="field", value_name="lead_value").drop_nulls("lead_value"))
+    values = (pairs.select("lead_i", "person_key", "driver_id", *compared.column_names)
+              .unpivot(index=["lead_i", "person_key", "driver_id"], variable_name="column", value_name="value")
+              .drop_nulls("value").join(columns, on="column").join(lead_values, on=["lead_i", "field"]))
+    # One frame operation for all the columns the passes read (a one-lead frame pays ~0.1 ms each).
+    values = values.with_columns(compared.derived)
+    # One typo: a character changed, dropped or added, or two swapped (Damerau-Levenshtein 1). Two typos:
+    # two characters changed or swapped, same length (the level's u counts those neighbours only).
+    not_exact = ~values["exact"].to_numpy()
+    edits, same_length_two = np.full(values.height, 3, dtype=np.int32), np.zeros(values.height, dtype=bool)
+    for a, b, gaps, where in (("value", "lead_value", values["gap"].to_numpy(), not_exact),
+                              ("stripped", "lead_stripped", values["stripped_gap"].to_numpy(),
+                               not_exact & values["zeros_went"].to_numpy())):  # elsewhere the first pass's strings
+        rows = np.flatnonzero(where & (gaps <= 1))
+        if not len(rows):
+            continue
+        distance = _distances(values[a].gather(rows), values[b].gather(rows), cutoff=2)
+        edits[rows] = np.minimum(edits[rows], distance)
+        same_length_two[rows] |= (distance == 2) & (gaps[rows] == 0)
+    values = values.with_columns(
+        pl.when(pl.col("exact")).then(0).when(pl.Series(edits) <= 1).then(1)
+        .when(pl.Series(same_length_two) & pl.col("field").is_in(compared.two_typos)).then(2).otherwise(3)
+        .alias("rank"))
+    # A record's best value per field (its document before its licence DNI on a tie). A record is one row per
+    # column, so (rank, column_order) is unique within its field: the row holding the least is the one.
+    choice = pl.col("rank") * (columns["column_order"].max() + 1) + pl.col("column_order")
+    best = values.filter(choice == choice.min().over("lead_i", "driver_id", "field"))
+    best = best.join(freq.keys_frame().select("field", "value", "persons"), on=["field", "value"], how="left")
+    others = pl.max_horizontal(pl.col("persons").fill_null(1), pl.lit(1)) - 1
+    exact_u = (others + compared.share_rate) / freq.population
+    return best.select(
+        "lead_i", "person_key", compared.level,
+        pl.when(pl.col("rank") == 0).then(_log2(compared.exact_m / exact_u))
+        .when(pl.col("rank") == 1).then(compared.typo_bits).when(pl.col("rank") == 2).then(compared.two_typos_bits)
+        .otherwise(compared.different_bits).alias("bits"),
+        "driver_id",
+        pl.when(pl.col("rank") == 0).then(pl.col("persons").fill_null(1)).alias("shared_by"),
+        pl.col("rank").cast(pl.Float64).alias("order"),
+        "field",
+    )
+
+
+@dataclass(frozen=True)
+class _KeyComparison:
+    """What comparing a set of key fields needs that depends on the fields alone (_key_comparison)."""
+
+    columns: pl.DataFrame  # column, field, column_order: each field's index columns
+    column_names: list[str]
+    derived: list[pl.Expr]  # stripped, lead_stripped, exact, gap, stripped_gap, zeros_went
+    two_typos: list[str]  # the fields with a two_typos level
+    level: pl.Expr  # the level's name, from "rank"
+    share_rate: pl.Expr  # per field (column "field")
+    exact_m: pl.Expr
+    typo_bits: pl.Expr
+    two_typos_bits: pl.Expr
+    different_bits: pl.Expr
+
+
+@cache  # constant per set of fields: building these cost a one-lead batch ~1 ms a call
+def _key_comparison(fields: tuple[Field, ...]) -> _KeyComparison:
     columns = pl.DataFrame(
         [(column, f.name, order) for f in fields for order, column in enumerate(f.index_columns)],
         schema={"column": pl.String, "field": pl.String, "column_order": pl.Int32}, orient="row")
-    lead_values = (leads.select("lead_i", *(pl.col(f.lead_column).alias(f.name) for f in fields))
-                   .unpivot(index="lead_i", variable_name="field", value_name="lead_value").drop_nulls("lead_value"))
-    values = (pairs.select("lead_i", "person_key", "driver_id", *columns["column"].unique(maintain_order=True))
-              .unpivot(index=["lead_i", "person_key", "driver_id"], variable_name="column", value_name="value")
-              .drop_nulls("value").join(columns, on="column").join(lead_values, on=["lead_i", "field"]))
     # A spreadsheet's dropped leading zeros are no typo: such a field's numbers also compare without them
     # (00844210 and 844210 are one document; 844210 and 00844211 one typo). A typed 0 can be a typo too
     # (02759585 for 22059585: two digits changed), so the typos are counted both ways and the fewer count.
@@ -340,55 +400,27 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
     def gap(a: pl.Expr, b: pl.Expr) -> pl.Expr:
         return (a.str.len_chars().cast(pl.Int32) - b.str.len_chars().cast(pl.Int32)).abs()
 
-    # One frame operation for all the columns the passes read (a one-lead frame pays ~0.1 ms each).
-    values = values.with_columns(
-        stripped.alias("stripped"), lead_stripped.alias("lead_stripped"), exact.alias("exact"),
-        gap(pl.col("value"), pl.col("lead_value")).alias("gap"), gap(stripped, lead_stripped).fill_null(9).alias("stripped_gap"),
-        ((stripped != pl.col("value")) | (lead_stripped != pl.col("lead_value"))).fill_null(False).alias("zeros_went"))
-    # One typo: a character changed, dropped or added, or two swapped (Damerau-Levenshtein 1). Two typos:
-    # two characters changed or swapped, same length (the level's u counts those neighbours only).
-    not_exact = ~values["exact"].to_numpy()
-    edits, same_length_two = np.full(values.height, 3, dtype=np.int32), np.zeros(values.height, dtype=bool)
-    for a, b, gaps, where in (("value", "lead_value", values["gap"].to_numpy(), not_exact),
-                              ("stripped", "lead_stripped", values["stripped_gap"].to_numpy(),
-                               not_exact & values["zeros_went"].to_numpy())):  # elsewhere the first pass's strings
-        rows = np.flatnonzero(where & (gaps <= 1))
-        if not len(rows):
-            continue
-        distance = _distances(values[a].gather(rows), values[b].gather(rows), cutoff=2)
-        edits[rows] = np.minimum(edits[rows], distance)
-        same_length_two[rows] |= (distance == 2) & (gaps[rows] == 0)
-    two_typos = [f.name for f in fields if "two_typos" in f.level_names]
-    values = values.with_columns(
-        pl.when(pl.col("exact")).then(0).when(pl.Series(edits) <= 1).then(1)
-        .when(pl.Series(same_length_two) & pl.col("field").is_in(two_typos)).then(2).otherwise(3).alias("rank"))
-    # A record's best value per field (its document before its licence DNI on a tie). A record is one row per
-    # column, so (rank, column_order) is unique within its field: the row holding the least is the one.
-    choice = pl.col("rank") * (columns["column_order"].max() + 1) + pl.col("column_order")
-    best = values.filter(choice == choice.min().over("lead_i", "driver_id", "field"))
-    best = best.join(freq.keys_frame().select("field", "value", "persons"), on=["field", "value"], how="left")
-
     def per_field(values: dict[str, float]) -> pl.Expr:
         return pl.col("field").replace_strict(values, return_dtype=pl.Float64)
 
-    others = pl.max_horizontal(pl.col("persons").fill_null(1), pl.lit(1)) - 1
-    exact_u = (others + per_field({f.name: f.share_rate for f in fields})) / freq.population
-    exact_m = per_field({f.name: f.level("exact").m for f in fields})
-    typo_bits = per_field({f.name: math.log2(f.level("one_typo").m / f.level("one_typo").u) for f in fields})
-    two_typos_bits = per_field({f.name: math.log2(f.level("two_typos").m / f.level("two_typos").u) if f.name in two_typos
-                                else 0.0 for f in fields})
-    different_bits = per_field({f.name: math.log2(f.level("different").m / f.level("different").u) for f in fields})
-    return best.select(
-        "lead_i", "person_key",
-        pl.col("rank").replace_strict({0: "exact", 1: "one_typo", 2: "two_typos", 3: "different"},
-                                      return_dtype=pl.String).alias("level"),
-        pl.when(pl.col("rank") == 0).then(_log2(exact_m / exact_u))
-        .when(pl.col("rank") == 1).then(typo_bits).when(pl.col("rank") == 2).then(two_typos_bits)
-        .otherwise(different_bits).alias("bits"),
-        "driver_id",
-        pl.when(pl.col("rank") == 0).then(pl.col("persons").fill_null(1)).alias("shared_by"),
-        pl.col("rank").cast(pl.Float64).alias("order"),
-        "field",
+    two_typos = [f.name for f in fields if "two_typos" in f.level_names]
+    return _KeyComparison(
+        columns=columns,
+        column_names=columns["column"].unique(maintain_order=True).to_list(),
+        derived=[stripped.alias("stripped"), lead_stripped.alias("lead_stripped"), exact.alias("exact"),
+                 gap(pl.col("value"), pl.col("lead_value")).alias("gap"),
+                 gap(stripped, lead_stripped).fill_null(9).alias("stripped_gap"),
+                 ((stripped != pl.col("value")) | (lead_stripped != pl.col("lead_value"))).fill_null(False)
+                 .alias("zeros_went")],
+        two_typos=two_typos,
+        level=pl.col("rank").replace_strict({0: "exact", 1: "one_typo", 2: "two_typos", 3: "different"},
+                                            return_dtype=pl.String).alias("level"),
+        share_rate=per_field({f.name: f.share_rate for f in fields}),
+        exact_m=per_field({f.name: f.level("exact").m for f in fields}),
+        typo_bits=per_field({f.name: math.log2(f.level("one_typo").m / f.level("one_typo").u) for f in fields}),
+        two_typos_bits=per_field({f.name: math.log2(f.level("two_typos").m / f.level("two_typos").u)
+                                  if f.name in two_typos else 0.0 for f in fields}),
+        different_bits=per_field({f.name: math.log2(f.level("different").m / f.level("different").u) for f in fields}),
     )
 
 
@@ -403,14 +435,17 @@ def _compare_date(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
                   + (a.dt.day() == b.dt.day()).cast(pl.Int8))
     swapped = (a.dt.year() == b.dt.year()) & (a.dt.month() == b.dt.day()) & (a.dt.day() == b.dt.month())
     rows = rows.with_columns(pl.when(a == b).then(0).when((same_parts == 2) | swapped).then(1).otherwise(2).alias("rank"))
+    return rows.select("lead_i", "person_key", *_date_levels(f), "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
+                       pl.col("rank").cast(pl.Float64).alias("order"))
+
+
+@cache  # constant per field, as _level_m
+def _date_levels(f: Field) -> tuple[pl.Expr, pl.Expr]:
+    """A date pair's level and bits from its rank (0 exact, 1 near, 2 different)."""
     names = {0: "exact", 1: "near", 2: "different"}
-    return rows.select(
-        "lead_i", "person_key",
-        pl.col("rank").replace_strict(names, return_dtype=pl.String).alias("level"),
-        pl.col("rank").replace_strict({r: math.log2(f.level(n).m / f.level(n).u) for r, n in names.items()},
-                                      return_dtype=pl.Float64).alias("bits"),
-        "driver_id", pl.lit(None, pl.Int64).alias("shared_by"), pl.col("rank").cast(pl.Float64).alias("order"),
-    )
+    return (pl.col("rank").replace_strict(names, return_dtype=pl.String).alias("level"),
+            pl.col("rank").replace_strict({r: math.log2(f.level(n).m / f.level(n).u) for r, n in names.items()},
+                                          return_dtype=pl.Float64).alias("bits"))
 
 
 def _token_similarity(pairs: pl.DataFrame) -> pl.Series:
@@ -561,7 +596,7 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
     u = pl.when(pl.col("level") == "different").then(f.level("different").u).otherwise(
         pl.max_horizontal(pl.lit(2.0).pow(pl.col("log_u")), pl.lit(floor)))
     scored = scored.with_columns(level.alias("level")).with_columns(
-        (_level_m(f, pl.col("level")) / u).log(2).alias("bits"))
+        (_level_m(f) / u).log(2).alias("bits"))
     return scored.select("lead_i", "person_key", "level", "bits", "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
                          (-pl.col("bits")).alias("order"))
 
@@ -742,9 +777,13 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     candidates = (candidates.with_columns(_link_paths().alias("link_paths"), _key_agrees().alias("key_agrees"))
                   .with_columns((pl.col("link_paths").list.len() > 0).alias("corroborated")))
     fields = evidence.with_columns(
-        pl.col("field").replace_strict({name: i for i, name in enumerate(FIELDS)}, return_dtype=pl.Int32)
-        .alias("field_order"))
+        _field_order(tuple(FIELDS)).alias("field_order"))
     return Scores(candidates.drop("lead_has_name", "document_in_sequence"), fields, by_record)
+
+
+@cache  # constant per registry, as _level_m
+def _field_order(names: tuple[str, ...]) -> pl.Expr:
+    return pl.col("field").replace_strict({name: i for i, name in enumerate(names)}, return_dtype=pl.Int32)
 
 
 # Documents issued one after the other differ by less than this (twins registered together, DNIs in sequence).
