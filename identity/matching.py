@@ -919,23 +919,39 @@ def decisions_make(leads: pl.DataFrame, scores: Scores, thresholds: Thresholds) 
 
     Columns: lead_i, source_pk, outcome, person_key, score, margin, rule, confidence, demoted_rule.
     """
-    c = (scores.candidates.sort(CANDIDATE_ORDER, descending=[False, True, False])
-         .with_columns(
-             (~pl.col("excluded") & (pl.col("key_agrees") | (pl.col("bits") >= thresholds.weak_bits))).alias("plausible")))
-    c = c.with_columns(pl.col("plausible").cast(pl.UInt32).cum_sum().over("lead_i").alias("plausible_rank"))
-    demoted = sorted(thresholds.demoted_rules)
-    best = c.filter(pl.col("plausible") & (pl.col("plausible_rank") == 1)).select(
-        "lead_i", pl.col("person_key").alias("best_person"), pl.col("bits").alias("best_bits"),
-        pl.col("corroborated").alias("best_corroborated"),
-        pl.col("link_paths").list.eval(pl.element().filter(~pl.element().is_in(demoted))).list.first()
-        .alias("best_rule"),
-        pl.col("link_paths").list.first().alias("best_path"))
+    e = _decision_exprs(thresholds)
+    c = scores.candidates.sort(CANDIDATE_ORDER, descending=[False, True, False]).with_columns(e.plausible)
+    c = c.with_columns(e.plausible_rank)
+    best = c.filter(e.is_best).select(*e.best)
     # Only candidates that could themselves be linked compete: a sibling who shares the family
     # phone but not the given name is evidence of a family, not a rival.
-    rival = (c.filter(pl.col("plausible") & (pl.col("plausible_rank") > 1) & pl.col("corroborated"))
-             .group_by("lead_i").agg(pl.col("bits").max().alias("rival_bits")))
+    rival = c.filter(e.is_rival).group_by("lead_i").agg(e.rival_bits)
     d = (leads.select("lead_i", "source_pk", _has_identifier().alias("has_identifier"))
          .join(best, on="lead_i", how="left").join(rival, on="lead_i", how="left"))
+    d = d.with_columns(*e.outcome).with_columns(*e.named)
+    return d.with_columns(e.confidence).select(
+        "lead_i", "source_pk", "outcome", "person_key", "score", "margin", "rule", "confidence",
+        pl.col("demoted_rule").cast(pl.String)).sort("lead_i")
+
+
+@dataclass(frozen=True)
+class _DecisionExprs:
+    """decisions_make's expressions, which depend on the thresholds alone (_decision_exprs)."""
+
+    plausible: pl.Expr
+    plausible_rank: pl.Expr
+    is_best: pl.Expr
+    best: list[pl.Expr]
+    is_rival: pl.Expr
+    rival_bits: pl.Expr
+    outcome: list[pl.Expr]  # outcome, margin, demoted_rule
+    named: list[pl.Expr]  # person_key, score, margin, rule
+    confidence: pl.Expr
+
+
+@cache  # constant per thresholds: building these cost a one-lead batch ~1 ms a call
+def _decision_exprs(thresholds: Thresholds) -> _DecisionExprs:
+    demoted = sorted(thresholds.demoted_rules)
     margin = pl.col("best_bits") - pl.col("rival_bits").fill_null(float("-inf"))
     strong = (pl.col("best_bits") >= thresholds.link_bits) & pl.col("best_corroborated")
     # Would link, but only through demoted paths: a person looks at it instead.
@@ -948,21 +964,29 @@ def decisions_make(leads: pl.DataFrame, scores: Scores, thresholds: Thresholds) 
                # The top scorer is not corroborated (or too weak): a person looks at it.
                .otherwise(pl.lit(ReasonCode.WEAK_MATCH_ONLY.value)))
     undecided = pl.col("outcome").is_in([ReasonCode.MISSING_IDENTIFIERS.value, ReasonCode.NO_CANDIDATES.value])
-    d = d.with_columns(outcome.alias("outcome"), margin.alias("margin"),
-                       pl.when(demoted_link.fill_null(False)).then(pl.col("best_path")).alias("demoted_rule"))
-    d = d.with_columns(
-        pl.when(pl.col("outcome") == "link").then(pl.col("best_person")).alias("person_key"),
-        pl.when(undecided).then(None).otherwise(pl.col("best_bits")).alias("score"),
-        pl.when(undecided).then(None).otherwise(pl.col("margin")).alias("margin"),
-        pl.when(pl.col("outcome") == "link").then(pl.col("best_rule"))
-        .otherwise(pl.col("demoted_rule")).fill_null(NO_LINK_RULE).alias("rule"),
+    return _DecisionExprs(
+        plausible=(~pl.col("excluded") & (pl.col("key_agrees") | (pl.col("bits") >= thresholds.weak_bits)))
+        .alias("plausible"),
+        plausible_rank=pl.col("plausible").cast(pl.UInt32).cum_sum().over("lead_i").alias("plausible_rank"),
+        is_best=pl.col("plausible") & (pl.col("plausible_rank") == 1),
+        best=["lead_i", pl.col("person_key").alias("best_person"), pl.col("bits").alias("best_bits"),
+              pl.col("corroborated").alias("best_corroborated"),
+              pl.col("link_paths").list.eval(pl.element().filter(~pl.element().is_in(demoted))).list.first()
+              .alias("best_rule"),
+              pl.col("link_paths").list.first().alias("best_path")],
+        is_rival=pl.col("plausible") & (pl.col("plausible_rank") > 1) & pl.col("corroborated"),
+        rival_bits=pl.col("bits").max().alias("rival_bits"),
+        outcome=[outcome.alias("outcome"), margin.alias("margin"),
+                 pl.when(demoted_link.fill_null(False)).then(pl.col("best_path")).alias("demoted_rule")],
+        named=[pl.when(pl.col("outcome") == "link").then(pl.col("best_person")).alias("person_key"),
+               pl.when(undecided).then(None).otherwise(pl.col("best_bits")).alias("score"),
+               pl.when(undecided).then(None).otherwise(pl.col("margin")).alias("margin"),
+               pl.when(pl.col("outcome") == "link").then(pl.col("best_rule"))
+               .otherwise(pl.col("demoted_rule")).fill_null(NO_LINK_RULE).alias("rule")],
+        confidence=(pl.when(pl.col("outcome") != "link").then(pl.lit("low"))
+                    .when((pl.col("score") >= 16) & (pl.col("margin") >= 12)).then(pl.lit("high"))
+                    .otherwise(pl.lit("medium"))).alias("confidence"),
     )
-    confidence = (pl.when(pl.col("outcome") != "link").then(pl.lit("low"))
-                  .when((pl.col("score") >= 16) & (pl.col("margin") >= 12)).then(pl.lit("high"))
-                  .otherwise(pl.lit("medium")))
-    return d.with_columns(confidence.alias("confidence")).select(
-        "lead_i", "source_pk", "outcome", "person_key", "score", "margin", "rule", "confidence",
-        pl.col("demoted_rule").cast(pl.String)).sort("lead_i")
 
 
 def leads_with_identifier(leads: pl.DataFrame) -> int:
