@@ -429,14 +429,19 @@ def _compare_date(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
     lead_values = leads.select("lead_i", pl.col(f.lead_column).alias("lead_value")).drop_nulls("lead_value")
     column = f.index_columns[0]
     rows = pairs.select("lead_i", "person_key", "driver_id", pl.col(column).alias("value")).drop_nulls("value")
-    rows = rows.join(lead_values, on="lead_i")
+    rows = rows.join(lead_values, on="lead_i").with_columns(_date_rank())
+    return rows.select("lead_i", "person_key", *_date_levels(f), "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
+                       pl.col("rank").cast(pl.Float64).alias("order"))
+
+
+@cache  # constant, as _level_m
+def _date_rank() -> pl.Expr:
+    """0 the same date, 1 near (day and month swapped, or one of day, month, year differs), 2 different."""
     a, b = pl.col("value"), pl.col("lead_value")
     same_parts = ((a.dt.year() == b.dt.year()).cast(pl.Int8) + (a.dt.month() == b.dt.month()).cast(pl.Int8)
                   + (a.dt.day() == b.dt.day()).cast(pl.Int8))
     swapped = (a.dt.year() == b.dt.year()) & (a.dt.month() == b.dt.day()) & (a.dt.day() == b.dt.month())
-    rows = rows.with_columns(pl.when(a == b).then(0).when((same_parts == 2) | swapped).then(1).otherwise(2).alias("rank"))
-    return rows.select("lead_i", "person_key", *_date_levels(f), "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
-                       pl.col("rank").cast(pl.Float64).alias("order"))
+    return pl.when(a == b).then(0).when((same_parts == 2) | swapped).then(1).otherwise(2).alias("rank")
 
 
 @cache  # constant per field, as _level_m
@@ -568,6 +573,23 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
               .join(per_record, on="r", how="left").join(sides, on="r", how="left")
               .with_columns(pl.col("hits").fill_null(0), pl.col("given_hit").fill_null(False),
                             pl.col("surname_hit").fill_null(False), pl.col("pool_hit").fill_null(0)))
+    # The lead's two surnames are the record's in the other order: another family, usually.
+    order = (records.select("r", "lead_i", pl.col(surnames).alias("record_surnames"))
+             .join(leads.select("lead_i", pl.col("surname_tokens").alias("lead_surnames")), on="lead_i")
+             .filter((pl.col("lead_surnames").list.len() == 2) & (pl.col("record_surnames").list.len() == 2))
+             .filter((pl.col("lead_surnames").list.get(0) != pl.col("lead_surnames").list.get(1))
+                     & (pl.col("lead_surnames").list.get(0) == pl.col("record_surnames").list.get(1))
+                     & (pl.col("lead_surnames").list.get(1) == pl.col("record_surnames").list.get(0)))
+             .select("r", pl.lit(True).alias("swapped")))
+    scored = scored.join(order, on="r", how="left")
+    scored = scored.with_columns(_name_level()).with_columns(_name_bits(f, freq.drivers))
+    return scored.select("lead_i", "person_key", "level", "bits", "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
+                         (-pl.col("bits")).alias("order"))
+
+
+@cache  # constant, as _level_m (building it cost a one-lead batch ~50 expression calls)
+def _name_level() -> pl.Expr:
+    """A record's name level from its hits (_compare_name's columns)."""
     both = pl.col("given_hit") & pl.col("surname_hit")
     lead_all = pl.col("hits") >= pl.col("lead_n")
     pool_all = pl.col("pool_hit") == pl.col("pool_n")
@@ -581,24 +603,18 @@ def _compare_name(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Freq
                                             | (pl.col("given_hit") & pl.col("no_surname")))).then(pl.lit("part_missing"))
              .when(pl.col("surname_hit")).then(pl.lit("surnames_only"))
              .otherwise(pl.lit("given_only")))
-    # The lead's two surnames are the record's in the other order: another family, usually.
-    order = (records.select("r", "lead_i", pl.col(surnames).alias("record_surnames"))
-             .join(leads.select("lead_i", pl.col("surname_tokens").alias("lead_surnames")), on="lead_i")
-             .filter((pl.col("lead_surnames").list.len() == 2) & (pl.col("record_surnames").list.len() == 2))
-             .filter((pl.col("lead_surnames").list.get(0) != pl.col("lead_surnames").list.get(1))
-                     & (pl.col("lead_surnames").list.get(0) == pl.col("record_surnames").list.get(1))
-                     & (pl.col("lead_surnames").list.get(1) == pl.col("record_surnames").list.get(0)))
-             .select("r", pl.lit(True).alias("swapped")))
-    scored = scored.join(order, on="r", how="left")
-    level = pl.when(pl.col("swapped").fill_null(False) & level.is_in(["exact", "typo", "subset", "partial"])).then(
-        pl.lit("surnames_swapped")).otherwise(level)
-    floor = 1 / (freq.drivers + PSEUDO_DRIVERS)
+    # The lead's two surnames are the record's in the other order ("swapped"): another family, usually.
+    return (pl.when(pl.col("swapped").fill_null(False) & level.is_in(["exact", "typo", "subset", "partial"]))
+            .then(pl.lit("surnames_swapped")).otherwise(level).alias("level"))
+
+
+@cache  # constant per field and index size, as _level_m
+def _name_bits(f: Field, drivers: int) -> pl.Expr:
+    """A record's name bits from its level and the u of its hit tokens (column log_u)."""
+    floor = 1 / (drivers + PSEUDO_DRIVERS)
     u = pl.when(pl.col("level") == "different").then(f.level("different").u).otherwise(
         pl.max_horizontal(pl.lit(2.0).pow(pl.col("log_u")), pl.lit(floor)))
-    scored = scored.with_columns(level.alias("level")).with_columns(
-        (_level_m(f) / u).log(2).alias("bits"))
-    return scored.select("lead_i", "person_key", "level", "bits", "driver_id", pl.lit(None, pl.Int64).alias("shared_by"),
-                         (-pl.col("bits")).alias("order"))
+    return (_level_m(f) / u).log(2).alias("bits")
 
 
 def _compare_recruitment(f: Field, leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies,
