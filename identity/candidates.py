@@ -91,21 +91,24 @@ def name_blocks(leads: pl.DataFrame, freq: Frequencies) -> pl.DataFrame:
              .with_columns(pl.int_range(pl.len()).over("lead_i").alias("rank"))
              .filter(pl.col("rank") <= max(max(picks) for picks in NAME_BLOCK_PICKS)))
     wide = known.group_by("lead_i").agg(pl.col("token"), pl.col("drivers")).filter(pl.col("token").list.len() >= 2)
-    blocks = []
-    for picks in NAME_BLOCK_PICKS:
-        need = max(picks) + 1
-        # Four tokens are kept where their first three are: by the triple's expected size.
-        sized = picks[:3]
-        part = wide.filter(pl.col("token").list.len() >= need).select(
-            "lead_i",
-            pl.concat_list([pl.col("token").list.get(i) for i in picks]).alias("block"),
-            (pl.lit(float(drivers)) * pl.reduce(lambda a, b: a * b,
-                                                [pl.col("drivers").list.get(i) / drivers for i in sized]))
-            .alias("expected"),
-        )
-        blocks.append(part)
+    blocks = [wide.filter(enough).select("lead_i", *block) for enough, block in _name_block_picks(drivers)]
     found = pl.concat(blocks).filter(pl.col("expected") <= NAME_BLOCK_MAX_EXPECTED).select("lead_i", "block")
     return found.with_columns(pl.col("lead_i").cast(pl.UInt32))
+
+
+@cache  # constant per index size: building them cost a lead arriving now ~60 expression calls
+def _name_block_picks(drivers: int) -> tuple[tuple[pl.Expr, tuple[pl.Expr, ...]], ...]:
+    """Per pick of NAME_BLOCK_PICKS: which leads have the tokens for it (a filter), and its block and the
+    block's expected drivers were tokens independent (a selection)."""
+    picks = []
+    for pick in NAME_BLOCK_PICKS:
+        # Four tokens are kept where their first three are: by the triple's expected size.
+        sized = pick[:3]
+        picks.append((pl.col("token").list.len() >= max(pick) + 1, (
+            pl.concat_list([pl.col("token").list.get(i) for i in pick]).alias("block"),
+            (pl.lit(float(drivers)) * pl.reduce(lambda a, b: a * b, [pl.col("drivers").list.get(i) / drivers for i in sized]))
+            .alias("expected"))))
+    return tuple(picks)
 
 
 @dataclass
@@ -697,13 +700,18 @@ def initials_hits(source: IndexFrame | SqlIndex, rule: BlockingRule, leads: pl.D
     if not values.height:
         return pl.DataFrame(schema=PERSON_HITS_SCHEMA)
     found = source.records_with(rule.index_column, values["value"])
-    shared = (pl.col("lead_initials") & pl.col("initials")).bitwise_count_ones()
-    need = pl.min_horizontal(pl.col("lead_initials").bitwise_count_ones(), pl.col("initials_min"))
     hits = (values.join(found, on="value")
-            .join(wanted.select("lead_i", "lead_initials"), on="lead_i").filter(shared >= need)
+            .join(wanted.select("lead_i", "lead_initials"), on="lead_i").filter(_initials_enough())
             .drop("lead_initials", "initials", "value", "initials_min").unique(subset=["lead_i", "person_key"]))
     small = hits.group_by("lead_i").agg(pl.len().alias("persons")).filter(pl.col("persons") <= rule.cap)
     return hits.join(small.select("lead_i"), on="lead_i", how="semi")
+
+
+@cache  # constant, as _initials_of
+def _initials_enough() -> pl.Expr:
+    """The record's initials share at least initials_min of the lead's (all of them when it has fewer)."""
+    shared = (pl.col("lead_initials") & pl.col("initials")).bitwise_count_ones()
+    return shared >= pl.min_horizontal(pl.col("lead_initials").bitwise_count_ones(), pl.col("initials_min"))
 
 
 def frequencies_load(*, records: pl.DataFrame | None = None, tokens: pl.DataFrame | None = None) -> Frequencies:
