@@ -784,8 +784,7 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     prior = freq.prior_bits
     bit_columns = [f"{name}__bits" for name in FIELDS]
     has_name = leads.select("lead_i", (pl.col("name_tokens").list.len() > 0).alias("lead_has_name"))
-    candidates = (candidates.with_columns((prior + pl.sum_horizontal([pl.col(c).fill_null(0) for c in bit_columns]))
-                                          .alias("bits"))
+    candidates = (candidates.with_columns((prior + _bits_sum(tuple(bit_columns))).alias("bits"))
                   .drop(bit_columns).join(has_name, on="lead_i", how="left")
                   .join(_documents_in_sequence(leads, pairs), on=PERSON, how="left"))
     # Corroborated: some path holds, read off the paths found (evaluating every path twice cost a one-lead
@@ -795,6 +794,11 @@ def pairs_score(leads: pl.DataFrame, pairs: pl.DataFrame, freq: Frequencies, thr
     fields = evidence.with_columns(
         _field_order(tuple(FIELDS)).alias("field_order"))
     return Scores(candidates.drop("lead_has_name", "document_in_sequence"), fields, by_record)
+
+
+@cache  # constant per registry, as _level_m
+def _bits_sum(columns: tuple[str, ...]) -> pl.Expr:
+    return pl.sum_horizontal([pl.col(c).fill_null(0) for c in columns])
 
 
 @cache  # constant per registry, as _level_m
