@@ -504,8 +504,7 @@ def stage_hits(source: IndexFrame | SqlIndex, stage: int, leads: pl.DataFrame, f
     # The EQUAL rules at once: one lookup for all of them (a lead arriving now paid about ten frame
     # operations and a query per rule).
     equal = tuple(rule for rule in rules(stage) if rule.kind == BlockKind.EQUAL)
-    wanted = equal_wanted(equal, leads, freq.keys_frame()) if equal else None
-    if wanted is not None and wanted.height:
+    if equal and (wanted := equal_wanted(equal, leads, freq.keys_frame())).height:
         parts.append(_as_hits(source.equal_hits(equal, wanted), pl.col("rule")))
     for rule in rules(stage):
         if rule.kind == BlockKind.EQUAL:

@@ -343,7 +343,7 @@ def _compare_keys(fields: list[Field], leads: pl.DataFrame, pairs: pl.DataFrame,
         same_length_two[rows] |= (distance == 2) & (gaps[rows] == 0)
     values = values.with_columns(
         pl.when(pl.col("exact")).then(0).when(pl.Series(edits) <= 1).then(1)
-        .when(pl.Series(same_length_two) & pl.col("field").is_in(compared.two_typos)).then(2).otherwise(3)
+        .when(pl.Series(same_length_two) & pl.col("field").is_in(list(compared.two_typos))).then(2).otherwise(3)
         .alias("rank"))
     # A record's best value per field (its document before its licence DNI on a tie). A record is one row per
     # column, so (rank, column_order) is unique within its field: the row holding the least is the one.
@@ -369,9 +369,9 @@ class _KeyComparison:
     """What comparing a set of key fields needs that depends on the fields alone (_key_comparison)."""
 
     columns: pl.DataFrame  # column, field, column_order: each field's index columns
-    column_names: list[str]
-    derived: list[pl.Expr]  # stripped, lead_stripped, exact, gap, stripped_gap, zeros_went
-    two_typos: list[str]  # the fields with a two_typos level
+    column_names: tuple[str, ...]
+    derived: tuple[pl.Expr, ...]  # stripped, lead_stripped, exact, gap, stripped_gap, zeros_went
+    two_typos: tuple[str, ...]  # the fields with a two_typos level
     level: pl.Expr  # the level's name, from "rank"
     share_rate: pl.Expr  # per field (column "field")
     exact_m: pl.Expr
@@ -406,13 +406,13 @@ def _key_comparison(fields: tuple[Field, ...]) -> _KeyComparison:
     two_typos = [f.name for f in fields if "two_typos" in f.level_names]
     return _KeyComparison(
         columns=columns,
-        column_names=columns["column"].unique(maintain_order=True).to_list(),
-        derived=[stripped.alias("stripped"), lead_stripped.alias("lead_stripped"), exact.alias("exact"),
+        column_names=tuple(columns["column"].unique(maintain_order=True)),
+        derived=(stripped.alias("stripped"), lead_stripped.alias("lead_stripped"), exact.alias("exact"),
                  gap(pl.col("value"), pl.col("lead_value")).alias("gap"),
                  gap(stripped, lead_stripped).fill_null(9).alias("stripped_gap"),
                  ((stripped != pl.col("value")) | (lead_stripped != pl.col("lead_value"))).fill_null(False)
-                 .alias("zeros_went")],
-        two_typos=two_typos,
+                 .alias("zeros_went")),
+        two_typos=tuple(two_typos),
         level=pl.col("rank").replace_strict({0: "exact", 1: "one_typo", 2: "two_typos", 3: "different"},
                                             return_dtype=pl.String).alias("level"),
         share_rate=per_field({f.name: f.share_rate for f in fields}),

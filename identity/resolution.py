@@ -430,8 +430,13 @@ def leads_decide_frame(leads: pl.DataFrame, context: MatchContext, *, per_record
     `prune`: the second stage drops the candidates no name could make plausible before comparing
     names (matching._hopeless_dropped): the same decisions; False keeps every candidate in the scores
     (the model estimate weighs them all; explain_lead shows them all)."""
-    with one_core(enabled=leads.height <= SCORE_ONCE_MAX_LEADS):
+    with _small_on_one_core(leads):
         return _decide_frame(leads, context, per_record, score_once, prune)
+
+
+def _small_on_one_core(leads: pl.DataFrame):
+    """identity.cores.one_core for a batch of at most SCORE_ONCE_MAX_LEADS leads; bigger ones keep every core."""
+    return one_core(enabled=leads.height <= SCORE_ONCE_MAX_LEADS)
 
 
 def _decide_frame(leads: pl.DataFrame, context: MatchContext, per_record: bool, score_once: bool | None,
@@ -497,7 +502,7 @@ def leads_resolve_frame(leads: pl.DataFrame, context: MatchContext, *, write: bo
                         write_batch: int | None = None) -> BatchOutcome:
     """Decide a frame of leads at once, then write the outcomes `write_batch` leads per
     transaction (all in one when None)."""
-    with one_core(enabled=leads.height <= SCORE_ONCE_MAX_LEADS):  # the writes' frame operations too
+    with _small_on_one_core(leads):  # the writes' frame operations too
         resolved = leads_decide_frame(leads, context)
         decisions = resolved.decisions
         outcome = BatchOutcome(outcomes=dict(zip(decisions["source_pk"], decisions["outcome"], strict=True)),
